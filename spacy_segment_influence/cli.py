@@ -21,9 +21,13 @@ def convert(
     lang: str = typer.Option("en", help="Language of the blank tokenizer vocab"),
 ) -> None:
     """Convert `{"id","tokens","ner_tags"}` BIO JSONL into a .spacy corpus."""
-    from .corpus import convert_jsonl
+    from .corpus import CorpusFormatError, convert_jsonl
 
-    n_docs = convert_jsonl(input_path, output_path, lang=lang)
+    try:
+        n_docs = convert_jsonl(input_path, output_path, lang=lang)
+    except CorpusFormatError as err:
+        typer.secho(str(err), err=True, fg="red")
+        raise typer.Exit(1)
     typer.echo(f"Wrote {n_docs} docs to {output_path}")
 
 

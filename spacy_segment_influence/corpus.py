@@ -1,0 +1,214 @@
+"""Read and write the BIO JSONL corpora used by the project.
+
+Each line holds one sentence: `{"id": str, "tokens": [str], "ner_tags": [str]}`
+with tags "O", "B-LABEL" or "I-LABEL". The ids travel into `doc.user_data["id"]`
+so that influence scores can always be traced back to a line of the source file.
+"""
+import json
+import os
+import re
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Tuple
+
+import spacy
+from spacy.tokens import Doc, DocBin, Span
+from spacy.vocab import Vocab
+
+_TAG_RE = re.compile(r"^(?:O|([BI])-(\S+))$")
+_WHITESPACE_RE = re.compile(r"\s")
+_NO_SPACE_BEFORE = {",", ".", ")", "]", "}", ";", ":", "!", "?", "%", "'", "'s", "'S", "n't", "N'T"}
+_NO_SPACE_AFTER = {"(", "[", "{"}
+_JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+SpanTriple = Tuple[int, int, str]
+
+
+class CorpusFormatError(ValueError):
+    """A line of a JSONL corpus is malformed; the message starts with `path:line: `."""
+
+
+class BIORepairWarning(UserWarning):
+    """Some I- tags did not continue an entity and were read as entity starts."""
+
+
+class _RecordError(Exception):
+    """What is wrong with one record, before the file position is known."""
+
+
+def read_jsonl_docs(path: Path, vocab: Vocab) -> Iterator[Doc]:
+    """Yield one Doc per non-blank line, with entities and `user_data["id"]` set.
+
+    A stray "I-X" (after "O" or after another type) starts a new entity, as in
+    IOB1. Once the whole file has been read, the number of such repairs is
+    reported with a single BIORepairWarning. Raises CorpusFormatError on the
+    first malformed line.
+    """
+    path = Path(path)
+    n_repairs = 0
+    first_repair_line = 0
+    # utf-8-sig: a byte order mark from an editor must not make line 1 invalid JSON.
+    with path.open(encoding="utf-8-sig") as file_:
+        for line_no, line in enumerate(file_, start=1):
+            if not line.strip():
+                continue
+            try:
+                record_id, tokens, tags = _parse_record(line)
+            except _RecordError as err:
+                raise CorpusFormatError(f"{path}:{line_no}: {err}") from None
+            spans, repairs = bio_to_spans(tags)
+            if repairs and not n_repairs:
+                first_repair_line = line_no
+            n_repairs += repairs
+            yield _make_doc(vocab, record_id, tokens, spans)
+    if n_repairs:
+        warnings.warn(
+            f"{path}: {n_repairs} stray I- tag(s) read as entity starts "
+            f"(first on line {first_repair_line})",
+            BIORepairWarning,
+            stacklevel=2,
+        )
+
+
+def write_jsonl_docs(docs: Iterable[Doc], path: Path) -> int:
+    """Export Docs as BIO JSONL (the inverse of `read_jsonl_docs`); returns the
+    number of lines. Docs without `user_data["id"]` get the id `doc_{i}`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_docs = 0
+    with _replaced_on_success(path) as tmp_path, tmp_path.open("w", encoding="utf8") as file_:
+        for i, doc in enumerate(docs):
+            record = {
+                "id": doc.user_data.get("id", f"doc_{i}"),
+                "tokens": [token.text for token in doc],
+                "ner_tags": doc_to_bio(doc),
+            }
+            file_.write(json.dumps(record, ensure_ascii=False) + "\n")
+            n_docs += 1
+    return n_docs
+
+
+def convert_jsonl(input_path: Path, output_path: Path, lang: str = "en") -> int:
+    """Convert BIO JSONL into a .spacy DocBin (user_data kept) and return the
+    number of docs. The whole input is validated before anything is written, and
+    the output appears atomically, so a failure never leaves a partial corpus.
+    Repaired stray I- tags are reported as a BIORepairWarning."""
+    vocab = spacy.blank(lang).vocab
+    doc_bin = DocBin(store_user_data=True)
+    for doc in read_jsonl_docs(Path(input_path), vocab):
+        doc_bin.add(doc)
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with _replaced_on_success(output_path) as tmp_path:
+        doc_bin.to_disk(tmp_path)
+    return len(doc_bin)
+
+
+def bio_to_spans(tags: List[str]) -> Tuple[List[SpanTriple], int]:
+    """Turn valid BIO tags into `(start, end, label)` spans, also returning how
+    many stray I- tags had to be read as entity starts."""
+    spans: List[SpanTriple] = []
+    n_repairs = 0
+    start, label = -1, ""
+    for i, tag in enumerate(tags + ["O"]):
+        prefix, tag_label = (tag[0], tag[2:]) if tag != "O" else ("O", "")
+        if prefix == "I" and tag_label == label:
+            continue
+        if label:
+            spans.append((start, i, label))
+        if prefix == "I":
+            n_repairs += 1
+        start, label = i, tag_label
+    return spans, n_repairs
+
+
+def doc_to_bio(doc: Doc) -> List[str]:
+    """BIO tags of `doc.ents`; tokens outside any entity are "O"."""
+    tags = ["O"] * len(doc)
+    for ent in doc.ents:
+        tags[ent.start] = f"B-{ent.label_}"
+        for i in range(ent.start + 1, ent.end):
+            tags[i] = f"I-{ent.label_}"
+    return tags
+
+
+def _parse_record(line: str) -> Tuple[str, List[str], List[str]]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise _RecordError(f"invalid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise _RecordError(f"expected a JSON object, got {_json_type(record)}")
+    missing = [key for key in ("id", "tokens", "ner_tags") if key not in record]
+    if missing:
+        raise _RecordError("missing key(s) " + ", ".join(repr(key) for key in missing))
+    if not isinstance(record["id"], str):
+        raise _RecordError(f"'id' must be a string, got {_json_type(record['id'])}")
+    tokens = _string_list(record, "tokens")
+    tags = _string_list(record, "ner_tags")
+    if not tokens:
+        raise _RecordError("'tokens' is empty")
+    if len(tokens) != len(tags):
+        raise _RecordError(f"'tokens' has {len(tokens)} items but 'ner_tags' has {len(tags)}")
+    _check_tokens(tokens)
+    _check_tags(tags)
+    return record["id"], tokens, tags
+
+
+def _string_list(record: Dict[str, Any], key: str) -> List[str]:
+    value = record[key]
+    if not isinstance(value, list):
+        raise _RecordError(f"'{key}' must be an array of strings, got {_json_type(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _RecordError(f"'{key}'[{i}] must be a string, got {_json_type(item)}")
+    return value
+
+
+def _check_tokens(tokens: List[str]) -> None:
+    for i, token in enumerate(tokens):
+        if not token:
+            raise _RecordError(f"token {i} is an empty string")
+        if _WHITESPACE_RE.search(token):
+            raise _RecordError(f"token {i} ({token!r}) contains whitespace")
+
+
+def _check_tags(tags: List[str]) -> None:
+    for i, tag in enumerate(tags):
+        if not _TAG_RE.match(tag):
+            raise _RecordError(f"invalid tag {tag!r} at position {i} (expected O, B-LABEL or I-LABEL)")
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _make_doc(vocab: Vocab, record_id: str, tokens: List[str], spans: List[SpanTriple]) -> Doc:
+    doc = Doc(vocab, words=tokens, spaces=_guess_spaces(tokens))
+    doc.ents = [Span(doc, start, end, label=label) for start, end, label in spans]
+    doc.user_data["id"] = record_id
+    return doc
+
+
+def _guess_spaces(tokens: List[str]) -> List[bool]:
+    """Whitespace after each token, so that `doc.text` reads like normal prose
+    ("Smith , 42 ." becomes "Smith, 42.") instead of a token list."""
+    spaces = [
+        token not in _NO_SPACE_AFTER and next_token not in _NO_SPACE_BEFORE
+        for token, next_token in zip(tokens, tokens[1:])
+    ]
+    return spaces + [False]
+
+
+@contextmanager
+def _replaced_on_success(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` that replaces `path` only if the block
+    succeeds, so readers never see a half-written file."""
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()

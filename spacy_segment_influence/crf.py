@@ -1,0 +1,224 @@
+"""Linear-chain CRF in torch: constrained forward-backward, Viterbi, marginals and
+segment conditionals. Knows tensors only, nothing of spaCy.
+
+A path y over a sentence of n tokens scores
+    start[y_0] + sum_t emissions[t, y_t] + sum_t transitions[y_t, y_t+1] + end[y_n-1]
+(Lafferty et al., 2001). Transitions that the tag scheme forbids (I-PER after O, ...) get
+the score NEG everywhere: in the partition function, the marginals, the conditionals and
+Viterbi, so the model never spends probability mass on paths it can't output.
+"""
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+
+# Score for forbidden tags/transitions. Finite (not -inf) so an all-forbidden row gives a
+# huge loss instead of NaN; exp(NEG) underflows to exactly 0 in float32 and float64.
+NEG = -1e9
+
+
+class TagConstraints(NamedTuple):
+    """Which tags may start, end, and follow each other (bool masks)."""
+
+    transitions: torch.Tensor  # [C, C]: allowed[i, j] means tag j may follow tag i
+    start: torch.Tensor  # [C]
+    end: torch.Tensor  # [C]
+
+
+class ChainScores(NamedTuple):
+    """Potentials of a padded batch of chains."""
+
+    emissions: torch.Tensor  # [B, L, C]; positions >= lengths[b] are ignored
+    lengths: torch.Tensor  # long [B], each >= 1
+    transitions: torch.Tensor  # [C, C]
+    start: torch.Tensor  # [C]
+    end: torch.Tensor  # [C]
+
+
+def tag_constraints(tags: Sequence[str], scheme: str) -> TagConstraints:
+    """Allowed transitions of the BILUO or BIO scheme over `tags` ("O", "B-PER", ...)."""
+    scheme = scheme.upper()
+    if scheme not in ("BILUO", "BIO"):
+        raise ValueError(f"Unknown tag scheme {scheme!r}: expected 'BILUO' or 'BIO'")
+    parsed = [_split_tag(tag, scheme) for tag in tags]
+    inside = ("B", "I")  # prefixes after which the entity must continue (BILUO)
+    n_tags = len(tags)
+    allowed = torch.zeros(n_tags, n_tags, dtype=torch.bool)
+    for i, (prev_prefix, prev_label) in enumerate(parsed):
+        for j, (prefix, label) in enumerate(parsed):
+            continues = prefix in ("I", "L") if scheme == "BILUO" else prefix == "I"
+            if scheme == "BILUO" and prev_prefix in inside:
+                allowed[i, j] = continues and label == prev_label
+            elif continues:
+                allowed[i, j] = prev_prefix in inside and label == prev_label
+            else:
+                allowed[i, j] = True
+    prefixes = [prefix for prefix, _ in parsed]
+    if scheme == "BILUO":
+        start = torch.tensor([p in ("O", "B", "U") for p in prefixes])
+        end = torch.tensor([p in ("O", "L", "U") for p in prefixes])
+    else:
+        start = torch.tensor([p != "I" for p in prefixes])
+        end = torch.ones(n_tags, dtype=torch.bool)
+    return TagConstraints(allowed, start, end)
+
+
+def unconstrained(n_tags: int) -> TagConstraints:
+    return TagConstraints(
+        torch.ones(n_tags, n_tags, dtype=torch.bool),
+        torch.ones(n_tags, dtype=torch.bool),
+        torch.ones(n_tags, dtype=torch.bool),
+    )
+
+
+def _split_tag(tag: str, scheme: str) -> Tuple[str, str]:
+    if tag == "O":
+        return "O", ""
+    prefix, sep, label = tag.partition("-")
+    if not sep or not label or prefix not in tuple(scheme):
+        raise ValueError(f"Tag {tag!r} is not 'O' or a {scheme} tag like 'B-PER'")
+    return prefix, label
+
+
+def gold_mask(tags: torch.Tensor, n_tags: int) -> torch.Tensor:
+    """[B, L] tag ids (-1 = unknown) -> [B, L, C] allowed tags (unknown allows all)."""
+    known = tags >= 0
+    mask = torch.nn.functional.one_hot(tags.clamp(min=0), n_tags).bool()
+    return mask | ~known.unsqueeze(-1)
+
+
+def _apply(
+    scores: ChainScores, constraints: Optional[TagConstraints], tag_mask: Optional[torch.Tensor]
+) -> ChainScores:
+    emissions, transitions, start, end = (
+        scores.emissions,
+        scores.transitions,
+        scores.start,
+        scores.end,
+    )
+    if tag_mask is not None:
+        emissions = emissions.masked_fill(~tag_mask, NEG)
+    if constraints is not None:
+        device = transitions.device
+        transitions = transitions.masked_fill(~constraints.transitions.to(device), NEG)
+        start = start.masked_fill(~constraints.start.to(device), NEG)
+        end = end.masked_fill(~constraints.end.to(device), NEG)
+    return ChainScores(emissions, scores.lengths, transitions, start, end)
+
+
+def _forward(scores: ChainScores) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Log forward variables alpha [B, L, C] (frozen past each length) and log Z [B]."""
+    emissions, lengths = scores.emissions, scores.lengths
+    alpha = scores.start + emissions[:, 0]
+    alphas = [alpha]
+    for t in range(1, emissions.shape[1]):
+        step = torch.logsumexp(alpha.unsqueeze(2) + scores.transitions, dim=1)
+        alpha = torch.where((t < lengths).unsqueeze(1), step + emissions[:, t], alpha)
+        alphas.append(alpha)
+    log_z = torch.logsumexp(alpha + scores.end, dim=1)
+    return torch.stack(alphas, dim=1), log_z
+
+
+def _backward(scores: ChainScores) -> torch.Tensor:
+    """Log backward variables beta [B, L, C]; beta = end from each last token on."""
+    emissions, lengths = scores.emissions, scores.lengths
+    end = scores.end.expand(emissions.shape[0], -1)
+    beta = end
+    betas = [beta]
+    for t in range(emissions.shape[1] - 2, -1, -1):
+        nxt = emissions[:, t + 1] + beta
+        step = torch.logsumexp(scores.transitions + nxt.unsqueeze(1), dim=2)
+        beta = torch.where((t < lengths - 1).unsqueeze(1), step, end)
+        betas.append(beta)
+    return torch.stack(betas[::-1], dim=1)
+
+
+def log_partition(
+    scores: ChainScores,
+    constraints: Optional[TagConstraints] = None,
+    tag_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """log sum over valid paths (restricted to `tag_mask`) of exp(score): [B]."""
+    return _forward(_apply(scores, constraints, tag_mask))[1]
+
+
+def marginals(
+    scores: ChainScores,
+    constraints: Optional[TagConstraints] = None,
+    tag_mask: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log Z [B], unary p(y_t=i) [B, L, C] and pairwise p(y_t=i, y_t+1=j) [B, L-1, C, C],
+    zero at padded positions."""
+    masked = _apply(scores, constraints, tag_mask)
+    alpha, log_z = _forward(masked)
+    beta = _backward(masked)
+    n_tokens = masked.emissions.shape[1]
+    positions = torch.arange(n_tokens, device=masked.lengths.device)
+    in_chain = (positions.unsqueeze(0) < masked.lengths.unsqueeze(1)).unsqueeze(-1)
+    unary = torch.exp(alpha + beta - log_z[:, None, None]) * in_chain
+    pair_logits = (
+        alpha[:, :-1, :, None]
+        + masked.transitions
+        + (masked.emissions[:, 1:] + beta[:, 1:])[:, :, None, :]
+        - log_z[:, None, None, None]
+    )
+    pairwise = torch.exp(pair_logits) * in_chain[:, 1:].unsqueeze(-1)
+    return log_z, unary, pairwise
+
+
+def viterbi(scores: ChainScores, constraints: Optional[TagConstraints] = None) -> List[List[int]]:
+    """Highest-scoring valid path of each sentence."""
+    masked = _apply(scores, constraints, None)
+    emissions, lengths = masked.emissions, masked.lengths
+    delta = masked.start + emissions[:, 0]
+    backpointers = []
+    for t in range(1, emissions.shape[1]):
+        best, best_prev = (delta.unsqueeze(2) + masked.transitions).max(dim=1)
+        active = (t < lengths).unsqueeze(1)
+        delta = torch.where(active, best + emissions[:, t], delta)
+        backpointers.append(best_prev)
+    last = (delta + masked.end).argmax(dim=1).tolist()
+    pointers = torch.stack(backpointers, dim=1).tolist() if backpointers else []
+    paths = []
+    for b, n_tokens in enumerate(lengths.tolist()):
+        path = [last[b]]
+        for t in range(n_tokens - 2, -1, -1):
+            path.append(pointers[b][t][path[-1]])
+        paths.append(path[::-1])
+    return paths
+
+
+def nll(
+    scores: ChainScores, tags: torch.Tensor, constraints: Optional[TagConstraints] = None
+) -> torch.Tensor:
+    """-log p(y_known | x) per sentence [B]; unknown tags (-1) are marginalised."""
+    n_tags = scores.emissions.shape[-1]
+    log_z = log_partition(scores, constraints)
+    return log_z - log_partition(scores, constraints, gold_mask(tags, n_tags))
+
+
+def segment_mask(tags: torch.Tensor, seg_start: torch.Tensor, seg_end: torch.Tensor) -> torch.Tensor:
+    """Bool [B, L]: token t lies in sentence b's segment [seg_start[b], seg_end[b])."""
+    positions = torch.arange(tags.shape[1], device=tags.device).unsqueeze(0)
+    return (positions >= seg_start.unsqueeze(1)) & (positions < seg_end.unsqueeze(1))
+
+
+def segment_nll(
+    scores: ChainScores,
+    tags: torch.Tensor,
+    seg_start: torch.Tensor,
+    seg_end: torch.Tensor,
+    constraints: Optional[TagConstraints] = None,
+) -> torch.Tensor:
+    """-log p(y_S | labels outside S, x) for S = [seg_start, seg_end) per sentence [B].
+
+    By the Markov property this is -log p(y_S | y_a-1, y_b, x), START/END at the edges:
+    exactly the share of -log p(y|x) the segment's labels contribute, since
+    -log p(y|x) = -log p(y_S | y_-S, x) - log p(y_-S | x)  (DESIGN.md section 4).
+    """
+    inside = segment_mask(tags, seg_start, seg_end)
+    if bool((inside & (tags < 0)).any()) or bool((seg_end <= seg_start).any()):
+        raise ValueError("A segment must be non-empty and have known tags on all its tokens")
+    n_tags = scores.emissions.shape[-1]
+    outside = gold_mask(tags.masked_fill(inside, -1), n_tags)
+    log_z_outside = log_partition(scores, constraints, outside)
+    return log_z_outside - log_partition(scores, constraints, gold_mask(tags, n_tags))

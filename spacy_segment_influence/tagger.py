@@ -1,0 +1,294 @@
+"""`crf_ner`: a trainable spaCy NER component with a linear-chain CRF head.
+
+Unlike spaCy's transition-based `ner`, it has a proper probability over tag sequences,
+which is what segment influence differentiates (DESIGN.md section 3).
+"""
+from itertools import islice
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from spacy.language import Language
+from spacy.pipeline import TrainablePipe
+from spacy.tokens import Doc, Span
+from spacy.training import Example, biluo_tags_to_spans, validate_get_examples
+from spacy.util import registry
+from spacy.vocab import Vocab
+from thinc.api import Config, Model, Optimizer, torch2xp, xp2torch
+from thinc.types import Floats2d
+
+from . import crf
+from .head import CRFHead, torch_head
+
+DEFAULT_MODEL_CONFIG = """
+[model]
+@architectures = "spacy-segment-influence.CRFTagger.v1"
+nO = null
+
+[model.tok2vec]
+@architectures = "spacy.HashEmbedCNN.v2"
+pretrained_vectors = null
+width = 96
+depth = 4
+embed_size = 2000
+window_size = 1
+maxout_pieces = 3
+subword_features = true
+"""
+DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
+SCHEMES = {"BILUO": "BILU", "BIO": "BI"}
+
+
+@Language.factory(
+    "crf_ner",
+    assigns=["doc.ents", "token.ent_iob", "token.ent_type"],
+    default_config={
+        "model": DEFAULT_MODEL,
+        "scheme": "BILUO",
+        "scorer": {"@scorers": "spacy.ner_scorer.v1"},
+    },
+    default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
+)
+def make_crf_ner(
+    nlp: Language, name: str, model: Model, scheme: str, scorer: Optional[Callable]
+) -> "CRFEntityRecognizer":
+    return CRFEntityRecognizer(nlp.vocab, model, name, scheme=scheme, scorer=scorer)
+
+
+class CRFEntityRecognizer(TrainablePipe):
+    """Named entity recognition by a linear-chain CRF over BILUO or BIO tags."""
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        model: Model,
+        name: str = "crf_ner",
+        *,
+        scheme: str = "BILUO",
+        scorer: Optional[Callable] = None,
+    ) -> None:
+        scheme = scheme.upper()
+        if scheme not in SCHEMES:
+            raise ValueError(f"crf_ner: unknown tag scheme {scheme!r}; use 'BILUO' or 'BIO'")
+        self.vocab = vocab
+        self.model = model
+        self.name = name
+        self.scorer = scorer
+        self.cfg: Dict = {"labels": [], "scheme": scheme}
+        self._constraints: Optional[crf.TagConstraints] = None
+
+    # -- labels and tags -------------------------------------------------------------
+    @property
+    def labels(self) -> Tuple[str, ...]:
+        return tuple(self.cfg["labels"])
+
+    @property
+    def scheme(self) -> str:
+        return self.cfg["scheme"]
+
+    @property
+    def tags(self) -> List[str]:
+        """Tag inventory, "O" first, then each label's prefixes (B, I, L, U or B, I)."""
+        prefixes = SCHEMES[self.scheme]
+        return ["O"] + [f"{p}-{label}" for label in self.labels for p in prefixes]
+
+    @property
+    def constraints(self) -> crf.TagConstraints:
+        if self._constraints is None:
+            self._constraints = crf.tag_constraints(self.tags, self.scheme)
+        return self._constraints
+
+    def add_label(self, label: str) -> int:
+        if not isinstance(label, str) or not label or "-" in label:
+            raise ValueError(f"crf_ner: invalid entity label {label!r}")
+        if label in self.labels:
+            return 0
+        if self.head.n_tags:
+            raise ValueError(
+                f"crf_ner '{self.name}': cannot add label {label!r} after the model was sized; "
+                "pass all labels before nlp.initialize()"
+            )
+        self.cfg["labels"] = sorted([*self.labels, label])
+        self._constraints = None
+        return 1
+
+    @property
+    def head(self) -> CRFHead:
+        return torch_head(self.model)
+
+    # -- initialization ------------------------------------------------------------------
+    def initialize(
+        self,
+        get_examples: Callable[[], Iterable[Example]],
+        *,
+        nlp: Optional[Language] = None,
+        labels: Optional[Sequence[str]] = None,
+    ) -> None:
+        validate_get_examples(get_examples, "CRFEntityRecognizer.initialize")
+        if labels is None:
+            labels = {ent.label_ for eg in get_examples() for ent in eg.reference.ents}
+        for label in sorted(labels):
+            self.add_label(label)
+        if not self.labels:
+            raise ValueError(f"crf_ner '{self.name}': no entity labels found in the training data")
+        head = self.model.get_ref("head")
+        head.set_dim("nO", len(self.tags), force=True)
+        tok2vec = self.model.get_ref("tok2vec")
+        if tok2vec.has_dim("nO") and tok2vec.get_dim("nO"):
+            head.set_dim("nI", tok2vec.get_dim("nO"), force=True)
+        doc_sample = [eg.reference for eg in islice(get_examples(), 10)]
+        self.model.initialize(X=doc_sample)
+
+    # -- prediction ----------------------------------------------------------------------
+    def chain_scores(self, emissions: Sequence[torch.Tensor]) -> crf.ChainScores:
+        """Pad per-doc [n, C] emissions (all n >= 1) into a batch with the head's CRF scores."""
+        head = self.head
+        return crf.ChainScores(
+            torch.nn.utils.rnn.pad_sequence(list(emissions), batch_first=True),
+            torch.tensor([len(e) for e in emissions], device=emissions[0].device),
+            head.transitions,
+            head.start,
+            head.end,
+        )
+
+    def predict(self, docs: Iterable[Doc]) -> List[List[int]]:
+        docs = list(docs)
+        if not any(len(doc) for doc in docs):
+            return [[] for _ in docs]
+        emissions = self.model.predict(docs)
+        with torch.no_grad():
+            tensors = [xp2torch(e) for e, doc in zip(emissions, docs) if len(doc)]
+            paths = iter(crf.viterbi(self.chain_scores(tensors), self.constraints))
+        return [next(paths) if len(doc) else [] for doc in docs]
+
+    def set_annotations(self, docs: Iterable[Doc], tag_ids: List[List[int]]) -> None:
+        for doc, ids in zip(docs, tag_ids):
+            doc.ents = self.spans_from_tag_ids(doc, ids)
+
+    def spans_from_tag_ids(self, doc: Doc, ids: Sequence[int]) -> List[Span]:
+        tags = [self.tags[i] for i in ids]
+        if self.scheme == "BIO":
+            tags = _bio_to_biluo(tags)
+        return biluo_tags_to_spans(doc, tags)
+
+    # -- training ------------------------------------------------------------------------
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Optional[Optimizer] = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        if losses is None:
+            losses = {}
+        losses.setdefault(self.name, 0.0)
+        examples = list(examples)
+        self._validate_update(examples)
+        if not any(len(eg.predicted) for eg in examples):
+            return losses
+        self.model.attrs["dropout"] = drop
+        emissions, backprop = self.model.begin_update([eg.predicted for eg in examples])
+        loss, d_emissions = self.get_loss(examples, emissions)
+        backprop(d_emissions)
+        if sgd is not None:
+            self.finish_update(sgd)
+        losses[self.name] += loss
+        return losses
+
+    def _validate_update(self, examples: List[Example]) -> None:
+        if not self.labels:
+            raise ValueError(f"crf_ner '{self.name}' was not initialized: call nlp.initialize()")
+        for eg in examples:
+            if not isinstance(eg, Example):
+                raise TypeError(f"crf_ner.update expects Example objects, got {type(eg).__name__}")
+
+    def get_loss(
+        self, examples: Iterable[Example], scores: List[Floats2d]
+    ) -> Tuple[float, List[Floats2d]]:
+        """CRF negative log-likelihood summed over docs (unknown gold tags marginalise),
+        and its gradient with respect to each doc's emission scores."""
+        examples = list(examples)
+        d_scores = [self.model.ops.alloc2f(*s.shape) for s in scores]
+        rows = [i for i, eg in enumerate(examples) if len(eg.predicted)]
+        if not rows:
+            return 0.0, d_scores
+        emissions = [xp2torch(scores[i], requires_grad=True) for i in rows]
+        gold = torch.nn.utils.rnn.pad_sequence(
+            [torch.tensor(self.gold_tag_ids(examples[i])) for i in rows],
+            batch_first=True,
+            padding_value=-1,
+        )
+        loss = crf.nll(self.chain_scores(emissions), gold, self.constraints).sum()
+        loss.backward()  # also leaves d(loss)/d(transitions, start, end) on the head
+        for i, tensor in zip(rows, emissions):
+            d_scores[i] = torch2xp(tensor.grad)
+        return float(loss.item()), d_scores
+
+    def gold_tag_ids(self, example: Example) -> List[int]:
+        """Gold tag id per predicted token; -1 where the gold tag is unknown (missing
+        annotation) so the CRF marginalises it. Misaligned entities are an error."""
+        tag_index = {tag: i for i, tag in enumerate(self.tags)}
+        biluo = example.get_aligned_ner()
+        ids = []
+        for token, tag in zip(example.predicted, biluo):
+            if tag is None:
+                raise ValueError(_misaligned_message(example, token.i))
+            if tag == "-":
+                ids.append(-1)
+                continue
+            if tag != "O" and self.scheme == "BIO":
+                tag = {"L": "I", "U": "B"}.get(tag[0], tag[0]) + tag[1:]
+            if tag not in tag_index:
+                raise ValueError(
+                    f"crf_ner '{self.name}': doc {_doc_name(example.reference)} has an entity "
+                    f"label {tag.split('-', 1)[-1]!r} unknown to the model (labels: "
+                    f"{', '.join(self.labels)}); add it with add_label before training"
+                )
+            ids.append(tag_index[tag])
+        return ids
+
+    def finish_update(self, sgd: Optimizer) -> None:
+        self.model.finish_update(sgd)
+
+    # -- serialization -------------------------------------------------------------------
+    def from_bytes(self, bytes_data: bytes, *, exclude=tuple()):
+        self._constraints = None
+        return super().from_bytes(bytes_data, exclude=exclude)
+
+    def from_disk(self, path, *, exclude=tuple()):
+        self._constraints = None
+        return super().from_disk(path, exclude=exclude)
+
+
+def _bio_to_biluo(tags: Sequence[str]) -> List[str]:
+    out = []
+    for i, tag in enumerate(tags):
+        following = tags[i + 1] if i + 1 < len(tags) else "O"
+        continues = following.startswith("I-") and following[2:] == tag[2:]
+        if tag.startswith("B-"):
+            out.append(("B-" if continues else "U-") + tag[2:])
+        elif tag.startswith("I-"):
+            out.append(("I-" if continues else "L-") + tag[2:])
+        else:
+            out.append(tag)
+    return out
+
+
+def _doc_name(doc: Doc) -> str:
+    doc_id = doc.user_data.get("id") if doc.user_data else None
+    return repr(doc_id) if doc_id is not None else repr(doc.text[:40] + ("..." if len(doc.text) > 40 else ""))
+
+
+def _misaligned_message(example: Example, token_index: int) -> str:
+    ref = example.reference
+    token = example.predicted[token_index]
+    spans = [
+        f"{ent.text!r} ({ent.label_}, chars {ent.start_char}-{ent.end_char})"
+        for ent in ref.ents
+        if ent.start_char < token.idx + len(token) and token.idx < ent.end_char
+    ]
+    return (
+        f"Entity {', '.join(spans) or '?'} in doc {_doc_name(ref)} does not align with the "
+        f"predicted tokenization (token {token.text!r}, chars {token.idx}-{token.idx + len(token)}); "
+        "fix the entity offsets or tokenize the training data with the pipeline's tokenizer"
+    )
