@@ -14,6 +14,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Segment influence for spaCy NER pipelines (Jain et al., Findings of EMNLP 2022)."""
+
+
 @app.command()
 def convert(
     input_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL with id, tokens, ner_tags (BIO)"),

@@ -3,6 +3,7 @@
 Unlike spaCy's transition-based `ner`, it has a proper probability over tag sequences,
 which is what segment influence differentiates (DESIGN.md section 3).
 """
+import warnings
 from itertools import islice
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -75,6 +76,7 @@ class CRFEntityRecognizer(TrainablePipe):
         self.scorer = scorer
         self.cfg: Dict = {"labels": [], "scheme": scheme}
         self._constraints: Optional[crf.TagConstraints] = None
+        self._warned_misaligned = False
 
     # -- labels and tags -------------------------------------------------------------
     @property
@@ -226,14 +228,16 @@ class CRFEntityRecognizer(TrainablePipe):
 
     def gold_tag_ids(self, example: Example) -> List[int]:
         """Gold tag id per predicted token; -1 where the gold tag is unknown (missing
-        annotation) so the CRF marginalises it. Misaligned entities are an error."""
+        annotation, or an entity that doesn't align with the predicted tokens) so the CRF
+        marginalises it. The first misaligned entity is reported once, by doc and span."""
         tag_index = {tag: i for i, tag in enumerate(self.tags)}
         biluo = example.get_aligned_ner()
         ids = []
         for token, tag in zip(example.predicted, biluo):
-            if tag is None:
-                raise ValueError(_misaligned_message(example, token.i))
-            if tag == "-":
+            if tag is None and not self._warned_misaligned:
+                warnings.warn(_misaligned_message(example, token.i))
+                self._warned_misaligned = True
+            if tag is None or tag == "-":
                 ids.append(-1)
                 continue
             if tag != "O" and self.scheme == "BIO":
@@ -290,5 +294,6 @@ def _misaligned_message(example: Example, token_index: int) -> str:
     return (
         f"Entity {', '.join(spans) or '?'} in doc {_doc_name(ref)} does not align with the "
         f"predicted tokenization (token {token.text!r}, chars {token.idx}-{token.idx + len(token)}); "
-        "fix the entity offsets or tokenize the training data with the pipeline's tokenizer"
+        "its tags are treated as unknown. Fix the offsets, or train with gold tokens "
+        "([corpora.train] gold_preproc = true). Further misalignments are not reported."
     )

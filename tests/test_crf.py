@@ -583,33 +583,44 @@ def test_log_partition_gradients(setting, seed):
 
 
 def _check_marginals(scores, cons, ref, mask, what):
+    """Values at real positions first, then autograd identities, then the padding
+    (so a padding problem does not hide the other checks)."""
     B, L, C = scores.emissions.shape
     log_z, unary, pairwise = crf.marginals(scores, cons, tag_mask=mask)
     assert unary.shape == (B, L, C)
     assert pairwise.shape == (B, L - 1, C, C)
     bz, bu, bp = bf_marginals(scores, ref, mask)
     close(log_z, bz, f"{what} log_z")
-    close(unary, bu, f"{what} unary")  # includes zeros at padded positions
-    close(pairwise, bp, f"{what} pairwise")  # includes zeros at padded positions
-    # internal consistency
     for b in range(B):
         n = int(scores.lengths[b])
+        close(unary[b, :n], bu[b, :n], f"{what} unary (sentence {b}, length {n})")
+        close(pairwise[b, : n - 1], bp[b, : n - 1], f"{what} pairwise (sentence {b}, length {n})")
+        # internal consistency
         close(unary[b, :n].sum(-1), torch.ones(n, dtype=DTYPE), f"{what} unary sums")
         if n > 1:
             close(pairwise[b, : n - 1].sum(-1), unary[b, : n - 1], f"{what} pairwise row sums")
             close(pairwise[b, : n - 1].sum(-2), unary[b, 1:n], f"{what} pairwise col sums")
-    # unary == d log Z / d emissions, pairwise summed == d log Z / d transitions
+    # unary == d log Z / d emissions (zero at padding), pairwise summed == d log Z / d transitions
     s = with_grad(scores)
     g_em, g_tr, g_st, g_en = (
         torch.zeros_like(x) if g is None else g
         for g, x in zip(grads(crf.log_partition(s, cons, tag_mask=mask), s),
                         (s.emissions, s.transitions, s.start, s.end))
     )
-    close(unary, g_em, f"{what} unary vs autograd")
-    close(pairwise.sum((0, 1)), g_tr, f"{what} pairwise vs autograd")
+    close(g_em, bu, f"{what} autograd d logZ/d emissions vs brute-force unary")
+    for b in range(B):
+        n = int(scores.lengths[b])
+        close(unary[b, :n], g_em[b, :n], f"{what} unary vs autograd")
+    real_pairs = torch.stack([
+        pairwise[b, t] for b in range(B) for t in range(int(scores.lengths[b]) - 1)
+    ]).sum(0) if int(scores.lengths.max()) > 1 else torch.zeros(C, C, dtype=DTYPE)
+    close(real_pairs, g_tr, f"{what} pairwise vs autograd")
     close(unary[:, 0].sum(0), g_st, f"{what} start vs autograd")
     last = scores.lengths - 1
     close(unary[torch.arange(B), last].sum(0), g_en, f"{what} end vs autograd")
+    # padded positions: exactly zero (spec: "zeros at padded positions")
+    close(unary, bu, f"{what} unary incl. padding")
+    close(pairwise, bp, f"{what} pairwise incl. padding (must be 0 there)")
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -633,7 +644,10 @@ def test_marginals_respect_constraints(seed):
     gen, C, cons, ref, scores = make_instance("biluo", seed)
     _, unary, pairwise = crf.marginals(scores, cons)
     trans, start, end = ref
-    assert float(pairwise[..., ~trans].abs().max()) < 1e-12
+    for b in range(len(scores.lengths)):
+        n = int(scores.lengths[b])
+        if n > 1:
+            assert float(pairwise[b, : n - 1][:, ~trans].abs().max()) < 1e-12
     assert float(unary[:, 0, ~start].abs().max()) < 1e-12
     last = scores.lengths - 1
     assert float(unary[torch.arange(len(last)), last][:, ~end].abs().max()) < 1e-12
@@ -886,3 +900,37 @@ def test_padding_values_do_not_matter():
         close(x, y, "marginals padding")
     assert crf.viterbi(scores, cons) == crf.viterbi(scores2, cons)
     close(crf.nll(scores, tags, cons), crf.nll(scores2, tags2, cons), "nll padding")
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_float32_close_to_float64(setting):
+    """Sanity in the training dtype: float32 results agree with float64 (loose tolerance),
+    despite the large finite NEG."""
+    gen, C, cons, ref, scores = make_instance(setting, 0)
+    # realistic (small) padding values for this test
+    B, L, _ = scores.emissions.shape
+    pad = (torch.arange(L)[None, :] >= scores.lengths[:, None])[..., None]
+    scores = scores._replace(emissions=scores.emissions.masked_fill(pad, 0.0))
+    s32 = crf.ChainScores(*(x.float() if x.is_floating_point() else x for x in scores))
+    tags = sample_gold(scores, ref, gen)
+    a, e = make_segments(scores.lengths, "multi", gen)
+    tol = dict(atol=1e-4, rtol=1e-4)
+    for f in (lambda s: crf.log_partition(s, cons), lambda s: crf.nll(s, tags, cons),
+              lambda s: crf.segment_nll(s, tags, a, e, cons)):
+        torch.testing.assert_close(f(s32).double(), f(scores), **tol)
+    for x32, x64 in zip(crf.marginals(s32, cons), crf.marginals(scores, cons)):
+        torch.testing.assert_close(x32.double(), x64, **tol)
+    assert crf.viterbi(s32, cons) == crf.viterbi(scores, cons)
+
+
+def test_marginals_padding_minimal():
+    """Minimal case: large values in the padding must not leak into the marginals."""
+    em = torch.zeros(2, 2, 3, dtype=DTYPE)
+    em[1, 1] = 800.0  # padding of the length-1 sentence
+    s = crf.ChainScores(em, torch.tensor([2, 1]), torch.zeros(3, 3, dtype=DTYPE),
+                        torch.zeros(3, dtype=DTYPE), torch.zeros(3, dtype=DTYPE))
+    log_z, unary, pairwise = crf.marginals(s)
+    close(log_z, torch.log(torch.tensor([9.0, 3.0], dtype=DTYPE)), "log_z")
+    assert torch.equal(unary[1, 1], torch.zeros(3, dtype=DTYPE)), unary[1, 1]
+    assert torch.equal(pairwise[1, 0], torch.zeros(3, 3, dtype=DTYPE)), pairwise[1, 0]
+    close(pairwise[0, 0], torch.full((3, 3), 1 / 9, dtype=DTYPE), "pairwise")

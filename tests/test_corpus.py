@@ -1,0 +1,192 @@
+import json
+import warnings
+from itertools import islice
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.tokens import DocBin
+from typer.testing import CliRunner
+
+from spacy_segment_influence.cli import app
+from spacy_segment_influence.corpus import (
+    BIORepairWarning,
+    CorpusFormatError,
+    bio_to_spans,
+    convert_jsonl,
+    read_jsonl_docs,
+    write_jsonl_docs,
+)
+
+CONLL_TRAIN = Path("/work/shared/data/conll2003/train_original.jsonl")
+
+SAMPLE = [
+    {"id": "s1", "tokens": ["Peter", "Blackburn", "visited", "New", "York", "."], "ner_tags": ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"]},
+    {"id": "s2", "tokens": ["No", "entities", "here", "."], "ner_tags": ["O", "O", "O", "O"]},
+    {"id": "s3", "tokens": ["EU", "rejects", "German", "British", "lamb"], "ner_tags": ["B-ORG", "O", "B-MISC", "B-MISC", "O"]},
+    {"id": "s4", "tokens": ["Real", "Madrid", "(", "Spain", ")", "does", "n't", "lose", "."], "ner_tags": ["B-ORG", "I-ORG", "O", "B-LOC", "O", "O", "O", "O", "O"]},
+]
+
+
+def _write_lines(path: Path, lines) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf8")
+    return path
+
+
+def _write_records(path: Path, records) -> Path:
+    return _write_lines(path, [json.dumps(record) for record in records])
+
+
+def _records_from_spacy(path: Path):
+    docs = DocBin().from_disk(path).get_docs(spacy.blank("en").vocab)
+    tmp = path.with_suffix(".roundtrip.jsonl")
+    write_jsonl_docs(docs, tmp)
+    return [json.loads(line) for line in tmp.read_text(encoding="utf8").splitlines()]
+
+
+def _run_convert(*args: Path):
+    return CliRunner().invoke(app, ["convert"] + [str(arg) for arg in args])
+
+
+def test_roundtrip_sample(tmp_path):
+    src = _write_records(tmp_path / "in.jsonl", SAMPLE)
+    assert convert_jsonl(src, tmp_path / "out" / "train.spacy") == len(SAMPLE)
+    assert _records_from_spacy(tmp_path / "out" / "train.spacy") == SAMPLE
+
+
+@pytest.mark.skipif(not CONLL_TRAIN.exists(), reason="CoNLL-2003 JSONL not available")
+def test_roundtrip_conll_head(tmp_path):
+    with CONLL_TRAIN.open(encoding="utf8") as file_:
+        records = [json.loads(line) for line in islice(file_, 200)]
+    src = _write_records(tmp_path / "conll.jsonl", records)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BIORepairWarning)
+        assert convert_jsonl(src, tmp_path / "conll.spacy") == 200
+    assert _records_from_spacy(tmp_path / "conll.spacy") == records
+
+
+def test_read_sets_text_ents_and_id(tmp_path):
+    src = _write_records(tmp_path / "in.jsonl", SAMPLE)
+    docs = list(read_jsonl_docs(src, spacy.blank("en").vocab))
+    assert docs[0].text == "Peter Blackburn visited New York."
+    assert [(ent.text, ent.label_) for ent in docs[0].ents] == [("Peter Blackburn", "PER"), ("New York", "LOC")]
+    assert docs[0].user_data["id"] == "s1"
+    assert docs[3].text == "Real Madrid (Spain) doesn't lose."
+
+
+def test_blank_lines_are_skipped(tmp_path):
+    lines = ["", json.dumps(SAMPLE[0]), "   ", json.dumps(SAMPLE[1]), ""]
+    src = _write_lines(tmp_path / "in.jsonl", lines)
+    assert [doc.user_data["id"] for doc in read_jsonl_docs(src, spacy.blank("en").vocab)] == ["s1", "s2"]
+
+
+@pytest.mark.parametrize(
+    "tags,spans,repairs",
+    [
+        (["B-PER", "I-PER", "O"], [(0, 2, "PER")], 0),
+        (["I-PER", "I-PER", "O"], [(0, 2, "PER")], 1),
+        (["B-PER", "I-LOC", "I-LOC"], [(0, 1, "PER"), (1, 3, "LOC")], 1),
+        (["B-PER", "B-PER", "O", "I-ORG"], [(0, 1, "PER"), (1, 2, "PER"), (3, 4, "ORG")], 1),
+    ],
+)
+def test_bio_to_spans(tags, spans, repairs):
+    assert bio_to_spans(tags) == (spans, repairs)
+
+
+def test_stray_inside_tags_are_repaired_and_counted(tmp_path):
+    records = [
+        {"id": "a", "tokens": ["x", "y", "z"], "ner_tags": ["O", "I-PER", "I-PER"]},
+        {"id": "b", "tokens": ["x", "y"], "ner_tags": ["B-ORG", "I-LOC"]},
+    ]
+    src = _write_records(tmp_path / "in.jsonl", records)
+    with pytest.warns(BIORepairWarning, match=r"2 stray I- tag\(s\).*line 1"):
+        convert_jsonl(src, tmp_path / "out.spacy")
+    assert _records_from_spacy(tmp_path / "out.spacy") == [
+        {"id": "a", "tokens": ["x", "y", "z"], "ner_tags": ["O", "B-PER", "I-PER"]},
+        {"id": "b", "tokens": ["x", "y"], "ner_tags": ["B-ORG", "B-LOC"]},
+    ]
+
+
+def test_write_generates_missing_ids(tmp_path):
+    nlp = spacy.blank("en")
+    docs = [nlp.make_doc("Hello world"), nlp.make_doc("Bye")]
+    docs[1].user_data["id"] = "kept"
+    assert write_jsonl_docs(docs, tmp_path / "sub" / "out.jsonl") == 2
+    lines = (tmp_path / "sub" / "out.jsonl").read_text(encoding="utf8").splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["doc_0", "kept"]
+
+
+GOOD = json.dumps(SAMPLE[0])
+
+
+@pytest.mark.parametrize(
+    "bad_line,message",
+    [
+        ('{"id": "x", "tokens": ["a"]', "invalid JSON"),
+        ('["a", "b"]', "expected a JSON object, got array"),
+        ('{"id": "x", "tokens": ["a"]}', "missing key(s) 'ner_tags'"),
+        ('{"tokens": ["a"], "ner_tags": ["O"]}', "missing key(s) 'id'"),
+        ('{"id": 3, "tokens": ["a"], "ner_tags": ["O"]}', "'id' must be a string, got number"),
+        ('{"id": "x", "tokens": "a b", "ner_tags": ["O"]}', "'tokens' must be an array of strings, got string"),
+        ('{"id": "x", "tokens": ["a", 1], "ner_tags": ["O", "O"]}', "'tokens'[1] must be a string, got number"),
+        ('{"id": "x", "tokens": ["a"], "ner_tags": [null]}', "'ner_tags'[0] must be a string, got null"),
+        ('{"id": "x", "tokens": ["a", "b"], "ner_tags": ["O"]}', "'tokens' has 2 items but 'ner_tags' has 1"),
+        ('{"id": "x", "tokens": [], "ner_tags": []}', "'tokens' is empty"),
+        ('{"id": "x", "tokens": ["a", "b"], "ner_tags": ["O", "X-PER"]}', "invalid tag 'X-PER' at position 1"),
+        ('{"id": "x", "tokens": ["a"], "ner_tags": ["B-"]}', "invalid tag 'B-' at position 0"),
+        ('{"id": "x", "tokens": ["a"], "ner_tags": ["PER"]}', "invalid tag 'PER' at position 0"),
+        ('{"id": "x", "tokens": ["a", ""], "ner_tags": ["O", "O"]}', "token 1 is an empty string"),
+        ('{"id": "x", "tokens": ["New York"], "ner_tags": ["B-LOC"]}', "token 0 ('New York') contains whitespace"),
+    ],
+)
+def test_malformed_line_reports_file_and_line(tmp_path, bad_line, message):
+    src = _write_lines(tmp_path / "bad.jsonl", [GOOD, "", bad_line, GOOD])
+    with pytest.raises(CorpusFormatError) as err:
+        list(read_jsonl_docs(src, spacy.blank("en").vocab))
+    assert str(err.value).startswith(f"{src}:3: ")
+    assert message in str(err.value)
+
+
+def test_failed_convert_writes_nothing(tmp_path):
+    src = _write_lines(tmp_path / "bad.jsonl", [GOOD, "not json"])
+    with pytest.raises(CorpusFormatError):
+        convert_jsonl(src, tmp_path / "out" / "train.spacy")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_convert(tmp_path):
+    src = _write_records(tmp_path / "in.jsonl", SAMPLE)
+    result = _run_convert(src, tmp_path / "train.spacy")
+    assert result.exit_code == 0, result.output
+    assert f"Wrote {len(SAMPLE)} docs" in result.output
+    assert _records_from_spacy(tmp_path / "train.spacy") == SAMPLE
+
+
+def test_cli_convert_reports_format_error_cleanly(tmp_path):
+    src = _write_lines(tmp_path / "bad.jsonl", [GOOD, '{"id": "x", "tokens": ["a"], "ner_tags": ["O", "O"]}'])
+    result = _run_convert(src, tmp_path / "train.spacy")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"{src}:2: 'tokens' has 1 items but 'ner_tags' has 2"
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "train.spacy").exists()
+
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
+
+
+@pytest.mark.parametrize("name", ["train", "train_corrected", "dev", "test"])
+def test_demo_corpus_is_valid(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BIORepairWarning)
+        docs = list(read_jsonl_docs(DEMO_DIR / f"{name}.jsonl", spacy.blank("en").vocab))
+    assert len(docs) > 100
+
+
+def test_demo_train_differs_from_gold_only_at_injected_errors():
+    def load(name):
+        return [json.loads(line) for line in (DEMO_DIR / name).read_text(encoding="utf8").splitlines()]
+
+    noisy, gold = load("train.jsonl"), load("train_corrected.jsonl")
+    changed = {n["id"] for n, g in zip(noisy, gold) if n["ner_tags"] != g["ner_tags"]}
+    assert [(n["id"], n["tokens"]) for n in noisy] == [(g["id"], g["tokens"]) for g in gold]
+    assert changed == {error["id"] for error in load("injected_errors.jsonl")}
