@@ -25,7 +25,6 @@ import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 

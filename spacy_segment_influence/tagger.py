@@ -231,12 +231,10 @@ class CRFEntityRecognizer(TrainablePipe):
         annotation, or an entity that doesn't align with the predicted tokens) so the CRF
         marginalises it. The first misaligned entity is reported once, by doc and span."""
         tag_index = {tag: i for i, tag in enumerate(self.tags)}
-        biluo = example.get_aligned_ner()
+        if not self._warned_misaligned:
+            self._warn_misaligned(example)
         ids = []
-        for token, tag in zip(example.predicted, biluo):
-            if tag is None and not self._warned_misaligned:
-                warnings.warn(_misaligned_message(example, token.i))
-                self._warned_misaligned = True
+        for tag in example.get_aligned_ner():
             if tag is None or tag == "-":
                 ids.append(-1)
                 continue
@@ -244,12 +242,19 @@ class CRFEntityRecognizer(TrainablePipe):
                 tag = {"L": "I", "U": "B"}.get(tag[0], tag[0]) + tag[1:]
             if tag not in tag_index:
                 raise ValueError(
-                    f"crf_ner '{self.name}': doc {_doc_name(example.reference)} has an entity "
+                    f"crf_ner '{self.name}': doc {_doc_name(example)} has an entity "
                     f"label {tag.split('-', 1)[-1]!r} unknown to the model (labels: "
                     f"{', '.join(self.labels)}); add it with add_label before training"
                 )
             ids.append(tag_index[tag])
         return ids
+
+    def _warn_misaligned(self, example: Example) -> None:
+        for ent in example.reference.ents:
+            if example.predicted.char_span(ent.start_char, ent.end_char) is None:
+                warnings.warn(_misaligned_message(example, ent))
+                self._warned_misaligned = True
+                return
 
     def finish_update(self, sgd: Optimizer) -> None:
         self.model.finish_update(sgd)
@@ -278,22 +283,19 @@ def _bio_to_biluo(tags: Sequence[str]) -> List[str]:
     return out
 
 
-def _doc_name(doc: Doc) -> str:
-    doc_id = doc.user_data.get("id") if doc.user_data else None
-    return repr(doc_id) if doc_id is not None else repr(doc.text[:40] + ("..." if len(doc.text) > 40 else ""))
+def _doc_name(example: Example) -> str:
+    """The doc's id (user_data["id"], as `convert` sets it) or the start of its text."""
+    for doc in (example.reference, example.predicted):
+        if doc.user_data.get("id") is not None:
+            return repr(doc.user_data["id"])
+    text = example.reference.text
+    return repr(text[:40] + ("..." if len(text) > 40 else ""))
 
 
-def _misaligned_message(example: Example, token_index: int) -> str:
-    ref = example.reference
-    token = example.predicted[token_index]
-    spans = [
-        f"{ent.text!r} ({ent.label_}, chars {ent.start_char}-{ent.end_char})"
-        for ent in ref.ents
-        if ent.start_char < token.idx + len(token) and token.idx < ent.end_char
-    ]
+def _misaligned_message(example: Example, ent: Span) -> str:
     return (
-        f"Entity {', '.join(spans) or '?'} in doc {_doc_name(ref)} does not align with the "
-        f"predicted tokenization (token {token.text!r}, chars {token.idx}-{token.idx + len(token)}); "
+        f"Entity {ent.text!r} ({ent.label_}, chars {ent.start_char}-{ent.end_char}) in doc "
+        f"{_doc_name(example)} does not align with the predicted tokenization; "
         "its tags are treated as unknown. Fix the offsets, or train with gold tokens "
         "([corpora.train] gold_preproc = true). Further misalignments are not reported."
     )

@@ -40,6 +40,15 @@ LENGTH_SETS = [
 SETTINGS = ["biluo", "bio", "free3", "free4u", "rand4"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The tensors here are tiny: intra-op threads only add contention overhead."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ---------------------------------------------------------------------------
 # Reference tag-scheme rules (from the specification)
 # ---------------------------------------------------------------------------
@@ -135,6 +144,25 @@ def all_paths(n: int, C: int) -> torch.Tensor:
             list(itertools.product(range(C), repeat=n)), dtype=torch.long
         ).reshape(-1, n)
     return _PATHS[key]
+
+
+def path_index(path: Sequence[int], C: int) -> int:
+    """Row of ``path`` in ``all_paths`` (itertools.product is lexicographic)."""
+    idx = 0
+    for y in path:
+        idx = idx * C + int(y)
+    return idx
+
+
+_VALID_CACHE: Dict[tuple, torch.Tensor] = {}
+
+
+def valid_paths(n: int, C: int, ref) -> torch.Tensor:
+    key = (n, C) if ref is None else (n, C) + tuple(tuple(x.flatten().tolist()) for x in ref)
+    if key not in _VALID_CACHE:
+        P = all_paths(n, C)
+        _VALID_CACHE[key] = P[bf_valid(P, ref)]
+    return _VALID_CACHE[key]
 
 
 def bf_path_scores(scores, b: int):
@@ -234,28 +262,11 @@ def bf_nll(scores, tags, ref) -> torch.Tensor:
     return torch.stack(out)
 
 
-def bf_segment_nll(scores, tags, seg_start, seg_end, ref) -> torch.Tensor:
+def bf_segment_nll(scores, tags, seg_start, seg_end, ref, full_conditioning: bool = False):
     """-log [sum_{y_S, y_{a-1}, y_b fixed} / sum_{y_{a-1}, y_b fixed}] (whole-sentence
-    enumeration, conditioning only on the neighbours of the segment)."""
-    out = []
-    for b in range(len(scores.lengths)):
-        n = int(scores.lengths[b])
-        a, e = int(seg_start[b]), int(seg_end[b])
-        P, s = bf_path_scores(scores, b)
-        ok = bf_valid(P, ref)
-        g = tags[b]
-        cond = torch.ones_like(ok)
-        if a > 0:
-            cond &= P[:, a - 1] == g[a - 1]
-        if e < n:
-            cond &= P[:, e] == g[e]
-        inside = (P[:, a:e] == g[a:e][None, :]).all(1)
-        out.append(-(lse(s, ok & cond & inside) - lse(s, ok & cond)))
-    return torch.stack(out)
-
-
-def bf_segment_nll_full_conditioning(scores, tags, seg_start, seg_end, ref):
-    """-log p(y_S | all labels outside S) (no Markov shortcut)."""
+    enumeration, conditioning only on the neighbours of the segment, START/END at the
+    edges).  With ``full_conditioning`` every label outside S is fixed instead (the
+    definition before the Markov shortcut)."""
     out = []
     for b in range(len(scores.lengths)):
         n = int(scores.lengths[b])
@@ -263,9 +274,16 @@ def bf_segment_nll_full_conditioning(scores, tags, seg_start, seg_end, ref):
         P, s = bf_path_scores(scores, b)
         ok = bf_valid(P, ref)
         g = tags[b][:n]
-        outside = torch.ones(n, dtype=torch.bool)
-        outside[a:e] = False
-        cond = (P[:, outside] == g[outside][None, :]).all(1)
+        if full_conditioning:
+            outside = torch.ones(n, dtype=torch.bool)
+            outside[a:e] = False
+            cond = (P[:, outside] == g[outside][None, :]).all(1)
+        else:
+            cond = torch.ones_like(ok)
+            if a > 0:
+                cond &= P[:, a - 1] == g[a - 1]
+            if e < n:
+                cond &= P[:, e] == g[e]
         inside = (P[:, a:e] == g[a:e][None, :]).all(1)
         out.append(-(lse(s, ok & cond & inside) - lse(s, ok & cond)))
     return torch.stack(out)
@@ -326,8 +344,7 @@ def make_instance(setting: str, seed: int):
 
 
 def sample_valid_path(n: int, C: int, ref, gen: torch.Generator) -> torch.Tensor:
-    P = all_paths(n, C)
-    valid = P[bf_valid(P, ref)]
+    valid = valid_paths(n, C, ref)
     i = int(torch.randint(len(valid), (1,), generator=gen))
     return valid[i]
 
@@ -699,7 +716,8 @@ def test_nll_full_tags(setting, seed):
     for b in range(len(scores.lengths)):
         n = int(scores.lengths[b])
         P, s = bf_path_scores(scores, b)
-        idx = P.tolist().index(tags[b, :n].tolist())
+        idx = path_index(tags[b, :n].tolist(), C)
+        assert P[idx].tolist() == tags[b, :n].tolist()
         expected.append(-(s[idx] - log_z[b]))
     close(out, torch.stack(expected), f"nll[{setting}]")
     close(out, bf_nll(scores, tags, ref), f"nll[{setting}] (bf_nll)")
@@ -776,7 +794,7 @@ def test_segment_nll(setting, seed, kind):
     expected = bf_segment_nll(scores, tags, a, e, ref)
     close(out, expected, f"segment_nll[{setting},{kind}] segs={list(zip(a.tolist(), e.tolist()))}")
     # Markov claim: conditioning on every outside label gives the same number
-    close(out, bf_segment_nll_full_conditioning(scores, tags, a, e, ref), "segment_nll full conditioning")
+    close(out, bf_segment_nll(scores, tags, a, e, ref, full_conditioning=True), "segment_nll full conditioning")
     # identity: nll(y) == segment_nll(S) + nll(y with S unknown)
     masked = tags.clone()
     for b in range(len(scores.lengths)):
@@ -797,7 +815,7 @@ def test_segment_nll_gradients(setting, seed):
                       s_c, s_b, "segment_nll")
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS[:2])
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_segment_nll_every_segment_one_sentence(setting, seed):
     """Every (a, e) segment of one length-5 sentence (batched as copies)."""
