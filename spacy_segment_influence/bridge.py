@@ -1,0 +1,279 @@
+"""The thinc -> torch gradient bridge: the only module that reaches into the pipeline's
+internals. It reads each token's features exactly as the `crf_ner` head saw them (the
+listener's predict path), takes the torch head out of thinc's PyTorchWrapper, and turns
+labelled segments into segment-loss gradients, in closed factored form (for the index)
+and by torch.autograd through the same module (the reference the tests compare with).
+
+Parameter layout of a flattened head gradient (`FactoredGradients.to_dense`):
+    [W | b] row-major [C, E + 1], then transitions [C, C] row-major, start [C], end [C].
+"""
+from typing import Iterable, List, NamedTuple, Sequence, Tuple
+
+import numpy
+import torch
+from spacy.language import Language
+from spacy.tokens import Doc, Span
+from spacy.training import offsets_to_biluo_tags
+
+from . import crf
+from .index import FactoredGradients
+from .tagger import CRFEntityRecognizer
+
+
+class Segment(NamedTuple):
+    """Tokens [start, end) of the `doc`-th sentence of a batch."""
+
+    doc: int
+    start: int
+    end: int
+
+
+class LabelledBatch(NamedTuple):
+    """What the head sees for a batch of sentences, with a labelling of each."""
+
+    features: List[numpy.ndarray]  # [n_tokens, E] per sentence
+    tags: List[List[int]]  # tag id per token (-1 = unknown)
+
+
+def upstream_components(nlp: Language, ner_name: str) -> List[str]:
+    """Names of the components that run before `ner_name` (the encoder and co.)."""
+    names = nlp.pipe_names
+    if ner_name not in names:
+        raise ValueError(f"No component {ner_name!r} in the pipeline (components: {names})")
+    if not isinstance(nlp.get_pipe(ner_name), CRFEntityRecognizer):
+        raise ValueError(f"Component {ner_name!r} is not a crf_ner component")
+    return names[: names.index(ner_name)]
+
+
+def encode(nlp: Language, docs: Iterable[Doc], ner_name: str, batch_size: int = 64) -> List[Doc]:
+    """Run the components upstream of the CRF head (transformer / tok2vec) over `docs`,
+    keeping their tokens, so that the head's listener can read its inputs."""
+    with nlp.select_pipes(enable=upstream_components(nlp, ner_name)):
+        return list(nlp.pipe(docs, batch_size=batch_size))
+
+
+def head_features(ner: CRFEntityRecognizer, docs: Sequence[Doc]) -> List[numpy.ndarray]:
+    """Per-token features [n_tokens, E] exactly as the head saw them at predict time."""
+    if not docs:
+        return []
+    features = ner.model.get_ref("tok2vec").predict(list(docs))
+    return [numpy.asarray(ner.model.ops.to_numpy(x), dtype="float32") for x in features]
+
+
+def tag_ids(ner: CRFEntityRecognizer, doc: Doc, spans: Iterable[Span]) -> List[int]:
+    """Tag ids of the labelling where `spans` (non-overlapping) are the entities."""
+    offsets = [(span.start_char, span.end_char, span.label_) for span in spans]
+    unknown = sorted({label for _, _, label in offsets if label not in ner.labels})
+    if unknown:
+        raise ValueError(
+            f"Label(s) {', '.join(unknown)} unknown to {ner.name!r} (labels: {', '.join(ner.labels)})"
+        )
+    biluo = offsets_to_biluo_tags(doc, offsets)
+    index = {tag: i for i, tag in enumerate(ner.tags)}
+    if ner.scheme == "BIO":
+        biluo = [{"L": "I", "U": "B"}.get(t[0], t[0]) + t[1:] if t != "O" else t for t in biluo]
+    return [index[tag] for tag in biluo]
+
+
+def _emissions(head: torch.nn.Module, features: Sequence[numpy.ndarray], dtype) -> List[torch.Tensor]:
+    weight, bias = head.weight.to(dtype), head.bias.to(dtype)
+    return [torch.as_tensor(x, dtype=dtype) @ weight.T + bias for x in features]
+
+
+def _chain(head, emissions: List[torch.Tensor], dtype) -> crf.ChainScores:
+    return crf.ChainScores(
+        torch.nn.utils.rnn.pad_sequence(emissions, batch_first=True),
+        torch.tensor([len(e) for e in emissions]),
+        head.transitions.to(dtype),
+        head.start.to(dtype),
+        head.end.to(dtype),
+    )
+
+
+def _padded_tags(tags: Sequence[Sequence[int]]) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(
+        [torch.tensor(list(t), dtype=torch.long) for t in tags], batch_first=True, padding_value=-1
+    )
+
+
+def segment_gradients(
+    ner: CRFEntityRecognizer,
+    batch: LabelledBatch,
+    segments: Sequence[Segment],
+    batch_size: int = 256,
+    dtype: torch.dtype = torch.float32,
+) -> FactoredGradients:
+    """Closed-form gradients of l_S = -log p(y_S | y_outside, x) for each segment.
+
+    With q the marginals when only the labels outside S are clamped and q* those when
+    all labels are (one-hot where known), r_t = q_t - q*_t, and
+        dl/d[W|b] = sum_t r_t [h_t, 1]^T,  dl/dT = sum_t (xi_t - xi*_t),
+        dl/dstart = r_0,  dl/dend = r_n-1        (DESIGN.md section 4).
+    r_t is zero outside S where labels are known, so a segment keeps only its own rows
+    (plus rows of unknown-label tokens, whose marginals shift too).
+    """
+    head = ner.head
+    parts = []
+    with torch.no_grad():
+        for first in range(0, len(segments), batch_size):
+            chunk = segments[first : first + batch_size]
+            parts.append(_gradient_chunk(ner, head, batch, chunk, dtype))
+    if not parts:
+        n_tags, width = head.n_tags, head.n_features + 1
+        return FactoredGradients(
+            numpy.zeros((0, width), "float32"),
+            numpy.zeros((0, n_tags), "float32"),
+            numpy.zeros(1, "int64"),
+            numpy.zeros((0, n_tags * n_tags + 2 * n_tags), "float32"),
+        )
+    return FactoredGradients.concat(parts)
+
+
+def _gradient_chunk(ner, head, batch: LabelledBatch, chunk: Sequence[Segment], dtype) -> FactoredGradients:
+    emissions = _emissions(head, [batch.features[s.doc] for s in chunk], dtype)
+    scores = _chain(head, emissions, dtype)
+    tags = _padded_tags([batch.tags[s.doc] for s in chunk])
+    n_tags = head.n_tags
+    starts = torch.tensor([s.start for s in chunk])
+    ends = torch.tensor([s.end for s in chunk])
+    inside = crf.segment_mask(tags, starts, ends)
+    if bool((inside & (tags < 0)).any()):
+        raise ValueError("Every token of a segment needs a known label")
+    clamped_outside = crf.gold_mask(tags.masked_fill(inside, -1), n_tags)
+    _, q, xi = crf.marginals(scores, ner.constraints, clamped_outside)
+    _, q_gold, xi_gold = crf.marginals(scores, ner.constraints, crf.gold_mask(tags, n_tags))
+    r = q - q_gold
+    lengths = scores.lengths
+    positions = torch.arange(tags.shape[1]).unsqueeze(0)
+    rows = (inside | (tags < 0)) & (positions < lengths.unsqueeze(1))
+    d_trans = (xi - xi_gold).sum(dim=1).reshape(len(chunk), -1)
+    d_end = r[torch.arange(len(chunk)), lengths - 1]
+    dense = torch.cat([d_trans, r[:, 0], d_end], dim=1)
+    h_rows, r_rows, counts = [], [], []
+    for i, segment in enumerate(chunk):
+        keep = rows[i].nonzero().squeeze(1).numpy()
+        x = batch.features[segment.doc][keep]
+        h_rows.append(numpy.hstack([x, numpy.ones((len(keep), 1), dtype=x.dtype)]))
+        r_rows.append(r[i, keep].numpy())
+        counts.append(len(keep))
+    offsets = numpy.concatenate([[0], numpy.cumsum(counts)]).astype("int64")
+    out_dtype = r.numpy().dtype
+    return FactoredGradients(
+        numpy.concatenate(h_rows).astype(out_dtype),
+        numpy.concatenate(r_rows),
+        offsets,
+        dense.numpy(),
+    )
+
+
+def flat_parameters(head: torch.nn.Module) -> List[torch.Tensor]:
+    """The head's parameters in the flattened-gradient order."""
+    return [head.weight, head.bias, head.transitions, head.start, head.end]
+
+
+def flatten_gradient(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[dW, db, dT, dstart, dend] -> one vector in the FactoredGradients.to_dense layout."""
+    d_weight, d_bias, d_trans, d_start, d_end = grads
+    emission = torch.cat([d_weight, d_bias.unsqueeze(1)], dim=1)
+    return torch.cat([emission.reshape(-1), d_trans.reshape(-1), d_start, d_end])
+
+
+def segment_gradients_autograd(
+    ner: CRFEntityRecognizer, batch: LabelledBatch, segments: Sequence[Segment], dtype=torch.float64
+) -> numpy.ndarray:
+    """Reference: the same gradients by torch.autograd through the head module [S, P]."""
+    head = ner.head
+    names = ["weight", "bias", "transitions", "start", "end"]
+    rows = []
+    for segment in segments:
+        params = {name: getattr(head, name).detach().to(dtype).requires_grad_() for name in names}
+        features = torch.as_tensor(batch.features[segment.doc], dtype=dtype)
+        scores = crf.ChainScores(
+            torch.func.functional_call(head, params, (features,)).unsqueeze(0),
+            torch.tensor([len(features)]),
+            params["transitions"],
+            params["start"],
+            params["end"],
+        )
+        loss = crf.segment_nll(
+            scores,
+            torch.tensor([batch.tags[segment.doc]]),
+            torch.tensor([segment.start]),
+            torch.tensor([segment.end]),
+            ner.constraints,
+        ).sum()
+        inputs = [params[name] for name in names]
+        grads = torch.autograd.grad(loss, inputs, allow_unused=True)  # 1-token: no transitions
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grads)]
+        rows.append(flatten_gradient(grads).numpy())
+    return numpy.stack(rows)
+
+
+def token_marginals(
+    ner: CRFEntityRecognizer, features: Sequence[numpy.ndarray], batch_size: int = 256
+) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    """Every token's features [N, E + 1] (bias column appended) and the model's
+    unclamped marginals [N, C]: the statistics K-FAC's factors are fitted on."""
+    head = ner.head
+    h_rows, q_rows = [], []
+    with torch.no_grad():
+        for first in range(0, len(features), batch_size):
+            chunk = [x for x in features[first : first + batch_size] if len(x)]
+            if not chunk:
+                continue
+            _, q, _ = crf.marginals(_chain(head, _emissions(head, chunk, torch.float32), torch.float32), ner.constraints)
+            for i, x in enumerate(chunk):
+                h_rows.append(numpy.hstack([x, numpy.ones((len(x), 1), dtype="float32")]))
+                q_rows.append(q[i, : len(x)].numpy())
+    width, n_tags = head.n_features + 1, head.n_tags
+    if not h_rows:
+        return numpy.zeros((0, width), "float32"), numpy.zeros((0, n_tags), "float32")
+    return numpy.concatenate(h_rows), numpy.concatenate(q_rows)
+
+
+def head_hessian(
+    ner: CRFEntityRecognizer, batch: LabelledBatch, batch_size: int = 64, dtype=torch.float64
+) -> numpy.ndarray:
+    """Exact Hessian [P, P] of the mean sentence NLL w.r.t. the flattened head parameters,
+    features fixed. P = C (E + 1) + C^2 + 2C, so this is for small heads only."""
+    head = ner.head
+    shapes = [tuple(p.shape) for p in flat_parameters(head)]
+    sizes = [int(numpy.prod(s)) for s in shapes]
+    theta = torch.cat([p.detach().to(dtype).reshape(-1) for p in flat_parameters(head)])
+    n_sentences = sum(1 for x in batch.features if len(x))
+    hessian = torch.zeros(len(theta), len(theta), dtype=dtype)
+    for first in range(0, len(batch.features), batch_size):
+        feats = [torch.as_tensor(x, dtype=dtype) for x in batch.features[first : first + batch_size] if len(x)]
+        tags = [t for x, t in zip(batch.features[first : first + batch_size], batch.tags[first : first + batch_size]) if len(x)]
+        if not feats:
+            continue
+        gold = _padded_tags(tags)
+
+        def objective(flat: torch.Tensor) -> torch.Tensor:
+            weight, bias, trans, start, end = (
+                piece.reshape(shape) for piece, shape in zip(torch.split(flat, sizes), shapes)
+            )
+            emissions = [x @ weight.T + bias for x in feats]
+            scores = crf.ChainScores(
+                torch.nn.utils.rnn.pad_sequence(emissions, batch_first=True),
+                torch.tensor([len(x) for x in feats]),
+                trans,
+                start,
+                end,
+            )
+            return crf.nll(scores, gold, ner.constraints).sum() / n_sentences
+
+        hessian += torch.autograd.functional.hessian(objective, theta, vectorize=True)
+    # reorder [W, b] blocks into the row-major [C, E + 1] layout
+    order = _layout_permutation(head.n_tags, head.n_features)
+    return hessian[order][:, order].numpy()
+
+
+def _layout_permutation(n_tags: int, n_features: int) -> numpy.ndarray:
+    """Indices mapping the FactoredGradients layout onto concat(W.flatten(), b, rest)."""
+    width = n_features + 1
+    emission = numpy.empty((n_tags, width), dtype="int64")
+    emission[:, :n_features] = numpy.arange(n_tags * n_features).reshape(n_tags, n_features)
+    emission[:, n_features] = n_tags * n_features + numpy.arange(n_tags)
+    rest = numpy.arange(n_tags * width, n_tags * width + n_tags * n_tags + 2 * n_tags)
+    return numpy.concatenate([emission.reshape(-1), rest])
