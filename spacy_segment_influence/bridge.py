@@ -7,6 +7,7 @@ and by torch.autograd through the same module (the reference the tests compare w
 Parameter layout of a flattened head gradient (`FactoredGradients.to_dense`):
     [W | b] row-major [C, E + 1], then transitions [C, C] row-major, start [C], end [C].
 """
+import hashlib
 from typing import Iterable, List, NamedTuple, Sequence, Tuple
 
 import numpy
@@ -73,6 +74,38 @@ def tag_ids(ner: CRFEntityRecognizer, doc: Doc, spans: Iterable[Span]) -> List[i
     if ner.scheme == "BIO":
         biluo = [{"L": "I", "U": "B"}.get(t[0], t[0]) + t[1:] if t != "O" else t for t in biluo]
     return [index[tag] for tag in biluo]
+
+
+def gold_tags(ner: CRFEntityRecognizer, doc: Doc) -> List[int]:
+    """Tag ids of a reference doc's entities; -1 where its annotation is missing."""
+    ids = tag_ids(ner, doc, [ent for ent in doc.ents if ent.label_ in ner.labels])
+    return [-1 if token.ent_iob == 0 else i for token, i in zip(doc, ids)]
+
+
+def fingerprint(nlp: Language, ner_name: str) -> str:
+    """Digest of the CRF head and its encoder's weights. Cheap enough to check on every
+    batch: small tensors are hashed whole, large ones by a strided sample, which any
+    training step changes."""
+    digest = hashlib.sha256()
+    models = [nlp.get_pipe(name).model for name in [*upstream_components(nlp, ner_name), ner_name]]
+    for model in models:
+        for node in model.walk():
+            for name in sorted(node.param_names):
+                if node.has_param(name):
+                    _hash_array(digest, node.ops.to_numpy(node.get_param(name)))
+            for shim in node.shims:
+                module = getattr(shim, "_model", None)
+                if isinstance(module, torch.nn.Module):
+                    for tensor in module.state_dict().values():
+                        _hash_array(digest, tensor.detach().cpu().numpy())
+    return digest.hexdigest()
+
+
+def _hash_array(digest, array: numpy.ndarray, sample: int = 4096) -> None:
+    flat = numpy.ascontiguousarray(array).reshape(-1)
+    step = max(1, flat.size // sample)
+    digest.update(repr((array.shape, str(array.dtype))).encode())
+    digest.update(numpy.ascontiguousarray(flat[::step]).tobytes())
 
 
 def _emissions(head: torch.nn.Module, features: Sequence[numpy.ndarray], dtype) -> List[torch.Tensor]:

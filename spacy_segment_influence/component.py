@@ -1,0 +1,325 @@
+"""`segment_influence`: indexes the training corpus once, then explains every predicted
+entity by the training spans that support and oppose it (DESIGN.md section 5)."""
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy
+import srsly
+from spacy.language import Language
+from spacy.pipeline import Pipe
+from spacy.tokens import Doc, DocBin, Span
+from spacy.training import Example
+from spacy.util import minibatch
+from tqdm import tqdm
+
+from . import bridge
+from .bridge import LabelledBatch, Segment
+from .index import (
+    ExactCurvature,
+    FactoredGradients,
+    IdentityCurvature,
+    KFACCurvature,
+    SegmentIndex,
+)
+
+CURVATURES = ("identity", "kfac", "exact")
+GRANULARITIES = ("entities", "tokens")
+
+if not Doc.has_extension("influences"):
+    Doc.set_extension("influences", default=None)
+if not Span.has_extension("influences"):
+    Span.set_extension("influences", default=None)
+
+
+class IndexOutOfDateError(RuntimeError):
+    """The pipeline's weights changed after its training corpus was indexed."""
+
+
+@Language.factory(
+    "segment_influence",
+    requires=["doc.ents"],
+    assigns=["doc._.influences", "span._.influences"],
+    default_config={
+        "ner": "crf_ner",
+        "k": 5,
+        "curvature": "kfac",
+        "damping": 0.001,
+        "normalize": True,
+        "granularity": "entities",
+        "device": "cpu",
+        "dtype": "float32",
+        "batch_size": 64,
+    },
+)
+def make_segment_influence(
+    nlp: Language,
+    name: str,
+    ner: str,
+    k: int,
+    curvature: str,
+    damping: float,
+    normalize: bool,
+    granularity: str,
+    device: str,
+    dtype: str,
+    batch_size: int,
+) -> "SegmentInfluence":
+    return SegmentInfluence(
+        nlp,
+        name,
+        ner=ner,
+        k=k,
+        curvature=curvature,
+        damping=damping,
+        normalize=normalize,
+        granularity=granularity,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+    )
+
+
+class SegmentInfluence(Pipe):
+    """Stores, for each predicted entity, its most influential training segments."""
+
+    def __init__(
+        self,
+        nlp: Language,
+        name: str = "segment_influence",
+        *,
+        ner: str = "crf_ner",
+        k: int = 5,
+        curvature: str = "kfac",
+        damping: float = 0.001,
+        normalize: bool = True,
+        granularity: str = "entities",
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 64,
+    ) -> None:
+        if curvature not in CURVATURES:
+            raise ValueError(f"segment_influence: curvature must be one of {CURVATURES}, got {curvature!r}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"segment_influence: granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        if k < 1:
+            raise ValueError(f"segment_influence: k must be >= 1, got {k}")
+        self.nlp = nlp
+        self.name = name
+        self.cfg = {
+            "ner": ner,
+            "k": k,
+            "curvature": curvature,
+            "damping": damping,
+            "normalize": normalize,
+            "granularity": granularity,
+            "dtype": dtype,
+            "batch_size": batch_size,
+        }
+        self.device = device
+        self.index: Optional[SegmentIndex] = None
+        self.fingerprint: Optional[str] = None
+
+    @property
+    def ner(self):
+        bridge.upstream_components(self.nlp, self.cfg["ner"])
+        return self.nlp.get_pipe(self.cfg["ner"])
+
+    # -- indexing ------------------------------------------------------------------------
+    def initialize(
+        self,
+        get_examples: Callable[[], Iterable[Example]],
+        *,
+        nlp: Optional[Language] = None,
+        train_path: Optional[Union[str, Path]] = None,
+        show_progress: bool = True,
+    ) -> None:
+        """Index the training corpus: `train_path` (a .spacy file) if given, else the
+        reference docs of `get_examples()`."""
+        if nlp is not None:
+            self.nlp = nlp
+        if train_path is not None:
+            path = Path(train_path)
+            if not path.exists():
+                raise FileNotFoundError(f"segment_influence: training corpus {path} not found")
+            docs = list(DocBin().from_disk(path).get_docs(self.nlp.vocab))
+        else:
+            docs = [eg.reference for eg in get_examples()]
+        if not docs:
+            raise ValueError("segment_influence: the training corpus is empty")
+        self.index = self._build_index(docs, show_progress)
+        self.fingerprint = bridge.fingerprint(self.nlp, self.cfg["ner"])
+
+    def _build_index(self, docs: Sequence[Doc], show_progress: bool) -> SegmentIndex:
+        ner = self.ner
+        features: List[numpy.ndarray] = []
+        tags: List[List[int]] = []
+        grads: List[FactoredGradients] = []
+        metadata: List[dict] = []
+        progress = tqdm(total=len(docs), desc="Indexing training segments", unit="doc", disable=not show_progress)
+        for first, batch_docs in _batches(docs, self.cfg["batch_size"]):
+            encoded = bridge.encode(self.nlp, [_fresh_copy(doc) for doc in batch_docs], self.cfg["ner"])
+            batch = LabelledBatch(bridge.head_features(ner, encoded), [bridge.gold_tags(ner, d) for d in batch_docs])
+            segments, meta = self._training_segments(batch_docs, first)
+            grads.append(bridge.segment_gradients(ner, batch, segments))
+            metadata.extend(meta)
+            features.extend(batch.features)
+            tags.extend(batch.tags)
+            progress.update(len(batch_docs))
+        progress.close()
+        if not metadata:
+            raise ValueError(f"segment_influence: no training segments found ({self.cfg['granularity']})")
+        all_grads = FactoredGradients.concat(grads)
+        curvature = self._fit_curvature(ner, LabelledBatch(features, tags), all_grads)
+        return SegmentIndex.build(all_grads, metadata, curvature, self.cfg["normalize"], self.cfg["dtype"])
+
+    def _training_segments(self, docs: Sequence[Doc], first: int):
+        segments, metadata = [], []
+        for offset, doc in enumerate(docs):
+            if self.cfg["granularity"] == "entities":
+                spans = [ent for ent in doc.ents if ent.label_ in self.ner.labels]
+            else:
+                spans = [doc[i : i + 1] for i in range(len(doc)) if doc[i].ent_iob != 0]
+            for span in spans:
+                segments.append(Segment(offset, span.start, span.end))
+                metadata.append(_segment_record(doc, span, first + offset))
+        return segments, metadata
+
+    def _fit_curvature(self, ner, batch: LabelledBatch, grads: FactoredGradients):
+        name, damping = self.cfg["curvature"], self.cfg["damping"]
+        if name == "identity":
+            return IdentityCurvature()
+        if name == "kfac":
+            h, marginals = bridge.token_marginals(ner, batch.features)
+            return KFACCurvature.fit(h, marginals, grads.dense, damping)
+        return ExactCurvature(bridge.head_hessian(ner, batch), damping, ner.head.n_tags, ner.head.n_features + 1)
+
+    # -- querying ------------------------------------------------------------------------
+    def __call__(self, doc: Doc) -> Doc:
+        return next(self.pipe([doc]))
+
+    def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
+        for docs in minibatch(stream, size=batch_size):
+            self._check_ready()
+            labels = self.ner.labels
+            labellings = [[ent for ent in doc.ents if ent.label_ in labels] for doc in docs]
+            queries = [(i, ent) for i, ents in enumerate(labellings) for ent in ents]
+            features = bridge.head_features(self.ner, docs)
+            records = self._query(docs, features, labellings, queries)
+            for doc in docs:
+                doc._.influences = []
+            for (i, ent), record in zip(queries, records):
+                ent._.influences = {"supporters": record["supporters"], "opposers": record["opposers"]}
+                docs[i]._.influences.append(record)
+            yield from docs
+
+    def explain(self, span: Span, k: Optional[int] = None, label: Optional[str] = None) -> dict:
+        """Influences for any span of a processed doc. `label` (default: the span's
+        label) is the labelling asked about; "O" (or a span with no label) asks "why is
+        this NOT an entity?". The doc's other predicted entities keep their labels."""
+        self._check_ready()
+        doc = span.doc
+        label = label if label is not None else (span.label_ or "O")
+        query = Span(doc, span.start, span.end, label="" if label == "O" else label)
+        entities = [ent for ent in doc.ents if ent.end <= span.start or ent.start >= span.end]
+        entities = sorted(entities + ([query] if query.label_ else []), key=lambda e: e.start)
+        encoded = bridge.encode(self.nlp, [_fresh_copy(doc)], self.cfg["ner"])
+        features = bridge.head_features(self.ner, encoded)
+        return self._query([doc], features, [entities], [(0, query)], k)[0]
+
+    def _query(
+        self,
+        docs: Sequence[Doc],
+        features: List[numpy.ndarray],
+        labellings: List[List[Span]],
+        queries: List[Tuple[int, Span]],
+        k: Optional[int] = None,
+    ) -> List[dict]:
+        """Top-k segments for each (sentence index, span) query, sentence i labelled
+        with the entities labellings[i]."""
+        if not queries:
+            return []
+        ner = self.ner
+        tags = [bridge.tag_ids(ner, doc, ents) for doc, ents in zip(docs, labellings)]
+        segments = [Segment(i, span.start, span.end) for i, span in queries]
+        grads = bridge.segment_gradients(ner, LabelledBatch(features, tags), segments)
+        top = self.index.top_k(grads, k=k or self.cfg["k"], device=self.device)
+        return [
+            {
+                "start": span.start,
+                "end": span.end,
+                "label": span.label_ or "O",
+                "text": span.text,
+                "supporters": [self._hit(j, s) for j, s in result.supporters],
+                "opposers": [self._hit(j, s) for j, s in result.opposers],
+            }
+            for (_, span), result in zip(queries, top)
+        ]
+
+    def _hit(self, segment_id: int, score: float) -> dict:
+        return {**self.index.metadata[segment_id], "score": float(score)}
+
+    def _check_ready(self) -> None:
+        if self.index is None:
+            raise ValueError(
+                f"segment_influence '{self.name}' has no index: call "
+                "nlp.get_pipe('segment_influence').initialize(..., train_path=TRAIN.spacy) "
+                "or use `segment-influence index`"
+            )
+        current = bridge.fingerprint(self.nlp, self.cfg["ner"])
+        if current != self.fingerprint:
+            raise IndexOutOfDateError(
+                f"segment_influence '{self.name}': the weights of '{self.cfg['ner']}' or its "
+                "encoder changed after the training corpus was indexed; influence scores would "
+                "be wrong. Re-index (initialize again or `segment-influence index`)."
+            )
+
+    # -- serialization -------------------------------------------------------------------
+    def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self.index is not None:
+            self.index.to_disk(path / "index")
+        srsly.write_json(path / "cfg", {**self.cfg, "fingerprint": self.fingerprint})
+
+    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "SegmentInfluence":
+        path = Path(path)
+        cfg = srsly.read_json(path / "cfg")
+        self.fingerprint = cfg.pop("fingerprint")
+        self.cfg.update(cfg)
+        self.index = SegmentIndex.from_disk(path / "index") if (path / "index").exists() else None
+        return self
+
+    def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
+        index = self.index.to_bytes() if self.index is not None else None
+        return srsly.msgpack_dumps({"cfg": self.cfg, "fingerprint": self.fingerprint, "index": index})
+
+    def from_bytes(self, data: bytes, *, exclude: Iterable[str] = tuple()) -> "SegmentInfluence":
+        msg = srsly.msgpack_loads(data)
+        self.cfg.update(msg["cfg"])
+        self.fingerprint = msg["fingerprint"]
+        self.index = SegmentIndex.from_bytes(msg["index"]) if msg["index"] is not None else None
+        return self
+
+
+def _batches(docs: Sequence[Doc], size: int):
+    for first in range(0, len(docs), size):
+        yield first, docs[first : first + size]
+
+
+def _fresh_copy(doc: Doc) -> Doc:
+    """Same tokens, no annotations: what the encoder would see at predict time."""
+    return Doc(doc.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
+
+
+def _segment_record(doc: Doc, span: Span, doc_index: int, window: int = 10) -> dict:
+    left = doc[max(0, span.start - window) : span.start].text
+    right = doc[span.end : span.end + window].text
+    return {
+        "doc_id": doc.user_data.get("id") if doc.user_data else None,
+        "doc_index": doc_index,
+        "start": span.start,
+        "end": span.end,
+        "label": span.label_ or "O",
+        "text": span.text,
+        "context": " ".join(part for part in (left, f"[{span.text}]", right) if part),
+    }
