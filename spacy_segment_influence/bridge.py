@@ -134,7 +134,7 @@ def segment_gradients(
     batch: LabelledBatch,
     segments: Sequence[Segment],
     batch_size: int = 256,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float64,
 ) -> FactoredGradients:
     """Closed-form gradients of l_S = -log p(y_S | y_outside, x) for each segment.
 
@@ -143,7 +143,9 @@ def segment_gradients(
         dl/d[W|b] = sum_t r_t [h_t, 1]^T,  dl/dT = sum_t (xi_t - xi*_t),
         dl/dstart = r_0,  dl/dend = r_n-1        (DESIGN.md section 4).
     r_t is zero outside S where labels are known, so a segment keeps only its own rows
-    (plus rows of unknown-label tokens, whose marginals shift too).
+    (plus rows of unknown-label tokens, whose marginals shift too). Computed in float64
+    by default: r = q - q* subtracts probabilities close to 1, and float32 would lose
+    three digits there.
     """
     head = ner.head
     parts = []

@@ -25,10 +25,32 @@ from .index import (
 CURVATURES = ("identity", "kfac", "exact")
 GRANULARITIES = ("entities", "tokens")
 
+
+
+def _get_doc_influences(doc: Doc) -> Optional[List[dict]]:
+    raw = doc.user_data.get(("segment_influence", None, None))
+    return None if raw is None else srsly.json_loads(raw)
+
+
+def _set_doc_influences(doc: Doc, records: Optional[List[dict]]) -> None:
+    doc.user_data[("segment_influence", None, None)] = srsly.json_dumps(records)
+
+
+def _get_span_influences(span: Span) -> Optional[dict]:
+    raw = span.doc.user_data.get(("segment_influence", span.start_char, span.end_char))
+    return None if raw is None else srsly.json_loads(raw)
+
+
+def _set_span_influences(span: Span, record: Optional[dict]) -> None:
+    span.doc.user_data[("segment_influence", span.start_char, span.end_char)] = srsly.json_dumps(record)
+
+
+# Stored as JSON in doc.user_data so records come back from DocBin(store_user_data=True)
+# exactly as they went in (msgpack would turn their lists into tuples).
 if not Doc.has_extension("influences"):
-    Doc.set_extension("influences", default=None)
+    Doc.set_extension("influences", getter=_get_doc_influences, setter=_set_doc_influences)
 if not Span.has_extension("influences"):
-    Span.set_extension("influences", default=None)
+    Span.set_extension("influences", getter=_get_span_influences, setter=_set_span_influences)
 
 
 class IndexOutOfDateError(RuntimeError):
@@ -205,20 +227,24 @@ class SegmentInfluence(Pipe):
             queries = [(i, ent) for i, ents in enumerate(labellings) for ent in ents]
             features = bridge.head_features(self.ner, docs)
             records = self._query(docs, features, labellings, queries)
-            for doc in docs:
-                doc._.influences = []
+            per_doc: List[List[dict]] = [[] for _ in docs]
             for (i, ent), record in zip(queries, records):
                 ent._.influences = {"supporters": record["supporters"], "opposers": record["opposers"]}
-                docs[i]._.influences.append(record)
+                per_doc[i].append(record)
+            for doc, doc_records in zip(docs, per_doc):
+                doc._.influences = doc_records
             yield from docs
 
     def explain(self, span: Span, k: Optional[int] = None, label: Optional[str] = None) -> dict:
-        """Influences for any span of a processed doc. `label` (default: the span's
-        label) is the labelling asked about; "O" (or a span with no label) asks "why is
-        this NOT an entity?". The doc's other predicted entities keep their labels."""
+        """Influences for any span of a processed doc. `label` is the labelling asked
+        about (default: the span's label, else that of the predicted entity with the same
+        boundaries, else "O"); "O" asks "why is this NOT an entity?". The doc's other
+        predicted entities keep their labels."""
         self._check_ready()
         doc = span.doc
-        label = label if label is not None else (span.label_ or "O")
+        if label is None:
+            predicted = {(ent.start, ent.end): ent.label_ for ent in doc.ents}
+            label = span.label_ or predicted.get((span.start, span.end), "O")
         query = Span(doc, span.start, span.end, label="" if label == "O" else label)
         entities = [ent for ent in doc.ents if ent.end <= span.start or ent.start >= span.end]
         entities = sorted(entities + ([query] if query.label_ else []), key=lambda e: e.start)

@@ -154,14 +154,16 @@ def marginals(
     n_tokens = masked.emissions.shape[1]
     positions = torch.arange(n_tokens, device=masked.lengths.device)
     in_chain = (positions.unsqueeze(0) < masked.lengths.unsqueeze(1)).unsqueeze(-1)
-    unary = torch.exp(alpha + beta - log_z[:, None, None]) * in_chain
+    zero = torch.zeros((), dtype=alpha.dtype, device=alpha.device)
+    # `where`, not a product: padded logits may overflow to inf, and inf * 0 is NaN
+    unary = torch.where(in_chain, torch.exp(alpha + beta - log_z[:, None, None]), zero)
     pair_logits = (
         alpha[:, :-1, :, None]
         + masked.transitions
         + (masked.emissions[:, 1:] + beta[:, 1:])[:, :, None, :]
         - log_z[:, None, None, None]
     )
-    pairwise = torch.exp(pair_logits) * in_chain[:, 1:].unsqueeze(-1)
+    pairwise = torch.where(in_chain[:, 1:].unsqueeze(-1), torch.exp(pair_logits), zero)
     return log_z, unary, pairwise
 
 

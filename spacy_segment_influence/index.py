@@ -32,9 +32,10 @@ import numpy as np
 import srsly
 import torch
 
-# Elements per intermediate [width, chunk rows] tensor: bounds search memory to
-# tens of MB whatever the index size, and keeps chunks cache-sized on CPU.
-_CHUNK_ELEMENTS = 2**21
+# Elements per intermediate [chunk rows, width] tensor, which bounds search
+# memory whatever the index size: cache-sized on CPU, larger on accelerators
+# where each chunk costs kernel launches.
+_CHUNK_ELEMENTS = {"cpu": 2**20, "accelerator": 2**24}
 _FORMAT_VERSION = 1
 _DTYPES = ("float16", "float32", "float64")
 
@@ -163,9 +164,6 @@ class PreconditionedQueries:
     weights: np.ndarray
     dense: np.ndarray
     sq_norms: np.ndarray
-
-    def __len__(self) -> int:
-        return self.weights.shape[0]
 
 
 Queries = Union[FactoredGradients, PreconditionedQueries]
@@ -329,7 +327,7 @@ class ExactCurvature(Curvature):
         )
 
     def index_sq_norms(self, stored: FactoredGradients) -> np.ndarray:
-        step = max(1, _CHUNK_ELEMENTS // len(self.hessian))
+        step = max(1, _CHUNK_ELEMENTS["cpu"] // len(self.hessian))
         out = np.empty(len(stored))
         for s0 in range(0, len(stored), step):
             rotated = stored.select(s0, min(s0 + step, len(stored))).to_dense() @ self._vectors
@@ -461,12 +459,14 @@ class _FactoredBatch:
         self.width = self.h.shape[0]
 
     def chunk_scores(self, chunk: _Chunk) -> torch.Tensor:
-        # [M, n] layout: both reductions become index_add_ over wide rows/columns.
-        products = (self.h @ chunk.h.T).mul_(self.r @ chunk.r.T)
+        # Index rows first: the big operand is then read in storage order
+        # (several times faster when memory-bound), and both reductions are
+        # index_add_ over cache-sized [S_c, M] blocks.
+        products = (chunk.h @ self.h.T).mul_(chunk.r @ self.r.T)
         n_segments = chunk.s1 - chunk.s0
-        per_segment = products.new_zeros(self.width, n_segments).index_add_(1, chunk.token_segment, products)
-        per_query = products.new_zeros(self.n_queries, n_segments).index_add_(0, self.row_query, per_segment)
-        return per_query.addmm_(self.dense, chunk.dense.T)
+        per_segment = products.new_zeros(n_segments, self.width).index_add_(0, chunk.token_segment, products)
+        per_query = products.new_zeros(n_segments, self.n_queries).index_add_(1, self.row_query, per_segment)
+        return per_query.addmm_(chunk.dense, self.dense.T).T
 
 
 class _PreconditionedBatch:
@@ -481,11 +481,11 @@ class _PreconditionedBatch:
         self.width = n_queries * self.n_tags
 
     def chunk_scores(self, chunk: _Chunk) -> torch.Tensor:
-        projected = (self.weights @ chunk.h.T).view(self.n_queries, self.n_tags, -1)
-        per_token = projected.mul_(chunk.r.T).sum(dim=1)
-        per_segment = per_token.new_zeros(self.n_queries, chunk.s1 - chunk.s0)
-        per_segment.index_add_(1, chunk.token_segment, per_token)
-        return per_segment.addmm_(self.dense, chunk.dense.T)
+        projected = (chunk.h @ self.weights.T).view(-1, self.n_queries, self.n_tags)
+        per_token = projected.mul_(chunk.r[:, None, :]).sum(dim=2)
+        per_segment = per_token.new_zeros(chunk.s1 - chunk.s0, self.n_queries)
+        per_segment.index_add_(0, chunk.token_segment, per_token)
+        return per_segment.addmm_(chunk.dense, self.dense.T).T
 
 
 class SegmentIndex:
@@ -546,7 +546,7 @@ class SegmentIndex:
     ) -> np.ndarray:
         """All scores [Q, S]; for tests and small data."""
         out = np.zeros((len(queries), len(self)), dtype=np.float64)
-        for q0, batch, chunks in self._search(queries, device, batch_size, chunk_tokens):
+        for q0, _, chunks in self._search(queries, device, batch_size, chunk_tokens):
             for chunk, scores in chunks:
                 out[q0 : q0 + len(scores), chunk.s0 : chunk.s1] = scores.cpu().numpy()
         return out
@@ -584,7 +584,8 @@ class SegmentIndex:
         for q0 in range(0, len(queries), batch_size):
             prepared = self.curvature.prepare_queries(queries.select(q0, min(q0 + batch_size, len(queries))))
             batch = _to_batch(prepared, tensors)
-            max_tokens = chunk_tokens or max(1, _CHUNK_ELEMENTS // max(batch.width, self.grads.width))
+            budget = _CHUNK_ELEMENTS["cpu" if tensors.h.device.type == "cpu" else "accelerator"]
+            max_tokens = chunk_tokens or max(1, budget // max(batch.width, self.grads.width))
             yield q0, batch, self._chunk_scores(batch, tensors, max_tokens)
 
     def _chunk_scores(
@@ -624,6 +625,7 @@ class SegmentIndex:
                 np.save(tmp / f"{name}.npy", array, allow_pickle=False)
             srsly.write_json(tmp / "metadata.json", self.metadata)
             srsly.write_json(tmp / "settings.json", self._settings())
+            _fsync_files(tmp)
             _replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -682,6 +684,14 @@ class SegmentIndex:
         return cls(grads, arrays["norms"], metadata, curvature, settings["normalize"])
 
 
+def _fsync_files(directory: Path) -> None:
+    """Flush file contents before the rename publishes them: otherwise a crash
+    can leave a complete-looking index with truncated files."""
+    for file in directory.iterdir():
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
     """Move src to dst. POSIX cannot rename over a non-empty directory, so an
     existing dst is first moved aside and deleted only after src is in place."""
@@ -689,12 +699,13 @@ def _replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    os.replace(dst, old / dst.name)
     try:
-        os.replace(src, dst)
-    except BaseException:
-        os.replace(old / dst.name, dst)
-        raise
+        os.replace(dst, old / dst.name)
+        try:
+            os.replace(src, dst)
+        except BaseException:
+            os.replace(old / dst.name, dst)
+            raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -214,6 +214,27 @@ def test_failed_write_leaves_no_partial_index(data, tmp_path, monkeypatch, build
     np.testing.assert_array_equal(SegmentIndex.from_disk(tmp_path / "index").scores(queries), old.scores(queries))
 
 
+def test_failed_swap_restores_old_index(data, tmp_path, monkeypatch, build):
+    queries = data[2]
+    old = build("identity", dtype="float32")
+    old.to_disk(tmp_path / "index")
+    real_replace = index_module.os.replace
+    calls = []
+
+    def replace_then_fail(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new index moving into place
+            raise OSError("rename failed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(index_module.os, "replace", replace_then_fail)
+    with pytest.raises(OSError):
+        build("kfac", dtype="float32").to_disk(tmp_path / "index")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+    np.testing.assert_array_equal(SegmentIndex.from_disk(tmp_path / "index").scores(queries), old.scores(queries))
+
+
 def test_overwrite_replaces_index(data, tmp_path, build):
     queries = data[2]
     build("identity", dtype="float32").to_disk(tmp_path / "index")
@@ -258,6 +279,14 @@ def test_mismatched_queries_rejected(data, build):
     wrong = FactoredGradients(train.h[:, :-1], train.r, train.offsets, train.dense)
     with pytest.raises(ValueError):
         build("identity").top_k(wrong)
+
+
+def test_curvature_needs_positive_definite(data):
+    train, marginals, _, _ = data
+    with pytest.raises(ValueError):
+        KFACCurvature.fit(train.h, marginals, train.dense, damping=0.0)
+    with pytest.raises(ValueError):
+        ExactCurvature(-np.eye(P), 0.5, C, E)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

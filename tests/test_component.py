@@ -1,0 +1,162 @@
+import numpy
+import pytest
+import spacy
+from spacy.tokens import DocBin
+
+from spacy_segment_influence import bridge
+from spacy_segment_influence.bridge import LabelledBatch, Segment
+from spacy_segment_influence.component import IndexOutOfDateError
+
+from .conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train
+
+
+@pytest.fixture(scope="module")
+def nlp():
+    nlp = tok2vec_nlp()
+    train(nlp, make_examples(nlp), steps=60)
+    return nlp
+
+
+def add_index(nlp, name="segment_influence", **config):
+    examples = make_examples(nlp)
+    component = nlp.add_pipe("segment_influence", name=name, config={"k": 50, **config})
+    component.initialize(lambda: examples, nlp=nlp, show_progress=False)
+    return component
+
+
+def training_batch(nlp):
+    ner = nlp.get_pipe("crf_ner")
+    docs = [eg.reference for eg in make_examples(nlp)]
+    encoded = bridge.encode(nlp, docs, "crf_ner")
+    batch = LabelledBatch(bridge.head_features(ner, encoded), [bridge.gold_tags(ner, d) for d in docs])
+    segments = [Segment(i, e.start, e.end) for i, d in enumerate(docs) for e in d.ents]
+    return batch, segments
+
+
+@pytest.mark.parametrize("curvature", ["identity", "kfac", "exact"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_search_equals_dense_brute_force(nlp, curvature, normalize):
+    """Fast factored search == scores from materialised autograd gradients, H^-1 explicit."""
+    component = add_index(nlp, name="si", curvature=curvature, normalize=normalize, damping=0.01)
+    try:
+        ner = nlp.get_pipe("crf_ner")
+        batch, segments = training_batch(nlp)
+        dense = bridge.segment_gradients_autograd(ner, batch, segments)
+        hessian = explicit_curvature(component, ner, batch, dense)
+        preconditioned = numpy.linalg.solve(hessian, dense.T).T
+        expected = preconditioned @ dense.T  # queries = the training segments themselves
+        if normalize:
+            norms = numpy.sqrt(numpy.einsum("ij,ij->i", preconditioned, dense))
+            expected = expected / numpy.outer(norms, norms)
+        queries = bridge.segment_gradients(ner, batch, segments)
+        got = component.index.scores(queries)
+        numpy.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-4 * numpy.abs(expected).max())
+        for row, result in enumerate(component.index.top_k(queries, k=3)):
+            best = numpy.argsort(-expected[row])[:3]
+            assert [i for i, _ in result.supporters] == [i for i in best if expected[row, i] > 0]
+    finally:
+        nlp.remove_pipe("si")
+
+
+def explicit_curvature(component, ner, batch, dense):
+    n_params = dense.shape[1]
+    damping = component.cfg["damping"]
+    curvature = component.index.curvature
+    if component.cfg["curvature"] == "identity":
+        return numpy.eye(n_params)
+    if component.cfg["curvature"] == "exact":
+        return bridge.head_hessian(ner, batch) + damping * numpy.eye(n_params)
+    # K-FAC: (B + sqrt(d) I) (x) (A + sqrt(d) I) on [W|b] (row-major [C, E+1]), dense block apart
+    h, q = bridge.token_marginals(ner, batch.features)
+    a = h.T.astype("float64") @ h / len(h)
+    b = numpy.diag(q.mean(0)) - q.T.astype("float64") @ q / len(q)
+    root = numpy.sqrt(damping)
+    emission = numpy.kron(b + root * numpy.eye(len(b)), a + root * numpy.eye(len(a)))
+    all_dense = dense[:, emission.shape[0] :]  # the index holds exactly these segments
+    rest = all_dense.T @ all_dense / len(all_dense) + damping * numpy.eye(all_dense.shape[1])
+    out = numpy.zeros((n_params, n_params))
+    k = emission.shape[0]
+    out[:k, :k] = emission
+    out[k:, k:] = rest
+    assert curvature.name == "kfac"
+    return out
+
+
+def test_self_retrieval_and_extensions(nlp):
+    component = add_index(nlp)
+    try:
+        for text, gold in TRAIN_DATA:
+            doc = nlp(text)
+            assert len(doc._.influences) == len(doc.ents)
+            for ent, record in zip(doc.ents, doc._.influences):
+                assert ent._.influences["supporters"] == record["supporters"]
+                top = record["supporters"][0]
+                assert (top["start"], top["end"], top["label"]) == (ent.start, ent.end, ent.label_)
+                assert top["text"] == ent.text and top["score"] == pytest.approx(1.0, abs=1e-4)
+                scores = [hit["score"] for hit in record["supporters"]]
+                assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores)
+                assert all(hit["score"] < 0 for hit in record["opposers"])
+                assert set(top) == {"doc_id", "doc_index", "start", "end", "label", "text", "context", "score"}
+        # records survive DocBin(store_user_data=True)
+        doc = nlp(TRAIN_DATA[0][0])
+        restored = next(DocBin(docs=[doc], store_user_data=True).get_docs(nlp.vocab))
+        assert restored._.influences == doc._.influences
+        assert [e._.influences for e in restored.ents] == [e._.influences for e in doc.ents]
+    finally:
+        nlp.remove_pipe("segment_influence")
+
+
+def test_explain_any_span(nlp):
+    component = add_index(nlp)
+    try:
+        doc = nlp("Peter Smith lives in New York City .")
+        not_entity = component.explain(doc[2:4], k=2)
+        assert not_entity["label"] == "O" and not_entity["text"] == "lives in"
+        assert len(not_entity["supporters"]) <= 2
+        as_org = component.explain(doc[4:7], label="ORG")
+        as_loc = component.explain(doc[4:7])
+        assert as_org["label"] == "ORG" and as_loc["label"] == "LOC"
+        assert as_loc["supporters"][0]["text"] == "New York City"
+        with pytest.raises(ValueError, match="COMPANY"):
+            component.explain(doc[0:1], label="COMPANY")
+    finally:
+        nlp.remove_pipe("segment_influence")
+
+
+def test_round_trips_and_fingerprint(nlp, tmp_path):
+    nlp = tok2vec_nlp()
+    examples = make_examples(nlp)
+    train(nlp, examples, steps=30)
+    add_index(nlp, k=3)
+    expected = [doc._.influences for doc in nlp.pipe([t for t, _ in TRAIN_DATA])]
+    nlp.to_disk(tmp_path / "model")
+    loaded = spacy.load(tmp_path / "model")
+    assert isinstance(loaded.get_pipe("segment_influence").index.grads.h, numpy.memmap)
+    assert [doc._.influences for doc in loaded.pipe([t for t, _ in TRAIN_DATA])] == expected
+    from_bytes = tok2vec_nlp()
+    from_bytes.add_pipe("segment_influence")
+    from_bytes.from_bytes(nlp.to_bytes())
+    assert [doc._.influences for doc in from_bytes.pipe([t for t, _ in TRAIN_DATA])] == expected
+    # weights change after indexing -> clear error, not silently wrong scores
+    loaded.update(make_examples(loaded)[:2], sgd=loaded.resume_training())
+    with pytest.raises(IndexOutOfDateError, match="changed after"):
+        loaded(TRAIN_DATA[0][0])
+
+
+def test_clear_errors(nlp):
+    with pytest.raises(ValueError, match="curvature"):
+        nlp.add_pipe("segment_influence", name="bad", config={"curvature": "hessian"})
+    component = nlp.add_pipe("segment_influence", name="empty")
+    try:
+        with pytest.raises(ValueError, match="has no index"):
+            nlp("Peter Smith")
+        with pytest.raises(FileNotFoundError, match="nope.spacy"):
+            component.initialize(lambda: [], nlp=nlp, train_path="nope.spacy")
+    finally:
+        nlp.remove_pipe("empty")
+    wrong = nlp.add_pipe("segment_influence", name="wrong", config={"ner": "ner"})
+    try:
+        with pytest.raises(ValueError, match="No component 'ner'"):
+            wrong.initialize(lambda: make_examples(nlp), nlp=nlp, show_progress=False)
+    finally:
+        nlp.remove_pipe("wrong")
