@@ -108,21 +108,6 @@ def _hash_array(digest, array: numpy.ndarray, sample: int = 4096) -> None:
     digest.update(numpy.ascontiguousarray(flat[::step]).tobytes())
 
 
-def _emissions(head: torch.nn.Module, features: Sequence[numpy.ndarray], dtype) -> List[torch.Tensor]:
-    weight, bias = head.weight.to(dtype), head.bias.to(dtype)
-    return [torch.as_tensor(x, dtype=dtype) @ weight.T + bias for x in features]
-
-
-def _chain(head, emissions: List[torch.Tensor], dtype) -> crf.ChainScores:
-    return crf.ChainScores(
-        torch.nn.utils.rnn.pad_sequence(emissions, batch_first=True),
-        torch.tensor([len(e) for e in emissions]),
-        head.transitions.to(dtype),
-        head.start.to(dtype),
-        head.end.to(dtype),
-    )
-
-
 def _padded_tags(tags: Sequence[Sequence[int]]) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence(
         [torch.tensor(list(t), dtype=torch.long) for t in tags], batch_first=True, padding_value=-1
@@ -133,7 +118,7 @@ def segment_gradients(
     ner: CRFEntityRecognizer,
     batch: LabelledBatch,
     segments: Sequence[Segment],
-    batch_size: int = 256,
+    batch_size: int = 1024,
     dtype: torch.dtype = torch.float64,
 ) -> FactoredGradients:
     """Closed-form gradients of l_S = -log p(y_S | y_outside, x) for each segment.
@@ -142,19 +127,27 @@ def segment_gradients(
     all labels are (one-hot where known), r_t = q_t - q*_t, and
         dl/d[W|b] = sum_t r_t [h_t, 1]^T,  dl/dT = sum_t (xi_t - xi*_t),
         dl/dstart = r_0,  dl/dend = r_n-1        (DESIGN.md section 4).
-    r_t is zero outside S where labels are known, so a segment keeps only its own rows
-    (plus rows of unknown-label tokens, whose marginals shift too). Computed in float64
-    by default: r = q - q* subtracts probabilities close to 1, and float32 would lose
-    three digits there.
+    By the Markov property only the window from the nearest known label left of S to the
+    nearest known label right of it matters: the chain is run over that window alone,
+    the clamped neighbours folded into its start/end scores as T[y_a-1, :] and T[:, y_b].
+    r_t is zero outside the window, so a segment keeps only its window's rows (S itself
+    when the neighbours' labels are known). Computed in float64 by default: r = q - q*
+    subtracts probabilities close to 1, where float32 loses three digits.
     """
     head = ner.head
+    n_tags, width = head.n_tags, head.n_features + 1
     parts = []
-    with torch.no_grad():
+    with torch.no_grad(), crf.one_thread():
+        params = crf.constrain(
+            crf.ChainScores(None, None, *(p.detach().to(dtype) for p in (head.transitions, head.start, head.end))),
+            ner.constraints,
+        )
+        weight = head.weight.detach().to(dtype).numpy()
+        bias = head.bias.detach().to(dtype).numpy()
         for first in range(0, len(segments), batch_size):
-            chunk = segments[first : first + batch_size]
-            parts.append(_gradient_chunk(ner, head, batch, chunk, dtype))
+            windows = [_window(batch, s) for s in segments[first : first + batch_size]]
+            parts.append(_window_gradients(batch, windows, params, weight, bias, dtype))
     if not parts:
-        n_tags, width = head.n_tags, head.n_features + 1
         return FactoredGradients(
             numpy.zeros((0, width), "float32"),
             numpy.zeros((0, n_tags), "float32"),
@@ -164,41 +157,73 @@ def segment_gradients(
     return FactoredGradients.concat(parts)
 
 
-def _gradient_chunk(ner, head, batch: LabelledBatch, chunk: Sequence[Segment], dtype) -> FactoredGradients:
-    emissions = _emissions(head, [batch.features[s.doc] for s in chunk], dtype)
-    scores = _chain(head, emissions, dtype)
-    tags = _padded_tags([batch.tags[s.doc] for s in chunk])
-    n_tags = head.n_tags
-    starts = torch.tensor([s.start for s in chunk])
-    ends = torch.tensor([s.end for s in chunk])
-    inside = crf.segment_mask(tags, starts, ends)
-    if bool((inside & (tags < 0)).any()):
+class _Window(NamedTuple):
+    doc: int
+    lo: int  # window [lo, hi) = the segment, widened over unknown labels
+    hi: int
+    start: int  # the segment [start, end)
+    end: int
+    left: int  # known tag at lo - 1, or -1 at the sentence start
+    right: int  # known tag at hi, or -1 at the sentence end
+
+
+def _window(batch: LabelledBatch, segment: Segment) -> _Window:
+    tags = batch.tags[segment.doc]
+    if not 0 <= segment.start < segment.end <= len(tags):
+        raise ValueError(f"Segment {segment} is outside its sentence of {len(tags)} tokens")
+    if any(t < 0 for t in tags[segment.start : segment.end]):
         raise ValueError("Every token of a segment needs a known label")
-    clamped_outside = crf.gold_mask(tags.masked_fill(inside, -1), n_tags)
-    _, q, xi = crf.marginals(scores, ner.constraints, clamped_outside)
-    _, q_gold, xi_gold = crf.marginals(scores, ner.constraints, crf.gold_mask(tags, n_tags))
-    r = q - q_gold
-    lengths = scores.lengths
-    positions = torch.arange(tags.shape[1]).unsqueeze(0)
-    rows = (inside | (tags < 0)) & (positions < lengths.unsqueeze(1))
-    d_trans = (xi - xi_gold).sum(dim=1).reshape(len(chunk), -1)
-    d_end = r[torch.arange(len(chunk)), lengths - 1]
-    dense = torch.cat([d_trans, r[:, 0], d_end], dim=1)
-    h_rows, r_rows, counts = [], [], []
-    for i, segment in enumerate(chunk):
-        keep = rows[i].nonzero().squeeze(1).numpy()
-        x = batch.features[segment.doc][keep]
-        h_rows.append(numpy.hstack([x, numpy.ones((len(keep), 1), dtype=x.dtype)]))
-        r_rows.append(r[i, keep].numpy())
-        counts.append(len(keep))
-    offsets = numpy.concatenate([[0], numpy.cumsum(counts)]).astype("int64")
-    out_dtype = r.numpy().dtype
-    return FactoredGradients(
-        numpy.concatenate(h_rows).astype(out_dtype),
-        numpy.concatenate(r_rows),
-        offsets,
-        dense.numpy(),
+    lo, hi = segment.start, segment.end
+    while lo > 0 and tags[lo - 1] < 0:
+        lo -= 1
+    while hi < len(tags) and tags[hi] < 0:
+        hi += 1
+    left = tags[lo - 1] if lo > 0 else -1
+    right = tags[hi] if hi < len(tags) else -1
+    return _Window(segment.doc, lo, hi, segment.start, segment.end, left, right)
+
+
+def _window_gradients(batch, windows: List[_Window], params, weight, bias, dtype) -> FactoredGradients:
+    n_rows = len(windows)
+    n_tags = len(bias)
+    features = [batch.features[w.doc][w.lo : w.hi] for w in windows]
+    emissions = [torch.as_tensor(x @ weight.T + bias, dtype=dtype) for x in features]
+    tags = _padded_tags([batch.tags[w.doc][w.lo : w.hi] for w in windows])
+    lefts = torch.tensor([w.left for w in windows])
+    rights = torch.tensor([w.right for w in windows])
+    at_start, at_end = lefts < 0, rights < 0
+    # clamped neighbours become start/end scores; the real ones apply at the sentence edges
+    start = torch.where(at_start.unsqueeze(1), params.start, params.transitions[lefts.clamp(min=0)])
+    end = torch.where(at_end.unsqueeze(1), params.end, params.transitions[:, rights.clamp(min=0)].T)
+    scores = crf.ChainScores(
+        torch.nn.utils.rnn.pad_sequence(emissions, batch_first=True),
+        torch.tensor([len(x) for x in features]),
+        params.transitions,
+        start,
+        end,
     )
+    inside = torch.nn.utils.rnn.pad_sequence(
+        [torch.arange(w.lo, w.hi).ge(w.start) & torch.arange(w.lo, w.hi).lt(w.end) for w in windows],
+        batch_first=True,
+    )
+    _, q, xi = crf.marginals(scores, None, crf.gold_mask(tags.masked_fill(inside, -1), n_tags))
+    _, q_gold, xi_gold = crf.marginals(scores, None, crf.gold_mask(tags, n_tags))
+    r = q - q_gold
+    rows = torch.arange(n_rows)
+    r_first, r_last = r[:, 0], r[rows, scores.lengths - 1]
+    d_trans = (xi - xi_gold).sum(dim=1)
+    d_trans[rows[~at_start], lefts[~at_start], :] += r_first[~at_start]
+    d_trans[rows[~at_end], :, rights[~at_end]] += r_last[~at_end]
+    zero = torch.zeros_like(r_first)
+    d_start = torch.where(at_start.unsqueeze(1), r_first, zero)
+    d_end = torch.where(at_end.unsqueeze(1), r_last, zero)
+    dense = torch.cat([d_trans.reshape(n_rows, -1), d_start, d_end], dim=1)
+    h_rows = numpy.concatenate(features).astype(r.numpy().dtype)
+    h_rows = numpy.hstack([h_rows, numpy.ones((len(h_rows), 1), dtype=h_rows.dtype)])
+    lengths = scores.lengths
+    r_rows = r[torch.arange(tags.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)]
+    offsets = numpy.concatenate([[0], numpy.cumsum(lengths.numpy())]).astype("int64")
+    return FactoredGradients(h_rows, r_rows.numpy(), offsets, dense.numpy())
 
 
 def flat_parameters(head: torch.nn.Module) -> List[torch.Tensor]:
@@ -248,22 +273,31 @@ def token_marginals(
     ner: CRFEntityRecognizer, features: Sequence[numpy.ndarray], batch_size: int = 256
 ) -> Tuple[numpy.ndarray, numpy.ndarray]:
     """Every token's features [N, E + 1] (bias column appended) and the model's
-    unclamped marginals [N, C]: the statistics K-FAC's factors are fitted on."""
+    unclamped marginals [N, C]: the statistics K-FAC's factors are fitted on.
+    Rows come in the order of `features`."""
     head = ner.head
-    h_rows, q_rows = [], []
-    with torch.no_grad():
-        for first in range(0, len(features), batch_size):
-            chunk = [x for x in features[first : first + batch_size] if len(x)]
-            if not chunk:
-                continue
-            _, q, _ = crf.marginals(_chain(head, _emissions(head, chunk, torch.float32), torch.float32), ner.constraints)
-            for i, x in enumerate(chunk):
-                h_rows.append(numpy.hstack([x, numpy.ones((len(x), 1), dtype="float32")]))
-                q_rows.append(q[i, : len(x)].numpy())
     width, n_tags = head.n_features + 1, head.n_tags
-    if not h_rows:
+    weight, bias = head.weight.detach().numpy(), head.bias.detach().numpy()
+    marginals: List[numpy.ndarray] = [numpy.zeros((len(x), n_tags), "float32") for x in features]
+    order = sorted((i for i, x in enumerate(features) if len(x)), key=lambda i: len(features[i]))
+    with torch.no_grad(), crf.one_thread():
+        for first in range(0, len(order), batch_size):  # sorted by length: little padding
+            chunk = order[first : first + batch_size]
+            emissions = [torch.as_tensor(features[i] @ weight.T + bias) for i in chunk]
+            scores = crf.ChainScores(
+                torch.nn.utils.rnn.pad_sequence(emissions, batch_first=True),
+                torch.tensor([len(e) for e in emissions]),
+                head.transitions.detach(),
+                head.start.detach(),
+                head.end.detach(),
+            )
+            _, q, _ = crf.marginals(scores, ner.constraints)
+            for row, i in enumerate(chunk):
+                marginals[i] = q[row, : len(features[i])].numpy()
+    if not features:
         return numpy.zeros((0, width), "float32"), numpy.zeros((0, n_tags), "float32")
-    return numpy.concatenate(h_rows), numpy.concatenate(q_rows)
+    h = numpy.concatenate([numpy.hstack([x, numpy.ones((len(x), 1), x.dtype)]) for x in features])
+    return h.astype("float32"), numpy.concatenate(marginals)
 
 
 def head_hessian(

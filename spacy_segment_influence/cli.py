@@ -1,5 +1,7 @@
 """The `segment-influence` command line (also `python -m spacy_segment_influence`)."""
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -34,6 +36,103 @@ def convert(
         typer.secho(str(err), err=True, fg="red")
         raise typer.Exit(1)
     typer.echo(f"Wrote {n_docs} docs to {output_path}")
+
+
+@app.command()
+def index(
+    model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained pipeline with a crf_ner component"),
+    train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy) to index"),
+    output_dir: Path = typer.Argument(..., file_okay=False, help="Where to write the pipeline plus its index"),
+    curvature: str = typer.Option("kfac", help="identity | kfac | exact (exact: small heads only)"),
+    damping: float = typer.Option(0.001, help="Damping added to the curvature"),
+    normalize: bool = typer.Option(True, help="Cosine-normalise scores (a training entity ranks itself first)"),
+    granularity: str = typer.Option("entities", help="entities (gold entity spans) | tokens (every token)"),
+    k: int = typer.Option(5, help="Supporters and opposers stored per predicted entity"),
+    ner: str = typer.Option("crf_ner", help="Name of the crf_ner component"),
+    dtype: str = typer.Option("float32", help="Storage precision of the index: float32 | float16"),
+    device: str = typer.Option("cpu", help="Torch device for search, e.g. cpu or cuda:0"),
+) -> None:
+    """Index TRAIN_PATH's segments and save MODEL_DIR plus an indexed `segment_influence`
+    component to OUTPUT_DIR (like `spacy assemble`)."""
+    import spacy
+
+    nlp = spacy.load(model_dir)
+    if "segment_influence" in nlp.pipe_names:
+        nlp.remove_pipe("segment_influence")
+    config = {
+        "curvature": curvature,
+        "damping": damping,
+        "normalize": normalize,
+        "granularity": granularity,
+        "k": k,
+        "ner": ner,
+        "dtype": dtype,
+        "device": device,
+    }
+    with _user_errors():
+        component = nlp.add_pipe("segment_influence", config=config)
+        component.initialize(lambda: [], nlp=nlp, train_path=train_path)
+    nlp.to_disk(output_dir)
+    typer.echo(f"Indexed {len(component.index)} segments ({component.index.nbytes / 1e6:.1f} MB); saved to {output_dir}")
+
+
+@app.command()
+def explain(
+    model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Pipeline written by `index`"),
+    text: Optional[str] = typer.Argument(None, help="Text to analyse (or use --docs)"),
+    docs: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="A .spacy corpus to analyse instead"),
+    limit: int = typer.Option(0, help="With --docs: only the first N docs (0 = all)"),
+    k: int = typer.Option(3, help="Supporters and opposers shown per entity"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON record per doc instead of a table"),
+) -> None:
+    """Show, for every predicted entity, the training spans that support and oppose it."""
+    import spacy
+    import srsly
+    from spacy.tokens import DocBin
+
+    from .reporting import format_influences
+
+    if (text is None) == (docs is None):
+        typer.secho("Give either TEXT or --docs X.spacy", err=True, fg="red")
+        raise typer.Exit(1)
+    nlp = spacy.load(model_dir)
+    if "segment_influence" not in nlp.pipe_names:
+        typer.secho(f"{model_dir} has no segment_influence component: run `segment-influence index` first", err=True, fg="red")
+        raise typer.Exit(1)
+    nlp.get_pipe("segment_influence").cfg["k"] = k
+    if docs is not None:
+        corpus = DocBin().from_disk(docs).get_docs(nlp.vocab)
+        inputs = [_unannotated(doc) for doc, _ in zip(corpus, range(limit or 10**12))]
+    else:
+        inputs = [text]
+    with _user_errors():
+        for doc in nlp.pipe(inputs):
+            if as_json:
+                typer.echo(srsly.json_dumps({"text": doc.text, "id": doc.user_data.get("id"), "entities": doc._.influences}))
+            else:
+                typer.echo(format_influences(doc))
+
+
+def _unannotated(doc):
+    """The doc's tokens and id, without its gold entities."""
+    from spacy.tokens import Doc
+
+    fresh = Doc(doc.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
+    if doc.user_data.get("id") is not None:
+        fresh.user_data["id"] = doc.user_data["id"]
+    return fresh
+
+
+@contextmanager
+def _user_errors():
+    """Report mistakes in the user's input as one red line and exit 1, not a traceback."""
+    from .component import IndexOutOfDateError
+
+    try:
+        yield
+    except (ValueError, FileNotFoundError, IndexOutOfDateError) as err:
+        typer.secho(f"Error: {err}", err=True, fg="red")
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -157,7 +157,7 @@ class CRFEntityRecognizer(TrainablePipe):
         if not any(len(doc) for doc in docs):
             return [[] for _ in docs]
         emissions = self.model.predict(docs)
-        with torch.no_grad():
+        with torch.no_grad(), crf.one_thread():
             tensors = [xp2torch(e) for e, doc in zip(emissions, docs) if len(doc)]
             paths = iter(crf.viterbi(self.chain_scores(tensors), self.constraints))
         return [next(paths) if len(doc) else [] for doc in docs]
@@ -220,8 +220,9 @@ class CRFEntityRecognizer(TrainablePipe):
             batch_first=True,
             padding_value=-1,
         )
-        loss = crf.nll(self.chain_scores(emissions), gold, self.constraints).sum()
-        loss.backward()  # also leaves d(loss)/d(transitions, start, end) on the head
+        with crf.one_thread():
+            loss = crf.nll(self.chain_scores(emissions), gold, self.constraints).sum()
+            loss.backward()  # also leaves d(loss)/d(transitions, start, end) on the head
         for i, tensor in zip(rows, emissions):
             d_scores[i] = torch2xp(tensor.grad)
         return float(loss.item()), d_scores

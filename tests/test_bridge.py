@@ -28,8 +28,9 @@ def labelled_batch(nlp, with_unknown: bool = False) -> LabelledBatch:
     single.ents = [Span(single, 0, 1, label="LOC")]
     docs = bridge.encode(nlp, [*references, single], "crf_ner")
     tags = [bridge.tag_ids(ner, doc, doc.ents) for doc in docs]
-    if with_unknown:  # partial annotation outside the segments
-        tags[1][2] = -1
+    if with_unknown:  # partial annotation outside the segments, next to and apart from them
+        tags[1][1:3] = [-1, -1]
+        tags[3][2] = -1
         tags[3][4] = -1
     return LabelledBatch(bridge.head_features(ner, docs), tags)
 
