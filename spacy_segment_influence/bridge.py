@@ -226,11 +226,6 @@ def _window_gradients(batch, windows: List[_Window], params, weight, bias, dtype
     return FactoredGradients(h_rows, r_rows.numpy(), offsets, dense.numpy())
 
 
-def flat_parameters(head: torch.nn.Module) -> List[torch.Tensor]:
-    """The head's parameters in the flattened-gradient order."""
-    return [head.weight, head.bias, head.transitions, head.start, head.end]
-
-
 def flatten_gradient(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     """[dW, db, dT, dstart, dend] -> one vector in the FactoredGradients.to_dense layout."""
     d_weight, d_bias, d_trans, d_start, d_end = grads
@@ -300,49 +295,76 @@ def token_marginals(
     return h.astype("float32"), numpy.concatenate(marginals)
 
 
-def head_hessian(
-    ner: CRFEntityRecognizer, batch: LabelledBatch, batch_size: int = 64, dtype=torch.float64
-) -> numpy.ndarray:
-    """Exact Hessian [P, P] of the mean sentence NLL w.r.t. the flattened head parameters,
-    features fixed. P = C (E + 1) + C^2 + 2C, so this is for small heads only."""
+def flat_head(ner: CRFEntityRecognizer, dtype=torch.float64) -> torch.Tensor:
+    """The head's parameters as one vector in the flattened-gradient layout."""
     head = ner.head
-    shapes = [tuple(p.shape) for p in flat_parameters(head)]
-    sizes = [int(numpy.prod(s)) for s in shapes]
-    theta = torch.cat([p.detach().to(dtype).reshape(-1) for p in flat_parameters(head)])
-    n_sentences = sum(1 for x in batch.features if len(x))
-    hessian = torch.zeros(len(theta), len(theta), dtype=dtype)
+    emission = torch.cat([head.weight.detach(), head.bias.detach().unsqueeze(1)], dim=1)
+    rest = [head.transitions.detach().reshape(-1), head.start.detach(), head.end.detach()]
+    return torch.cat([emission.reshape(-1), *rest]).to(dtype)
+
+
+def _unflatten(flat: torch.Tensor, n_tags: int, width: int):
+    """flat (layout above) -> [W | b] [C, E + 1], transitions, start, end."""
+    n_emission = n_tags * width
+    emission = flat[:n_emission].reshape(n_tags, width)
+    trans = flat[n_emission : n_emission + n_tags * n_tags].reshape(n_tags, n_tags)
+    start = flat[n_emission + n_tags * n_tags : n_emission + n_tags * n_tags + n_tags]
+    return emission, trans, start, flat[-n_tags:]
+
+
+def chain_at(ner: CRFEntityRecognizer, features: Sequence[torch.Tensor], flat: torch.Tensor) -> crf.ChainScores:
+    """The CRF scores of sentences (features [n, E], all n >= 1) under head parameters
+    `flat`: a differentiable function of `flat`, for refits, Hessians and validation."""
+    emission, trans, start, end = _unflatten(flat, ner.head.n_tags, ner.head.n_features + 1)
+    emissions = [x @ emission[:, :-1].T + emission[:, -1] for x in features]
+    return crf.ChainScores(
+        torch.nn.utils.rnn.pad_sequence(emissions, batch_first=True),
+        torch.tensor([len(x) for x in features]),
+        trans,
+        start,
+        end,
+    )
+
+
+def mean_nll(ner: CRFEntityRecognizer, batch: LabelledBatch, dtype=torch.float64, batch_size: int = 256):
+    """J(flat) = sum over `batch`'s sentences of -log p(y|x), divided by the number of
+    sentences, as a function of the flattened head parameters (features fixed)."""
+    chunks = []
     for first in range(0, len(batch.features), batch_size):
-        feats = [torch.as_tensor(x, dtype=dtype) for x in batch.features[first : first + batch_size] if len(x)]
-        tags = [t for x, t in zip(batch.features[first : first + batch_size], batch.tags[first : first + batch_size]) if len(x)]
-        if not feats:
-            continue
-        gold = _padded_tags(tags)
+        rows = [i for i in range(first, min(first + batch_size, len(batch.features))) if len(batch.features[i])]
+        if rows:
+            feats = [torch.as_tensor(batch.features[i], dtype=dtype) for i in rows]
+            chunks.append((feats, _padded_tags([batch.tags[i] for i in rows])))
+    n_sentences = sum(len(feats) for feats, _ in chunks)
 
-        def objective(flat: torch.Tensor) -> torch.Tensor:
-            weight, bias, trans, start, end = (
-                piece.reshape(shape) for piece, shape in zip(torch.split(flat, sizes), shapes)
-            )
-            emissions = [x @ weight.T + bias for x in feats]
-            scores = crf.ChainScores(
-                torch.nn.utils.rnn.pad_sequence(emissions, batch_first=True),
-                torch.tensor([len(x) for x in feats]),
-                trans,
-                start,
-                end,
-            )
-            return crf.nll(scores, gold, ner.constraints).sum() / n_sentences
+    def objective(flat: torch.Tensor) -> torch.Tensor:
+        total = sum(crf.nll(chain_at(ner, feats, flat), gold, ner.constraints).sum() for feats, gold in chunks)
+        return total / n_sentences
 
-        hessian += torch.autograd.functional.hessian(objective, theta, vectorize=True)
-    # reorder [W, b] blocks into the row-major [C, E + 1] layout
-    order = _layout_permutation(head.n_tags, head.n_features)
-    return hessian[order][:, order].numpy()
+    return objective, chunks
 
 
-def _layout_permutation(n_tags: int, n_features: int) -> numpy.ndarray:
-    """Indices mapping the FactoredGradients layout onto concat(W.flatten(), b, rest)."""
-    width = n_features + 1
-    emission = numpy.empty((n_tags, width), dtype="int64")
-    emission[:, :n_features] = numpy.arange(n_tags * n_features).reshape(n_tags, n_features)
-    emission[:, n_features] = n_tags * n_features + numpy.arange(n_tags)
-    rest = numpy.arange(n_tags * width, n_tags * width + n_tags * n_tags + 2 * n_tags)
-    return numpy.concatenate([emission.reshape(-1), rest])
+def head_hessian(
+    ner: CRFEntityRecognizer,
+    batch: LabelledBatch,
+    batch_size: int = 32,
+    dtype=torch.float64,
+    flat: "torch.Tensor | None" = None,
+    chunk_size: int = 128,
+) -> numpy.ndarray:
+    """Exact Hessian [P, P] of the mean sentence NLL w.r.t. the flattened head parameters
+    (at the head's weights, or at `flat`), features fixed. P = C (E + 1) + C^2 + 2C, so
+    this is for small heads only."""
+    theta = flat_head(ner, dtype) if flat is None else flat.detach().to(dtype)
+    _, chunks = mean_nll(ner, batch, dtype, batch_size)
+    n_sentences = sum(len(feats) for feats, _ in chunks)
+    hessian = torch.zeros(len(theta), len(theta), dtype=dtype)
+    with crf.one_thread():
+        for feats, gold in chunks:
+
+            def objective(params: torch.Tensor) -> torch.Tensor:
+                return crf.nll(chain_at(ner, feats, params), gold, ner.constraints).sum() / n_sentences
+
+            # reverse-over-reverse, P rows in chunks to bound memory
+            hessian += torch.func.jacrev(torch.func.grad(objective), chunk_size=chunk_size)(theta)
+    return hessian.numpy()

@@ -113,6 +113,50 @@ def explain(
                 typer.echo(format_influences(doc))
 
 
+@app.command()
+def validate(
+    model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained pipeline with crf_ner"),
+    train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy)"),
+    dev_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Held-out corpus (.spacy) for test segments"),
+    n_train: int = typer.Option(200, help="Training sentences the head is refit on"),
+    n_dev: int = typer.Option(50, help="Dev sentences whose predicted entities are the test segments"),
+    pairs: int = typer.Option(400, help="(test, train) pairs per group"),
+    n_segments: int = typer.Option(20, help="Training segments retrained per group (top and random)"),
+    l2: float = typer.Option(0.001, help="L2 damping of the refit objective"),
+    seed: int = typer.Option(0),
+    ner: str = typer.Option("crf_ner", help="Name of the crf_ner component"),
+    out: Path = typer.Option(..., dir_okay=False, help="metrics.json to write"),
+    plot: Optional[Path] = typer.Option(None, dir_okay=False, help="Optional scatter plot (PNG, needs matplotlib)"),
+) -> None:
+    """Retrain the CRF head without each chosen training segment and correlate the actual
+    change of test-segment losses with predicted influence (exact, kfac, identity, token)."""
+    import spacy
+    import srsly
+    from spacy.tokens import DocBin
+
+    from .validate import save_plot, validate as run_validation
+
+    nlp = spacy.load(model_dir)
+    train_docs = list(DocBin().from_disk(train_path).get_docs(nlp.vocab))
+    dev_docs = list(DocBin().from_disk(dev_path).get_docs(nlp.vocab))
+    with _user_errors():
+        result = run_validation(
+            nlp, train_docs, dev_docs, ner_name=ner, n_train=n_train, n_dev=n_dev,
+            pairs=pairs, n_segments=n_segments, l2=l2, seed=seed,
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    srsly.write_json(out, {"methods": result["methods"], "settings": result["settings"]})
+    for method, groups in result["methods"].items():
+        cells = "  ".join(
+            f"{group}: pearson {m['pearson']:.3f} spearman {m['spearman']:.3f} sign {m['sign_agreement']:.2f} (n={m['n']})"
+            for group, m in groups.items()
+        )
+        typer.echo(f"{method:<9} {cells}")
+    if plot is not None:
+        problem = save_plot(result, str(plot))
+        typer.echo(f"No plot: {problem}" if problem else f"Plot written to {plot}")
+
+
 def _unannotated(doc):
     """The doc's tokens and id, without its gold entities."""
     from spacy.tokens import Doc
@@ -133,6 +177,83 @@ def _user_errors():
     except (ValueError, FileNotFoundError, IndexOutOfDateError) as err:
         typer.secho(f"Error: {err}", err=True, fg="red")
         raise typer.Exit(1)
+
+
+@app.command("find-errors")
+def find_errors(
+    model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained pipeline with a crf_ner component"),
+    train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy) to check"),
+    dev: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Held-out corpus (.spacy) with clean labels"),
+    method: str = typer.Option("influence", help="influence | self-influence | loss | margin | confidence | random"),
+    out: Path = typer.Option(..., dir_okay=False, help="Ranked review file (JSONL, Prodigy-style)"),
+    k: int = typer.Option(3, help="Held-out predictions listed per candidate (supported and opposed; needs --dev)"),
+    curvature: str = typer.Option("kfac", help="identity | kfac; a pipeline written by `index` brings its own"),
+    damping: float = typer.Option(0.001, help="K-FAC damping"),
+    seed: int = typer.Option(0, help="Seed of the random baseline"),
+    ner: str = typer.Option("crf_ner", help="Name of the crf_ner component"),
+) -> None:
+    """Rank the training annotations (gold entities and the model's disagreements with
+    them) by how likely they are wrong, most suspicious first."""
+    import spacy
+    import srsly
+    from spacy.tokens import DocBin
+
+    from .errors import ErrorFinder, rank
+
+    with _user_errors():
+        nlp = spacy.load(model_dir)
+        train_docs = list(DocBin().from_disk(train_path).get_docs(nlp.vocab))
+        dev_docs = list(DocBin().from_disk(dev).get_docs(nlp.vocab)) if dev is not None else None
+        if method == "influence" and dev_docs is None:
+            raise ValueError("--method influence needs held-out data: pass --dev DEV.spacy")
+        finder = ErrorFinder(nlp, train_docs, dev_docs, ner=ner, curvature=curvature, damping=damping, seed=seed)
+        records = rank(finder, method, k=k)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    srsly.write_jsonl(out, records)
+    typer.echo(f"Ranked {len(records)} candidates by {method}; wrote {out}")
+
+
+@app.command("evaluate-errors")
+def evaluate_errors(
+    ranking: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL written by find-errors"),
+    original: Path = typer.Argument(..., exists=True, dir_okay=False, help="The training JSONL the model was trained on"),
+    corrected: Path = typer.Argument(..., exists=True, dir_okay=False, help="The same sentences with corrected labels"),
+    out: Optional[Path] = typer.Option(None, dir_okay=False, help="Write the metrics here (JSON)"),
+) -> None:
+    """Score a ranking against corrected labels: AP, P@100, recall at 1/5/10 % of the
+    candidates, and document-level recall@100/200/400 and AUC."""
+    import srsly
+
+    from .errors import evaluate_ranking, ranked_regions, read_tags
+
+    with _user_errors():
+        metrics = evaluate_ranking(ranked_regions(srsly.read_jsonl(ranking)), read_tags(original), read_tags(corrected))
+    for name, value in metrics.items():
+        typer.echo(f"{name:<30} {value:.4f}" if isinstance(value, float) else f"{name:<30} {value}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        srsly.write_json(out, metrics)
+
+
+@app.command()
+def report(
+    ranking: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL written by find-errors"),
+    out: Path = typer.Option(..., dir_okay=False, help="HTML file to write"),
+    limit: int = typer.Option(100, help="Show the first N candidates (0 = all)"),
+) -> None:
+    """Write a self-contained HTML page for reviewing the top candidates."""
+    from itertools import islice
+
+    import srsly
+
+    from .report import render_report
+
+    with _user_errors():
+        records = list(islice(srsly.read_jsonl(ranking), limit or None))
+        page = render_report(records)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf8")
+    typer.echo(f"Wrote {len(records)} candidates to {out}")
 
 
 def main() -> None:

@@ -1,0 +1,457 @@
+"""Rank training annotations by how likely they are wrong, and score a ranking against
+corrected labels (DESIGN.md section 6).
+
+Candidates are regions of training sentences where an annotation error could sit: every
+gold entity, and every place where the model's prediction disagrees with gold. Each is
+scored by one method, higher = more suspicious:
+
+- `influence`: how much the candidate's gold labels raise the held-out (dev) loss,
+  combined with how badly the model fits them (see `ErrorFinder.influence`).
+- `self-influence`: g^T H^-1 g of the candidate's segment loss (Koh & Liang 2017,
+  "Understanding Black-box Predictions via Influence Functions"; Pruthi et al. 2020,
+  "Estimating Training Data Influence by Tracing Gradient Descent", use self-influence
+  to find mislabelled examples).
+- `loss`: the segment loss -log p(y_S | y_outside, x) under the gold labels.
+- `margin`: the model's preference for another tag over the gold one, on the worst token
+  (the "normalized margin" of Northcutt, Athalye & Mueller 2021, "Pervasive Label
+  Errors in Test Sets Destabilize Machine Learning Benchmarks").
+- `confidence`: minus the self-confidence p(gold tag) of the worst token (Northcutt,
+  Jiang & Chuang 2021, "Confident Learning: Estimating Uncertainty in Dataset Labels";
+  min-pooled over tokens as in Wang & Mueller 2022, "Detecting Label Errors in Token
+  Classification Data").
+- `random`: a seeded shuffle, the floor every method must clear.
+"""
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+
+import numpy
+import srsly
+import torch
+from spacy.language import Language
+from spacy.tokens import Doc
+
+from . import bridge, crf
+from .bridge import LabelledBatch, Segment
+from .component import SegmentInfluence, _fresh_copy
+from .index import (
+    Curvature,
+    FactoredGradients,
+    IdentityCurvature,
+    KFACCurvature,
+    PreconditionedQueries,
+    SegmentIndex,
+)
+
+METHODS = ("influence", "self-influence", "loss", "margin", "confidence", "random")
+CURVATURES = ("identity", "kfac")
+Entity = Tuple[int, int, str]  # token start, token end (exclusive), label
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Tokens [start, end) of training sentence `doc_index`, with the gold and predicted
+    entities inside. `kind` names the annotation error the prediction suggests:
+    agreed (none), wrong_type, wrong_boundary, missing (predicted, not annotated) or
+    spurious (annotated, not predicted)."""
+
+    doc_index: int
+    start: int
+    end: int
+    kind: str
+    gold: Tuple[Entity, ...]
+    predicted: Tuple[Entity, ...]
+
+    @property
+    def label(self) -> str:
+        """The current (gold) label of the region; "O" when nothing is annotated."""
+        return self.gold[0][2] if self.gold else "O"
+
+    @property
+    def suggested(self) -> str:
+        """The model's label for the region; "O" when it predicts no entity."""
+        return self.predicted[0][2] if self.predicted else "O"
+
+
+def find_candidates(doc_index: int, gold: Sequence[Entity], predicted: Sequence[Entity]) -> List[Candidate]:
+    """One candidate per group of overlapping gold and predicted entities, covering the
+    group's tokens, so that a boundary disagreement is reviewed once, as a whole."""
+    spans = sorted([(s, e, label, True) for s, e, label in gold] + [(s, e, label, False) for s, e, label in predicted])
+    groups: List[List[Tuple[int, int, str, bool]]] = []
+    for span in spans:
+        if groups and span[0] < max(end for _, end, _, _ in groups[-1]):
+            groups[-1].append(span)
+        else:
+            groups.append([span])
+    return [_candidate(doc_index, group) for group in groups]
+
+
+def _candidate(doc_index: int, group: List[Tuple[int, int, str, bool]]) -> Candidate:
+    gold = tuple((s, e, label) for s, e, label, is_gold in group if is_gold)
+    predicted = tuple((s, e, label) for s, e, label, is_gold in group if not is_gold)
+    start = min(s for s, _, _, _ in group)
+    end = max(e for _, e, _, _ in group)
+    return Candidate(doc_index, start, end, _kind(gold, predicted), gold, predicted)
+
+
+def _kind(gold: Tuple[Entity, ...], predicted: Tuple[Entity, ...]) -> str:
+    if not predicted:
+        return "spurious"
+    if not gold:
+        return "missing"
+    if len(gold) == len(predicted) == 1 and gold[0][:2] == predicted[0][:2]:
+        return "agreed" if gold == predicted else "wrong_type"
+    return "wrong_boundary"
+
+
+class _Annotated(NamedTuple):
+    """Gold docs, the head's view of them (with gold tags), and their candidates."""
+
+    docs: List[Doc]
+    batch: LabelledBatch
+    candidates: List[Candidate]
+
+
+def _annotate(nlp: Language, ner_name: str, docs: Sequence[Doc], batch_size: int = 256) -> _Annotated:
+    ner = nlp.get_pipe(ner_name)
+    names = [*bridge.upstream_components(nlp, ner_name), ner_name]
+    with nlp.select_pipes(enable=names):
+        processed = list(nlp.pipe((_fresh_copy(doc) for doc in docs), batch_size=batch_size))
+    predicted = [[(ent.start, ent.end, ent.label_) for ent in doc.ents] for doc in processed]
+    gold = [[(ent.start, ent.end, ent.label_) for ent in doc.ents if ent.label_ in ner.labels] for doc in docs]
+    batch = LabelledBatch(bridge.head_features(ner, processed), [bridge.gold_tags(ner, doc) for doc in docs])
+    candidates = [
+        c
+        for i, (g, p) in enumerate(zip(gold, predicted))
+        for c in find_candidates(i, g, p)
+        if min(batch.tags[i][c.start : c.end]) >= 0  # tokens without annotation can't be mislabelled
+    ]
+    return _Annotated(list(docs), batch, candidates)
+
+
+def _segments(candidates: Sequence[Candidate]) -> List[Segment]:
+    return [Segment(c.doc_index, c.start, c.end) for c in candidates]
+
+
+class ErrorFinder:
+    """The candidates of a training corpus and everything their scores share, computed
+    once, so that all methods can be compared in one run."""
+
+    def __init__(
+        self,
+        nlp: Language,
+        train_docs: Sequence[Doc],
+        dev_docs: Optional[Sequence[Doc]] = None,
+        *,
+        ner: str = "crf_ner",
+        curvature: str = "kfac",
+        damping: float = 0.001,
+        seed: int = 0,
+    ) -> None:
+        if curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {', '.join(CURVATURES)}, got {curvature!r}")
+        self.nlp = nlp
+        self.ner_name = ner
+        self.ner = nlp.get_pipe(ner)
+        self.seed = seed
+        self.train = _annotate(nlp, ner, train_docs)
+        if not self.train.candidates:
+            raise ValueError("No candidates: the training docs have no gold or predicted entities")
+        self.dev = _annotate(nlp, ner, dev_docs) if dev_docs else None
+        self.grads = bridge.segment_gradients(self.ner, self.train.batch, _segments(self.train.candidates))
+        self.curvature = self._curvature(curvature, damping)
+        self._index = SegmentIndex.build(self.grads, self.train.candidates, self.curvature, normalize=True)
+
+    @property
+    def candidates(self) -> List[Candidate]:
+        return self.train.candidates
+
+    def _curvature(self, name: str, damping: float) -> Curvature:
+        """The indexed pipeline's curvature when there is one (scores then match
+        `explain`), else the identity or K-FAC fitted on the training tokens."""
+        indexed = (p for _, p in self.nlp.pipeline if isinstance(p, SegmentInfluence) and p.index is not None)
+        component = next((p for p in indexed if p.cfg["ner"] == self.ner_name), None)
+        if component is not None:
+            component._check_ready()
+            return component.index.curvature
+        if name == "identity":
+            return IdentityCurvature()
+        h, marginals = bridge.token_marginals(self.ner, self.train.batch.features)
+        return KFACCurvature.fit(h, marginals, self.grads.dense, damping)
+
+    def scores(self, method: str) -> numpy.ndarray:
+        """One score per candidate, higher = more likely wrong."""
+        if method not in METHODS:
+            raise ValueError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}")
+        if method == "influence":
+            return self.influence()
+        if method == "self-influence":
+            return self._index.norms.astype("float64") ** 2
+        if method == "loss":
+            return self.losses()
+        if method == "random":
+            return numpy.random.default_rng(self.seed).random(len(self.candidates))
+        return -self._worst_token(method)
+
+    def losses(self) -> numpy.ndarray:
+        """Segment losses -log p(y_S | y_outside, x) under the gold labels."""
+        return _segment_losses(self.ner, self.train.batch, _segments(self.candidates))
+
+    def _worst_token(self, method: str) -> numpy.ndarray:
+        """Per candidate, the lowest p(gold tag) (confidence) or p(gold) - max p(other)
+        (margin) over its tokens, from the model's unclamped marginals."""
+        features = self.train.batch.features
+        _, marginals = bridge.token_marginals(self.ner, features)
+        starts = numpy.concatenate([[0], numpy.cumsum([len(x) for x in features])])
+        out = numpy.empty(len(self.candidates))
+        for i, c in enumerate(self.candidates):
+            q = marginals[starts[c.doc_index] + c.start : starts[c.doc_index] + c.end].astype("float64")
+            gold = numpy.asarray(self.train.batch.tags[c.doc_index][c.start : c.end])
+            p_gold = q[numpy.arange(len(gold)), gold]
+            if method == "margin":
+                q[numpy.arange(len(gold)), gold] = -numpy.inf
+                p_gold = p_gold - q.max(axis=1)
+            out[i] = p_gold.min()
+        return out
+
+    # -- held-out influence --------------------------------------------------------------
+    @cached_property
+    def dev_grads(self) -> FactoredGradients:
+        """The held-out queries: dev regions (gold entities and the model's disagreements
+        with them), each under its dev gold labels."""
+        if self.dev is None:
+            raise ValueError("Influence on held-out predictions needs dev docs (--dev DEV.spacy)")
+        return bridge.segment_gradients(self.ner, self.dev.batch, _segments(self.dev.candidates))
+
+    @cached_property
+    def dev_index(self) -> SegmentIndex:
+        return SegmentIndex.build(self.dev_grads, self.dev.candidates, self.curvature, normalize=True)
+
+    def harm(self) -> numpy.ndarray:
+        """-g_dev^T H^-1 g_c, g_dev the gradient of the total held-out loss (all dev
+        regions, under their dev gold labels): how much upweighting the candidate's
+        labels would raise the held-out loss (I_up,loss of Koh & Liang 2017, eq. 2). Linear in
+        the queries, so they are summed into one preconditioned direction first."""
+        emission, dense = _summed_queries(self.curvature, self.dev_grads)
+        return -_dot_factored(self._index.grads, emission, dense)
+
+    def influence(self) -> numpy.ndarray:
+        """Held-out harm and the candidate's own segment loss, combined by Fisher's method
+        (Fisher 1925, "Statistical Methods for Research Workers") on their empirical tail
+        probabilities: -log p_harm - log p_loss. Harm alone finds
+        labels that spread to held-out predictions (systematic errors) but misses odd
+        one-off labels the dev set has no neighbours for; the loss finds those. Measured
+        against each signal alone and other combinations in bench/find_errors.py."""
+        return _neg_log_tail(self.harm()) + _neg_log_tail(self.losses())
+
+    def influenced(self, k: int = 3) -> List[List[dict]]:
+        """Per candidate, the k dev regions it supports most (score > 0) and the k it
+        opposes most (score < 0), by cosine-normalised influence, as review records."""
+        results = self.dev_index.top_k(self.grads, k=k)
+        return [[_held_out_record(self.dev, j, s) for j, s in r.supporters + r.opposers] for r in results]
+
+
+def _summed_queries(curvature: Curvature, queries: FactoredGradients) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    """sum_q g_q, prepared as a query (H^-1 applied, or the query half of it), as an
+    emission block [C, E] and a dense block [D] to dot with stored index factors."""
+    prepared = curvature.prepare_queries(queries)
+    if isinstance(prepared, PreconditionedQueries):
+        return prepared.weights.sum(axis=0), prepared.dense.sum(axis=0)
+    return prepared.r.astype("float64").T @ prepared.h.astype("float64"), prepared.dense.sum(axis=0)
+
+
+def _neg_log_tail(scores: numpy.ndarray) -> numpy.ndarray:
+    """-log of each score's empirical upper-tail probability (the best scores 1/n)."""
+    tail = numpy.empty(len(scores))
+    tail[numpy.argsort(-scores, kind="stable")] = numpy.arange(1, len(scores) + 1) / len(scores)
+    return -numpy.log(tail)
+
+
+def _dot_factored(stored: FactoredGradients, emission: numpy.ndarray, dense: numpy.ndarray) -> numpy.ndarray:
+    """<G_s, [emission | dense]> per segment: sum_t r_t^T emission h_t + x_s . dense."""
+    per_row = numpy.einsum("nc,nc->n", stored.h.astype("float64") @ emission.T, stored.r.astype("float64"))
+    return numpy.add.reduceat(per_row, stored.offsets[:-1]) + stored.dense.astype("float64") @ dense
+
+
+def _held_out_record(dev: _Annotated, index: int, score: float, window: int = 8) -> dict:
+    candidate = dev.candidates[index]
+    doc = dev.docs[candidate.doc_index]
+    return {
+        "doc_id": doc.user_data.get("id"),
+        "text": doc[candidate.start : candidate.end].text,
+        "left": doc[max(0, candidate.start - window) : candidate.start].text,
+        "right": doc[candidate.end : candidate.end + window].text,
+        "label": candidate.label,
+        "predicted": candidate.suggested,
+        "correct": candidate.kind == "agreed",
+        "score": float(score),
+    }
+
+
+def _segment_losses(ner, batch: LabelledBatch, segments: Sequence[Segment], batch_size: int = 512) -> numpy.ndarray:
+    head = ner.head
+    out = numpy.empty(len(segments))
+    order = sorted(range(len(segments)), key=lambda i: len(batch.tags[segments[i].doc]))
+    with torch.no_grad(), crf.one_thread():
+        weight, bias = head.weight.detach().double(), head.bias.detach().double()
+        params = [p.detach().double() for p in (head.transitions, head.start, head.end)]
+        for first in range(0, len(order), batch_size):
+            chunk = [segments[i] for i in order[first : first + batch_size]]
+            emissions = [torch.as_tensor(batch.features[s.doc], dtype=torch.float64) @ weight.T + bias for s in chunk]
+            scores = crf.ChainScores(
+                torch.nn.utils.rnn.pad_sequence(emissions, batch_first=True),
+                torch.tensor([len(e) for e in emissions]),
+                *params,
+            )
+            tags = torch.nn.utils.rnn.pad_sequence(
+                [torch.tensor(batch.tags[s.doc]) for s in chunk], batch_first=True, padding_value=-1
+            )
+            losses = crf.segment_nll(
+                scores, tags, torch.tensor([s.start for s in chunk]), torch.tensor([s.end for s in chunk]), ner.constraints
+            )
+            out[order[first : first + batch_size]] = losses.numpy()
+    return out
+
+
+# -- review records ----------------------------------------------------------------------
+def rank(finder: ErrorFinder, method: str, k: int = 3) -> List[dict]:
+    """Prodigy-style review records of all candidates, most suspicious first. With dev
+    docs, each names the k held-out regions it supports and the k it opposes most."""
+    scores = finder.scores(method)
+    influenced = finder.influenced(k) if finder.dev is not None and k > 0 else None
+    order = numpy.argsort(-scores, kind="stable")
+    return [
+        review_record(
+            finder.train.docs[finder.candidates[i].doc_index],
+            finder.candidates[i],
+            {"score": float(scores[i]), "method": method, "rank": position + 1},
+            influenced[i] if influenced is not None else [],
+        )
+        for position, i in enumerate(order)
+    ]
+
+
+def review_record(doc: Doc, candidate: Candidate, ranking: dict, influenced: List[dict]) -> dict:
+    """One candidate as a Prodigy task: the sentence, its tokens, and the candidate region
+    as a span with its current label ("O" if not annotated); the model's suggestion and
+    the evidence go in meta. Token ends are inclusive, as in Prodigy."""
+    return {
+        "text": doc.text,
+        "tokens": [
+            {"text": t.text, "start": t.idx, "end": t.idx + len(t), "id": t.i, "ws": bool(t.whitespace_)} for t in doc
+        ],
+        "spans": [_prodigy_span(doc, (candidate.start, candidate.end, candidate.label))],
+        "meta": {
+            "doc_id": doc.user_data.get("id"),
+            "doc_index": candidate.doc_index,
+            **ranking,
+            "kind": candidate.kind,
+            "label": candidate.label,
+            "suggested_label": candidate.suggested,
+            "gold_spans": [_prodigy_span(doc, e) for e in candidate.gold],
+            "suggested_spans": [_prodigy_span(doc, e) for e in candidate.predicted],
+            "influenced": influenced,
+        },
+    }
+
+
+def _prodigy_span(doc: Doc, entity: Entity) -> dict:
+    start, end, label = entity
+    span = doc[start:end]
+    return {"start": span.start_char, "end": span.end_char, "token_start": start, "token_end": end - 1, "label": label}
+
+
+# -- evaluation against corrected labels -------------------------------------------------
+def read_tags(path: Path) -> Dict[str, List[str]]:
+    """Sentence id -> BIO tags of a JSONL corpus."""
+    return {record["id"]: record["ner_tags"] for record in srsly.read_jsonl(path)}
+
+
+def document_of(sentence_id: str) -> str:
+    """`conll_train_12_3` -> `conll_train_12`: sentence ids end in `_<sentence>`."""
+    return sentence_id.rsplit("_", 1)[0]
+
+
+def changed_tokens(original: Dict[str, List[str]], corrected: Dict[str, List[str]]) -> Dict[str, Set[int]]:
+    """Sentence id -> positions whose tag differs between the two labellings."""
+    if original.keys() != corrected.keys():
+        missing = sorted(original.keys() ^ corrected.keys())
+        raise ValueError(f"The original and corrected files have different sentence ids (e.g. {missing[0]!r})")
+    changed = {}
+    for sentence_id, tags in original.items():
+        if len(tags) != len(corrected[sentence_id]):
+            raise ValueError(f"Sentence {sentence_id!r} has a different number of tokens in the corrected file")
+        diff = {i for i, (a, b) in enumerate(zip(tags, corrected[sentence_id])) if a != b}
+        if diff:
+            changed[sentence_id] = diff
+    return changed
+
+
+def evaluate_ranking(
+    ranked: Sequence[Tuple[str, int, int]], original: Dict[str, List[str]], corrected: Dict[str, List[str]]
+) -> Dict[str, float]:
+    """Metrics of a ranking of (sentence id, token start, token end exclusive) regions,
+    most suspicious first. A region is an error when any of its tokens' tags differ
+    between `original` and `corrected`."""
+    changed = changed_tokens(original, corrected)
+    unknown = next((sid for sid, _, _ in ranked if sid not in original), None)
+    if unknown is not None:
+        raise ValueError(f"Ranked sentence {unknown!r} is not in the original file")
+    is_error = [any(t in changed.get(sid, ()) for t in range(start, end)) for sid, start, end in ranked]
+    documents = list(dict.fromkeys(document_of(sid) for sid in original))
+    error_docs = {document_of(sid) for sid in changed}
+    ranked_docs = list(dict.fromkeys(document_of(sid) for sid, _, _ in ranked))
+    doc_order = ranked_docs + [d for d in documents if d not in set(ranked_docs)]
+    metrics = {
+        "n_candidates": len(ranked),
+        "n_error_candidates": int(sum(is_error)),
+        "ap": average_precision(is_error),
+        "p@100": sum(is_error[:100]) / 100,
+        **{f"recall@{p}%": recall_at(is_error, math.ceil(len(ranked) * p / 100)) for p in (1, 5, 10)},
+        "n_docs": len(documents),
+        "n_error_docs": len(error_docs),
+        "n_error_docs_with_candidates": len(error_docs & {document_of(sid) for sid, _, _ in ranked}),
+    }
+    doc_hits = [d in error_docs for d in doc_order]
+    for k in (100, 200, 400):
+        metrics[f"doc_recall@{k}"] = recall_at(doc_hits, k)
+    metrics["doc_auc"] = recall_auc(doc_hits)
+    return metrics
+
+
+def average_precision(is_error: Sequence[bool]) -> float:
+    """Mean over the errors of the precision at their rank (0 without errors)."""
+    hits = numpy.asarray(is_error, dtype=bool)
+    if not hits.any():
+        return 0.0
+    precision = numpy.cumsum(hits) / numpy.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
+def recall_at(is_error: Sequence[bool], k: int) -> float:
+    """Share of all errors among the first k."""
+    total = sum(is_error)
+    return sum(is_error[:k]) / total if total else 0.0
+
+
+def recall_auc(is_error: Sequence[bool]) -> float:
+    """Area under recall@k against k / n for k = 1..n: 1 puts every error first, about
+    0.5 is a random order (the paper's document-level AUC)."""
+    hits = numpy.asarray(is_error, dtype=bool)
+    if not hits.any():
+        return 0.0
+    return float((numpy.cumsum(hits) / hits.sum()).mean())
+
+
+def ranked_regions(records: Iterable[dict]) -> List[Tuple[str, int, int]]:
+    """(sentence id, token start, token end exclusive) of review records, in file order."""
+    out = []
+    for line, record in enumerate(records, start=1):
+        sentence_id = record.get("meta", {}).get("doc_id")
+        if sentence_id is None or not record.get("spans"):
+            raise ValueError(f"Ranking line {line} has no meta.doc_id or no span: was it written by find-errors?")
+        span = record["spans"][0]
+        out.append((sentence_id, span["token_start"], span["token_end"] + 1))
+    return out

@@ -1,0 +1,353 @@
+"""Retraining-based fidelity check: how well predicted segment influence tracks the true
+effect of removing a training segment's labels (DESIGN.md section 1.3, issue 4).
+
+With the encoder's features frozen, the head is refit to the optimum theta* of
+    J(theta) = (1/N) sum_i -log p(y_i | x_i) + (l2 / 2) |theta|^2
+over N training sentences. Removing segment S's labels removes l_S from sentence i's loss
+(-log p(y|x) = l_S - log p(y_-S|x)), so the new optimum theta_-S minimises J - l_S / N.
+The first-order prediction of the change in a test segment's loss is
+    (1/N) g_test^T H^-1 g_S          (Koh & Liang 2017; Jain et al. 2022, eq. 4)
+with H the exact Hessian of J; positive means the segment supported the prediction.
+Each theta_-S is found by Newton iterations with H frozen at theta*, which converge to
+machine precision in a few steps because H_-S differs from H by O(1/N).
+"""
+import math
+import random
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy
+import torch
+from spacy.language import Language
+from spacy.tokens import Doc
+from tqdm import tqdm
+
+from . import bridge, crf
+from .bridge import LabelledBatch, Segment
+from .index import IdentityCurvature, KFACCurvature, SegmentIndex
+
+
+def validate(
+    nlp: Language,
+    train_docs: Sequence[Doc],
+    dev_docs: Sequence[Doc],
+    *,
+    ner_name: str = "crf_ner",
+    n_train: int = 200,
+    n_dev: int = 50,
+    pairs: int = 400,
+    n_segments: int = 20,
+    l2: float = 1e-3,
+    kfac_damping: float = 1e-3,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict:
+    """Correlations between predicted and actual (retrained) changes of test-segment
+    losses, for the exact, K-FAC and identity curvatures and the token approximation."""
+    ner = nlp.get_pipe(ner_name)
+    bridge.upstream_components(nlp, ner_name)
+    train = _labelled(nlp, ner, list(train_docs)[:n_train], ner_name)
+    dev_features = _labelled(nlp, ner, list(dev_docs)[:n_dev], ner_name).features
+    if not any(len(x) for x in train.features):
+        raise ValueError("validate: the training sample has no tokens")
+    objective = _regularised(ner, train, l2)
+    theta = _refit(objective, bridge.flat_head(ner), show_progress)
+    hessian = _hessian(ner, train, theta, l2)
+    with _head_at(ner, theta):
+        test_batch, test_segments = _predicted_entities(ner, dev_features, theta)
+        if not test_segments:
+            raise ValueError("validate: the model predicts no entities on the dev sample")
+        train_segments = [Segment(i, s, e) for i, tags in enumerate(train.tags) for s, e in _entities(ner, tags)]
+        if not train_segments:
+            raise ValueError("validate: the training sample has no gold entities")
+        g_test = bridge.segment_gradients(ner, test_batch, test_segments)
+        g_train = bridge.segment_gradients(ner, train, train_segments)
+        predicted = _predictions(ner, train, g_test, g_train, train_segments, hessian, kfac_damping)
+    n_sentences = sum(1 for x in train.features if len(x))
+    predicted = {name: scores / n_sentences for name, scores in predicted.items()}
+    chosen = _choose_segments(predicted["exact"], n_segments, seed)
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(torch.as_tensor(hessian)))
+    g_train_dense = torch.as_tensor(g_train.to_dense())
+    base = _test_losses(ner, test_batch, test_segments, theta)
+    actual, residuals = {}, []
+    for column in tqdm(sorted(set(chosen["top"]) | set(chosen["random"])), desc="Retraining", disable=not show_progress):
+        removed = _segment_objective(ner, train, train_segments[column])
+        start = theta + inverse @ g_train_dense[column] / n_sentences  # the influence step
+        theta_s, residual = _newton(lambda t: objective(t) - removed(t) / n_sentences, start, inverse)
+        residuals.append(residual)
+        actual[column] = _test_losses(ner, test_batch, test_segments, theta_s) - base
+    scatter = _scatter(predicted, actual, chosen, pairs, seed)
+    methods = {
+        name: {group: correlations(*map(numpy.array, zip(*points))) for group, points in groups.items()}
+        for name, groups in scatter.items()
+    }
+    settings = {
+        "n_train": n_sentences,
+        "n_dev": len(dev_features),
+        "n_test_segments": len(test_segments),
+        "n_train_segments": len(train_segments),
+        "n_retrained": len(actual),
+        "pairs": pairs,
+        "l2": l2,
+        "kfac_damping": kfac_damping,
+        "seed": seed,
+        "n_params": int(len(theta)),
+        "max_retrain_gradient": max(residuals),
+    }
+    return {"methods": methods, "settings": settings, "pairs": scatter}
+
+
+def _labelled(nlp: Language, ner, docs: List[Doc], ner_name: str) -> LabelledBatch:
+    fresh = [Doc(d.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in docs]
+    encoded = bridge.encode(nlp, fresh, ner_name)
+    return LabelledBatch(bridge.head_features(ner, encoded), [bridge.gold_tags(ner, d) for d in docs])
+
+
+def _regularised(ner, batch: LabelledBatch, l2: float):
+    mean_nll, _ = bridge.mean_nll(ner, batch)
+    return lambda theta: mean_nll(theta) + 0.5 * l2 * (theta * theta).sum()
+
+
+def _gradient(objective, theta: torch.Tensor) -> torch.Tensor:
+    with crf.one_thread():
+        return torch.func.grad(objective)(theta)
+
+
+def _refit(objective, theta: torch.Tensor, show_progress: bool) -> torch.Tensor:
+    """L-BFGS from the trained weights; `_newton` then polishes to machine precision."""
+    params = theta.clone().requires_grad_()
+    optimizer = torch.optim.LBFGS(
+        [params], lr=1, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-14, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        loss = objective(params)
+        loss.backward()
+        return loss
+
+    with crf.one_thread():
+        optimizer.step(closure)
+    if show_progress:
+        print(f"Refit head: J = {float(objective(params.detach())):.6f}")
+    return params.detach()
+
+
+def _hessian(ner, batch: LabelledBatch, theta: torch.Tensor, l2: float) -> numpy.ndarray:
+    return bridge.head_hessian(ner, batch, flat=theta) + l2 * numpy.eye(len(theta))
+
+
+def _newton(objective, theta: torch.Tensor, inverse: torch.Tensor, tol: float = 1e-10, max_iter: int = 200):
+    """Minimise a strictly convex `objective` near `theta` by Newton steps with the
+    Hessian frozen at theta* (`inverse` = H^-1), halving a step until the objective
+    decreases. Stops at |grad| < tol or when no step decreases the objective (float64
+    noise floor). Returns theta and the final max |grad|."""
+    with crf.one_thread():
+        return _newton_steps(objective, theta, inverse, tol, max_iter)
+
+
+def _newton_steps(objective, theta, inverse, tol, max_iter):
+    evaluate = torch.no_grad()(objective)
+    value = float(evaluate(theta))
+    for _ in range(max_iter):
+        grad = _gradient(objective, theta)
+        size = float(grad.abs().max())
+        if size < tol:
+            break
+        direction = -(inverse @ grad)
+        step = 1.0
+        while step > 1e-6:
+            candidate = theta + step * direction
+            candidate_value = float(evaluate(candidate))
+            if candidate_value < value:
+                break
+            step /= 2
+        else:
+            break
+        theta, value = candidate, candidate_value
+    return theta, size
+
+
+def _segment_objective(ner, batch: LabelledBatch, segment: Segment):
+    features = [torch.as_tensor(batch.features[segment.doc], dtype=torch.float64)]
+    tags = torch.tensor([batch.tags[segment.doc]])
+    start, end = torch.tensor([segment.start]), torch.tensor([segment.end])
+    return lambda theta: crf.segment_nll(bridge.chain_at(ner, features, theta), tags, start, end, ner.constraints).sum()
+
+
+def _test_losses(ner, batch: LabelledBatch, segments: Sequence[Segment], theta: torch.Tensor) -> numpy.ndarray:
+    features = [torch.as_tensor(batch.features[s.doc], dtype=torch.float64) for s in segments]
+    tags = bridge._padded_tags([batch.tags[s.doc] for s in segments])
+    starts = torch.tensor([s.start for s in segments])
+    ends = torch.tensor([s.end for s in segments])
+    with torch.no_grad(), crf.one_thread():
+        losses = crf.segment_nll(bridge.chain_at(ner, features, theta), tags, starts, ends, ner.constraints)
+    return losses.numpy()
+
+
+@contextmanager
+def _head_at(ner, theta: torch.Tensor) -> Iterator[None]:
+    """Temporarily give the pipeline's head the parameters `theta`."""
+    head = ner.head
+    saved = {name: p.detach().clone() for name, p in head.named_parameters()}
+    emission, trans, start, end = bridge._unflatten(theta, head.n_tags, head.n_features + 1)
+    with torch.no_grad():
+        head.weight.copy_(emission[:, :-1])
+        head.bias.copy_(emission[:, -1])
+        head.transitions.copy_(trans)
+        head.start.copy_(start)
+        head.end.copy_(end)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, p in head.named_parameters():
+                p.copy_(saved[name])
+
+
+def _predicted_entities(ner, features: List[numpy.ndarray], theta: torch.Tensor) -> Tuple[LabelledBatch, List[Segment]]:
+    """Test segments: the entities the refit head predicts (errors included)."""
+    kept = [x for x in features if len(x)]
+    with torch.no_grad(), crf.one_thread():
+        paths = crf.viterbi(bridge.chain_at(ner, [torch.as_tensor(x, dtype=torch.float64) for x in kept], theta), ner.constraints)
+    segments = [Segment(i, s, e) for i, path in enumerate(paths) for s, e in _entities(ner, path)]
+    return LabelledBatch(kept, paths), segments
+
+
+def _entities(ner, tag_ids: Sequence[int]) -> List[Tuple[int, int]]:
+    """(start, end) of the entities of a valid BILUO/BIO tag-id sequence (-1 = O)."""
+    spans, start = [], None
+    for i, tag_id in enumerate(tag_ids):
+        prefix = ner.tags[tag_id].split("-")[0] if tag_id >= 0 else "O"
+        if start is not None and prefix not in ("I", "L"):
+            spans.append((start, i))
+            start = None
+        if prefix in ("B", "U"):
+            start = i
+        if prefix in ("L", "U"):
+            spans.append((start, i + 1))
+            start = None
+    if start is not None:
+        spans.append((start, len(tag_ids)))
+    return spans
+
+
+def _predictions(ner, train, g_test, g_train, train_segments, hessian, kfac_damping) -> Dict[str, numpy.ndarray]:
+    """Unscaled g_test^T H^-1 g_S [T, S] per method."""
+    dense_test, dense_train = g_test.to_dense(), g_train.to_dense()
+    exact = dense_test @ numpy.linalg.solve(hessian, dense_train.T)
+    token_grads = [
+        bridge.segment_gradients(ner, train, [Segment(s.doc, t, t + 1) for t in range(s.start, s.end)]).to_dense().sum(0)
+        for s in train_segments
+    ]
+    token = dense_test @ numpy.linalg.solve(hessian, numpy.stack(token_grads).T)
+    h, marginals = bridge.token_marginals(ner, train.features)
+    kfac = KFACCurvature.fit(h, marginals, g_train.dense, kfac_damping)
+    meta = [{}] * len(g_train)
+    scores = {
+        name: SegmentIndex.build(g_train, meta, curvature, normalize=False, dtype="float64").scores(g_test)
+        for name, curvature in (("kfac", kfac), ("identity", IdentityCurvature()))
+    }
+    return {"exact": exact, **scores, "token": token}
+
+
+def _choose_segments(exact: numpy.ndarray, n_segments: int, seed: int) -> Dict[str, List[int]]:
+    """`top`: training segments with the largest |predicted| effect on some test segment;
+    `random`: others drawn uniformly."""
+    order = numpy.argsort(-numpy.abs(exact).max(axis=0))
+    top = [int(i) for i in order[:n_segments]]
+    rest = [int(i) for i in order[n_segments:]]
+    rng = random.Random(seed)
+    return {"top": top, "random": rng.sample(rest, min(n_segments, len(rest)))}
+
+
+def _pair_indices(group: List[int], exact: numpy.ndarray, pairs: int, top: bool, seed: int) -> List[Tuple[int, int]]:
+    candidates = [(t, s) for s in group for t in range(exact.shape[0])]
+    if top:
+        candidates.sort(key=lambda ts: -abs(exact[ts]))
+        return candidates[:pairs]
+    rng = random.Random(seed)
+    return rng.sample(candidates, min(pairs, len(candidates)))
+
+
+def _scatter(predicted, actual, chosen, pairs, seed) -> Dict[str, Dict[str, List[Tuple[float, float]]]]:
+    """(predicted, actual) per method and pair group; the pairs are the same for every
+    method: `top` by |exact prediction|, `random` drawn uniformly."""
+    exact = predicted["exact"]
+    out = {}
+    for name, scores in predicted.items():
+        out[name] = {}
+        for group, members in chosen.items():
+            indices = _pair_indices(members, exact, pairs, top=group == "top", seed=seed)
+            out[name][group] = [(float(scores[t, s]), float(actual[s][t])) for t, s in indices]
+    return out
+
+
+def correlations(predicted: numpy.ndarray, actual: numpy.ndarray) -> dict:
+    """Pearson, Spearman, Kendall tau-b and sign agreement of two score vectors."""
+    n = len(predicted)
+    if n < 3:
+        return {"pearson": math.nan, "spearman": math.nan, "kendall": math.nan, "sign_agreement": math.nan, "n": n}
+    return {
+        "pearson": _pearson(predicted, actual),
+        "spearman": _pearson(_ranks(predicted), _ranks(actual)),
+        "kendall": _kendall_tau_b(predicted, actual),
+        "sign_agreement": float(numpy.mean(numpy.sign(predicted) == numpy.sign(actual))),
+        "n": n,
+    }
+
+
+def _pearson(x: numpy.ndarray, y: numpy.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denominator) if denominator > 0 else math.nan
+
+
+def _ranks(x: numpy.ndarray) -> numpy.ndarray:
+    """Average ranks (ties share the mean rank)."""
+    order = numpy.argsort(x, kind="mergesort")
+    ranks = numpy.empty(len(x))
+    sorted_x = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def _kendall_tau_b(x: numpy.ndarray, y: numpy.ndarray) -> float:
+    dx = numpy.sign(x[:, None] - x[None, :])
+    dy = numpy.sign(y[:, None] - y[None, :])
+    upper = numpy.triu_indices(len(x), k=1)
+    dx, dy = dx[upper], dy[upper]
+    concordance = float((dx * dy).sum())
+    denominator = math.sqrt(float((dx != 0).sum()) * float((dy != 0).sum()))
+    return concordance / denominator if denominator > 0 else math.nan
+
+
+def save_plot(result: dict, path: str) -> Optional[str]:
+    """Scatter of actual vs predicted per method; returns why not, if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib)"
+    scatter = result["pairs"]
+    fig, axes = plt.subplots(1, len(scatter), figsize=(4 * len(scatter), 4))
+    for ax, (name, groups) in zip(numpy.atleast_1d(axes), scatter.items()):
+        for group, points in groups.items():
+            if points:
+                xs, ys = zip(*points)
+                ax.scatter(xs, ys, s=6, alpha=0.6, label=group)
+        ax.set_title(name)
+        ax.set_xlabel("predicted change of test loss")
+        ax.set_ylabel("actual (retrained)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return None

@@ -1,0 +1,253 @@
+import json
+
+import numpy
+import pytest
+import srsly
+import torch
+from spacy.tokens import DocBin, Span
+from typer.testing import CliRunner
+
+from spacy_segment_influence import bridge, crf
+from spacy_segment_influence.cli import app
+from spacy_segment_influence.errors import (
+    METHODS,
+    Candidate,
+    ErrorFinder,
+    average_precision,
+    evaluate_ranking,
+    find_candidates,
+    rank,
+    recall_auc,
+    review_record,
+)
+
+from .conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train
+
+# "Anna Berg visited Paris ." with Paris mislabelled PER: the one wrong annotation.
+NOISY_DOC, NOISY_SPAN = 2, (3, 4)
+
+
+@pytest.fixture(scope="module")
+def nlp():
+    nlp = tok2vec_nlp()
+    return train(nlp, make_examples(nlp), steps=60)
+
+
+def gold_docs(nlp):
+    docs = [eg.reference for eg in make_examples(nlp)]
+    for i, doc in enumerate(docs):
+        doc.user_data["id"] = f"demo_train_{i}_0"
+    return docs
+
+
+def noisy_docs(nlp):
+    docs = gold_docs(nlp)
+    doc = docs[NOISY_DOC]
+    doc.ents = [ent if (ent.start, ent.end) != NOISY_SPAN else Span(doc, *NOISY_SPAN, label="PER") for ent in doc.ents]
+    return docs
+
+
+@pytest.mark.parametrize(
+    "gold,predicted,kinds",
+    [
+        ([(0, 2, "PER")], [(0, 2, "PER")], ["agreed"]),
+        ([(0, 2, "PER")], [(0, 2, "ORG")], ["wrong_type"]),
+        ([(1, 3, "ORG")], [(0, 3, "ORG")], ["wrong_boundary"]),
+        ([(0, 1, "LOC"), (1, 3, "LOC")], [(0, 3, "LOC")], ["wrong_boundary"]),
+        ([], [(4, 5, "MISC")], ["missing"]),
+        ([(4, 5, "MISC")], [], ["spurious"]),
+        ([(0, 2, "PER"), (5, 6, "LOC")], [(0, 2, "PER"), (3, 4, "ORG")], ["agreed", "missing", "spurious"]),
+    ],
+)
+def test_candidate_kinds(gold, predicted, kinds):
+    candidates = find_candidates(7, gold, predicted)
+    assert [c.kind for c in candidates] == kinds
+    assert all(c.doc_index == 7 for c in candidates)
+
+
+def test_boundary_candidate_covers_both_labellings():
+    (candidate,) = find_candidates(0, [(1, 3, "ORG")], [(0, 2, "LOC")])
+    assert (candidate.start, candidate.end) == (0, 3)
+    assert (candidate.label, candidate.suggested) == ("ORG", "LOC")
+    (missing,) = find_candidates(0, [], [(2, 4, "PER")])
+    assert (missing.label, missing.suggested) == ("O", "PER")
+
+
+def test_metrics_on_a_hand_made_ranking():
+    assert average_precision([True, False, True, False]) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision([False, False]) == 0.0
+    assert recall_auc([True, False]) == 1.0
+    assert recall_auc([False, True]) == 0.5
+    original = {
+        "conll_train_1_0": ["B-PER", "O", "O"],
+        "conll_train_1_1": ["O", "O"],
+        "conll_train_2_0": ["B-LOC", "O"],
+        "conll_train_3_0": ["O", "B-ORG"],
+    }
+    corrected = {**original, "conll_train_2_0": ["B-ORG", "O"], "conll_train_3_0": ["O", "O"]}
+    ranked = [("conll_train_1_0", 0, 1), ("conll_train_3_0", 1, 2), ("conll_train_2_0", 1, 2), ("conll_train_2_0", 0, 1)]
+    metrics = evaluate_ranking(ranked, original, corrected)
+    assert metrics["n_error_candidates"] == 2
+    assert metrics["ap"] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert metrics["p@100"] == pytest.approx(0.02)
+    assert metrics["recall@1%"] == 0.0 and metrics["recall@10%"] == 0.0
+    assert (metrics["n_docs"], metrics["n_error_docs"]) == (3, 2)
+    # documents in order of first appearance: 1 (clean), 3 (error), 2 (error)
+    assert metrics["doc_auc"] == pytest.approx((0 + 0.5 + 1) / 3)
+    assert metrics["doc_recall@100"] == 1.0
+
+
+def test_evaluation_rejects_mismatched_files():
+    with pytest.raises(ValueError, match="different sentence ids"):
+        evaluate_ranking([], {"a_0": ["O"]}, {"b_0": ["O"]})
+    with pytest.raises(ValueError, match="not in the original"):
+        evaluate_ranking([("c_0", 0, 1)], {"a_0": ["O"]}, {"a_0": ["O"]})
+
+
+def test_every_method_ranks_the_injected_error_high(nlp):
+    finder = ErrorFinder(nlp, noisy_docs(nlp), gold_docs(nlp))
+    target = next(i for i, c in enumerate(finder.candidates) if (c.doc_index, c.start, c.end) == (NOISY_DOC, *NOISY_SPAN))
+    assert finder.candidates[target].kind == "wrong_type"
+    for method in METHODS:
+        scores = finder.scores(method)
+        assert scores.shape == (len(finder.candidates),) and numpy.isfinite(scores).all()
+        if method != "random":
+            assert numpy.argsort(-scores)[0] == target, method
+
+
+def test_losses_are_segment_nll(nlp):
+    finder = ErrorFinder(nlp, noisy_docs(nlp))
+    ner = nlp.get_pipe("crf_ner")
+    head = ner.head
+    weight, bias, *chain = (p.detach().double() for p in (head.weight, head.bias, head.transitions, head.start, head.end))
+    batch = finder.train.batch
+    for candidate, loss in zip(finder.candidates, finder.losses()):
+        features = torch.as_tensor(batch.features[candidate.doc_index], dtype=torch.float64)
+        scores = crf.ChainScores((features @ weight.T + bias)[None], torch.tensor([len(features)]), *chain)
+        expected = crf.segment_nll(
+            scores,
+            torch.tensor([batch.tags[candidate.doc_index]]),
+            torch.tensor([candidate.start]),
+            torch.tensor([candidate.end]),
+            ner.constraints,
+        )
+        assert loss == pytest.approx(float(expected), rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("curvature", ["kfac", "exact"])
+def test_harm_is_the_sum_of_pairwise_influences(nlp, curvature):
+    """The one-vector shortcut == summing g_q^T H^-1 g_c over every dev region."""
+    component = nlp.add_pipe("segment_influence", config={"curvature": curvature, "damping": 0.01})
+    try:
+        component.initialize(lambda: make_examples(nlp), nlp=nlp, show_progress=False)
+        finder = ErrorFinder(nlp, noisy_docs(nlp), gold_docs(nlp))
+        assert finder.curvature is component.index.curvature
+        dev = finder.dev_index
+        cosine = finder._index.scores(finder.dev_grads)  # [Q, N], normalised both sides
+        expected = -(cosine * dev.norms[:, None] * finder._index.norms[None, :]).sum(axis=0)
+        numpy.testing.assert_allclose(finder.harm(), expected, rtol=1e-4, atol=1e-6 * numpy.abs(expected).max())
+        assert len(dev) == len(finder.dev.candidates)
+    finally:
+        nlp.remove_pipe("segment_influence")
+
+
+def test_influence_needs_dev(nlp):
+    finder = ErrorFinder(nlp, noisy_docs(nlp))
+    with pytest.raises(ValueError, match="dev"):
+        finder.scores("influence")
+    with pytest.raises(ValueError, match="Unknown method"):
+        finder.scores("vibes")
+
+
+def test_review_record_is_prodigy_style(nlp):
+    doc = gold_docs(nlp)[0]  # Peter Smith lives in New York City .
+    candidate = Candidate(0, 4, 7, "wrong_boundary", ((4, 7, "LOC"),), ((4, 6, "LOC"),))
+    record = review_record(doc, candidate, {"score": 1.5, "method": "loss", "rank": 1}, [])
+    (span,) = record["spans"]
+    assert record["text"][span["start"] : span["end"]] == "New York City"
+    assert (span["token_start"], span["token_end"], span["label"]) == (4, 6, "LOC")
+    assert [t["text"] for t in record["tokens"]] == [t.text for t in doc]
+    assert record["meta"]["suggested_spans"][0]["token_end"] == 5
+    assert record["meta"]["doc_id"] == "demo_train_0_0"
+    json.dumps(record)
+
+
+def test_rank_orders_by_score_and_names_held_out_predictions(nlp):
+    finder = ErrorFinder(nlp, noisy_docs(nlp), gold_docs(nlp))
+    records = rank(finder, "loss", k=2)
+    scores = [r["meta"]["score"] for r in records]
+    assert scores == sorted(scores, reverse=True)
+    assert [r["meta"]["rank"] for r in records] == list(range(1, len(records) + 1))
+    influenced = records[0]["meta"]["influenced"]
+    assert 0 < len(influenced) <= 4
+    assert {"doc_id", "text", "label", "predicted", "correct", "score"} <= set(influenced[0])
+
+
+def test_held_out_predictions_carry_the_sign_of_their_influence(nlp):
+    finder = ErrorFinder(nlp, noisy_docs(nlp), gold_docs(nlp))
+    cosine = finder.dev_index.scores(finder.grads)  # [candidates, dev regions]
+    for row, items in zip(cosine, finder.influenced(k=1)):
+        expected = ([row.min()] if row.min() < 0 else []) + ([row.max()] if row.max() > 0 else [])
+        assert sorted(item["score"] for item in items) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def write_corpus(docs, path):
+    DocBin(docs=docs, store_user_data=True).to_disk(path)
+    return path
+
+
+def write_jsonl(docs, path):
+    from spacy_segment_influence.corpus import write_jsonl_docs
+
+    write_jsonl_docs(docs, path)
+    return path
+
+
+def test_cli_round_trip(nlp, tmp_path):
+    model = tmp_path / "model"
+    nlp.to_disk(model)
+    train_path = write_corpus(noisy_docs(nlp), tmp_path / "train.spacy")
+    dev_path = write_corpus(gold_docs(nlp), tmp_path / "dev.spacy")
+    original = write_jsonl(noisy_docs(nlp), tmp_path / "train.jsonl")
+    corrected = write_jsonl(gold_docs(nlp), tmp_path / "train_corrected.jsonl")
+    runner = CliRunner()
+    ranking = tmp_path / "ranking.jsonl"
+    args = ["find-errors", str(model), str(train_path), "--dev", str(dev_path), "--method", "influence", "--out", str(ranking)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    records = list(srsly.read_jsonl(ranking))
+    assert records[0]["meta"]["doc_id"] == f"demo_train_{NOISY_DOC}_0"
+    metrics_path = tmp_path / "metrics.json"
+    result = runner.invoke(app, ["evaluate-errors", str(ranking), str(original), str(corrected), "--out", str(metrics_path)])
+    assert result.exit_code == 0, result.output
+    metrics = srsly.read_json(metrics_path)
+    assert metrics["ap"] == 1.0 and metrics["n_error_candidates"] == 1
+    html_path = tmp_path / "report.html"
+    result = runner.invoke(app, ["report", str(ranking), "--out", str(html_path), "--limit", "3"])
+    assert result.exit_code == 0, result.output
+    assert html_path.read_text().count('class="candidate"') == 3
+
+
+def test_cli_user_errors_are_one_red_line(nlp, tmp_path):
+    model = tmp_path / "model"
+    nlp.to_disk(model)
+    train_path = write_corpus(noisy_docs(nlp), tmp_path / "train.spacy")
+    result = CliRunner().invoke(app, ["find-errors", str(model), str(train_path), "--out", str(tmp_path / "r.jsonl")])
+    assert result.exit_code == 1
+    assert "Error: --method influence needs held-out data" in result.output
+    assert "Traceback" not in result.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x"}\n')
+    original = write_jsonl(gold_docs(nlp), tmp_path / "o.jsonl")
+    result = CliRunner().invoke(app, ["evaluate-errors", str(bad), str(original), str(original)])
+    assert result.exit_code == 1 and "no meta.doc_id" in result.output
+
+
+def test_unannotated_tokens_are_no_candidates(nlp):
+    docs = gold_docs(nlp)
+    doc = docs[NOISY_DOC]  # "Anna Berg visited Paris ."
+    doc.set_ents([], missing=[doc[3:4]], default="unmodified")
+    finder = ErrorFinder(nlp, docs)
+    assert all(not (c.doc_index == NOISY_DOC and c.start <= 3 < c.end) for c in finder.candidates)
+    assert any(c.doc_index == NOISY_DOC for c in finder.candidates)  # Anna Berg still is one
+    assert numpy.isfinite(finder.scores("margin")).all()
