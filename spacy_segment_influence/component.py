@@ -18,7 +18,7 @@ from .index import (
     ExactCurvature,
     FactoredGradients,
     IdentityCurvature,
-    KFACCurvature,
+    KFACStatistics,
     SegmentIndex,
 )
 
@@ -173,8 +173,10 @@ class SegmentInfluence(Pipe):
 
     def _build_index(self, docs: Sequence[Doc], show_progress: bool) -> SegmentIndex:
         ner = self.ner
+        keep_sentences = self.cfg["curvature"] == "exact"  # only the exact Hessian needs them all
         features: List[numpy.ndarray] = []
         tags: List[List[int]] = []
+        statistics = KFACStatistics()
         grads: List[FactoredGradients] = []
         metadata: List[dict] = []
         progress = tqdm(total=len(docs), desc="Indexing training segments", unit="doc", disable=not show_progress)
@@ -184,14 +186,17 @@ class SegmentInfluence(Pipe):
             segments, meta = self._training_segments(batch_docs, first)
             grads.append(bridge.segment_gradients(ner, batch, segments))
             metadata.extend(meta)
-            features.extend(batch.features)
-            tags.extend(batch.tags)
+            if self.cfg["curvature"] == "kfac":
+                statistics.add(*bridge.token_marginals(ner, batch.features))
+            if keep_sentences:
+                features.extend(batch.features)
+                tags.extend(batch.tags)
             progress.update(len(batch_docs))
         progress.close()
         if not metadata:
             raise ValueError(f"segment_influence: no training segments found ({self.cfg['granularity']})")
         all_grads = FactoredGradients.concat(grads)
-        curvature = self._fit_curvature(ner, LabelledBatch(features, tags), all_grads)
+        curvature = self._fit_curvature(ner, LabelledBatch(features, tags), statistics, all_grads)
         return SegmentIndex.build(all_grads, metadata, curvature, self.cfg["normalize"], self.cfg["dtype"])
 
     def _training_segments(self, docs: Sequence[Doc], first: int):
@@ -206,13 +211,12 @@ class SegmentInfluence(Pipe):
                 metadata.append(_segment_record(doc, span, first + offset))
         return segments, metadata
 
-    def _fit_curvature(self, ner, batch: LabelledBatch, grads: FactoredGradients):
+    def _fit_curvature(self, ner, batch: LabelledBatch, statistics: KFACStatistics, grads: FactoredGradients):
         name, damping = self.cfg["curvature"], self.cfg["damping"]
         if name == "identity":
             return IdentityCurvature()
         if name == "kfac":
-            h, marginals = bridge.token_marginals(ner, batch.features)
-            return KFACCurvature.fit(h, marginals, grads.dense, damping)
+            return statistics.curvature(grads.dense, damping)
         return ExactCurvature(bridge.head_hessian(ner, batch), damping, ner.head.n_tags, ner.head.n_features + 1)
 
     # -- querying ------------------------------------------------------------------------

@@ -252,14 +252,9 @@ class KFACCurvature(Curvature):
     def fit(cls, h: np.ndarray, marginals: np.ndarray, dense: np.ndarray, damping: float) -> "KFACCurvature":
         """Estimate the factors from training token features [N, E], token
         marginals [N, C] and per-segment dense gradients [S, D]."""
-        if len(h) == 0 or len(dense) == 0:
-            raise ValueError("KFAC needs at least one training token and segment")
-        h = np.asarray(h, dtype=np.float64)
-        q = np.asarray(marginals, dtype=np.float64)
-        x = np.asarray(dense, dtype=np.float64)
-        a = h.T @ h / len(h)
-        b = np.diag(q.mean(axis=0)) - q.T @ q / len(q)
-        return cls(a, b, x.T @ x / len(x), damping)
+        statistics = KFACStatistics()
+        statistics.add(h, marginals)
+        return statistics.curvature(dense, damping)
 
     def _whiten(self, grads: FactoredGradients) -> FactoredGradients:
         return FactoredGradients(
@@ -285,6 +280,31 @@ class KFACCurvature(Curvature):
     @classmethod
     def from_state(cls, config: dict, arrays: Dict[str, np.ndarray]) -> "KFACCurvature":
         return cls(arrays["a"], arrays["b"], arrays["dense_cov"], config["damping"])
+
+
+class KFACStatistics:
+    """Running sums of K-FAC's token factors, so an index build never holds every
+    training token's features at once: A = mean h h^T, B = mean (diag(q) - q q^T)."""
+
+    def __init__(self) -> None:
+        self.n_tokens = 0
+        self.hh: Optional[np.ndarray] = None
+        self.qq: Optional[np.ndarray] = None
+
+    def add(self, h: np.ndarray, marginals: np.ndarray) -> None:
+        h = np.asarray(h, dtype=np.float64)
+        q = np.asarray(marginals, dtype=np.float64)
+        hh = h.T @ h
+        qq = np.diag(q.sum(axis=0)) - q.T @ q
+        self.hh = hh if self.hh is None else self.hh + hh
+        self.qq = qq if self.qq is None else self.qq + qq
+        self.n_tokens += len(h)
+
+    def curvature(self, dense: np.ndarray, damping: float) -> KFACCurvature:
+        if self.n_tokens == 0 or len(dense) == 0:
+            raise ValueError("KFAC needs at least one training token and segment")
+        x = np.asarray(dense, dtype=np.float64)
+        return KFACCurvature(self.hh / self.n_tokens, self.qq / self.n_tokens, x.T @ x / len(x), damping)
 
 
 class ExactCurvature(Curvature):
