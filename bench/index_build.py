@@ -94,14 +94,15 @@ def breakdown(build):
         setattr(owner, name, classmethod(timed) if is_classmethod else timed)
         patched.append((owner, name, original))
 
-    wrap(component_mod, "_fresh_copy", "fresh Doc copies")
+    wrap(bridge, "unannotated", "fresh Doc copies")
     wrap(bridge, "encode", "encode (tok2vec via nlp.pipe)")
     wrap(bridge, "head_features", "listener features")
     wrap(bridge, "gold_tags", "gold tags")
     wrap(component_mod.SegmentInfluence, "_training_segments", "segments + metadata")
     wrap(bridge, "segment_gradients", "segment gradients (marginals)")
     wrap(bridge, "token_marginals", "KFAC: token marginals")
-    wrap(index_mod.KFACCurvature, "fit", "KFAC: fit factors", is_classmethod=True)
+    wrap(index_mod.KFACStatistics, "add", "KFAC: accumulate factors")
+    wrap(index_mod.KFACStatistics, "curvature", "KFAC: fit factors")
     wrap(index_mod.SegmentIndex, "build", "SegmentIndex.build (whiten, norms)", is_classmethod=True)
     wrap(bridge, "fingerprint", "fingerprint")
     try:
@@ -154,7 +155,8 @@ def _rss_by_step(build, interval: float = 0.005):
     wrap(bridge, "segment_gradients", "segment gradients")
     wrap(component_mod.SegmentInfluence, "_fit_curvature", "fit curvature (other)")
     wrap(bridge, "token_marginals", "KFAC: token marginals")
-    wrap(index_mod.KFACCurvature, "fit", "KFAC: fit factors", is_classmethod=True)
+    wrap(index_mod.KFACStatistics, "add", "KFAC: accumulate factors")
+    wrap(index_mod.KFACStatistics, "curvature", "KFAC: fit factors")
     wrap(index_mod.SegmentIndex, "build", "SegmentIndex.build", is_classmethod=True)
     done = threading.Event()
 

@@ -24,7 +24,6 @@ component's defaults), then:
     over already-annotated docs.
 """
 import argparse
-import itertools
 import os
 import random
 import statistics

@@ -17,7 +17,6 @@ Misses are split by cause: the query's gradient differs from the stored one (cos
 < 1 - tol), an identical sentence elsewhere in the corpus, or neither.
 """
 import argparse
-import os
 import sys
 import tempfile
 import time

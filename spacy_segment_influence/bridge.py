@@ -53,6 +53,22 @@ def encode(nlp: Language, docs: Iterable[Doc], ner_name: str, batch_size: int = 
         return list(nlp.pipe(docs, batch_size=batch_size))
 
 
+def unannotated(doc: Doc) -> Doc:
+    """The doc's tokens and id without its annotations: what the pipeline would see at
+    predict time. Encoding this copy also leaves the caller's (gold) doc untouched."""
+    fresh = Doc(doc.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
+    if doc.user_data.get("id") is not None:
+        fresh.user_data["id"] = doc.user_data["id"]
+    return fresh
+
+
+def labelled_batch(nlp: Language, ner_name: str, docs: Sequence[Doc]) -> LabelledBatch:
+    """The head's features for reference docs, labelled with their gold entities."""
+    ner = nlp.get_pipe(ner_name)
+    encoded = encode(nlp, [unannotated(doc) for doc in docs], ner_name)
+    return LabelledBatch(head_features(ner, encoded), [gold_tags(ner, doc) for doc in docs])
+
+
 def head_features(ner: CRFEntityRecognizer, docs: Sequence[Doc]) -> List[numpy.ndarray]:
     """Per-token features [n_tokens, E] exactly as the head saw them at predict time."""
     if not docs:
@@ -136,17 +152,12 @@ def segment_gradients(
     """
     head = ner.head
     n_tags, width = head.n_tags, head.n_features + 1
+    theta = flat_head(ner, dtype)
     parts = []
     with torch.no_grad(), crf.one_thread():
-        params = crf.constrain(
-            crf.ChainScores(None, None, *(p.detach().to(dtype) for p in (head.transitions, head.start, head.end))),
-            ner.constraints,
-        )
-        weight = head.weight.detach().to(dtype).numpy()
-        bias = head.bias.detach().to(dtype).numpy()
         for first in range(0, len(segments), batch_size):
             windows = [_window(batch, s) for s in segments[first : first + batch_size]]
-            parts.append(_window_gradients(batch, windows, params, weight, bias, dtype))
+            parts.append(_window_gradients(ner, batch, windows, theta))
     if not parts:
         return FactoredGradients(
             numpy.zeros((0, width), "float32"),
@@ -183,24 +194,19 @@ def _window(batch: LabelledBatch, segment: Segment) -> _Window:
     return _Window(segment.doc, lo, hi, segment.start, segment.end, left, right)
 
 
-def _window_gradients(batch, windows: List[_Window], params, weight, bias, dtype) -> FactoredGradients:
+def _window_gradients(ner, batch: LabelledBatch, windows: List[_Window], theta: torch.Tensor) -> FactoredGradients:
     n_rows = len(windows)
-    n_tags = len(bias)
-    features = [batch.features[w.doc][w.lo : w.hi] for w in windows]
-    emissions = [torch.as_tensor(x @ weight.T + bias, dtype=dtype) for x in features]
+    n_tags = ner.head.n_tags
+    features = [torch.as_tensor(batch.features[w.doc][w.lo : w.hi], dtype=theta.dtype) for w in windows]
+    scores = crf.constrain(chain_at(ner, features, theta), ner.constraints)
     tags = _padded_tags([batch.tags[w.doc][w.lo : w.hi] for w in windows])
     lefts = torch.tensor([w.left for w in windows])
     rights = torch.tensor([w.right for w in windows])
     at_start, at_end = lefts < 0, rights < 0
     # clamped neighbours become start/end scores; the real ones apply at the sentence edges
-    start = torch.where(at_start.unsqueeze(1), params.start, params.transitions[lefts.clamp(min=0)])
-    end = torch.where(at_end.unsqueeze(1), params.end, params.transitions[:, rights.clamp(min=0)].T)
-    scores = crf.ChainScores(
-        torch.nn.utils.rnn.pad_sequence(emissions, batch_first=True),
-        torch.tensor([len(x) for x in features]),
-        params.transitions,
-        start,
-        end,
+    scores = scores._replace(
+        start=torch.where(at_start.unsqueeze(1), scores.start, scores.transitions[lefts.clamp(min=0)]),
+        end=torch.where(at_end.unsqueeze(1), scores.end, scores.transitions[:, rights.clamp(min=0)].T),
     )
     inside = torch.nn.utils.rnn.pad_sequence(
         [torch.arange(w.lo, w.hi).ge(w.start) & torch.arange(w.lo, w.hi).lt(w.end) for w in windows],
@@ -218,7 +224,7 @@ def _window_gradients(batch, windows: List[_Window], params, weight, bias, dtype
     d_start = torch.where(at_start.unsqueeze(1), r_first, zero)
     d_end = torch.where(at_end.unsqueeze(1), r_last, zero)
     dense = torch.cat([d_trans.reshape(n_rows, -1), d_start, d_end], dim=1)
-    h_rows = numpy.concatenate(features).astype(r.numpy().dtype)
+    h_rows = torch.cat(features).numpy()
     h_rows = numpy.hstack([h_rows, numpy.ones((len(h_rows), 1), dtype=h_rows.dtype)])
     lengths = scores.lengths
     r_rows = r[torch.arange(tags.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)]
@@ -272,20 +278,13 @@ def token_marginals(
     Rows come in the order of `features`."""
     head = ner.head
     width, n_tags = head.n_features + 1, head.n_tags
-    weight, bias = head.weight.detach().numpy(), head.bias.detach().numpy()
+    theta = flat_head(ner, torch.float32)
     marginals: List[numpy.ndarray] = [numpy.zeros((len(x), n_tags), "float32") for x in features]
     order = sorted((i for i, x in enumerate(features) if len(x)), key=lambda i: len(features[i]))
     with torch.no_grad(), crf.one_thread():
         for first in range(0, len(order), batch_size):  # sorted by length: little padding
             chunk = order[first : first + batch_size]
-            emissions = [torch.as_tensor(features[i] @ weight.T + bias) for i in chunk]
-            scores = crf.ChainScores(
-                torch.nn.utils.rnn.pad_sequence(emissions, batch_first=True),
-                torch.tensor([len(e) for e in emissions]),
-                head.transitions.detach(),
-                head.start.detach(),
-                head.end.detach(),
-            )
+            scores = chain_at(ner, [torch.as_tensor(features[i]) for i in chunk], theta)
             _, q, _ = crf.marginals(scores, ner.constraints)
             for row, i in enumerate(chunk):
                 marginals[i] = q[row, : len(features[i])].numpy()
@@ -338,10 +337,41 @@ def mean_nll(ner: CRFEntityRecognizer, batch: LabelledBatch, dtype=torch.float64
     n_sentences = sum(len(feats) for feats, _ in chunks)
 
     def objective(flat: torch.Tensor) -> torch.Tensor:
-        total = sum(crf.nll(chain_at(ner, feats, flat), gold, ner.constraints).sum() for feats, gold in chunks)
-        return total / n_sentences
+        return sum(_summed_nll(ner, feats, gold, flat) for feats, gold in chunks) / n_sentences
 
     return objective, chunks
+
+
+def _summed_nll(ner, features: Sequence[torch.Tensor], gold: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    return crf.nll(chain_at(ner, features, flat), gold, ner.constraints).sum()
+
+
+def segment_losses(
+    ner: CRFEntityRecognizer,
+    batch: LabelledBatch,
+    segments: Sequence[Segment],
+    flat: "torch.Tensor | None" = None,
+    batch_size: int = 512,
+) -> numpy.ndarray:
+    """l_S = -log p(y_S | y_outside, x) per segment (float64), under the head's weights
+    or the flattened parameters `flat`."""
+    theta = flat_head(ner) if flat is None else flat.detach().to(torch.float64)
+    out = numpy.empty(len(segments))
+    order = sorted(range(len(segments)), key=lambda i: len(batch.tags[segments[i].doc]))
+    with torch.no_grad(), crf.one_thread():
+        for first in range(0, len(order), batch_size):  # sorted by length: little padding
+            rows = order[first : first + batch_size]
+            chunk = [segments[i] for i in rows]
+            features = [torch.as_tensor(batch.features[s.doc], dtype=torch.float64) for s in chunk]
+            losses = crf.segment_nll(
+                chain_at(ner, features, theta),
+                _padded_tags([batch.tags[s.doc] for s in chunk]),
+                torch.tensor([s.start for s in chunk]),
+                torch.tensor([s.end for s in chunk]),
+                ner.constraints,
+            )
+            out[rows] = losses.numpy()
+    return out
 
 
 def head_hessian(
@@ -363,7 +393,7 @@ def head_hessian(
         for feats, gold in chunks:
 
             def objective(params: torch.Tensor) -> torch.Tensor:
-                return crf.nll(chain_at(ner, feats, params), gold, ner.constraints).sum() / n_sentences
+                return _summed_nll(ner, feats, gold, params) / n_sentences
 
             # reverse-over-reverse, P rows in chunks to bound memory
             hessian += torch.func.jacrev(torch.func.grad(objective), chunk_size=chunk_size)(theta)

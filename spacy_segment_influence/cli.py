@@ -90,6 +90,7 @@ def explain(
     import srsly
     from spacy.tokens import DocBin
 
+    from . import bridge
     from .reporting import format_influences
 
     if (text is None) == (docs is None):
@@ -102,7 +103,7 @@ def explain(
     nlp.get_pipe("segment_influence").cfg["k"] = k
     if docs is not None:
         corpus = DocBin().from_disk(docs).get_docs(nlp.vocab)
-        inputs = [_unannotated(doc) for doc, _ in zip(corpus, range(limit or 10**12))]
+        inputs = [bridge.unannotated(doc) for doc, _ in zip(corpus, range(limit or 10**12))]
     else:
         inputs = [text]
     with _user_errors():
@@ -155,16 +156,6 @@ def validate(
     if plot is not None:
         problem = save_plot(result, str(plot))
         typer.echo(f"No plot: {problem}" if problem else f"Plot written to {plot}")
-
-
-def _unannotated(doc):
-    """The doc's tokens and id, without its gold entities."""
-    from spacy.tokens import Doc
-
-    fresh = Doc(doc.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
-    if doc.user_data.get("id") is not None:
-        fresh.user_data["id"] = doc.user_data["id"]
-    return fresh
 
 
 @contextmanager

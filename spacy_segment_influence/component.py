@@ -181,8 +181,7 @@ class SegmentInfluence(Pipe):
         metadata: List[dict] = []
         progress = tqdm(total=len(docs), desc="Indexing training segments", unit="doc", disable=not show_progress)
         for first, batch_docs in _batches(docs, self.cfg["batch_size"]):
-            encoded = bridge.encode(self.nlp, [_fresh_copy(doc) for doc in batch_docs], self.cfg["ner"])
-            batch = LabelledBatch(bridge.head_features(ner, encoded), [bridge.gold_tags(ner, d) for d in batch_docs])
+            batch = bridge.labelled_batch(self.nlp, self.cfg["ner"], batch_docs)
             segments, meta = self._training_segments(batch_docs, first)
             grads.append(bridge.segment_gradients(ner, batch, segments))
             metadata.extend(meta)
@@ -252,7 +251,7 @@ class SegmentInfluence(Pipe):
         query = Span(doc, span.start, span.end, label="" if label == "O" else label)
         entities = [ent for ent in doc.ents if ent.end <= span.start or ent.start >= span.end]
         entities = sorted(entities + ([query] if query.label_ else []), key=lambda e: e.start)
-        encoded = bridge.encode(self.nlp, [_fresh_copy(doc)], self.cfg["ner"])
+        encoded = bridge.encode(self.nlp, [bridge.unannotated(doc)], self.cfg["ner"])
         features = bridge.head_features(self.ner, encoded)
         return self._query([doc], features, [entities], [(0, query)], k)[0]
 
@@ -334,11 +333,6 @@ class SegmentInfluence(Pipe):
 def _batches(docs: Sequence[Doc], size: int):
     for first in range(0, len(docs), size):
         yield first, docs[first : first + size]
-
-
-def _fresh_copy(doc: Doc) -> Doc:
-    """Same tokens, no annotations: what the encoder would see at predict time."""
-    return Doc(doc.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
 
 
 def _segment_record(doc: Doc, span: Span, doc_index: int, window: int = 10) -> dict:

@@ -29,13 +29,12 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tu
 
 import numpy
 import srsly
-import torch
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from . import bridge, crf
+from . import bridge
 from .bridge import LabelledBatch, Segment
-from .component import SegmentInfluence, _fresh_copy
+from .component import SegmentInfluence
 from .index import (
     Curvature,
     FactoredGradients,
@@ -118,7 +117,7 @@ def _annotate(nlp: Language, ner_name: str, docs: Sequence[Doc], batch_size: int
     ner = nlp.get_pipe(ner_name)
     names = [*bridge.upstream_components(nlp, ner_name), ner_name]
     with nlp.select_pipes(enable=names):
-        processed = list(nlp.pipe((_fresh_copy(doc) for doc in docs), batch_size=batch_size))
+        processed = list(nlp.pipe((bridge.unannotated(doc) for doc in docs), batch_size=batch_size))
     predicted = [[(ent.start, ent.end, ent.label_) for ent in doc.ents] for doc in processed]
     gold = [[(ent.start, ent.end, ent.label_) for ent in doc.ents if ent.label_ in ner.labels] for doc in docs]
     batch = LabelledBatch(bridge.head_features(ner, processed), [bridge.gold_tags(ner, doc) for doc in docs])
@@ -197,7 +196,7 @@ class ErrorFinder:
 
     def losses(self) -> numpy.ndarray:
         """Segment losses -log p(y_S | y_outside, x) under the gold labels."""
-        return _segment_losses(self.ner, self.train.batch, _segments(self.candidates))
+        return bridge.segment_losses(self.ner, self.train.batch, _segments(self.candidates))
 
     def _worst_token(self, method: str) -> numpy.ndarray:
         """Per candidate, the lowest p(gold tag) (confidence) or p(gold) - max p(other)
@@ -288,31 +287,6 @@ def _held_out_record(dev: _Annotated, index: int, score: float, window: int = 8)
         "correct": candidate.kind == "agreed",
         "score": float(score),
     }
-
-
-def _segment_losses(ner, batch: LabelledBatch, segments: Sequence[Segment], batch_size: int = 512) -> numpy.ndarray:
-    head = ner.head
-    out = numpy.empty(len(segments))
-    order = sorted(range(len(segments)), key=lambda i: len(batch.tags[segments[i].doc]))
-    with torch.no_grad(), crf.one_thread():
-        weight, bias = head.weight.detach().double(), head.bias.detach().double()
-        params = [p.detach().double() for p in (head.transitions, head.start, head.end)]
-        for first in range(0, len(order), batch_size):
-            chunk = [segments[i] for i in order[first : first + batch_size]]
-            emissions = [torch.as_tensor(batch.features[s.doc], dtype=torch.float64) @ weight.T + bias for s in chunk]
-            scores = crf.ChainScores(
-                torch.nn.utils.rnn.pad_sequence(emissions, batch_first=True),
-                torch.tensor([len(e) for e in emissions]),
-                *params,
-            )
-            tags = torch.nn.utils.rnn.pad_sequence(
-                [torch.tensor(batch.tags[s.doc]) for s in chunk], batch_first=True, padding_value=-1
-            )
-            losses = crf.segment_nll(
-                scores, tags, torch.tensor([s.start for s in chunk]), torch.tensor([s.end for s in chunk]), ner.constraints
-            )
-            out[order[first : first + batch_size]] = losses.numpy()
-    return out
 
 
 # -- review records ----------------------------------------------------------------------

@@ -46,8 +46,8 @@ def validate(
     losses, for the exact, K-FAC and identity curvatures and the token approximation."""
     ner = nlp.get_pipe(ner_name)
     bridge.upstream_components(nlp, ner_name)
-    train = _labelled(nlp, ner, list(train_docs)[:n_train], ner_name)
-    dev_features = _labelled(nlp, ner, list(dev_docs)[:n_dev], ner_name).features
+    train = bridge.labelled_batch(nlp, ner_name, list(train_docs)[:n_train])
+    dev_features = bridge.labelled_batch(nlp, ner_name, list(dev_docs)[:n_dev]).features
     if not any(len(x) for x in train.features):
         raise ValueError("validate: the training sample has no tokens")
     objective = _regularised(ner, train, l2)
@@ -68,14 +68,14 @@ def validate(
     chosen = _choose_segments(predicted["exact"], n_segments, seed)
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(torch.as_tensor(hessian)))
     g_train_dense = torch.as_tensor(g_train.to_dense())
-    base = _test_losses(ner, test_batch, test_segments, theta)
+    base = bridge.segment_losses(ner, test_batch, test_segments, theta)
     actual, residuals = {}, []
     for column in tqdm(sorted(set(chosen["top"]) | set(chosen["random"])), desc="Retraining", disable=not show_progress):
         removed = _segment_objective(ner, train, train_segments[column])
         start = theta + inverse @ g_train_dense[column] / n_sentences  # the influence step
         theta_s, residual = _newton(lambda t: objective(t) - removed(t) / n_sentences, start, inverse)
         residuals.append(residual)
-        actual[column] = _test_losses(ner, test_batch, test_segments, theta_s) - base
+        actual[column] = bridge.segment_losses(ner, test_batch, test_segments, theta_s) - base
     scatter = _scatter(predicted, actual, chosen, pairs, seed)
     methods = {
         name: {group: correlations(*map(numpy.array, zip(*points))) for group, points in groups.items()}
@@ -95,12 +95,6 @@ def validate(
         "max_retrain_gradient": max(residuals),
     }
     return {"methods": methods, "settings": settings, "pairs": scatter}
-
-
-def _labelled(nlp: Language, ner, docs: List[Doc], ner_name: str) -> LabelledBatch:
-    fresh = [Doc(d.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in docs]
-    encoded = bridge.encode(nlp, fresh, ner_name)
-    return LabelledBatch(bridge.head_features(ner, encoded), [bridge.gold_tags(ner, d) for d in docs])
 
 
 def _regularised(ner, batch: LabelledBatch, l2: float):
@@ -173,16 +167,6 @@ def _segment_objective(ner, batch: LabelledBatch, segment: Segment):
     tags = torch.tensor([batch.tags[segment.doc]])
     start, end = torch.tensor([segment.start]), torch.tensor([segment.end])
     return lambda theta: crf.segment_nll(bridge.chain_at(ner, features, theta), tags, start, end, ner.constraints).sum()
-
-
-def _test_losses(ner, batch: LabelledBatch, segments: Sequence[Segment], theta: torch.Tensor) -> numpy.ndarray:
-    features = [torch.as_tensor(batch.features[s.doc], dtype=torch.float64) for s in segments]
-    tags = bridge._padded_tags([batch.tags[s.doc] for s in segments])
-    starts = torch.tensor([s.start for s in segments])
-    ends = torch.tensor([s.end for s in segments])
-    with torch.no_grad(), crf.one_thread():
-        losses = crf.segment_nll(bridge.chain_at(ner, features, theta), tags, starts, ends, ner.constraints)
-    return losses.numpy()
 
 
 @contextmanager

@@ -83,7 +83,7 @@ def explicit_curvature(component, ner, batch, dense):
 
 
 def test_self_retrieval_and_extensions(nlp):
-    component = add_index(nlp)
+    add_index(nlp)
     try:
         for text, gold in TRAIN_DATA:
             doc = nlp(text)

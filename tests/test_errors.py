@@ -7,7 +7,7 @@ import torch
 from spacy.tokens import DocBin, Span
 from typer.testing import CliRunner
 
-from spacy_segment_influence import bridge, crf
+from spacy_segment_influence import crf
 from spacy_segment_influence.cli import app
 from spacy_segment_influence.errors import (
     METHODS,
@@ -21,7 +21,7 @@ from spacy_segment_influence.errors import (
     review_record,
 )
 
-from .conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train
+from .conftest import make_examples, tok2vec_nlp, train
 
 # "Anna Berg visited Paris ." with Paris mislabelled PER: the one wrong annotation.
 NOISY_DOC, NOISY_SPAN = 2, (3, 4)
