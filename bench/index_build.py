@@ -17,7 +17,6 @@ one per core); on a loaded machine 1 avoids oversubscription (see BENCHMARKS.md)
 """
 import argparse
 import cProfile
-import functools
 import io
 import json
 import os
@@ -27,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import spacy
@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
-    Clock, blas_threads, fresh, load, load_docs, maxrss_mb, set_blas_threads, write_spacy,
+    Clock, blas_threads, instrumented, load, load_docs, maxrss_mb, set_blas_threads, timer, write_spacy,
 )
 
 import spacy_segment_influence.component as component_mod  # noqa: E402
@@ -65,7 +65,7 @@ def phases(nlp, docs, train_path, component, batch_size):
 
     def pipe_docs():
         with nlp.select_pipes(disable=[component.name]):
-            for _ in nlp.pipe((fresh(d, nlp.vocab) for d in docs), batch_size=batch_size):
+            for _ in nlp.pipe((bridge.unannotated(d) for d in docs), batch_size=batch_size):
                 pass
 
     def build():
@@ -77,41 +77,23 @@ def phases(nlp, docs, train_path, component, batch_size):
 def breakdown(build):
     """Time one build by package function (inclusive times; nested ones overlap)."""
     totals = defaultdict(float)
-    patched = []
-
-    def wrap(owner, name, label, is_classmethod=False):
-        original = getattr(owner, name)
-        func = original.__func__ if is_classmethod else original
-
-        @functools.wraps(func)
-        def timed(*a, **kw):
-            start = time.perf_counter()
-            try:
-                return func(*a, **kw)
-            finally:
-                totals[label] += time.perf_counter() - start
-
-        setattr(owner, name, classmethod(timed) if is_classmethod else timed)
-        patched.append((owner, name, original))
-
-    wrap(bridge, "unannotated", "fresh Doc copies")
-    wrap(bridge, "encode", "encode (tok2vec via nlp.pipe)")
-    wrap(bridge, "head_features", "listener features")
-    wrap(bridge, "gold_tags", "gold tags")
-    wrap(component_mod.SegmentInfluence, "_training_segments", "segments + metadata")
-    wrap(bridge, "segment_gradients", "segment gradients (marginals)")
-    wrap(bridge, "token_marginals", "KFAC: token marginals")
-    wrap(index_mod.KFACStatistics, "add", "KFAC: accumulate factors")
-    wrap(index_mod.KFACStatistics, "curvature", "KFAC: fit factors")
-    wrap(index_mod.SegmentIndex, "build", "SegmentIndex.build (whiten, norms)", is_classmethod=True)
-    wrap(bridge, "fingerprint", "fingerprint")
-    try:
+    targets = [
+        (bridge, "unannotated", "fresh Doc copies"),
+        (bridge, "encode", "encode (tok2vec via nlp.pipe)"),
+        (bridge, "head_features", "listener features"),
+        (bridge, "gold_tags", "gold tags"),
+        (component_mod.SegmentInfluence, "_training_segments", "segments + metadata"),
+        (bridge, "segment_gradients", "segment gradients (marginals)"),
+        (bridge, "token_marginals", "KFAC: token marginals"),
+        (index_mod.KFACStatistics, "add", "KFAC: accumulate factors"),
+        (index_mod.KFACStatistics, "curvature", "KFAC: fit factors"),
+        (index_mod.SegmentIndex, "build", "SegmentIndex.build (whiten, norms)"),
+        (bridge, "fingerprint", "fingerprint"),
+    ]
+    with instrumented(targets, timer(totals)):
         start = time.perf_counter()
         build()
         total = time.perf_counter() - start
-    finally:
-        for owner, name, original in reversed(patched):
-            setattr(owner, name, original)
     return total, totals
 
 
@@ -134,30 +116,24 @@ def _rss_by_step(build, interval: float = 0.005):
 
     label = ["read DocBin + setup"]
     peaks = defaultdict(float)
-    patched = []
 
-    def wrap(owner, name, step, is_classmethod=False):
-        original = getattr(owner, name)
-        func = original.__func__ if is_classmethod else original
+    @contextmanager
+    def step(name: str):
+        outer, label[0] = label[0], name
+        try:
+            yield
+        finally:
+            label[0] = outer
 
-        @functools.wraps(func)
-        def labelled(*a, **kw):
-            outer, label[0] = label[0], step
-            try:
-                return func(*a, **kw)
-            finally:
-                label[0] = outer
-
-        setattr(owner, name, classmethod(labelled) if is_classmethod else labelled)
-        patched.append((owner, name, original))
-
-    wrap(bridge, "encode", "encode")
-    wrap(bridge, "segment_gradients", "segment gradients")
-    wrap(component_mod.SegmentInfluence, "_fit_curvature", "fit curvature (other)")
-    wrap(bridge, "token_marginals", "KFAC: token marginals")
-    wrap(index_mod.KFACStatistics, "add", "KFAC: accumulate factors")
-    wrap(index_mod.KFACStatistics, "curvature", "KFAC: fit factors")
-    wrap(index_mod.SegmentIndex, "build", "SegmentIndex.build", is_classmethod=True)
+    targets = [
+        (bridge, "encode", "encode"),
+        (bridge, "segment_gradients", "segment gradients"),
+        (component_mod.SegmentInfluence, "_fit_curvature", "fit curvature (other)"),
+        (bridge, "token_marginals", "KFAC: token marginals"),
+        (index_mod.KFACStatistics, "add", "KFAC: accumulate factors"),
+        (index_mod.KFACStatistics, "curvature", "KFAC: fit factors"),
+        (index_mod.SegmentIndex, "build", "SegmentIndex.build"),
+    ]
     done = threading.Event()
 
     def sample():
@@ -168,12 +144,11 @@ def _rss_by_step(build, interval: float = 0.005):
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     try:
-        build()
+        with instrumented(targets, step):
+            build()
     finally:
         done.set()
         thread.join()
-        for owner, name, original in reversed(patched):
-            setattr(owner, name, original)
     peaks["after"] = _vm_rss_mb()
     return {k: round(v) for k, v in peaks.items()}
 

@@ -1,12 +1,15 @@
 """Shared helpers for the influence-engine benchmarks (issue 3): corpus loading,
 timing on a shared machine, and query gradients built exactly as the component's
 own query path builds them."""
+import functools
+import inspect
 import os
 import resource
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,9 +42,42 @@ def write_spacy(docs: Sequence[Doc], path: Path) -> Path:
     return path
 
 
-def fresh(doc: Doc, vocab) -> Doc:
-    """Same tokens and spaces, no annotation: what a query sees."""
-    return Doc(vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
+@contextmanager
+def instrumented(targets: Sequence[Tuple[object, str, str]], around: Callable[[str], ContextManager]):
+    """Temporarily wrap each (owner, attribute, label) so that `around(label)` surrounds
+    every call: a timer or a memory sampler around package functions."""
+    patched = []
+    for owner, name, label in targets:
+        static = inspect.getattr_static(owner, name)
+        is_classmethod = isinstance(static, classmethod)
+        func = static.__func__ if is_classmethod else getattr(owner, name)
+
+        def wrapper(*args, _func=func, _label=label, **kwargs):
+            with around(_label):
+                return _func(*args, **kwargs)
+
+        functools.update_wrapper(wrapper, func)
+        setattr(owner, name, classmethod(wrapper) if is_classmethod else wrapper)
+        patched.append((owner, name, static))
+    try:
+        yield
+    finally:
+        for owner, name, static in reversed(patched):
+            setattr(owner, name, static)
+
+
+def timer(totals: Dict[str, float]) -> Callable[[str], ContextManager]:
+    """An `around` for `instrumented` adding each call's inclusive seconds to totals."""
+
+    @contextmanager
+    def around(label: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            totals[label] += time.perf_counter() - start
+
+    return around
 
 
 def load() -> str:

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
-    Clock, blas_threads, fresh, load, load_docs, maxrss_mb, query_gradients, read_floor,
+    Clock, blas_threads, load, load_docs, maxrss_mb, query_gradients, read_floor,
     set_blas_threads, write_spacy,
 )
 
@@ -145,7 +145,7 @@ def main():
     # -- queries: predicted validation entities (gold tokens) ----------------------------------
     dev_gold = load_docs(args.dev, nlp.vocab)
     with nlp.select_pipes(disable=[component.name]):
-        dev_docs = list(nlp.pipe((fresh(d, nlp.vocab) for d in dev_gold), batch_size=args.batch_size))
+        dev_docs = list(nlp.pipe((bridge.unannotated(d) for d in dev_gold), batch_size=args.batch_size))
     all_ents = [(i, ent) for i, doc in enumerate(dev_docs) for ent in doc.ents]
     chosen = sorted(random.Random(args.seed).sample(range(len(all_ents)), min(args.n_single, len(all_ents))))
     queries = [all_ents[j] for j in chosen]

@@ -13,7 +13,6 @@ Builds the full-train index (kfac, normalised: the defaults), then, single-threa
 Uses index internals (_device_tensors, chunk layout) for the parts: a diagnosis, not an API.
 """
 import argparse
-import functools
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
-    blas_threads, fresh, load, load_docs, query_gradients, read_floor, set_blas_threads, write_spacy,
+    blas_threads, instrumented, load, load_docs, query_gradients, read_floor, set_blas_threads, timer, write_spacy,
 )
 
 import spacy_segment_influence.component as component_mod  # noqa: E402
@@ -73,7 +72,7 @@ def main():
 
     dev = load_docs(args.dev, nlp.vocab)
     with nlp.select_pipes(disable=[component.name]):
-        docs = list(nlp.pipe(fresh(d, nlp.vocab) for d in dev))
+        docs = list(nlp.pipe(bridge.unannotated(d) for d in dev))
     ents = [(i, e) for i, d in enumerate(docs) for e in d.ents]
     step = max(1, len(ents) // args.n_single)
     chosen = ents[::step][: args.n_single]
@@ -129,36 +128,21 @@ def main():
 
     # B. component.pipe, by function
     totals = defaultdict(float)
-    patched = []
-
-    def wrap(owner, name, label):
-        original = getattr(owner, name)
-
-        @functools.wraps(original)
-        def timed(*a, **kw):
-            start = time.perf_counter()
-            try:
-                return original(*a, **kw)
-            finally:
-                totals[label] += time.perf_counter() - start
-
-        setattr(owner, name, timed)
-        patched.append((owner, name, original))
-
-    wrap(bridge, "fingerprint", "fingerprint check")
-    wrap(bridge, "head_features", "listener features")
-    wrap(bridge, "tag_ids", "tag ids")
-    wrap(bridge, "segment_gradients", "segment gradients")
-    wrap(SegmentIndex, "top_k", "SegmentIndex.top_k")
-    wrap(component_mod.SegmentInfluence, "_hit", "hit records")
-    wrap(component_mod.srsly, "json_dumps", "json_dumps into user_data")
+    targets = [
+        (bridge, "fingerprint", "fingerprint check"),
+        (bridge, "head_features", "listener features"),
+        (bridge, "tag_ids", "tag ids"),
+        (bridge, "segment_gradients", "segment gradients"),
+        (SegmentIndex, "top_k", "SegmentIndex.top_k"),
+        (component_mod.SegmentInfluence, "_hit", "hit records"),
+        (component_mod.srsly, "json_dumps", "json_dumps into user_data"),
+    ]
     n_ents = sum(len(d.ents) for d in docs)
-    start = time.perf_counter()
-    for _ in component.pipe(docs):
-        pass
-    total = time.perf_counter() - start
-    for owner, name, original in reversed(patched):
-        setattr(owner, name, original)
+    with instrumented(targets, timer(totals)):
+        start = time.perf_counter()
+        for _ in component.pipe(docs):
+            pass
+        total = time.perf_counter() - start
     print(f"\nB. component.pipe over {len(docs)} annotated validation docs, {n_ents} entities: {total:.2f} s "
           f"({1e3 * total / n_ents:.3f} ms/entity; {load()}); inclusive, nested entries overlap")
     for label, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):

@@ -28,8 +28,10 @@ import spacy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
-    blas_threads, fresh, load, load_docs, query_gradients, set_blas_threads, write_spacy,
+    blas_threads, load, load_docs, query_gradients, set_blas_threads, write_spacy,
 )
+
+from spacy_segment_influence import bridge  # noqa: E402
 
 CONLL = Path("/work/shared/data/conll2003")
 CONFIGS = [("kfac", True), ("identity", True), ("kfac", False), ("identity", False)]
@@ -54,7 +56,7 @@ def main():
     print(f"model {args.model}; {len(gold)} train docs; OpenBLAS threads {blas_threads()}; {load()}")
     base = list(nlp.pipe_names)
     with nlp.select_pipes(enable=base):
-        predicted = list(nlp.pipe(fresh(d, nlp.vocab) for d in gold))
+        predicted = list(nlp.pipe(bridge.unannotated(d) for d in gold))
     # correctly predicted gold entities: (doc index, start, end, label)
     targets = []
     n_gold = 0
@@ -84,7 +86,7 @@ def main():
         # component path
         with nlp.select_pipes(enable=base + [name]):
             start = time.perf_counter()
-            docs = list(nlp.pipe(fresh(d, nlp.vocab) for d in gold))
+            docs = list(nlp.pipe(bridge.unannotated(d) for d in gold))
             query_s = time.perf_counter() - start
         strict = 0
         for i, s, e, label in targets:
