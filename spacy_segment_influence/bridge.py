@@ -8,7 +8,8 @@ Parameter layout of a flattened head gradient (`FactoredGradients.to_dense`):
     [W | b] row-major [C, E + 1], then transitions [C, C] row-major, start [C], end [C].
 """
 import hashlib
-from typing import Iterable, List, NamedTuple, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Iterable, Iterator, List, NamedTuple, Sequence, Tuple
 
 import numpy
 import torch
@@ -309,6 +310,26 @@ def _unflatten(flat: torch.Tensor, n_tags: int, width: int):
     trans = flat[n_emission : n_emission + n_tags * n_tags].reshape(n_tags, n_tags)
     start = flat[n_emission + n_tags * n_tags : n_emission + n_tags * n_tags + n_tags]
     return emission, trans, start, flat[-n_tags:]
+
+
+@contextmanager
+def head_at(ner: CRFEntityRecognizer, flat: torch.Tensor) -> Iterator[None]:
+    """Temporarily give the pipeline's head the flattened parameters `flat`."""
+    head = ner.head
+    saved = {name: p.detach().clone() for name, p in head.named_parameters()}
+    emission, trans, start, end = _unflatten(flat, head.n_tags, head.n_features + 1)
+    with torch.no_grad():
+        for param, value in zip(
+            (head.weight, head.bias, head.transitions, head.start, head.end),
+            (emission[:, :-1], emission[:, -1], trans, start, end),
+        ):
+            param.copy_(value)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, param in head.named_parameters():
+                param.copy_(saved[name])
 
 
 def chain_at(ner: CRFEntityRecognizer, features: Sequence[torch.Tensor], flat: torch.Tensor) -> crf.ChainScores:

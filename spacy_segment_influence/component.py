@@ -200,9 +200,10 @@ class SegmentInfluence(Pipe):
 
     def _training_segments(self, docs: Sequence[Doc], first: int):
         segments, metadata = [], []
+        labels = self.ner.labels
         for offset, doc in enumerate(docs):
             if self.cfg["granularity"] == "entities":
-                spans = [ent for ent in doc.ents if ent.label_ in self.ner.labels]
+                spans = [ent for ent in doc.ents if ent.label_ in labels]
             else:
                 spans = [doc[i : i + 1] for i in range(len(doc)) if doc[i].ent_iob != 0]
             for span in spans:
@@ -224,7 +225,7 @@ class SegmentInfluence(Pipe):
 
     def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
         for docs in minibatch(stream, size=batch_size):
-            self._check_ready()
+            self.check_index()
             labels = self.ner.labels
             labellings = [[ent for ent in doc.ents if ent.label_ in labels] for doc in docs]
             queries = [(i, ent) for i, ents in enumerate(labellings) for ent in ents]
@@ -243,7 +244,7 @@ class SegmentInfluence(Pipe):
         about (default: the span's label, else that of the predicted entity with the same
         boundaries, else "O"); "O" asks "why is this NOT an entity?". The doc's other
         predicted entities keep their labels."""
-        self._check_ready()
+        self.check_index()
         doc = span.doc
         if label is None:
             predicted = {(ent.start, ent.end): ent.label_ for ent in doc.ents}
@@ -287,7 +288,9 @@ class SegmentInfluence(Pipe):
     def _hit(self, segment_id: int, score: float) -> dict:
         return {**self.index.metadata[segment_id], "score": float(score)}
 
-    def _check_ready(self) -> None:
+    def check_index(self) -> None:
+        """Raise a clear error when there is no index, or it is out of date with the
+        pipeline's weights."""
         if self.index is None:
             raise ValueError(
                 f"segment_influence '{self.name}' has no index: call "

@@ -173,7 +173,7 @@ class ErrorFinder:
         indexed = (p for _, p in self.nlp.pipeline if isinstance(p, SegmentInfluence) and p.index is not None)
         component = next((p for p in indexed if p.cfg["ner"] == self.ner_name), None)
         if component is not None:
-            component._check_ready()
+            component.check_index()
             return component.index.curvature
         if name == "identity":
             return IdentityCurvature()

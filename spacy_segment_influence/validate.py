@@ -13,8 +13,7 @@ machine precision in a few steps because H_-S differs from H by O(1/N).
 """
 import math
 import random
-from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -44,8 +43,8 @@ def validate(
 ) -> dict:
     """Correlations between predicted and actual (retrained) changes of test-segment
     losses, for the exact, K-FAC and identity curvatures and the token approximation."""
+    bridge.upstream_components(nlp, ner_name)  # a clear error for a wrong component name
     ner = nlp.get_pipe(ner_name)
-    bridge.upstream_components(nlp, ner_name)
     train = bridge.labelled_batch(nlp, ner_name, list(train_docs)[:n_train])
     dev_features = bridge.labelled_batch(nlp, ner_name, list(dev_docs)[:n_dev]).features
     if not any(len(x) for x in train.features):
@@ -53,7 +52,8 @@ def validate(
     objective = _regularised(ner, train, l2)
     theta = _refit(objective, bridge.flat_head(ner), show_progress)
     hessian = _hessian(ner, train, theta, l2)
-    with _head_at(ner, theta):
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(torch.as_tensor(hessian)))
+    with bridge.head_at(ner, theta):
         test_batch, test_segments = _predicted_entities(ner, dev_features, theta)
         if not test_segments:
             raise ValueError("validate: the model predicts no entities on the dev sample")
@@ -62,11 +62,10 @@ def validate(
             raise ValueError("validate: the training sample has no gold entities")
         g_test = bridge.segment_gradients(ner, test_batch, test_segments)
         g_train = bridge.segment_gradients(ner, train, train_segments)
-        predicted = _predictions(ner, train, g_test, g_train, train_segments, hessian, kfac_damping)
+        predicted = _predictions(ner, train, g_test, g_train, train_segments, inverse.numpy(), kfac_damping)
     n_sentences = sum(1 for x in train.features if len(x))
     predicted = {name: scores / n_sentences for name, scores in predicted.items()}
     chosen = _choose_segments(predicted["exact"], n_segments, seed)
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(torch.as_tensor(hessian)))
     g_train_dense = torch.as_tensor(g_train.to_dense())
     base = bridge.segment_losses(ner, test_batch, test_segments, theta)
     actual, residuals = {}, []
@@ -169,26 +168,6 @@ def _segment_objective(ner, batch: LabelledBatch, segment: Segment):
     return lambda theta: crf.segment_nll(bridge.chain_at(ner, features, theta), tags, start, end, ner.constraints).sum()
 
 
-@contextmanager
-def _head_at(ner, theta: torch.Tensor) -> Iterator[None]:
-    """Temporarily give the pipeline's head the parameters `theta`."""
-    head = ner.head
-    saved = {name: p.detach().clone() for name, p in head.named_parameters()}
-    emission, trans, start, end = bridge._unflatten(theta, head.n_tags, head.n_features + 1)
-    with torch.no_grad():
-        head.weight.copy_(emission[:, :-1])
-        head.bias.copy_(emission[:, -1])
-        head.transitions.copy_(trans)
-        head.start.copy_(start)
-        head.end.copy_(end)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, p in head.named_parameters():
-                p.copy_(saved[name])
-
-
 def _predicted_entities(ner, features: List[numpy.ndarray], theta: torch.Tensor) -> Tuple[LabelledBatch, List[Segment]]:
     """Test segments: the entities the refit head predicts (errors included)."""
     kept = [x for x in features if len(x)]
@@ -216,15 +195,15 @@ def _entities(ner, tag_ids: Sequence[int]) -> List[Tuple[int, int]]:
     return spans
 
 
-def _predictions(ner, train, g_test, g_train, train_segments, hessian, kfac_damping) -> Dict[str, numpy.ndarray]:
-    """Unscaled g_test^T H^-1 g_S [T, S] per method."""
-    dense_test, dense_train = g_test.to_dense(), g_train.to_dense()
-    exact = dense_test @ numpy.linalg.solve(hessian, dense_train.T)
-    token_grads = [
-        bridge.segment_gradients(ner, train, [Segment(s.doc, t, t + 1) for t in range(s.start, s.end)]).to_dense().sum(0)
-        for s in train_segments
-    ]
-    token = dense_test @ numpy.linalg.solve(hessian, numpy.stack(token_grads).T)
+def _predictions(ner, train, g_test, g_train, train_segments, inverse, kfac_damping) -> Dict[str, numpy.ndarray]:
+    """Unscaled g_test^T H^-1 g_S [T, S] per method (`inverse` = the exact H^-1)."""
+    preconditioned_test = g_test.to_dense() @ inverse
+    exact = preconditioned_test @ g_train.to_dense().T
+    # the paper's token approximation: a segment's gradient as the sum of its tokens'
+    singles = [Segment(s.doc, t, t + 1) for s in train_segments for t in range(s.start, s.end)]
+    per_token = bridge.segment_gradients(ner, train, singles).to_dense()
+    first_token = numpy.cumsum([0] + [s.end - s.start for s in train_segments[:-1]])
+    token = preconditioned_test @ numpy.add.reduceat(per_token, first_token, axis=0).T
     h, marginals = bridge.token_marginals(ner, train.features)
     kfac = KFACCurvature.fit(h, marginals, g_train.dense, kfac_damping)
     meta = [{}] * len(g_train)
