@@ -15,6 +15,7 @@ from tqdm import tqdm
 from . import bridge
 from .bridge import LabelledBatch, Segment
 from .index import (
+    DTYPES,
     ExactCurvature,
     FactoredGradients,
     IdentityCurvature,
@@ -125,6 +126,8 @@ class SegmentInfluence(Pipe):
             raise ValueError(f"segment_influence: granularity must be one of {GRANULARITIES}, got {granularity!r}")
         if k < 1:
             raise ValueError(f"segment_influence: k must be >= 1, got {k}")
+        if dtype not in DTYPES:  # checked here, not after the whole corpus was processed
+            raise ValueError(f"segment_influence: dtype must be one of {DTYPES}, got {dtype!r}")
         self.nlp = nlp
         self.name = name
         self.cfg = {

@@ -39,7 +39,7 @@ from .crf import one_thread
 # where each chunk costs kernel launches.
 _CHUNK_ELEMENTS = {"cpu": 2**20, "accelerator": 2**24}
 _FORMAT_VERSION = 1
-_DTYPES = ("float16", "float32", "float64")
+DTYPES = ("float16", "float32", "float64")
 
 
 @dataclass
@@ -547,8 +547,8 @@ class SegmentIndex:
         """Prepare and store training gradients. Norms for cosine scores are
         computed from the stored (possibly float16) factors, so a query equal
         to a stored segment scores 1 against it."""
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         stored = curvature.prepare_index(grads).astype(dtype)
         norms = _norms(curvature.index_sq_norms(stored))
         return cls(stored, norms, list(metadata), curvature, normalize)
