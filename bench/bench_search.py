@@ -23,7 +23,9 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from spacy_segment_influence.index import FactoredGradients, KFACCurvature, SegmentIndex
+from spacy_segment_influence.curvature import KFACCurvature
+from spacy_segment_influence.gradients import FactoredGradients
+from spacy_segment_influence.index import SegmentIndex
 
 S, N, E, C, D = 23_500, 34_000, 385, 17, 323
 K = 10

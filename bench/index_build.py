@@ -38,7 +38,7 @@ from influence_common import (  # noqa: E402
 )
 
 import spacy_segment_influence.component as component_mod  # noqa: E402
-from spacy_segment_influence import bridge, index as index_mod  # noqa: E402
+from spacy_segment_influence import bridge, curvature as curvature_mod, index as index_mod  # noqa: E402
 
 
 def setup(args, read_corpus: bool = True):
@@ -85,8 +85,8 @@ def breakdown(build):
         (component_mod.SegmentInfluence, "_training_segments", "segments + metadata"),
         (bridge, "segment_gradients", "segment gradients (marginals)"),
         (bridge, "token_marginals", "KFAC: token marginals"),
-        (index_mod.KFACStatistics, "add", "KFAC: accumulate factors"),
-        (index_mod.KFACStatistics, "curvature", "KFAC: fit factors"),
+        (curvature_mod.KFACStatistics, "add", "KFAC: accumulate factors"),
+        (curvature_mod.KFACStatistics, "curvature", "KFAC: fit factors"),
         (index_mod.SegmentIndex, "build", "SegmentIndex.build (whiten, norms)"),
         (bridge, "fingerprint", "fingerprint"),
     ]
@@ -130,8 +130,8 @@ def _rss_by_step(build, interval: float = 0.005):
         (bridge, "segment_gradients", "segment gradients"),
         (component_mod.SegmentInfluence, "_fit_curvature", "fit curvature (other)"),
         (bridge, "token_marginals", "KFAC: token marginals"),
-        (index_mod.KFACStatistics, "add", "KFAC: accumulate factors"),
-        (index_mod.KFACStatistics, "curvature", "KFAC: fit factors"),
+        (curvature_mod.KFACStatistics, "add", "KFAC: accumulate factors"),
+        (curvature_mod.KFACStatistics, "curvature", "KFAC: fit factors"),
         (index_mod.SegmentIndex, "build", "SegmentIndex.build"),
     ]
     done = threading.Event()

@@ -18,7 +18,7 @@ from spacy.tokens import Doc, DocBin, Span
 from spacy_segment_influence import bridge
 from spacy_segment_influence.bridge import LabelledBatch, Segment
 from spacy_segment_influence.corpus import read_jsonl_docs
-from spacy_segment_influence.index import FactoredGradients
+from spacy_segment_influence.gradients import FactoredGradients
 
 
 def load_docs(path: Path, vocab, n: int = 0) -> List[Doc]:

@@ -43,7 +43,8 @@ from influence_common import (  # noqa: E402
 )
 
 from spacy_segment_influence import bridge  # noqa: E402
-from spacy_segment_influence.index import IdentityCurvature, SegmentIndex  # noqa: E402
+from spacy_segment_influence.curvature import IdentityCurvature  # noqa: E402
+from spacy_segment_influence.index import SegmentIndex  # noqa: E402
 
 CONLL = Path("/work/shared/data/conll2003")
 

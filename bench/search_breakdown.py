@@ -32,7 +32,9 @@ from influence_common import (  # noqa: E402
 import spacy_segment_influence.component as component_mod  # noqa: E402
 from query_latency import DenseBaseline  # noqa: E402
 from spacy_segment_influence import bridge  # noqa: E402
-from spacy_segment_influence.index import FactoredGradients, IdentityCurvature, SegmentIndex  # noqa: E402
+from spacy_segment_influence.curvature import IdentityCurvature  # noqa: E402
+from spacy_segment_influence.gradients import FactoredGradients  # noqa: E402
+from spacy_segment_influence.index import SegmentIndex  # noqa: E402
 
 CONLL = Path("/work/shared/data/conll2003")
 

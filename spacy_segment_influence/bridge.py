@@ -18,7 +18,7 @@ from spacy.tokens import Doc, Span
 from spacy.training import offsets_to_biluo_tags
 
 from . import crf
-from .index import FactoredGradients
+from .gradients import FactoredGradients
 from .tagger import CRFEntityRecognizer
 
 

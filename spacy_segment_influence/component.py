@@ -14,14 +14,9 @@ from tqdm import tqdm
 
 from . import bridge
 from .bridge import LabelledBatch, Segment
-from .index import (
-    DTYPES,
-    ExactCurvature,
-    FactoredGradients,
-    IdentityCurvature,
-    KFACStatistics,
-    SegmentIndex,
-)
+from .curvature import ExactCurvature, IdentityCurvature, KFACStatistics
+from .gradients import FactoredGradients
+from .index import DTYPES, SegmentIndex
 
 CURVATURES = ("identity", "kfac", "exact")
 GRANULARITIES = ("entities", "tokens")

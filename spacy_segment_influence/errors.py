@@ -35,14 +35,9 @@ from spacy.tokens import Doc
 from . import bridge
 from .bridge import LabelledBatch, Segment
 from .component import SegmentInfluence
-from .index import (
-    Curvature,
-    FactoredGradients,
-    IdentityCurvature,
-    KFACCurvature,
-    PreconditionedQueries,
-    SegmentIndex,
-)
+from .curvature import Curvature, IdentityCurvature, KFACCurvature
+from .gradients import FactoredGradients
+from .index import SegmentIndex
 
 METHODS = ("influence", "self-influence", "loss", "margin", "confidence", "random")
 CURVATURES = ("identity", "kfac")
@@ -233,8 +228,7 @@ class ErrorFinder:
         regions, under their dev gold labels): how much upweighting the candidate's
         labels would raise the held-out loss (I_up,loss of Koh & Liang 2017, eq. 2). Linear in
         the queries, so they are summed into one preconditioned direction first."""
-        emission, dense = _summed_queries(self.curvature, self.dev_grads)
-        return -_dot_factored(self._index.grads, emission, dense)
+        return -self._index.total_influence(self.dev_grads)
 
     def influence(self) -> numpy.ndarray:
         """Held-out harm and the candidate's own segment loss, combined by Fisher's method
@@ -252,26 +246,11 @@ class ErrorFinder:
         return [[_held_out_record(self.dev, j, s) for j, s in r.supporters + r.opposers] for r in results]
 
 
-def _summed_queries(curvature: Curvature, queries: FactoredGradients) -> Tuple[numpy.ndarray, numpy.ndarray]:
-    """sum_q g_q, prepared as a query (H^-1 applied, or the query half of it), as an
-    emission block [C, E] and a dense block [D] to dot with stored index factors."""
-    prepared = curvature.prepare_queries(queries)
-    if isinstance(prepared, PreconditionedQueries):
-        return prepared.weights.sum(axis=0), prepared.dense.sum(axis=0)
-    return prepared.r.astype("float64").T @ prepared.h.astype("float64"), prepared.dense.sum(axis=0)
-
-
 def _neg_log_tail(scores: numpy.ndarray) -> numpy.ndarray:
     """-log of each score's empirical upper-tail probability (the best scores 1/n)."""
     tail = numpy.empty(len(scores))
     tail[numpy.argsort(-scores, kind="stable")] = numpy.arange(1, len(scores) + 1) / len(scores)
     return -numpy.log(tail)
-
-
-def _dot_factored(stored: FactoredGradients, emission: numpy.ndarray, dense: numpy.ndarray) -> numpy.ndarray:
-    """<G_s, [emission | dense]> per segment: sum_t r_t^T emission h_t + x_s . dense."""
-    per_row = numpy.einsum("nc,nc->n", stored.h.astype("float64") @ emission.T, stored.r.astype("float64"))
-    return numpy.add.reduceat(per_row, stored.offsets[:-1]) + stored.dense.astype("float64") @ dense
 
 
 def _held_out_record(dev: _Annotated, index: int, score: float, window: int = 8) -> dict:

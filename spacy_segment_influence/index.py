@@ -1,21 +1,8 @@
 """Exact top-k segment influence search over factored CRF-head gradients.
 
-A training segment's loss gradient with respect to the CRF head's emission
-weights W [C, E] is a sum of outer products over the segment's tokens,
-G_W = sum_t r_t h_t^T, where h_t are the token features (bias column appended)
-and r_t = marginal - one-hot. The remaining head parameters (transitions, start,
-end) have a small dense gradient x [D]. Keeping the factors instead of the
-C*E-dimensional vectors makes the index ~C times smaller than storing per-token
-gradients, and the inner product of two segments stays cheap:
-
-    <G_S, G_S'> = sum_{t in S, u in S'} (h_t . h_u)(r_t . r_u) + x_S . x_S'
-
-Influence of a training segment s on a query q is g_q^T H^-1 g_s (Koh & Liang
-2017, "Understanding Black-box Predictions via Influence Functions"; for
-segments, Jain et al. 2022, "Influence Functions for Sequence Tagging Models"),
-positive when the training segment supports the query. The flattened gradient
-layout used by `FactoredGradients.to_dense` is vec(G_W) row-major ([C, E],
-index c * E + e) followed by x, so P = C * E + D.
+Influence of a training segment s on a query q is g_q^T H^-1 g_s, positive when
+the training segment supports the query (see curvature.py for H and
+gradients.py for the factored form that keeps the index small and search cheap).
 
 This module knows arrays only (numpy / torch), never spaCy objects.
 """
@@ -23,16 +10,16 @@ import os
 import shutil
 import tempfile
 import warnings
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import srsly
 import torch
 
-from .crf import one_thread
+from .curvature import CURVATURES, Curvature, PreconditionedQueries, Queries
+from .gradients import FactoredGradients
 
 # Elements per intermediate [chunk rows, width] tensor, which bounds search
 # memory whatever the index size: cache-sized on CPU, larger on accelerators
@@ -40,345 +27,6 @@ from .crf import one_thread
 _CHUNK_ELEMENTS = {"cpu": 2**20, "accelerator": 2**24}
 _FORMAT_VERSION = 1
 DTYPES = ("float16", "float32", "float64")
-
-
-@dataclass
-class FactoredGradients:
-    """Gradients of a batch of segments, factored as per-token rows.
-
-    h: [N, E] token features (bias column already appended by the caller).
-    r: [N, C] marginal minus one-hot per token.
-    offsets: int64 [S + 1]; segment s owns token rows offsets[s]:offsets[s + 1].
-    dense: [S, D] gradient of the transition / start / end parameters.
-    """
-
-    h: np.ndarray
-    r: np.ndarray
-    offsets: np.ndarray
-    dense: np.ndarray
-
-    def __post_init__(self) -> None:
-        self.offsets = np.asarray(self.offsets, dtype=np.int64)
-        if self.h.ndim != 2 or self.r.ndim != 2 or self.dense.ndim != 2:
-            raise ValueError("h, r and dense must be 2-d arrays")
-        if self.offsets.ndim != 1 or self.offsets.size == 0 or self.offsets[0] != 0:
-            raise ValueError("offsets must be a 1-d array starting at 0")
-        if np.any(np.diff(self.offsets) < 1):
-            raise ValueError("every segment needs at least one token row")
-        n_rows = int(self.offsets[-1])
-        if self.h.shape[0] != n_rows or self.r.shape[0] != n_rows:
-            raise ValueError(f"offsets end at {n_rows} but h has {self.h.shape[0]} "
-                             f"rows and r has {self.r.shape[0]}")
-        if self.dense.shape[0] != len(self):
-            raise ValueError(f"dense has {self.dense.shape[0]} rows for {len(self)} segments")
-
-    def __len__(self) -> int:
-        return self.offsets.size - 1
-
-    @property
-    def n_tags(self) -> int:
-        return self.r.shape[1]
-
-    @property
-    def width(self) -> int:
-        return self.h.shape[1]
-
-    @property
-    def n_dense(self) -> int:
-        return self.dense.shape[1]
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def select(self, start: int, stop: int) -> "FactoredGradients":
-        """Segments start:stop, sharing memory with self."""
-        t0, t1 = self.offsets[start], self.offsets[stop]
-        return FactoredGradients(
-            self.h[t0:t1], self.r[t0:t1], self.offsets[start : stop + 1] - t0, self.dense[start:stop]
-        )
-
-    def to_dense(self) -> np.ndarray:
-        """Full flattened float64 gradients [S, C * E + D]; memory N * C * E, so
-        for tests, exact curvature and small data only."""
-        n_tags, width = self.n_tags, self.width
-        out = np.zeros((len(self), n_tags * width + self.n_dense))
-        if len(self):
-            outer = np.einsum("nc,ne->nce", self.r.astype(np.float64), self.h.astype(np.float64))
-            out[:, : n_tags * width] = np.add.reduceat(
-                outer.reshape(-1, n_tags * width), self.offsets[:-1], axis=0
-            )
-        out[:, n_tags * width :] = self.dense
-        return out
-
-    def squared_norms(self, pairs_per_chunk: int = 8192) -> np.ndarray:
-        """Per-segment <G_S, G_S> in float64, from the factors (no C * E vectors):
-        sum over token pairs (t, u) in S of (h_t . h_u)(r_t . r_u), plus |x|^2."""
-        left, right, pair_segment = _segment_pairs(self.offsets)
-        out = np.einsum("sd,sd->s", self.dense.astype(np.float64), self.dense.astype(np.float64))
-        for p0 in range(0, left.size, pairs_per_chunk):
-            i, j = left[p0 : p0 + pairs_per_chunk], right[p0 : p0 + pairs_per_chunk]
-            hh = np.einsum("pe,pe->p", self.h[i].astype(np.float64), self.h[j].astype(np.float64))
-            rr = np.einsum("pc,pc->p", self.r[i].astype(np.float64), self.r[j].astype(np.float64))
-            out += np.bincount(pair_segment[p0 : p0 + pairs_per_chunk], hh * rr, minlength=len(self))
-        return out
-
-    def astype(self, dtype: Union[str, np.dtype]) -> "FactoredGradients":
-        return FactoredGradients(
-            self.h.astype(dtype), self.r.astype(dtype), self.offsets, self.dense.astype(dtype)
-        )
-
-    @staticmethod
-    def concat(parts: Sequence["FactoredGradients"]) -> "FactoredGradients":
-        if not parts:
-            raise ValueError("concat needs at least one part")
-        row_starts = np.cumsum([0] + [p.h.shape[0] for p in parts[:-1]])
-        offsets = [parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(parts, row_starts)]
-        return FactoredGradients(
-            np.concatenate([p.h for p in parts]),
-            np.concatenate([p.r for p in parts]),
-            np.concatenate(offsets),
-            np.concatenate([p.dense for p in parts]),
-        )
-
-
-def _segment_pairs(offsets: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All ordered token pairs (left, right) inside the same segment, with that
-    segment's id. Segments are short, so this is a few times N pairs."""
-    lengths = np.diff(offsets)
-    token_segment = np.repeat(np.arange(lengths.size), lengths)
-    reps = lengths[token_segment]
-    left = np.repeat(np.arange(token_segment.size), reps)
-    group_start = np.repeat(np.cumsum(reps) - reps, reps)
-    right = np.repeat(offsets[:-1][token_segment], reps) + np.arange(left.size) - group_start
-    return left, right, np.repeat(token_segment, reps)
-
-
-@dataclass
-class PreconditionedQueries:
-    """Queries multiplied densely by H^-1, for curvatures that cannot be factored.
-
-    weights: [Q, C, E] emission block of H^-1 g_q.
-    dense: [Q, D] remaining block of H^-1 g_q.
-    sq_norms: [Q] g_q^T H^-1 g_q.
-    """
-
-    weights: np.ndarray
-    dense: np.ndarray
-    sq_norms: np.ndarray
-
-
-Queries = Union[FactoredGradients, PreconditionedQueries]
-
-
-class Curvature(ABC):
-    """How H^-1 enters the score g_q^T H^-1 g_s.
-
-    `prepare_index` maps training gradients to what the index stores and
-    `prepare_queries` maps query gradients so that the score is the plain inner
-    product of the two.
-    """
-
-    name: ClassVar[str]
-
-    @abstractmethod
-    def prepare_index(self, grads: FactoredGradients) -> FactoredGradients: ...
-
-    @abstractmethod
-    def prepare_queries(self, grads: FactoredGradients) -> Queries: ...
-
-    @abstractmethod
-    def index_sq_norms(self, stored: FactoredGradients) -> np.ndarray:
-        """g_s^T H^-1 g_s for gradients as returned by prepare_index."""
-
-    @abstractmethod
-    def to_state(self) -> Tuple[dict, Dict[str, np.ndarray]]:
-        """JSON-able config (including "name") and arrays to persist."""
-
-    @classmethod
-    @abstractmethod
-    def from_state(cls, config: dict, arrays: Dict[str, np.ndarray]) -> "Curvature": ...
-
-
-class IdentityCurvature(Curvature):
-    """H = I: influence is the plain gradient inner product."""
-
-    name = "identity"
-
-    def prepare_index(self, grads: FactoredGradients) -> FactoredGradients:
-        return grads
-
-    def prepare_queries(self, grads: FactoredGradients) -> Queries:
-        return grads
-
-    def index_sq_norms(self, stored: FactoredGradients) -> np.ndarray:
-        return stored.squared_norms()
-
-    def to_state(self) -> Tuple[dict, Dict[str, np.ndarray]]:
-        return {"name": self.name}, {}
-
-    @classmethod
-    def from_state(cls, config: dict, arrays: Dict[str, np.ndarray]) -> "IdentityCurvature":
-        return cls()
-
-
-class KFACCurvature(Curvature):
-    """Kronecker-factored curvature (Martens & Grosse 2015, "Optimizing Neural
-    Networks with Kronecker-factored Approximate Curvature").
-
-    Emission block: (B + sqrt(d) I) (x) (A + sqrt(d) I) in numpy.kron order for
-    the row-major [C, E] layout, since vec(r h^T) = kron(r, h) and
-    (B (x) A) kron(r, h) = kron(B r, A h). A = E[h h^T] over training tokens and
-    B = E[r r^T] with r drawn from the model, which per token is
-    diag(q) - q q^T for marginals q. Dense block: E[x x^T] + d I over segments.
-    Applied by whitening both sides, so search stays the factored product.
-    """
-
-    name = "kfac"
-
-    def __init__(self, a: np.ndarray, b: np.ndarray, dense_cov: np.ndarray, damping: float):
-        if damping <= 0:
-            raise ValueError("KFAC needs damping > 0: B is singular (its rows sum to 0)")
-        self.a = np.asarray(a, dtype=np.float64)
-        self.b = np.asarray(b, dtype=np.float64)
-        self.dense_cov = np.asarray(dense_cov, dtype=np.float64)
-        self.damping = float(damping)
-        root = np.sqrt(self.damping)
-        self._a_white = _inverse_sqrt(self.a + root * np.eye(len(self.a)))
-        self._b_white = _inverse_sqrt(self.b + root * np.eye(len(self.b)))
-        self._dense_white = _inverse_sqrt(self.dense_cov + self.damping * np.eye(len(self.dense_cov)))
-
-    @classmethod
-    def fit(cls, h: np.ndarray, marginals: np.ndarray, dense: np.ndarray, damping: float) -> "KFACCurvature":
-        """Estimate the factors from training token features [N, E], token
-        marginals [N, C] and per-segment dense gradients [S, D]."""
-        statistics = KFACStatistics()
-        statistics.add(h, marginals)
-        return statistics.curvature(dense, damping)
-
-    def _whiten(self, grads: FactoredGradients) -> FactoredGradients:
-        return FactoredGradients(
-            grads.h.astype(np.float64) @ self._a_white,
-            grads.r.astype(np.float64) @ self._b_white,
-            grads.offsets,
-            grads.dense.astype(np.float64) @ self._dense_white,
-        )
-
-    def prepare_index(self, grads: FactoredGradients) -> FactoredGradients:
-        return self._whiten(grads)
-
-    def prepare_queries(self, grads: FactoredGradients) -> Queries:
-        return self._whiten(grads)
-
-    def index_sq_norms(self, stored: FactoredGradients) -> np.ndarray:
-        return stored.squared_norms()
-
-    def to_state(self) -> Tuple[dict, Dict[str, np.ndarray]]:
-        config = {"name": self.name, "damping": self.damping}
-        return config, {"a": self.a, "b": self.b, "dense_cov": self.dense_cov}
-
-    @classmethod
-    def from_state(cls, config: dict, arrays: Dict[str, np.ndarray]) -> "KFACCurvature":
-        return cls(arrays["a"], arrays["b"], arrays["dense_cov"], config["damping"])
-
-
-class KFACStatistics:
-    """Running sums of K-FAC's token factors, so an index build never holds every
-    training token's features at once: A = mean h h^T, B = mean (diag(q) - q q^T)."""
-
-    def __init__(self) -> None:
-        self.n_tokens = 0
-        self.hh: Optional[np.ndarray] = None
-        self.qq: Optional[np.ndarray] = None
-
-    def add(self, h: np.ndarray, marginals: np.ndarray) -> None:
-        h = np.asarray(h, dtype=np.float64)
-        q = np.asarray(marginals, dtype=np.float64)
-        hh = h.T @ h
-        qq = np.diag(q.sum(axis=0)) - q.T @ q
-        self.hh = hh if self.hh is None else self.hh + hh
-        self.qq = qq if self.qq is None else self.qq + qq
-        self.n_tokens += len(h)
-
-    def curvature(self, dense: np.ndarray, damping: float) -> KFACCurvature:
-        if self.n_tokens == 0 or len(dense) == 0:
-            raise ValueError("KFAC needs at least one training token and segment")
-        x = np.asarray(dense, dtype=np.float64)
-        return KFACCurvature(self.hh / self.n_tokens, self.qq / self.n_tokens, x.T @ x / len(x), damping)
-
-
-class ExactCurvature(Curvature):
-    """H = hessian + damping I over all P = C * E + D head parameters: the ground
-    truth for small heads. It does not factor, so queries are preconditioned
-    densely (H^-1 g_q) and the index keeps the raw factors."""
-
-    name = "exact"
-
-    def __init__(self, hessian: np.ndarray, damping: float, n_tags: int, width: int):
-        hessian = np.asarray(hessian, dtype=np.float64)
-        n_params = hessian.shape[0]
-        if hessian.shape != (n_params, n_params) or n_params < n_tags * width:
-            raise ValueError(f"hessian must be [P, P] with P >= {n_tags} * {width}")
-        self.hessian = hessian
-        self.damping = float(damping)
-        self.n_tags = n_tags
-        self.width = width
-        values, self._vectors = np.linalg.eigh((hessian + hessian.T) / 2 + self.damping * np.eye(n_params))
-        if values.min() <= 0:
-            raise ValueError("hessian + damping * I is not positive definite; raise the damping")
-        self._values = values
-
-    def _check(self, grads: FactoredGradients) -> None:
-        if grads.n_tags * grads.width + grads.n_dense != len(self.hessian):
-            raise ValueError(f"gradients have {grads.n_tags} * {grads.width} + {grads.n_dense} "
-                             f"parameters, the hessian {len(self.hessian)}")
-
-    def prepare_index(self, grads: FactoredGradients) -> FactoredGradients:
-        self._check(grads)
-        return grads
-
-    def prepare_queries(self, grads: FactoredGradients) -> Queries:
-        self._check(grads)
-        rotated = grads.to_dense() @ self._vectors
-        solved = (rotated / self._values) @ self._vectors.T
-        n_weights = self.n_tags * self.width
-        return PreconditionedQueries(
-            weights=solved[:, :n_weights].reshape(-1, self.n_tags, self.width),
-            dense=solved[:, n_weights:],
-            sq_norms=np.einsum("qp,qp->q", rotated, rotated / self._values),
-        )
-
-    def index_sq_norms(self, stored: FactoredGradients) -> np.ndarray:
-        step = max(1, _CHUNK_ELEMENTS["cpu"] // len(self.hessian))
-        out = np.empty(len(stored))
-        for s0 in range(0, len(stored), step):
-            rotated = stored.select(s0, min(s0 + step, len(stored))).to_dense() @ self._vectors
-            out[s0 : s0 + step] = np.einsum("sp,sp->s", rotated, rotated / self._values)
-        return out
-
-    def to_state(self) -> Tuple[dict, Dict[str, np.ndarray]]:
-        config = {"name": self.name, "damping": self.damping, "n_tags": self.n_tags, "width": self.width}
-        return config, {"hessian": self.hessian}
-
-    @classmethod
-    def from_state(cls, config: dict, arrays: Dict[str, np.ndarray]) -> "ExactCurvature":
-        return cls(arrays["hessian"], config["damping"], config["n_tags"], config["width"])
-
-
-CURVATURES: Dict[str, Type[Curvature]] = {
-    cls.name: cls for cls in (IdentityCurvature, KFACCurvature, ExactCurvature)
-}
-
-
-def _inverse_sqrt(matrix: np.ndarray) -> np.ndarray:
-    """M^-1/2 of a symmetric positive definite matrix. torch on one thread: numpy's
-    multi-threaded eigh took 3.5 s instead of 25 ms for 323 x 323 on a busy 2-core box."""
-    symmetric = torch.as_tensor((matrix + matrix.T) / 2, dtype=torch.float64)
-    with one_thread():
-        values, vectors = torch.linalg.eigh(symmetric)
-    if float(values.min()) <= 0:
-        raise ValueError("matrix is not positive definite; raise the damping")
-    return ((vectors / torch.sqrt(values)) @ vectors.T).numpy()
 
 
 @dataclass
@@ -596,6 +244,21 @@ class SegmentIndex:
                 bottom = _merge_top(bottom, -scores, chunk.s0, k)
             results.extend(_results(top, bottom, batch.n_queries))
         return results
+
+    def total_influence(self, queries: FactoredGradients) -> np.ndarray:
+        """Per stored segment, sum_q g_q^T H^-1 g_s over all queries, never
+        normalised: the influence on a total loss (e.g. a held-out set's).
+        Linear in the queries, so they are summed into one direction first."""
+        self._check_queries(queries)
+        prepared = self.curvature.prepare_queries(queries)
+        if isinstance(prepared, PreconditionedQueries):
+            emission, dense = prepared.weights.sum(axis=0), prepared.dense.sum(axis=0)
+        else:
+            emission = prepared.r.astype(np.float64).T @ prepared.h.astype(np.float64)
+            dense = prepared.dense.astype(np.float64).sum(axis=0)
+        stored = self.grads
+        per_row = np.einsum("nc,nc->n", stored.h.astype(np.float64) @ emission.T, stored.r.astype(np.float64))
+        return np.add.reduceat(per_row, stored.offsets[:-1]) + stored.dense.astype(np.float64) @ dense
 
     def _search(
         self, queries: FactoredGradients, device: str, batch_size: int, chunk_tokens: Optional[int]

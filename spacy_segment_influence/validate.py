@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from . import bridge, crf
 from .bridge import LabelledBatch, Segment
-from .index import IdentityCurvature, KFACCurvature, SegmentIndex
+from .curvature import IdentityCurvature, KFACCurvature
+from .index import SegmentIndex
 
 
 def validate(

@@ -4,13 +4,9 @@ import pytest
 import torch
 
 from spacy_segment_influence import index as index_module
-from spacy_segment_influence.index import (
-    ExactCurvature,
-    FactoredGradients,
-    IdentityCurvature,
-    KFACCurvature,
-    SegmentIndex,
-)
+from spacy_segment_influence.curvature import ExactCurvature, IdentityCurvature, KFACCurvature
+from spacy_segment_influence.gradients import FactoredGradients
+from spacy_segment_influence.index import SegmentIndex
 
 E, C = 7, 5
 D = C * C + 2 * C
@@ -143,6 +139,15 @@ def test_top_k_matches_argsort(data, name, normalize, build, curvatures):
         assert [i for i, _ in result.opposers] == worst
         np.testing.assert_allclose([s for _, s in result.supporters], row[best], rtol=1e-9)
         np.testing.assert_allclose([s for _, s in result.opposers], row[worst], rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", CURVATURES)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_total_influence_is_unnormalised_column_sum(data, name, normalize, build, curvatures):
+    """Influence on a summed loss ignores cosine normalisation: it is linear in the queries."""
+    _, _, queries, _ = data
+    expected = brute_force(data[0], queries, curvatures[name][1], normalize=False).sum(axis=0)
+    np.testing.assert_allclose(build(name, normalize).total_influence(queries), expected, rtol=1e-8)
 
 
 def test_supporters_positive_opposers_negative(data, build):
