@@ -214,7 +214,7 @@ def timing(args, nlp, docs, train_path, component, fns, names):
         for name in names if rep % 2 == 0 else names[::-1]:
             clock.run(name, fns[name])
             print(f"  repeat {rep}: {name:12} {clock.times[name][-1]:8.2f} s  ({load()})", flush=True)
-    print(f"\n{len(component.index)} segments, {component.index.grads.h.shape[0]} token rows, "
+    print(f"\n{len(component.index)} segments, {component.index.stored.h.shape[0]} token rows, "
           f"index {component.index.nbytes / 1e6:.1f} MB")
     print(f"{'phase':14}{'median s':>10}{'best s':>10}{'CPU s':>10}{'docs/s':>10}{'mean load':>11}")
     for name in names:

@@ -17,7 +17,8 @@ component's defaults), then:
                     per-token gradients kron(r_t, h_t) (+ the [S, D] transition block),
                     one matrix-vector product, a segment sum, top-k (numpy)
       dense torch   the same matrices, product and segment sum in torch
-      floor         one numpy pass over the bytes the index search reads (h, r, dense)
+      floor         one numpy pass over the bytes the index search reads (h, r, the
+                    dense block's CSR arrays)
     and the memory of each.
 (c) all predicted validation entities in one run: nlp.pipe over the validation texts
     with and without segment_influence (interleaved repeats), and the component alone
@@ -43,25 +44,25 @@ from influence_common import (  # noqa: E402
 )
 
 from spacy_segment_influence import bridge  # noqa: E402
-from spacy_segment_influence.curvature import IdentityCurvature  # noqa: E402
 from spacy_segment_influence.index import SegmentIndex  # noqa: E402
 
 CONLL = Path("/work/shared/data/conll2003")
 
 
 class DenseBaseline:
-    """Per-token flattened W gradients kron(r_t, h_t) as float32 rows, plus the [S, D]
-    dense block, scored like the index (cosine with the index's own norms)."""
+    """Per-token flattened W gradients kron(r_t, h_t) as float32 rows, plus the full
+    [S, D] dense block, scored like the index (cosine with the index's own norms)."""
 
     def __init__(self, index: SegmentIndex, rows_per_chunk: int = 4096):
-        g = index.grads
-        self.n_weights = g.n_tags * g.width
+        g = index.stored
+        width, n_tags, _ = g.shape
+        self.n_weights = n_tags * width
         self.matrix = np.empty((g.h.shape[0], self.n_weights), dtype=np.float32)
         for t0 in range(0, len(self.matrix), rows_per_chunk):
             h = np.asarray(g.h[t0 : t0 + rows_per_chunk], np.float32)
             r = np.asarray(g.r[t0 : t0 + rows_per_chunk], np.float32)
             self.matrix[t0 : t0 + len(h)] = np.einsum("nc,ne->nce", r, h).reshape(len(h), self.n_weights)
-        self.dense = np.ascontiguousarray(g.dense, dtype=np.float32)
+        self.dense = np.ascontiguousarray(g.dense.to_dense(), dtype=np.float32)
         self.starts = np.asarray(g.offsets[:-1])
         self.inv_norms = (1.0 / np.where(index.norms > 0, index.norms, np.inf)).astype(np.float32)
         self.normalize = index.normalize
@@ -133,15 +134,20 @@ def main():
     component.initialize(lambda: [], nlp=nlp, train_path=train_path, show_progress=False)
     build_s = time.perf_counter() - start
     index = component.index
-    g = index.grads
+    g = index.stored
+    width, n_tags, n_dense = g.shape
     print(f"indexed {len(train_docs)} train docs in {build_s:.1f} s ({load()}): {len(index)} segments, "
-          f"{g.h.shape[0]} token rows; E={g.width} (with bias), C={g.n_tags}, D={g.n_dense}; "
+          f"{g.h.shape[0]} token rows; E={width} (with bias), C={n_tags}, D={n_dense}; "
           f"curvature {index.curvature.name}, normalize {index.normalize}, dtype {index.dtype}")
-    col_max = np.abs(np.asarray(g.dense)).max(axis=0)
-    zero_cols = int((col_max <= 1e-6 * col_max.max()).sum())
-    print(f"index arrays: h {g.h.nbytes / 1e6:.1f} MB, r {g.r.nbytes / 1e6:.1f} MB, dense [S, D] "
-          f"{g.dense.nbytes / 1e6:.1f} MB ({zero_cols} of {g.n_dense} columns all ~0, < 1e-6 of the largest), offsets+norms "
+    nnz = g.dense.values.size
+    print(f"index arrays: h {g.h.nbytes / 1e6:.1f} MB, r {g.r.nbytes / 1e6:.1f} MB, dense block CSR "
+          f"{g.dense.nbytes / 1e6:.1f} MB ({nnz / len(index):.1f} nonzeros per segment of {n_dense}, "
+          f"{np.unique(g.dense.columns).size} columns used), offsets+norms "
           f"{(g.offsets.nbytes + index.norms.nbytes) / 1e6:.1f} MB; total {index.nbytes / 1e6:.1f} MB")
+    component16 = nlp.add_pipe("segment_influence", name="segment_influence_f16", config={"k": args.k, "dtype": "float16"})
+    component16.initialize(lambda: [], nlp=nlp, train_path=train_path, show_progress=False)
+    nlp.remove_pipe("segment_influence_f16")
+    index16 = component16.index
 
     # -- queries: predicted validation entities (gold tokens) ----------------------------------
     dev_gold = load_docs(args.dev, nlp.vocab)
@@ -158,11 +164,12 @@ def main():
     print(f"{len(all_ents)} predicted entities in {len(dev_docs)} validation docs; timing {len(queries)} of them "
           f"(mean {np.mean(grads.lengths):.2f} query rows); k={args.k}")
 
-    index16 = SegmentIndex.build(g, index.metadata, IdentityCurvature(), index.normalize, "float16")
     baseline = DenseBaseline(index)
-    floor_fn = read_floor([g.h, g.r, g.dense])
-    floor16_fn = read_floor([index16.grads.h, index16.grads.r, index16.grads.dense])
-    floor_float = lambda: [np.add.reduce(a, axis=None) for a in (g.h, g.r, g.dense)]  # noqa: E731
+    searched = [g.h, g.r, g.dense.values, g.dense.columns, g.dense.indptr]
+    g16 = index16.stored
+    floor_fn = read_floor(searched)
+    floor16_fn = read_floor([g16.h, g16.r, g16.dense.values, g16.dense.columns, g16.dense.indptr])
+    floor_float = lambda: [np.add.reduce(a, axis=None) for a in searched]  # noqa: E731
 
     # agreement of the dense baseline with the index (first 20 queries)
     agree_ids = agree_scores = 0
@@ -183,7 +190,7 @@ def main():
     methods = {
         "explain": explain,
         "top_k": lambda q: index.top_k(grads.select(q, q + 1), k=args.k),
-        "top_k f16": lambda q: index16.top_k(prepared.select(q, q + 1), k=args.k),
+        "top_k f16": lambda q: index16.top_k(grads.select(q, q + 1), k=args.k),
         "dense numpy": lambda q: baseline.top_k_numpy(dense_queries[q], args.k),
         "dense torch": lambda q: baseline.top_k_torch(dense_queries[q], args.k),
         "floor (int64 pass)": lambda q: floor_fn(),
@@ -227,7 +234,8 @@ def main():
                   f"dense numpy / floor = {t['dense numpy'] / floor:.1f}x")
     print(f"  memory: dense / index = {baseline.nbytes / index.nbytes:.1f}x (target >= 10), "
           f"dense / f16 index = {baseline.nbytes / index16.nbytes:.1f}x; "
-          f"W block alone: dense matrix / (h + r) = {baseline.matrix.nbytes / (g.h.nbytes + g.r.nbytes):.1f}x")
+          f"W block alone: dense matrix / (h + r) = {baseline.matrix.nbytes / (g.h.nbytes + g.r.nbytes):.1f}x; "
+          f"dense block: [S, D] / CSR = {baseline.dense.nbytes / g.dense.nbytes:.1f}x")
     print(f"  mean load during (b): {statistics.mean(l for ls in clock.loads.values() for l in ls):.2f}")
 
     if args.skip_batched:

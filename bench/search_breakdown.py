@@ -4,11 +4,9 @@
         [--blas-threads 1] [--threads 1]
 
 Builds the full-train index (kfac, normalised: the defaults), then, single-threaded:
-  A. one query at a time: SegmentIndex.top_k vs its parts (the [S, D] transition-block
-     product alone, the factored W part alone), and the same search over a copy of the
-     index that keeps only the dense columns that are not structurally zero (the
-     transitions/start/end the tag scheme allows; the others are ~1e-16 after whitening),
-     which gives the same scores; and query_latency.py's dense baseline, side by side;
+  A. one query at a time: SegmentIndex.top_k vs its parts (the sparse transition-block
+     product alone, the factored W part alone, query preparation), the bandwidth floor
+     over the arrays search reads, and query_latency.py's dense baseline, side by side;
   B. component.pipe over the annotated validation docs, timed by package function.
 Uses index internals (_device_tensors, chunk layout) for the parts: a diagnosis, not an API.
 """
@@ -32,9 +30,7 @@ from influence_common import (  # noqa: E402
 import spacy_segment_influence.component as component_mod  # noqa: E402
 from query_latency import DenseBaseline  # noqa: E402
 from spacy_segment_influence import bridge  # noqa: E402
-from spacy_segment_influence.curvature import IdentityCurvature  # noqa: E402
-from spacy_segment_influence.gradients import FactoredGradients  # noqa: E402
-from spacy_segment_influence.index import SegmentIndex  # noqa: E402
+from spacy_segment_influence.index import SegmentIndex, _sparse_product  # noqa: E402
 
 CONLL = Path("/work/shared/data/conll2003")
 
@@ -68,7 +64,7 @@ def main():
     component = nlp.add_pipe("segment_influence")
     component.initialize(lambda: [], nlp=nlp, train_path=train_path, show_progress=False)
     index = component.index
-    g = index.grads
+    g = index.stored
     print(f"model {args.model}; index {len(index)} segments, {g.h.shape[0]} rows, {index.nbytes / 1e6:.1f} MB; "
           f"torch threads {torch.get_num_threads()}, OpenBLAS threads {blas_threads()}; {load()}")
 
@@ -81,24 +77,14 @@ def main():
     ids = sorted({i for i, _ in chosen})
     pos = {i: p for p, i in enumerate(ids)}
     grads = query_gradients(component, [docs[i] for i in ids], [(pos[i], s) for i, s in chosen])
-    prepared = index.curvature.prepare_queries(grads)
+    prepared = index.curvature.prepare_queries(grads).grads
     qs = list(range(len(chosen)))
 
-    # a copy keeping only the dense columns that are not structurally zero
-    col_max = np.abs(np.asarray(g.dense)).max(axis=0)
-    keep = col_max > 1e-6 * col_max.max()
-    slim = SegmentIndex(FactoredGradients(g.h, g.r, g.offsets, np.ascontiguousarray(g.dense[:, keep])),
-                        index.norms, index.metadata, IdentityCurvature(), index.normalize)
-    slim_q = FactoredGradients(prepared.h, prepared.r, prepared.offsets, prepared.dense[:, keep])
-    same = all(
-        [i for i, _ in index.top_k(grads.select(q, q + 1), k=5)[0].supporters]
-        == [i for i, _ in slim.top_k(slim_q.select(q, q + 1), k=5)[0].supporters] for q in qs[:20])
-
-    t_dense = torch.from_numpy(np.asarray(g.dense))
-    t_dense_keep = torch.from_numpy(np.ascontiguousarray(g.dense[:, keep]))
+    tensors = index._device_tensors(torch.device("cpu"))
+    dense_rows = next(tensors.chunks(len(g.h))).dense  # the whole CSR block as one chunk
     t_h, t_r = torch.from_numpy(np.asarray(g.h)), torch.from_numpy(np.asarray(g.r))
     segment_of_row = torch.from_numpy(np.repeat(np.arange(len(index)), np.diff(g.offsets)))
-    qd = [torch.from_numpy(prepared.dense[q].astype(np.float32)) for q in qs]
+    qd = [torch.from_numpy(prepared.dense[q : q + 1].T.astype(np.float32).copy()) for q in qs]
     qh = [torch.from_numpy(prepared.select(q, q + 1).h.astype(np.float32)) for q in qs]
     qr = [torch.from_numpy(prepared.select(q, q + 1).r.astype(np.float32)) for q in qs]
 
@@ -106,23 +92,21 @@ def main():
         per_row = ((t_h @ qh[q].T) * (t_r @ qr[q].T)).sum(1)
         return torch.zeros(len(index)).index_add_(0, segment_of_row, per_row)
 
+    searched = [g.h, g.r, g.dense.values, g.dense.columns, g.dense.indptr]
     baseline = DenseBaseline(index)
-    dense_q = prepared.to_dense().astype(np.float32)
+    dense_q = index.curvature.prepare_queries(grads).to_dense().astype(np.float32)
     rows = [
         ("top_k (whole search)", lambda q: index.top_k(grads.select(q, q + 1), k=5)),
-        ("  dense block [S, D] @ q_D alone", lambda q: t_dense @ qd[q]),
+        ("  dense block (CSR) @ q_D alone", lambda q: _sparse_product(dense_rows, qd[q])),
         ("  factored W part alone (h, r, segment sum)", factored_part),
         ("  query prep (whiten + norms)", lambda q: index.curvature.prepare_queries(grads.select(q, q + 1))),
-        (f"top_k, dense block cut to {int(keep.sum())} columns", lambda q: slim.top_k(slim_q.select(q, q + 1), k=5)),
-        ("  that dense block alone", lambda q: t_dense_keep @ qd[q][torch.from_numpy(keep)]),
-        ("floor: float sum over h, r, dense", lambda q: [np.add.reduce(a, axis=None) for a in (g.h, g.r, g.dense)]),
-        ("floor: float sum, slim index", lambda q: [np.add.reduce(a, axis=None) for a in (slim.grads.h, slim.grads.r, slim.grads.dense)]),
-        ("floor: int64 pass (bench_search.py's)", lambda q: read_floor([g.h, g.r, g.dense])()),
+        ("floor: float sum over the searched arrays", lambda q: [np.add.reduce(a, axis=None) for a in searched]),
+        ("floor: int64 pass over the same bytes", lambda q: read_floor(searched)()),
         ("dense baseline (query_latency.py's), numpy", lambda q: baseline.top_k_numpy(dense_q[q], 5)),
     ]
-    print(f"\nA. single query, median over {len(qs)} ({load()}); slim index gives the same top-5 on 20 queries: {same}")
+    print(f"\nA. single query, median over {len(qs)} ({load()})")
     print(f"{'':48}{'wall ms':>9}{'CPU ms':>9}{'MB':>8}")
-    sizes = {0: index.nbytes, 4: slim.nbytes, 9: baseline.nbytes}
+    sizes = {0: index.nbytes, 6: baseline.nbytes}
     for n, (label, fn) in enumerate(rows):
         wall, cpu = median_ms(fn, qs)
         size = f"{sizes[n] / 1e6:8.1f}" if n in sizes else ""

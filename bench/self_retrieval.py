@@ -111,7 +111,7 @@ def main():
         if normalize:
             cos = own_score
         else:
-            qn = np.sqrt(np.maximum(index.curvature.prepare_queries(grads).squared_norms(), 0))
+            qn = np.sqrt(np.maximum(index.curvature.prepare_queries(grads).sq_norms, 0))
             cos = own_score / np.maximum(qn * np.asarray(index.norms)[own], 1e-300)
         misses = np.flatnonzero(~tied)
         changed = cos[misses] < 1 - args.tol

@@ -15,7 +15,6 @@ import numpy
 import torch
 from spacy.language import Language
 from spacy.tokens import Doc, Span
-from spacy.training import offsets_to_biluo_tags
 
 from . import crf
 from .gradients import FactoredGradients
@@ -63,10 +62,10 @@ def unannotated(doc: Doc) -> Doc:
     return fresh
 
 
-def labelled_batch(nlp: Language, ner_name: str, docs: Sequence[Doc]) -> LabelledBatch:
+def labelled_batch(nlp: Language, ner_name: str, docs: Sequence[Doc], batch_size: int = 64) -> LabelledBatch:
     """The head's features for reference docs, labelled with their gold entities."""
     ner = nlp.get_pipe(ner_name)
-    encoded = encode(nlp, [unannotated(doc) for doc in docs], ner_name)
+    encoded = encode(nlp, [unannotated(doc) for doc in docs], ner_name, batch_size)
     return LabelledBatch(head_features(ner, encoded), [gold_tags(ner, doc) for doc in docs])
 
 
@@ -80,23 +79,31 @@ def head_features(ner: CRFEntityRecognizer, docs: Sequence[Doc]) -> List[numpy.n
 
 def tag_ids(ner: CRFEntityRecognizer, doc: Doc, spans: Iterable[Span]) -> List[int]:
     """Tag ids of the labelling where `spans` (non-overlapping) are the entities."""
-    offsets = [(span.start_char, span.end_char, span.label_) for span in spans]
-    unknown = sorted({label for _, _, label in offsets if label not in ner.labels})
+    spans = sorted(spans, key=lambda span: span.start)
+    unknown = sorted({span.label_ for span in spans if span.label_ not in ner.labels})
     if unknown:
         raise ValueError(
             f"Label(s) {', '.join(unknown)} unknown to {ner.name!r} (labels: {', '.join(ner.labels)})"
         )
-    biluo = offsets_to_biluo_tags(doc, offsets)
     index = {tag: i for i, tag in enumerate(ner.tags)}
-    if ner.scheme == "BIO":
-        biluo = [{"L": "I", "U": "B"}.get(t[0], t[0]) + t[1:] if t != "O" else t for t in biluo]
-    return [index[tag] for tag in biluo]
+    first, middle, last, single = ("B", "I", "L", "U") if ner.scheme == "BILUO" else ("B", "I", "I", "B")
+    ids = [index["O"]] * len(doc)
+    previous_end = 0
+    for span in spans:
+        if span.start < previous_end:
+            raise ValueError(f"Entity spans overlap at {span.text!r} (tokens {span.start}-{span.end}) in {doc.text!r}")
+        previous_end = span.end
+        n_tokens = span.end - span.start
+        prefixes = [single] if n_tokens == 1 else [first] + [middle] * (n_tokens - 2) + [last]
+        ids[span.start : span.end] = [index[f"{prefix}-{span.label_}"] for prefix in prefixes]
+    return ids
 
 
 def gold_tags(ner: CRFEntityRecognizer, doc: Doc) -> List[int]:
     """Tag ids of a reference doc's entities; -1 where its annotation is missing."""
     ids = tag_ids(ner, doc, [ent for ent in doc.ents if ent.label_ in ner.labels])
-    return [-1 if token.ent_iob == 0 else i for token, i in zip(doc, ids)]
+    missing = (doc.to_array("ENT_IOB") == 0).tolist()
+    return [-1 if unset else i for unset, i in zip(missing, ids)]
 
 
 def fingerprint(nlp: Language, ner_name: str) -> str:
@@ -154,19 +161,22 @@ def segment_gradients(
     head = ner.head
     n_tags, width = head.n_tags, head.n_features + 1
     theta = flat_head(ner, dtype)
-    parts = []
-    with torch.no_grad(), crf.one_thread():
-        for first in range(0, len(segments), batch_size):
-            windows = [_window(batch, s) for s in segments[first : first + batch_size]]
-            parts.append(_window_gradients(ner, batch, windows, theta))
-    if not parts:
+    windows = [_window(batch, s) for s in segments]
+    if not windows:
         return FactoredGradients(
             numpy.zeros((0, width), "float32"),
             numpy.zeros((0, n_tags), "float32"),
             numpy.zeros(1, "int64"),
             numpy.zeros((0, n_tags * n_tags + 2 * n_tags), "float32"),
         )
-    return FactoredGradients.concat(parts)
+    # By window length, so that a chain batch runs as many steps as its windows need.
+    order = sorted(range(len(windows)), key=lambda i: windows[i].hi - windows[i].lo)
+    parts = []
+    with torch.no_grad(), crf.one_thread():
+        for first in range(0, len(order), batch_size):
+            chunk = [windows[i] for i in order[first : first + batch_size]]
+            parts.append(_window_gradients(ner, batch, chunk, theta))
+    return FactoredGradients.concat(parts).take(numpy.argsort(order))
 
 
 class _Window(NamedTuple):
@@ -214,7 +224,7 @@ def _window_gradients(ner, batch: LabelledBatch, windows: List[_Window], theta: 
         batch_first=True,
     )
     _, q, xi = crf.marginals(scores, None, crf.gold_mask(tags.masked_fill(inside, -1), n_tags))
-    _, q_gold, xi_gold = crf.marginals(scores, None, crf.gold_mask(tags, n_tags))
+    q_gold, xi_gold = _clamped_marginals(scores, tags, n_tags)
     r = q - q_gold
     rows = torch.arange(n_rows)
     r_first, r_last = r[:, 0], r[rows, scores.lengths - 1]
@@ -231,6 +241,19 @@ def _window_gradients(ner, batch: LabelledBatch, windows: List[_Window], theta: 
     r_rows = r[torch.arange(tags.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)]
     offsets = numpy.concatenate([[0], numpy.cumsum(lengths.numpy())]).astype("int64")
     return FactoredGradients(h_rows, r_rows.numpy(), offsets, dense.numpy())
+
+
+def _clamped_marginals(scores: crf.ChainScores, tags: torch.Tensor, n_tags: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Unary and pairwise marginals with every known label clamped. Windows without
+    unknown labels (the usual case) are one-hot, so no chain needs running."""
+    valid = tags >= 0
+    padding = torch.arange(tags.shape[1]).unsqueeze(0) >= scores.lengths.unsqueeze(1)
+    if not bool((valid | padding).all()):
+        _, q_gold, xi_gold = crf.marginals(scores, None, crf.gold_mask(tags, n_tags))
+        return q_gold, xi_gold
+    q_gold = torch.nn.functional.one_hot(tags.clamp(min=0), n_tags).to(scores.emissions.dtype) * valid.unsqueeze(-1)
+    xi_gold = q_gold[:, :-1, :, None] * q_gold[:, 1:, None, :]
+    return q_gold, xi_gold
 
 
 def flatten_gradient(grads: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -286,7 +309,7 @@ def token_marginals(
         for first in range(0, len(order), batch_size):  # sorted by length: little padding
             chunk = order[first : first + batch_size]
             scores = chain_at(ner, [torch.as_tensor(features[i]) for i in chunk], theta)
-            _, q, _ = crf.marginals(scores, ner.constraints)
+            q = crf.unary_marginals(scores, ner.constraints)
             for row, i in enumerate(chunk):
                 marginals[i] = q[row, : len(features[i])].numpy()
     if not features:

@@ -7,18 +7,22 @@ import numpy
 import srsly
 from spacy.language import Language
 from spacy.pipeline import Pipe
-from spacy.tokens import Doc, DocBin, Span
+from spacy.tokens import Doc, Span
 from spacy.training import Example
 from spacy.util import minibatch
 from tqdm import tqdm
 
 from . import bridge
 from .bridge import LabelledBatch, Segment
+from .corpus import read_docbin
 from .curvature import ExactCurvature, IdentityCurvature, KFACStatistics
 from .gradients import FactoredGradients
 from .index import DTYPES, SegmentIndex
 
 CURVATURES = ("identity", "kfac", "exact")
+# Docs whose CRF work (segment windows, K-FAC marginals) runs together: few large
+# chain batches instead of many small ones, whose per-step overhead dominated.
+_CHAIN_GROUP = 1024
 GRANULARITIES = ("entities", "tokens")
 
 
@@ -161,7 +165,7 @@ class SegmentInfluence(Pipe):
             path = Path(train_path)
             if not path.exists():
                 raise FileNotFoundError(f"segment_influence: training corpus {path} not found")
-            docs = list(DocBin().from_disk(path).get_docs(self.nlp.vocab))
+            docs = read_docbin(path, self.nlp.vocab)
         else:
             docs = [eg.reference for eg in get_examples()]
         if not docs:
@@ -178,8 +182,8 @@ class SegmentInfluence(Pipe):
         grads: List[FactoredGradients] = []
         metadata: List[dict] = []
         progress = tqdm(total=len(docs), desc="Indexing training segments", unit="doc", disable=not show_progress)
-        for first, batch_docs in _batches(docs, self.cfg["batch_size"]):
-            batch = bridge.labelled_batch(self.nlp, self.cfg["ner"], batch_docs)
+        for first, batch_docs in _batches(docs, max(self.cfg["batch_size"], _CHAIN_GROUP)):
+            batch = bridge.labelled_batch(self.nlp, self.cfg["ner"], batch_docs, self.cfg["batch_size"])
             segments, meta = self._training_segments(batch_docs, first)
             grads.append(bridge.segment_gradients(ner, batch, segments))
             metadata.extend(meta)

@@ -164,12 +164,9 @@ def marginals(
     masked = _apply(scores, constraints, tag_mask)
     alpha, log_z = _forward(masked)
     beta = _backward(masked)
-    n_tokens = masked.emissions.shape[1]
-    positions = torch.arange(n_tokens, device=masked.lengths.device)
-    in_chain = (positions.unsqueeze(0) < masked.lengths.unsqueeze(1)).unsqueeze(-1)
+    in_chain = _in_chain(masked)
     zero = torch.zeros((), dtype=alpha.dtype, device=alpha.device)
-    # `where`, not a product: padded logits may overflow to inf, and inf * 0 is NaN
-    unary = torch.where(in_chain, torch.exp(alpha + beta - log_z[:, None, None]), zero)
+    unary = _unary(alpha, beta, log_z, in_chain)
     pair_logits = (
         alpha[:, :-1, :, None]
         + masked.transitions
@@ -178,6 +175,57 @@ def marginals(
     )
     pairwise = torch.where(in_chain[:, 1:].unsqueeze(-1), torch.exp(pair_logits), zero)
     return log_z, unary, pairwise
+
+
+def unary_marginals(scores: ChainScores, constraints: Optional[TagConstraints] = None) -> torch.Tensor:
+    """p(y_t=i) [B, L, C] in float64, zero at padded positions, without gradients.
+
+    The scaled forward-backward in probability space (Rabiner 1989, "A Tutorial on
+    Hidden Markov Models", section V.A): each step is a [B, C] @ [C, C] product
+    instead of a log-sum-exp over [B, C, C], several times faster. Emissions are
+    shifted by their per-token maximum before exp, and the transitions by theirs; if
+    a sentence's scores still spread so far (~700 nats) that every path underflows,
+    the batch is redone in log space.
+    """
+    masked = _apply(scores, constraints, None)
+    with torch.no_grad():
+        emissions = masked.emissions.double()
+        potentials = torch.exp(emissions - emissions.amax(dim=2, keepdim=True))
+        transitions = masked.transitions.double()
+        moves = torch.exp(transitions - transitions.max())
+        start = torch.exp(masked.start.double() - masked.start.max()) * potentials[:, 0]
+        end = torch.exp(masked.end.double() - masked.end.max()).expand_as(start)
+        lengths = masked.lengths
+        alpha = start / start.sum(dim=1, keepdim=True)
+        alphas = [alpha]
+        for t in range(1, emissions.shape[1]):
+            step = (alpha @ moves) * potentials[:, t]
+            alpha = torch.where((t < lengths).unsqueeze(1), step / step.sum(dim=1, keepdim=True), alpha)
+            alphas.append(alpha)
+        beta = end / end.sum(dim=1, keepdim=True)
+        betas = [beta]
+        for t in range(emissions.shape[1] - 2, -1, -1):
+            step = (potentials[:, t + 1] * beta) @ moves.T
+            beta = torch.where((t < lengths - 1).unsqueeze(1), step / step.sum(dim=1, keepdim=True), beta)
+            betas.append(beta)
+        unary = torch.stack(alphas, dim=1) * torch.stack(betas[::-1], dim=1)
+        unary = torch.where(_in_chain(masked), unary / unary.sum(dim=2, keepdim=True), torch.zeros((), dtype=unary.dtype))
+    if not bool(torch.isfinite(unary).all()):
+        in_float64 = ChainScores(*(x.double() if x.is_floating_point() else x for x in scores))
+        _, unary, _ = marginals(in_float64, constraints)
+    return unary.detach()
+
+
+def _in_chain(scores: ChainScores) -> torch.Tensor:
+    """Bool [B, L, 1]: position t lies inside sentence b."""
+    positions = torch.arange(scores.emissions.shape[1], device=scores.lengths.device)
+    return (positions.unsqueeze(0) < scores.lengths.unsqueeze(1)).unsqueeze(-1)
+
+
+def _unary(alpha: torch.Tensor, beta: torch.Tensor, log_z: torch.Tensor, in_chain: torch.Tensor) -> torch.Tensor:
+    # `where`, not a product: padded logits may overflow to inf, and inf * 0 is NaN
+    zero = torch.zeros((), dtype=alpha.dtype, device=alpha.device)
+    return torch.where(in_chain, torch.exp(alpha + beta - log_z[:, None, None]), zero)
 
 
 def viterbi(scores: ChainScores, constraints: Optional[TagConstraints] = None) -> List[List[int]]:

@@ -75,6 +75,15 @@ class FactoredGradients:
             self.h[t0:t1], self.r[t0:t1], self.offsets[start : stop + 1] - t0, self.dense[start:stop]
         )
 
+    def take(self, order: Sequence[int]) -> "FactoredGradients":
+        """Segments in the given order (a copy)."""
+        order = np.asarray(order, dtype=np.int64)
+        lengths = self.lengths[order]
+        starts = np.repeat(self.offsets[order], lengths)
+        rows = starts + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        return FactoredGradients(self.h[rows], self.r[rows], offsets, self.dense[order])
+
     def to_dense(self) -> np.ndarray:
         """Full flattened float64 gradients [S, C * E + D]; memory N * C * E, so
         for tests, exact curvature and small data only."""
@@ -88,11 +97,16 @@ class FactoredGradients:
         out[:, n_tags * width :] = self.dense
         return out
 
-    def squared_norms(self, pairs_per_chunk: int = 8192) -> np.ndarray:
-        """Per-segment <G_S, G_S> in float64, from the factors (no C * E vectors):
-        sum over token pairs (t, u) in S of (h_t . h_u)(r_t . r_u), plus |x|^2."""
+    def squared_norms(self) -> np.ndarray:
+        """Per-segment <G_S, G_S> in float64: the emission part plus |x|^2."""
+        dense = self.dense.astype(np.float64)
+        return self.emission_squared_norms() + np.einsum("sd,sd->s", dense, dense)
+
+    def emission_squared_norms(self, pairs_per_chunk: int = 8192) -> np.ndarray:
+        """Per-segment |G_W|^2 in float64, from the factors (no C * E vectors):
+        sum over token pairs (t, u) in S of (h_t . h_u)(r_t . r_u)."""
         left, right, pair_segment = _segment_pairs(self.offsets)
-        out = np.einsum("sd,sd->s", self.dense.astype(np.float64), self.dense.astype(np.float64))
+        out = np.zeros(len(self))
         for p0 in range(0, left.size, pairs_per_chunk):
             i, j = left[p0 : p0 + pairs_per_chunk], right[p0 : p0 + pairs_per_chunk]
             hh = np.einsum("pe,pe->p", self.h[i].astype(np.float64), self.h[j].astype(np.float64))

@@ -18,14 +18,15 @@ import numpy as np
 import srsly
 import torch
 
-from .curvature import CURVATURES, Curvature, PreconditionedQueries, Queries
+from .crf import one_thread
+from .curvature import CURVATURES, Curvature, FactoredQueries, PreconditionedQueries, Queries
 from .gradients import FactoredGradients
 
 # Elements per intermediate [chunk rows, width] tensor, which bounds search
 # memory whatever the index size: cache-sized on CPU, larger on accelerators
 # where each chunk costs kernel launches.
 _CHUNK_ELEMENTS = {"cpu": 2**20, "accelerator": 2**24}
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 DTYPES = ("float16", "float32", "float64")
 
 
@@ -36,6 +37,72 @@ class QueryResult:
 
     supporters: List[Tuple[int, float]]
     opposers: List[Tuple[int, float]]
+
+
+@dataclass
+class SparseRows:
+    """Rows in CSR form: row i holds values[indptr[i]:indptr[i + 1]] at those
+    columns. Stores each training segment's dense block, whose nonzeros are the
+    few transitions, starts and ends its Markov window allows."""
+
+    indptr: np.ndarray  # int64 [S + 1]
+    columns: np.ndarray  # int32 [nnz]
+    values: np.ndarray  # [nnz]
+    n_columns: int
+
+    @classmethod
+    def from_dense(cls, dense: np.ndarray) -> "SparseRows":
+        rows, columns = np.nonzero(dense)
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(dense)))])
+        return cls(indptr.astype(np.int64), columns.astype(np.int32), dense[rows, columns], dense.shape[1])
+
+    def __len__(self) -> int:
+        return self.indptr.size - 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.indptr.nbytes + self.columns.nbytes + self.values.nbytes
+
+    def to_dense(self) -> np.ndarray:
+        out = np.zeros((len(self), self.n_columns), dtype=self.values.dtype)
+        out[self.row_ids(), self.columns] = self.values
+        return out
+
+    def row_ids(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self)), np.diff(self.indptr))
+
+    def dot(self, vector: np.ndarray) -> np.ndarray:
+        """Per row, row . vector in float64."""
+        products = self.values.astype(np.float64) * vector[self.columns]
+        return np.bincount(self.row_ids(), products, minlength=len(self))
+
+
+@dataclass
+class StoredSegments:
+    """What the index keeps: the curvature-prepared token factors h [N, E] and
+    r [N, C] (segment s owns rows offsets[s]:offsets[s + 1]) and the raw dense
+    block as sparse rows."""
+
+    h: np.ndarray
+    r: np.ndarray
+    offsets: np.ndarray
+    dense: SparseRows
+
+    @classmethod
+    def from_gradients(cls, grads: FactoredGradients) -> "StoredSegments":
+        return cls(grads.h, grads.r, grads.offsets, SparseRows.from_dense(grads.dense))
+
+    def __len__(self) -> int:
+        return self.offsets.size - 1
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        """(E, C, D)."""
+        return self.h.shape[1], self.r.shape[1], self.dense.n_columns
+
+    @property
+    def nbytes(self) -> int:
+        return self.h.nbytes + self.r.nbytes + self.offsets.nbytes + self.dense.nbytes
 
 
 def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -64,7 +131,7 @@ class _Chunk:
     s1: int
     h: torch.Tensor  # [n, E]
     r: torch.Tensor  # [n, C]
-    dense: torch.Tensor  # [S_c, D]
+    dense: torch.Tensor  # sparse CSR [S_c, D]
     token_segment: torch.Tensor  # [n] chunk-local segment of each token row
 
 
@@ -72,14 +139,17 @@ class _IndexTensors:
     """The stored arrays as tensors on one device, in the stored dtype; chunks
     come out in the compute dtype."""
 
-    def __init__(self, grads: FactoredGradients, inv_norms: np.ndarray, device: torch.device, dtype: torch.dtype):
-        self.h = _as_tensor(grads.h, device)
-        self.r = _as_tensor(grads.r, device)
-        self.dense = _as_tensor(grads.dense, device)
+    def __init__(self, stored: StoredSegments, inv_norms: np.ndarray, device: torch.device, dtype: torch.dtype):
+        self.h = _as_tensor(stored.h, device)
+        self.r = _as_tensor(stored.r, device)
+        self.dense_columns = _as_tensor(stored.dense.columns, device)
+        self.dense_values = _as_tensor(stored.dense.values, device)
+        self.dense_indptr = stored.dense.indptr
+        self.n_dense = stored.dense.n_columns
         self.inv_norms = _as_tensor(inv_norms, device).to(dtype)
         self.dtype = dtype
-        self.token_segment = _as_tensor(np.repeat(np.arange(len(grads)), grads.lengths), device)
-        self.offsets = grads.offsets
+        self.token_segment = _as_tensor(np.repeat(np.arange(len(stored)), np.diff(stored.offsets)), device)
+        self.offsets = stored.offsets
 
     def chunks(self, max_tokens: int) -> Iterator[_Chunk]:
         """Whole segments, about max_tokens rows at a time. Casts go into reused
@@ -92,9 +162,17 @@ class _IndexTensors:
                 s1,
                 _cast(self.h[t0:t1], self.dtype, buffers, "h"),
                 _cast(self.r[t0:t1], self.dtype, buffers, "r"),
-                _cast(self.dense[s0:s1], self.dtype, buffers, "dense"),
+                self._dense_rows(s0, s1, buffers),
                 self.token_segment[t0:t1] - s0,
             )
+
+    def _dense_rows(self, s0: int, s1: int, buffers: Dict[str, torch.Tensor]) -> torch.Tensor:
+        n0, n1 = int(self.dense_indptr[s0]), int(self.dense_indptr[s1])
+        crow = _as_tensor((self.dense_indptr[s0 : s1 + 1] - n0).astype(np.int32), self.h.device)
+        values = _cast(self.dense_values[n0:n1], self.dtype, buffers, "dense")
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"; used only for CSR @ dense
+            warnings.filterwarnings("ignore", message="Sparse")
+            return torch.sparse_csr_tensor(crow, self.dense_columns[n0:n1], values, size=(s1 - s0, self.n_dense))
 
 
 def _cast(src: torch.Tensor, dtype: torch.dtype, buffers: Dict[str, torch.Tensor], key: str) -> torch.Tensor:
@@ -118,15 +196,25 @@ def _segment_chunks(offsets: np.ndarray, max_tokens: int) -> List[Tuple[int, int
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-class _FactoredBatch:
-    """Whitened factored queries: per index token t and query token u,
-    (h_t . h_u)(r_t . r_u), summed over u in the query and t in the segment."""
+def _sparse_product(rows: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """CSR [S, D] @ [D, Q]. On one intra-op thread: torch's threaded CSR kernel
+    took 12 ms instead of 0.01 ms for a tiny product on a busy 2-core machine."""
+    if rows.device.type != "cpu":
+        return rows @ dense
+    with one_thread():
+        return rows @ dense
 
-    def __init__(self, grads: FactoredGradients, device: torch.device, dtype: torch.dtype):
+
+class _FactoredBatch:
+    """Factored queries: per index token t and query token u, (h_t . h_u)(r_t . r_u),
+    summed over u in the query and t in the segment, plus the dense block."""
+
+    def __init__(self, queries: FactoredQueries, device: torch.device, dtype: torch.dtype):
+        grads = queries.grads
         self.h = _as_tensor(grads.h, device).to(dtype)
         self.r = _as_tensor(grads.r, device).to(dtype)
-        self.dense = _as_tensor(grads.dense, device).to(dtype)
-        self.inv_norms = _as_tensor(_inverse(_norms(grads.squared_norms())), device).to(dtype)
+        self.dense_t = _as_tensor(grads.dense.T.copy(), device).to(dtype)
+        self.inv_norms = _as_tensor(_inverse(_norms(queries.sq_norms)), device).to(dtype)
         self.row_query = _as_tensor(np.repeat(np.arange(len(grads)), grads.lengths), device)
         self.n_queries = len(grads)
         self.width = self.h.shape[0]
@@ -139,7 +227,7 @@ class _FactoredBatch:
         n_segments = chunk.s1 - chunk.s0
         per_segment = products.new_zeros(n_segments, self.width).index_add_(0, chunk.token_segment, products)
         per_query = products.new_zeros(n_segments, self.n_queries).index_add_(1, self.row_query, per_segment)
-        return per_query.addmm_(chunk.dense, self.dense.T).T
+        return per_query.add_(_sparse_product(chunk.dense, self.dense_t)).T
 
 
 class _PreconditionedBatch:
@@ -148,7 +236,7 @@ class _PreconditionedBatch:
     def __init__(self, queries: PreconditionedQueries, device: torch.device, dtype: torch.dtype):
         n_queries, self.n_tags, width = queries.weights.shape
         self.weights = _as_tensor(queries.weights, device).to(dtype).reshape(-1, width)
-        self.dense = _as_tensor(queries.dense, device).to(dtype)
+        self.dense_t = _as_tensor(queries.dense.T.copy(), device).to(dtype)
         self.inv_norms = _as_tensor(_inverse(_norms(queries.sq_norms)), device).to(dtype)
         self.n_queries = n_queries
         self.width = n_queries * self.n_tags
@@ -158,7 +246,7 @@ class _PreconditionedBatch:
         per_token = projected.mul_(chunk.r[:, None, :]).sum(dim=2)
         per_segment = per_token.new_zeros(chunk.s1 - chunk.s0, self.n_queries)
         per_segment.index_add_(0, chunk.token_segment, per_token)
-        return per_segment.addmm_(chunk.dense, self.dense.T).T
+        return per_segment.add_(_sparse_product(chunk.dense, self.dense_t)).T
 
 
 class SegmentIndex:
@@ -167,15 +255,15 @@ class SegmentIndex:
 
     def __init__(
         self,
-        grads: FactoredGradients,
+        stored: StoredSegments,
         norms: np.ndarray,
         metadata: List[dict],
         curvature: Curvature,
         normalize: bool,
     ):
-        if len(metadata) != len(grads) or len(norms) != len(grads):
-            raise ValueError(f"{len(grads)} segments, {len(metadata)} metadata, {len(norms)} norms")
-        self.grads = grads
+        if len(metadata) != len(stored) or len(norms) != len(stored):
+            raise ValueError(f"{len(stored)} segments, {len(metadata)} metadata, {len(norms)} norms")
+        self.stored = stored
         self.norms = norms
         self.metadata = metadata
         self.curvature = curvature
@@ -193,26 +281,25 @@ class SegmentIndex:
         dtype: str = "float32",
     ) -> "SegmentIndex":
         """Prepare and store training gradients. Norms for cosine scores are
-        computed from the stored (possibly float16) factors, so a query equal
+        computed from the stored (possibly float16) values, so a query equal
         to a stored segment scores 1 against it."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        stored = curvature.prepare_index(grads).astype(dtype)
-        norms = _norms(curvature.index_sq_norms(stored))
-        return cls(stored, norms, list(metadata), curvature, normalize)
+        prepared = curvature.prepare_index(grads).astype(dtype)
+        norms = _norms(curvature.index_sq_norms(prepared))
+        return cls(StoredSegments.from_gradients(prepared), norms, list(metadata), curvature, normalize)
 
     def __len__(self) -> int:
-        return len(self.grads)
+        return len(self.stored)
 
     @property
     def dtype(self) -> str:
-        return str(self.grads.h.dtype)
+        return str(self.stored.h.dtype)
 
     @property
     def nbytes(self) -> int:
         """Bytes of the stored arrays (what search reads, plus offsets and norms)."""
-        g = self.grads
-        return g.h.nbytes + g.r.nbytes + g.offsets.nbytes + g.dense.nbytes + self.norms.nbytes
+        return self.stored.nbytes + self.norms.nbytes
 
     def scores(
         self, queries: FactoredGradients, device: str = "cpu", batch_size: int = 256, chunk_tokens: Optional[int] = None
@@ -254,11 +341,12 @@ class SegmentIndex:
         if isinstance(prepared, PreconditionedQueries):
             emission, dense = prepared.weights.sum(axis=0), prepared.dense.sum(axis=0)
         else:
-            emission = prepared.r.astype(np.float64).T @ prepared.h.astype(np.float64)
-            dense = prepared.dense.astype(np.float64).sum(axis=0)
-        stored = self.grads
+            factors = prepared.grads
+            emission = factors.r.astype(np.float64).T @ factors.h.astype(np.float64)
+            dense = factors.dense.astype(np.float64).sum(axis=0)
+        stored = self.stored
         per_row = np.einsum("nc,nc->n", stored.h.astype(np.float64) @ emission.T, stored.r.astype(np.float64))
-        return np.add.reduceat(per_row, stored.offsets[:-1]) + stored.dense.astype(np.float64) @ dense
+        return np.add.reduceat(per_row, stored.offsets[:-1]) + stored.dense.dot(dense)
 
     def _search(
         self, queries: FactoredGradients, device: str, batch_size: int, chunk_tokens: Optional[int]
@@ -273,7 +361,7 @@ class SegmentIndex:
             prepared = self.curvature.prepare_queries(queries.select(q0, min(q0 + batch_size, len(queries))))
             batch = _to_batch(prepared, tensors)
             budget = _CHUNK_ELEMENTS["cpu" if tensors.h.device.type == "cpu" else "accelerator"]
-            max_tokens = chunk_tokens or max(1, budget // max(batch.width, self.grads.width))
+            max_tokens = chunk_tokens or max(1, budget // max(batch.width, self.stored.h.shape[1]))
             yield q0, batch, self._chunk_scores(batch, tensors, max_tokens)
 
     def _chunk_scores(
@@ -292,12 +380,12 @@ class SegmentIndex:
         key = str(device)
         if key not in self._tensors:
             dtype = torch.float64 if self.dtype == "float64" else torch.float32
-            self._tensors[key] = _IndexTensors(self.grads, self._inv_norms, device, dtype)
+            self._tensors[key] = _IndexTensors(self.stored, self._inv_norms, device, dtype)
         return self._tensors[key]
 
     def _check_queries(self, queries: FactoredGradients) -> None:
         got = (queries.width, queries.n_tags, queries.n_dense)
-        want = (self.grads.width, self.grads.n_tags, self.grads.n_dense)
+        want = self.stored.shape
         if got != want:
             raise ValueError(f"query (E, C, D) = {got} but the index has {want}")
 
@@ -344,8 +432,16 @@ class SegmentIndex:
         return cls._from_parts(msg["settings"], arrays, msg["metadata"])
 
     def _arrays(self) -> Dict[str, np.ndarray]:
-        g = self.grads
-        arrays = {"h": g.h, "r": g.r, "offsets": g.offsets, "dense": g.dense, "norms": self.norms}
+        g = self.stored
+        arrays = {
+            "h": g.h,
+            "r": g.r,
+            "offsets": g.offsets,
+            "dense_indptr": g.dense.indptr,
+            "dense_columns": g.dense.columns,
+            "dense_values": g.dense.values,
+            "norms": self.norms,
+        }
         _, curvature_arrays = self.curvature.to_state()
         arrays.update({f"curvature.{name}": array for name, array in curvature_arrays.items()})
         return arrays
@@ -355,6 +451,7 @@ class SegmentIndex:
         return {
             "format": _FORMAT_VERSION,
             "normalize": self.normalize,
+            "n_dense": self.stored.dense.n_columns,
             "curvature": config,
             "arrays": list(self._arrays()),
         }
@@ -362,14 +459,20 @@ class SegmentIndex:
     @classmethod
     def _from_parts(cls, settings: dict, arrays: Dict[str, np.ndarray], metadata: List[dict]) -> "SegmentIndex":
         if settings.get("format") != _FORMAT_VERSION:
-            raise ValueError(f"unsupported index format {settings.get('format')!r}")
+            raise ValueError(
+                f"unsupported index format {settings.get('format')!r} (this version reads {_FORMAT_VERSION}): "
+                "rebuild the index with `segment-influence index`"
+            )
         config = settings["curvature"]
         curvature_arrays = {
             name.split(".", 1)[1]: np.asarray(array) for name, array in arrays.items() if name.startswith("curvature.")
         }
         curvature = CURVATURES[config["name"]].from_state(config, curvature_arrays)
-        grads = FactoredGradients(arrays["h"], arrays["r"], np.asarray(arrays["offsets"]), arrays["dense"])
-        return cls(grads, arrays["norms"], metadata, curvature, settings["normalize"])
+        dense = SparseRows(
+            np.asarray(arrays["dense_indptr"]), arrays["dense_columns"], arrays["dense_values"], settings["n_dense"]
+        )
+        stored = StoredSegments(arrays["h"], arrays["r"], np.asarray(arrays["offsets"]), dense)
+        return cls(stored, arrays["norms"], metadata, curvature, settings["normalize"])
 
 
 def _fsync_files(directory: Path) -> None:

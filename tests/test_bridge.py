@@ -2,11 +2,12 @@ import numpy
 import pytest
 import torch
 from spacy.tokens import Doc, Span
+from spacy.training import offsets_to_biluo_tags
 
 from spacy_segment_influence import bridge, crf
 from spacy_segment_influence.bridge import LabelledBatch, Segment
 
-from .conftest import TRAIN_DATA, make_examples, train, trf_nlp
+from .conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train, trf_nlp
 
 # (doc, start, end): entity, multi-token entity touching the end, all-O, edges, whole sentence
 SEGMENTS = [
@@ -143,6 +144,25 @@ def test_hessian_layout_matches_gradient_differences(trained_tok2vec_nlp):
     eps = 1e-5
     difference = (gradient(eps * v) - gradient(-eps * v)) / (2 * eps)
     numpy.testing.assert_allclose(hessian @ v, difference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scheme", ["BILUO", "BIO"])
+def test_tag_ids_match_spacy_biluo(scheme):
+    """Against spaCy's offsets_to_biluo_tags (mapped to BIO), on random entity layouts."""
+    nlp = tok2vec_nlp(scheme)
+    nlp.initialize(lambda: make_examples(nlp))
+    ner = nlp.get_pipe("crf_ner")
+    rng = numpy.random.default_rng(0)
+    for _ in range(30):
+        doc = nlp.make_doc(" ".join(f"w{i}" for i in range(10)))
+        cuts = sorted(rng.choice(11, size=6, replace=False))
+        spans = [Span(doc, a, b, label=str(rng.choice(ner.labels))) for a, b in zip(cuts[::2], cuts[1::2])]
+        expected = offsets_to_biluo_tags(doc, [(s.start_char, s.end_char, s.label_) for s in spans])
+        if scheme == "BIO":
+            expected = [{"L": "I", "U": "B"}.get(t[0], t[0]) + t[1:] for t in expected]
+        assert [ner.tags[i] for i in bridge.tag_ids(ner, doc, spans[::-1])] == expected
+    with pytest.raises(ValueError, match="overlap"):
+        bridge.tag_ids(ner, doc, [Span(doc, 0, 3, label=ner.labels[0]), Span(doc, 2, 4, label=ner.labels[0])])
 
 
 def test_tag_ids_reject_unknown_labels(trained_tok2vec_nlp):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import spacy
+import srsly
 from spacy.tokens import DocBin
 from typer.testing import CliRunner
 
@@ -14,6 +15,7 @@ from spacy_segment_influence.corpus import (
     CorpusFormatError,
     bio_to_spans,
     convert_jsonl,
+    read_docbin,
     read_jsonl_docs,
     write_jsonl_docs,
 )
@@ -52,6 +54,17 @@ def test_roundtrip_sample(tmp_path):
     src = _write_records(tmp_path / "in.jsonl", SAMPLE)
     assert convert_jsonl(src, tmp_path / "out" / "train.spacy") == len(SAMPLE)
     assert _records_from_spacy(tmp_path / "out" / "train.spacy") == SAMPLE
+
+
+def test_read_docbin_matches_docbin_and_restores_srsly(tmp_path):
+    src = _write_records(tmp_path / "in.jsonl", SAMPLE)
+    convert_jsonl(src, tmp_path / "train.spacy")
+    vocab = spacy.blank("en").vocab
+    expected = list(DocBin().from_disk(tmp_path / "train.spacy").get_docs(vocab))
+    got = read_docbin(tmp_path / "train.spacy", vocab)
+    assert [d.to_json() for d in got] == [d.to_json() for d in expected]
+    assert [d.user_data for d in got] == [d.user_data for d in expected] and got[0].user_data["id"] == "s1"
+    assert "get_all" not in vars(srsly.msgpack.msgpack_decoders)
 
 
 @pytest.mark.skipif(not CONLL_TRAIN.exists(), reason="CoNLL-2003 JSONL not available")

@@ -656,6 +656,32 @@ def test_marginals_tag_mask(setting, seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_unary_marginals(setting, seed):
+    gen, C, cons, ref, scores = make_instance(setting, seed)
+    unary = crf.unary_marginals(scores, cons)
+    _, bu, _ = bf_marginals(scores, ref, None)
+    for b in range(len(scores.lengths)):
+        n = int(scores.lengths[b])
+        close(unary[b, :n], bu[b, :n], f"unary_marginals[{setting}] (sentence {b}, length {n})")
+        assert not unary[b, n:].any()
+
+
+@pytest.mark.parametrize("scale", [30.0, 300.0])
+def test_unary_marginals_of_confident_models_match_log_space(scale):
+    """Scores spread over hundreds of nats (a confident model): the probability-space
+    recursion must still agree with the log-space one."""
+    gen, C, cons, ref, scores = make_instance("biluo", 0)
+    sharp = scores._replace(emissions=scores.emissions * scale, transitions=scores.transitions * scale)
+    _, expected, _ = crf.marginals(sharp, cons)
+    close(crf.unary_marginals(sharp, cons), expected, f"unary_marginals at scale {scale}")
+    in_float32 = crf.ChainScores(*(x.float() if x.is_floating_point() else x for x in sharp))
+    got = crf.unary_marginals(in_float32, cons)
+    assert got.dtype == torch.float64 and bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_marginals_respect_constraints(seed):
     """Forbidden transitions / start / end tags get exactly zero probability."""
     gen, C, cons, ref, scores = make_instance("biluo", seed)

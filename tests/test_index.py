@@ -6,7 +6,7 @@ import torch
 from spacy_segment_influence import index as index_module
 from spacy_segment_influence.curvature import ExactCurvature, IdentityCurvature, KFACCurvature
 from spacy_segment_influence.gradients import FactoredGradients
-from spacy_segment_influence.index import SegmentIndex
+from spacy_segment_influence.index import SegmentIndex, SparseRows
 
 E, C = 7, 5
 D = C * C + 2 * C
@@ -22,7 +22,12 @@ def make_grads(rng, n_segments, max_len=4):
     h = np.concatenate([rng.normal(size=(n, E - 1)), np.ones((n, 1))], axis=1)
     marginals = rng.dirichlet(np.ones(C), size=n)
     r = marginals - np.eye(C)[rng.integers(0, C, n)]
-    return FactoredGradients(h, r, offsets, rng.normal(size=(n_segments, D))), marginals
+    # Dense blocks as the bridge makes them: mostly zeros, some columns never
+    # used (forbidden transitions), some segments with no dense entry at all.
+    dense = rng.normal(size=(n_segments, D)) * (rng.random((n_segments, D)) < 0.3)
+    dense[:, [0, 3, D - 1]] = 0.0
+    dense[::7] = 0.0
+    return FactoredGradients(h, r, offsets, dense), marginals
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +101,25 @@ def test_to_dense_is_row_major_tags_by_features(data):
 
 def test_squared_norms_from_factors(data):
     train = data[0]
-    np.testing.assert_allclose(train.squared_norms(pairs_per_chunk=7), (train.to_dense() ** 2).sum(1), rtol=1e-12)
+    dense = train.to_dense()
+    np.testing.assert_allclose(train.squared_norms(), (dense**2).sum(1), rtol=1e-12)
+    emission = (dense[:, : C * E] ** 2).sum(1)
+    np.testing.assert_allclose(train.emission_squared_norms(pairs_per_chunk=7), emission, rtol=1e-12)
+
+
+def test_sparse_rows_round_trip_and_dot(data):
+    dense = data[0].dense
+    rows = SparseRows.from_dense(dense)
+    assert rows.values.size == np.count_nonzero(dense) and len(rows) == len(dense)
+    np.testing.assert_array_equal(rows.to_dense(), dense)
+    vector = np.random.default_rng(1).normal(size=D)
+    np.testing.assert_allclose(rows.dot(vector), dense @ vector, rtol=1e-12, atol=1e-12)
+
+
+def test_index_stores_only_nonzero_dense_entries(data, build):
+    index = build("kfac", dtype="float32")
+    assert index.stored.dense.values.size == np.count_nonzero(data[0].dense)
+    assert index.nbytes < data[0].h.nbytes // 2 + data[0].r.nbytes // 2 + data[0].dense.nbytes // 2
 
 
 def test_concat_of_selections_is_identity(data):
@@ -104,6 +127,12 @@ def test_concat_of_selections_is_identity(data):
     joined = FactoredGradients.concat([train.select(0, 17), train.select(17, 18), train.select(18, len(train))])
     np.testing.assert_array_equal(joined.to_dense(), train.to_dense())
     np.testing.assert_array_equal(joined.offsets, train.offsets)
+
+
+def test_take_reorders_segments(data):
+    train = data[0]
+    order = np.random.default_rng(2).permutation(len(train))
+    np.testing.assert_array_equal(train.take(order).to_dense(), train.to_dense()[order])
 
 
 def test_invalid_offsets_rejected(data):
@@ -186,7 +215,7 @@ def test_disk_round_trip(data, name, mmap, tmp_path, build):
     index = build(name, dtype="float32")
     index.to_disk(tmp_path / "index")
     loaded = SegmentIndex.from_disk(tmp_path / "index", mmap=mmap)
-    assert isinstance(loaded.grads.h, np.memmap) == mmap
+    assert isinstance(loaded.stored.h, np.memmap) == mmap
     assert loaded.metadata == index.metadata and len(loaded) == len(index)
     assert loaded.nbytes == index.nbytes
     np.testing.assert_array_equal(loaded.scores(data[2]), index.scores(data[2]))
