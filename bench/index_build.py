@@ -78,6 +78,7 @@ def breakdown(build):
     """Time one build by package function (inclusive times; nested ones overlap)."""
     totals = defaultdict(float)
     targets = [
+        (component_mod, "read_docbin", "read DocBin"),
         (bridge, "unannotated", "fresh Doc copies"),
         (bridge, "encode", "encode (tok2vec via nlp.pipe)"),
         (bridge, "head_features", "listener features"),
@@ -87,7 +88,7 @@ def breakdown(build):
         (bridge, "token_marginals", "KFAC: token marginals"),
         (curvature_mod.KFACStatistics, "add", "KFAC: accumulate factors"),
         (curvature_mod.KFACStatistics, "curvature", "KFAC: fit factors"),
-        (index_mod.SegmentIndex, "build", "SegmentIndex.build (whiten, norms)"),
+        (index_mod.SegmentIndex, "build", "SegmentIndex.build (whiten, norms, CSR)"),
         (bridge, "fingerprint", "fingerprint"),
     ]
     with instrumented(targets, timer(totals)):

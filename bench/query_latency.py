@@ -51,7 +51,8 @@ CONLL = Path("/work/shared/data/conll2003")
 
 class DenseBaseline:
     """Per-token flattened W gradients kron(r_t, h_t) as float32 rows, plus the full
-    [S, D] dense block, scored like the index (cosine with the index's own norms)."""
+    [S, D] dense block, scored like the index (cosine with the index's own norms;
+    queries come as `dense_queries` vectors, already divided by their norm)."""
 
     def __init__(self, index: SegmentIndex, rows_per_chunk: int = 4096):
         g = index.stored
@@ -75,14 +76,11 @@ class DenseBaseline:
     def nbytes(self) -> int:
         return self.matrix.nbytes + self.dense.nbytes + self.starts.nbytes + self.inv_norms.nbytes
 
-    def _scale(self, query: np.ndarray) -> float:
-        return 1.0 / float(np.linalg.norm(query)) if self.normalize else 1.0
-
     def scores_numpy(self, query: np.ndarray) -> np.ndarray:
         per_token = self.matrix @ query[: self.n_weights]
         scores = np.add.reduceat(per_token, self.starts) + self.dense @ query[self.n_weights :]
         if self.normalize:
-            scores *= self.inv_norms * self._scale(query)
+            scores *= self.inv_norms
         return scores
 
     def top_k_numpy(self, query: np.ndarray, k: int):
@@ -97,8 +95,17 @@ class DenseBaseline:
         scores = torch.zeros(len(self.starts)).index_add_(0, self.t_segment, per_token)
         scores += self.t_dense @ q[self.n_weights :]
         if self.normalize:
-            scores *= self.t_inv_norms * self._scale(query)
+            scores *= self.t_inv_norms
         return scores.topk(k).indices, (-scores).topk(k).indices
+
+
+def dense_queries_of(index: SegmentIndex, prepared) -> np.ndarray:
+    """[Q, P] float32 query vectors for DenseBaseline: H^-1 applied as the index
+    splits it, divided by sqrt(g^T H^-1 g) when the index is cosine-normalised."""
+    vectors = prepared.to_dense()
+    if index.normalize:
+        vectors = vectors / np.sqrt(np.maximum(prepared.sq_norms, 1e-300))[:, None]
+    return vectors.astype(np.float32)
 
 
 def ms(x: float) -> str:
@@ -160,7 +167,7 @@ def main():
     position = {i: p for p, i in enumerate(doc_ids)}
     grads = query_gradients(component, [dev_docs[i] for i in doc_ids], [(position[i], s) for i, s in queries])
     prepared = index.curvature.prepare_queries(grads)
-    dense_queries = prepared.to_dense().astype(np.float32)
+    dense_queries = dense_queries_of(index, prepared)
     print(f"{len(all_ents)} predicted entities in {len(dev_docs)} validation docs; timing {len(queries)} of them "
           f"(mean {np.mean(grads.lengths):.2f} query rows); k={args.k}")
 

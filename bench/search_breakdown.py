@@ -28,7 +28,7 @@ from influence_common import (  # noqa: E402
 )
 
 import spacy_segment_influence.component as component_mod  # noqa: E402
-from query_latency import DenseBaseline  # noqa: E402
+from query_latency import DenseBaseline, dense_queries_of  # noqa: E402
 from spacy_segment_influence import bridge  # noqa: E402
 from spacy_segment_influence.index import SegmentIndex, _sparse_product  # noqa: E402
 
@@ -94,7 +94,7 @@ def main():
 
     searched = [g.h, g.r, g.dense.values, g.dense.columns, g.dense.indptr]
     baseline = DenseBaseline(index)
-    dense_q = index.curvature.prepare_queries(grads).to_dense().astype(np.float32)
+    dense_q = dense_queries_of(index, index.curvature.prepare_queries(grads))
     rows = [
         ("top_k (whole search)", lambda q: index.top_k(grads.select(q, q + 1), k=5)),
         ("  dense block (CSR) @ q_D alone", lambda q: _sparse_product(dense_rows, qd[q])),

@@ -148,6 +148,7 @@ class _IndexTensors:
         self.n_dense = stored.dense.n_columns
         self.inv_norms = _as_tensor(inv_norms, device).to(dtype)
         self.dtype = dtype
+        self.casts = self.h.dtype != dtype
         self.token_segment = _as_tensor(np.repeat(np.arange(len(stored)), np.diff(stored.offsets)), device)
         self.offsets = stored.offsets
 
@@ -226,7 +227,10 @@ class _FactoredBatch:
         products = (chunk.h @ self.h.T).mul_(chunk.r @ self.r.T)
         n_segments = chunk.s1 - chunk.s0
         per_segment = products.new_zeros(n_segments, self.width).index_add_(0, chunk.token_segment, products)
-        per_query = products.new_zeros(n_segments, self.n_queries).index_add_(1, self.row_query, per_segment)
+        if self.width == self.n_queries:  # one row per query
+            per_query = per_segment
+        else:
+            per_query = products.new_zeros(n_segments, self.n_queries).index_add_(1, self.row_query, per_segment)
         return per_query.add_(_sparse_product(chunk.dense, self.dense_t)).T
 
 
@@ -361,7 +365,10 @@ class SegmentIndex:
             prepared = self.curvature.prepare_queries(queries.select(q0, min(q0 + batch_size, len(queries))))
             batch = _to_batch(prepared, tensors)
             budget = _CHUNK_ELEMENTS["cpu" if tensors.h.device.type == "cpu" else "accelerator"]
-            max_tokens = chunk_tokens or max(1, budget // max(batch.width, self.stored.h.shape[1]))
+            # Per row, a chunk holds its [rows, width] products and, when the stored
+            # dtype is cast, a copy of its h row.
+            per_row = batch.width + (self.stored.h.shape[1] if tensors.casts else 0)
+            max_tokens = chunk_tokens or max(1, budget // per_row)
             yield q0, batch, self._chunk_scores(batch, tensors, max_tokens)
 
     def _chunk_scores(
