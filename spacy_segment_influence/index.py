@@ -310,9 +310,10 @@ class SegmentIndex:
     ) -> np.ndarray:
         """All scores [Q, S]; for tests and small data."""
         out = np.zeros((len(queries), len(self)), dtype=np.float64)
-        for q0, _, chunks in self._search(queries, device, batch_size, chunk_tokens):
+        for q0, batch, chunks in self._search(queries, device, batch_size, chunk_tokens):
             for chunk, scores in chunks:
-                out[q0 : q0 + len(scores), chunk.s0 : chunk.s1] = scores.cpu().numpy()
+                scaled = scores.mul_(batch.inv_norms[:, None]) if self.normalize else scores
+                out[q0 : q0 + len(scores), chunk.s0 : chunk.s1] = scaled.cpu().numpy()
         return out
 
     def top_k(
@@ -331,9 +332,10 @@ class SegmentIndex:
         for _, batch, chunks in self._search(queries, device, batch_size, chunk_tokens):
             top = bottom = None
             for chunk, scores in chunks:
-                top = _merge_top(top, scores, chunk.s0, k)
-                bottom = _merge_top(bottom, -scores, chunk.s0, k)
-            results.extend(_results(top, bottom, batch.n_queries))
+                top = _merge_top(top, scores, chunk.s0, k, largest=True)
+                bottom = _merge_top(bottom, scores, chunk.s0, k, largest=False)
+            scale = batch.inv_norms[:, None] if self.normalize else None
+            results.extend(_results(top, bottom, batch.n_queries, scale))
         return results
 
     def total_influence(self, queries: FactoredGradients) -> np.ndarray:
@@ -356,7 +358,8 @@ class SegmentIndex:
         self, queries: FactoredGradients, device: str, batch_size: int, chunk_tokens: Optional[int]
     ) -> Iterator[Tuple[int, "_Batch", Iterator[Tuple[_Chunk, torch.Tensor]]]]:
         """Per query batch: its first query, the batch, and a stream of
-        (chunk, scores [Q_batch, S_chunk])."""
+        (chunk, scores [Q_batch, S_chunk]). Cosine scores still lack the query's
+        1 / norm, a positive factor per query that cannot change its ranking."""
         self._check_queries(queries)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -377,7 +380,7 @@ class SegmentIndex:
         for chunk in tensors.chunks(max_tokens):
             scores = batch.chunk_scores(chunk)
             if self.normalize:
-                scores.mul_(batch.inv_norms[:, None]).mul_(tensors.inv_norms[chunk.s0 : chunk.s1])
+                scores.mul_(tensors.inv_norms[chunk.s0 : chunk.s1])
             yield chunk, scores
 
     def _device_tensors(self, device: torch.device) -> _IndexTensors:
@@ -518,30 +521,35 @@ def _to_batch(prepared: Queries, tensors: _IndexTensors) -> _Batch:
 
 
 def _merge_top(
-    best: Optional[Tuple[torch.Tensor, torch.Tensor]], scores: torch.Tensor, s0: int, k: int
+    best: Optional[Tuple[torch.Tensor, torch.Tensor]], scores: torch.Tensor, s0: int, k: int, largest: bool
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Running per-query top-k (values, segment ids) after one more chunk."""
-    ids = torch.arange(s0, s0 + scores.shape[1], device=scores.device).expand_as(scores)
+    """Running per-query top-k (values, segment ids) after one more chunk, the
+    largest or the smallest scores."""
+    top = scores.topk(min(k, scores.shape[1]), dim=1, largest=largest)
+    values, ids = top.values, top.indices + s0
     if best is not None:
-        scores = torch.cat([best[0], scores], dim=1)
-        ids = torch.cat([best[1], ids], dim=1)
-    top = scores.topk(min(k, scores.shape[1]), dim=1)
-    return top.values, ids.gather(1, top.indices)
+        values, ids = torch.cat([best[0], values], dim=1), torch.cat([best[1], ids], dim=1)
+        top = values.topk(min(k, values.shape[1]), dim=1, largest=largest)
+        values, ids = top.values, ids.gather(1, top.indices)
+    return values, ids
 
 
 def _results(
     top: Optional[Tuple[torch.Tensor, torch.Tensor]],
     bottom: Optional[Tuple[torch.Tensor, torch.Tensor]],
     n_queries: int,
+    scale: Optional[torch.Tensor],
 ) -> List[QueryResult]:
     if top is None or bottom is None:  # an empty index
         return [QueryResult([], []) for _ in range(n_queries)]
+    if scale is not None:
+        top, bottom = (top[0] * scale, top[1]), (bottom[0] * scale, bottom[1])
     top_values, top_ids = (t.cpu().tolist() for t in top)
     bottom_values, bottom_ids = (t.cpu().tolist() for t in bottom)
     return [
         QueryResult(
             supporters=[(i, v) for i, v in zip(top_ids[q], top_values[q]) if v > 0],
-            opposers=[(i, -v) for i, v in zip(bottom_ids[q], bottom_values[q]) if v > 0],
+            opposers=[(i, v) for i, v in zip(bottom_ids[q], bottom_values[q]) if v < 0],
         )
         for q in range(n_queries)
     ]
