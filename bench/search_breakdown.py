@@ -30,7 +30,7 @@ from influence_common import (  # noqa: E402
 import spacy_segment_influence.component as component_mod  # noqa: E402
 from query_latency import DenseBaseline, dense_queries_of  # noqa: E402
 from spacy_segment_influence import bridge  # noqa: E402
-from spacy_segment_influence.index import SegmentIndex, _sparse_product  # noqa: E402
+from spacy_segment_influence.index import SegmentIndex  # noqa: E402
 
 CONLL = Path("/work/shared/data/conll2003")
 
@@ -97,7 +97,7 @@ def main():
     dense_q = dense_queries_of(index, index.curvature.prepare_queries(grads))
     rows = [
         ("top_k (whole search)", lambda q: index.top_k(grads.select(q, q + 1), k=5)),
-        ("  dense block (CSR) @ q_D alone", lambda q: _sparse_product(dense_rows, qd[q])),
+        ("  dense block (CSR) @ q_D alone", lambda q: dense_rows @ qd[q]),
         ("  factored W part alone (h, r, segment sum)", factored_part),
         ("  query prep (whiten + norms)", lambda q: index.curvature.prepare_queries(grads.select(q, q + 1))),
         ("floor: float sum over the searched arrays", lambda q: [np.add.reduce(a, axis=None) for a in searched]),
