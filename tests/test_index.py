@@ -1,5 +1,6 @@
 """SegmentIndex against brute force on explicit P x P curvature matrices."""
 import numpy as np
+import srsly
 import pytest
 import torch
 
@@ -219,6 +220,14 @@ def test_disk_round_trip(data, name, mmap, tmp_path, build):
     assert loaded.metadata == index.metadata and len(loaded) == len(index)
     assert loaded.nbytes == index.nbytes
     np.testing.assert_array_equal(loaded.scores(data[2]), index.scores(data[2]))
+
+
+def test_index_of_an_older_format_asks_for_a_rebuild(data, tmp_path, build):
+    build("identity").to_disk(tmp_path / "index")
+    settings = srsly.read_json(tmp_path / "index" / "settings.json")
+    srsly.write_json(tmp_path / "index" / "settings.json", {**settings, "format": 1})
+    with pytest.raises(ValueError, match="rebuild the index"):
+        SegmentIndex.from_disk(tmp_path / "index")
 
 
 @pytest.mark.parametrize("name", CURVATURES)
