@@ -229,9 +229,6 @@ def timing(args, nlp, docs, train_path, component, fns, names):
               f"{clock.cpu_median('index build') / clock.cpu_median(base):.2f}  (target <= 1.25)")
 
     total, parts = breakdown(fns["index build"])
-    start = time.perf_counter()
-    list(component_mod.DocBin().from_disk(train_path).get_docs(nlp.vocab))
-    parts["read DocBin (timed apart)"] = time.perf_counter() - start
     print(f"\nbreakdown of one more build: {total:.2f} s ({load()}); inclusive times, nested entries overlap")
     for label, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
         print(f"  {label:38}{seconds:8.2f} s {100 * seconds / total:6.1f} %")
