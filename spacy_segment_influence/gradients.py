@@ -105,6 +105,9 @@ class FactoredGradients:
     def emission_squared_norms(self, pairs_per_chunk: int = 8192) -> np.ndarray:
         """Per-segment |G_W|^2 in float64, from the factors (no C * E vectors):
         sum over token pairs (t, u) in S of (h_t . h_u)(r_t . r_u)."""
+        if self.h.shape[0] == len(self):  # one row per segment, e.g. a single-token query
+            h, r = self.h.astype(np.float64), self.r.astype(np.float64)
+            return np.einsum("ne,ne->n", h, h) * np.einsum("nc,nc->n", r, r)
         left, right, pair_segment = _segment_pairs(self.offsets)
         out = np.zeros(len(self))
         for p0 in range(0, left.size, pairs_per_chunk):

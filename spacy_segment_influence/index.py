@@ -109,9 +109,12 @@ class StoredSegments:
 def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """Zero-copy on CPU. Memory-mapped and from_bytes arrays are read-only and
     torch warns about that; the index never writes to them."""
+    array = np.asarray(array)
+    if array.flags.writeable:  # the common case, without the cost of catch_warnings
+        return torch.from_numpy(array).to(device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.asarray(array)).to(device)
+        return torch.from_numpy(array).to(device)
 
 
 def _norms(sq_norms: np.ndarray) -> np.ndarray:

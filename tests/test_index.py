@@ -106,6 +106,8 @@ def test_squared_norms_from_factors(data):
     np.testing.assert_allclose(train.squared_norms(), (dense**2).sum(1), rtol=1e-12)
     emission = (dense[:, : C * E] ** 2).sum(1)
     np.testing.assert_allclose(train.emission_squared_norms(pairs_per_chunk=7), emission, rtol=1e-12)
+    single = FactoredGradients(train.h[:9], train.r[:9], np.arange(10), train.dense[:9])  # one row each
+    np.testing.assert_allclose(single.emission_squared_norms(), (single.to_dense()[:, : C * E] ** 2).sum(1), rtol=1e-12)
 
 
 def test_sparse_rows_round_trip_and_dot(data):
