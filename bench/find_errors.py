@@ -14,8 +14,17 @@ Experiments (tok2vec + crf_ner, configs/crf_ner_tok2vec.cfg, trained here when m
   trained on that copy is scored against train_corrected. Dev = validation_corrected.
 
 Rows: the six methods, plus the held-out harm that `influence` combines with the loss,
-on its own. Prints one table per experiment (AP, P@100, recall at 1/5/10 % of the candidates,
-document recall@100/200/400 and AUC) and writes all metrics to WORKDIR/metrics.json.
+on its own, each twice: in-sample (`ErrorFinder`: the model trained on the whole corpus
+finds and scores the candidates) and cross-fitted (`CrossFitFinder`: the corpus split
+into 2 folds of whole documents, `split_folds`, seed 0; a model trained on the other
+fold, same config with --fold-steps, finds and scores each fold's candidates; its
+`influence` is the Fisher combination of the full model's harm and the out-of-fold
+loss). Two diagnostic cross-fitted rows: the fold models' own harm, and its Fisher
+combination with the out-of-fold loss.
+Prints one table per experiment (AP, P@100, recall at 1/5/10 % of the candidates,
+document recall@100/200/400 and AUC) and writes all metrics to WORKDIR/metrics.json; then each
+`influence` row against the best baseline row by a paired document bootstrap
+(WORKDIR/comparisons.json).
 """
 import argparse
 import json
@@ -32,7 +41,20 @@ import srsly
 from spacy.tokens import DocBin
 
 from spacy_segment_influence.corpus import bio_to_spans
-from spacy_segment_influence.errors import METHODS, ErrorFinder, document_of, evaluate_ranking, read_tags
+from spacy_segment_influence.errors import (
+    METHODS,
+    CrossFitFinder,
+    ErrorFinder,
+    _neg_log_tail,
+    average_precision,
+    changed_tokens,
+    document_of,
+    evaluate_ranking,
+    held_out_indices,
+    read_tags,
+    recall_auc,
+    write_folds,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONLL = ROOT.parent / "shared" / "data" / "conll2003"
@@ -51,9 +73,8 @@ def convert(jsonl: Path, out: Path) -> Path:
     return out
 
 
-def trained_model(workdir: Path, train: Path, dev: Path, max_steps: int, eval_frequency: int) -> Path:
+def trained_model(output: Path, train: Path, dev: Path, max_steps: int, eval_frequency: int) -> Path:
     """model-best of configs/crf_ner_tok2vec.cfg trained on `train`, trained when missing."""
-    output = workdir / "crf_ner_tok2vec"
     if not (output / "model-best").exists():
         run([
             sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / "crf_ner_tok2vec.cfg"),
@@ -89,25 +110,76 @@ def _text(record: dict, start: int, end: int) -> str:
     return " ".join(record["tokens"][start:end])
 
 
-def evaluate_methods(model: Path, train: Path, dev: Path, original: Path, corrected: Path) -> Dict[str, dict]:
-    nlp = spacy.load(model)
-    train_docs = list(DocBin().from_disk(train).get_docs(nlp.vocab))
-    dev_docs = list(DocBin().from_disk(dev).get_docs(nlp.vocab))
-    start = time.perf_counter()
-    finder = ErrorFinder(nlp, train_docs, dev_docs)
-    print(f"{len(finder.candidates)} candidates from {len(train_docs)} sentences in {time.perf_counter() - start:.0f} s", flush=True)
+def evaluate_methods(
+    finder, train_docs, original: Path, corrected: Path, suffix: str = ""
+) -> Tuple[Dict[str, dict], Dict[str, list]]:
+    """Metrics per method, and the ranked (sentence id, start, end) regions behind them."""
     ids = [train_docs[c.doc_index].user_data["id"] for c in finder.candidates]
     original_tags, corrected_tags = read_tags(original), read_tags(corrected)
-    results = {}
+    results, rankeds = {}, {}
     rankings = {method: lambda m=method: finder.scores(m) for method in METHODS}
     rankings["(held-out harm alone)"] = finder.harm
+    if isinstance(finder, CrossFitFinder):
+        rankings["(fold models' held-out harm)"] = finder.fold_harm
+        rankings["(Fisher: fold models' harm + loss)"] = lambda: finder.fold_harm() + _neg_log_tail(finder.losses())
     for method, scores_of in rankings.items():
         start = time.perf_counter()
         scores = scores_of()
         order = numpy.argsort(-scores, kind="stable")
         ranked = [(ids[i], finder.candidates[i].start, finder.candidates[i].end) for i in order]
-        results[method] = {**evaluate_ranking(ranked, original_tags, corrected_tags), "seconds": time.perf_counter() - start}
-    return results
+        metrics = evaluate_ranking(ranked, original_tags, corrected_tags)
+        results[method + suffix] = {**metrics, "seconds": time.perf_counter() - start}
+        rankeds[method + suffix] = ranked
+    return results, rankeds
+
+
+def paired_bootstrap(
+    ranked_a: list, ranked_b: list, original: Path, corrected: Path, n_boot: int = 1000, seed: int = 0
+) -> Dict[str, list]:
+    """Differences a - b in AP and doc AUC, with a 95 % interval from a paired cluster
+    bootstrap over documents: each resample draws the corpus's documents with replacement
+    and scores both rankings, restricted to (and repeated as) the drawn documents."""
+    original_tags = read_tags(original)
+    changed = changed_tokens(original_tags, read_tags(corrected))
+    documents = list(dict.fromkeys(document_of(sid) for sid in original_tags))
+    index = {d: i for i, d in enumerate(documents)}
+    is_error_doc = numpy.zeros(len(documents), dtype=bool)
+    is_error_doc[[index[document_of(sid)] for sid in changed]] = True
+
+    def parts(ranked):
+        docs = numpy.array([index[document_of(sid)] for sid, _, _ in ranked])
+        hits = numpy.array([any(t in changed.get(sid, ()) for t in range(s, e)) for sid, s, e in ranked])
+        first = list(dict.fromkeys(docs.tolist()))
+        doc_order = numpy.array(first + sorted(set(range(len(documents))) - set(first)))
+        return docs, hits, doc_order
+
+    def metrics(docs, hits, doc_order, weight):
+        candidates = numpy.repeat(numpy.arange(len(docs)), weight[docs])
+        return average_precision(hits[candidates]), recall_auc(numpy.repeat(is_error_doc[doc_order], weight[doc_order]))
+
+    a, b = parts(ranked_a), parts(ranked_b)
+    ones = numpy.ones(len(documents), dtype=int)
+    observed = numpy.subtract(metrics(*a, ones), metrics(*b, ones))
+    rng = numpy.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        weight = numpy.bincount(rng.integers(0, len(documents), len(documents)), minlength=len(documents))
+        draws.append(numpy.subtract(metrics(*a, weight), metrics(*b, weight)))
+    low, high = numpy.percentile(draws, [2.5, 97.5], axis=0)
+    return {name: [float(observed[i]), float(low[i]), float(high[i])] for i, name in enumerate(["ap", "doc_auc"])}
+
+
+def comparisons(results: Dict[str, dict], rankeds: Dict[str, list], original: Path, corrected: Path) -> Dict[str, dict]:
+    """Each `influence` row against the best baseline row (loss, margin, confidence,
+    self-influence; in-sample or cross-fitted) by AP and by doc AUC."""
+    baselines = [m for m in results if m.split(" (")[0] in ("self-influence", "loss", "margin", "confidence")]
+    out = {}
+    for method in (m for m in results if m.split(" (")[0] == "influence"):
+        for metric in ("ap", "doc_auc"):
+            best = max(baselines, key=lambda m: results[m][metric])
+            diff = paired_bootstrap(rankeds[method], rankeds[best], original, corrected)[metric]
+            out[f"{method} vs {best}: {metric}"] = {"difference": diff[0], "ci95": diff[1:]}
+    return out
 
 
 def table(results: Dict[str, dict]) -> str:
@@ -119,14 +191,22 @@ def table(results: Dict[str, dict]) -> str:
         lines.append(f"| {method} | " + " | ".join(f"{metrics[c]:.3f}" for c in COLUMNS) + " |")
     first = next(iter(results.values()))
     lines.append(
-        f"\n{first['n_candidates']} candidates, {first['n_error_candidates']} of them errors; "
-        f"{first['n_error_docs']} of {first['n_docs']} documents have errors "
-        f"({first['n_error_docs_with_candidates']} of them have an error candidate)."
+        f"\n{first['n_error_docs']} of {first['n_docs']} documents have errors. Candidates: "
+        + "; ".join(
+            f"{kind} {m['n_candidates']}, {m['n_error_candidates']} of them errors, in "
+            f"{m['n_error_docs_with_candidates']} of the error documents"
+            for kind, m in (
+                ("in-sample", first),
+                ("cross-fitted", next((m for k, m in results.items() if k.endswith("(cross-fitted)")), None)),
+            )
+            if m is not None
+        )
+        + "."
     )
     return "\n".join(lines)
 
 
-def experiment(name: str, workdir: Path, args) -> Dict[str, dict]:
+def experiment(name: str, workdir: Path, args) -> Tuple[Dict[str, dict], Dict[str, dict]]:
     workdir.mkdir(parents=True, exist_ok=True)
     if name == "demo":
         original, corrected, dev_jsonl = DEMO / "train.jsonl", DEMO / "train_corrected.jsonl", DEMO / "dev.jsonl"
@@ -142,8 +222,30 @@ def experiment(name: str, workdir: Path, args) -> Dict[str, dict]:
         steps, frequency = args.conll_steps, 500
     train = convert(original, workdir / f"{original.stem}.spacy")
     dev = convert(dev_jsonl, workdir / f"{dev_jsonl.stem}.spacy")
-    model = trained_model(workdir, train, dev, steps, frequency)
-    return evaluate_methods(model, train, dev, original, corrected)
+    model = trained_model(workdir / "crf_ner_tok2vec", train, dev, steps, frequency)
+    nlp = spacy.load(model)
+    train_docs = list(DocBin().from_disk(train).get_docs(nlp.vocab))
+    dev_docs = list(DocBin().from_disk(dev).get_docs(nlp.vocab))
+    start = time.perf_counter()
+    finder = ErrorFinder(nlp, train_docs, dev_docs)
+    print(f"{len(finder.candidates)} candidates from {len(train_docs)} sentences in {time.perf_counter() - start:.0f} s", flush=True)
+    results, rankeds = evaluate_methods(finder, train_docs, original, corrected)
+    # cross-fitting: fold k is scored by the model trained on train_k.spacy (all other folds)
+    folds_dir = workdir / "folds"
+    fold_paths = sorted(folds_dir.glob("train_*.spacy")) or write_folds(train_docs, folds_dir, n_folds=2, seed=0)
+    fold_steps = args.demo_steps if name == "demo" else args.fold_steps
+    fold_models = [
+        spacy.load(trained_model(folds_dir / path.stem.replace("train", "model"), path, dev, fold_steps, frequency))
+        for path in fold_paths
+    ]
+    seen = [list(DocBin().from_disk(path).get_docs(nlp.vocab)) for path in fold_paths]
+    start = time.perf_counter()
+    folds = list(zip(fold_models, held_out_indices(train_docs, seen)))
+    crossfit = CrossFitFinder(folds, train_docs, dev_docs, model=nlp)
+    print(f"{len(crossfit.candidates)} cross-fitted candidates in {time.perf_counter() - start:.0f} s", flush=True)
+    crossfit_results, crossfit_rankeds = evaluate_methods(crossfit, train_docs, original, corrected, " (cross-fitted)")
+    results, rankeds = {**results, **crossfit_results}, {**rankeds, **crossfit_rankeds}
+    return results, comparisons(results, rankeds, original, corrected)
 
 
 def main() -> None:
@@ -152,12 +254,16 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "output" / "find_errors")
     parser.add_argument("--demo-steps", type=int, default=600)
     parser.add_argument("--conll-steps", type=int, default=3000)
+    parser.add_argument("--fold-steps", type=int, default=1500, help="max_steps of the CoNLL fold models (half the data)")
     args = parser.parse_args()
-    all_results = {}
+    all_results, all_comparisons = {}, {}
     for name in args.experiment or ["demo", "conll", "systematic"]:
-        all_results[name] = experiment(name, args.workdir / name, args)
+        all_results[name], all_comparisons[name] = experiment(name, args.workdir / name, args)
         print(f"\n### {name}\n\n{table(all_results[name])}\n", flush=True)
+        for what, c in all_comparisons[name].items():
+            print(f"{what}: {c['difference']:+.3f} (95 % CI {c['ci95'][0]:+.3f} .. {c['ci95'][1]:+.3f})", flush=True)
     srsly.write_json(args.workdir / "metrics.json", all_results)
+    srsly.write_json(args.workdir / "comparisons.json", all_comparisons)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The `segment-influence` command line (also `python -m spacy_segment_influence`)."""
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -182,26 +182,67 @@ def find_errors(
     damping: float = typer.Option(0.001, help="K-FAC damping"),
     seed: int = typer.Option(0, help="Seed of the random baseline"),
     ner: str = typer.Option("crf_ner", help="Name of the crf_ner component"),
+    fold_model: List[Path] = typer.Option(
+        [], exists=True, file_okay=False, help="Cross-fitting: a model trained on --fold-train (repeat per fold)"
+    ),
+    fold_train: List[Path] = typer.Option(
+        [], exists=True, dir_okay=False, help="Cross-fitting: the corpus the matching --fold-model was trained on"
+    ),
 ) -> None:
     """Rank the training annotations (gold entities and the model's disagreements with
-    them) by how likely they are wrong, most suspicious first."""
+    them) by how likely they are wrong, most suspicious first. With --fold-model and
+    --fold-train (cross-fitting, from `split-folds`), every training doc is annotated and
+    scored by the fold model that did not train on it; `influence` then combines that
+    out-of-fold loss with MODEL_DIR's held-out harm (see errors.CrossFitFinder)."""
     import spacy
     import srsly
     from spacy.tokens import DocBin
 
-    from .errors import ErrorFinder, rank
+    from .errors import CrossFitFinder, ErrorFinder, held_out_indices, rank
 
     with _user_errors():
+        if len(fold_model) != len(fold_train):
+            raise ValueError(f"{len(fold_model)} --fold-model but {len(fold_train)} --fold-train: give one per fold")
         nlp = spacy.load(model_dir)
         train_docs = list(DocBin().from_disk(train_path).get_docs(nlp.vocab))
         dev_docs = list(DocBin().from_disk(dev).get_docs(nlp.vocab)) if dev is not None else None
         if method == "influence" and dev_docs is None:
             raise ValueError("--method influence needs held-out data: pass --dev DEV.spacy")
-        finder = ErrorFinder(nlp, train_docs, dev_docs, ner=ner, curvature=curvature, damping=damping, seed=seed)
+        options = dict(ner=ner, curvature=curvature, damping=damping, seed=seed)
+        if fold_model:
+            models = [spacy.load(path) for path in fold_model]
+            seen = [list(DocBin().from_disk(path).get_docs(nlp.vocab)) for path in fold_train]
+            folds = list(zip(models, held_out_indices(train_docs, seen)))
+            finder = CrossFitFinder(folds, train_docs, dev_docs, model=nlp, **options)
+        else:
+            finder = ErrorFinder(nlp, train_docs, dev_docs, **options)
         records = rank(finder, method, k=k)
     out.parent.mkdir(parents=True, exist_ok=True)
     srsly.write_jsonl(out, records)
-    typer.echo(f"Ranked {len(records)} candidates by {method}; wrote {out}")
+    how = f", cross-fitted over {len(fold_model)} fold models" if fold_model else ""
+    typer.echo(f"Ranked {len(records)} candidates by {method}{how}; wrote {out}")
+
+
+@app.command("split-folds")
+def split_folds_command(
+    train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy)"),
+    out_dir: Path = typer.Argument(..., file_okay=False, help="Writes train_0.spacy ... train_<n-1>.spacy here"),
+    folds: int = typer.Option(2, help="Number of folds"),
+    seed: int = typer.Option(0, help="Seed of the document shuffle"),
+) -> None:
+    """Split a training corpus into folds of whole documents for cross-fitted
+    `find-errors`: train_<k>.spacy holds every doc except fold k's, so the model trained
+    on it can score fold k."""
+    import spacy
+    from spacy.tokens import DocBin
+
+    from .errors import write_folds
+
+    with _user_errors():
+        docs = list(DocBin().from_disk(train_path).get_docs(spacy.blank("en").vocab))
+        paths = write_folds(docs, out_dir, folds, seed)
+    for path in paths:
+        typer.echo(f"Wrote {path}")
 
 
 @app.command("evaluate-errors")

@@ -20,17 +20,23 @@ scored by one method, higher = more suspicious:
   min-pooled over tokens as in Wang & Mueller 2022, "Detecting Label Errors in Token
   Classification Data").
 - `random`: a seeded shuffle, the floor every method must clear.
+
+`ErrorFinder` scores with the model trained on the whole corpus (in-sample), which has
+memorised most of its training labels, wrong ones included. `CrossFitFinder` scores each
+document with a fold model that did not train on it (cross-fitting, from `split_folds`);
+its `influence` combines the full model's held-out harm with the out-of-fold loss.
 """
 import math
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import numpy
 import srsly
 from spacy.language import Language
-from spacy.tokens import Doc
+from spacy.tokens import Doc, DocBin
 
 from . import bridge
 from .bridge import LabelledBatch, Segment
@@ -108,7 +114,15 @@ class _Annotated(NamedTuple):
     candidates: List[Candidate]
 
 
-def _annotate(nlp: Language, ner_name: str, docs: Sequence[Doc], batch_size: int = 256) -> _Annotated:
+def _annotate(
+    nlp: Language,
+    ner_name: str,
+    docs: Sequence[Doc],
+    batch_size: int = 256,
+    regions: Optional[Sequence[Candidate]] = None,
+) -> _Annotated:
+    """`regions`: score these candidates (found by another model) instead of the ones
+    this model's predictions give."""
     ner = nlp.get_pipe(ner_name)
     names = [*bridge.upstream_components(nlp, ner_name), ner_name]
     with nlp.select_pipes(enable=names):
@@ -116,12 +130,10 @@ def _annotate(nlp: Language, ner_name: str, docs: Sequence[Doc], batch_size: int
     predicted = [[(ent.start, ent.end, ent.label_) for ent in doc.ents] for doc in processed]
     gold = [[(ent.start, ent.end, ent.label_) for ent in doc.ents if ent.label_ in ner.labels] for doc in docs]
     batch = LabelledBatch(bridge.head_features(ner, processed), [bridge.gold_tags(ner, doc) for doc in docs])
-    candidates = [
-        c
-        for i, (g, p) in enumerate(zip(gold, predicted))
-        for c in find_candidates(i, g, p)
-        if min(batch.tags[i][c.start : c.end]) >= 0  # tokens without annotation can't be mislabelled
-    ]
+    if regions is None:
+        regions = [c for i, (g, p) in enumerate(zip(gold, predicted)) for c in find_candidates(i, g, p)]
+    # tokens without annotation can't be mislabelled
+    candidates = [c for c in regions if min(batch.tags[c.doc_index][c.start : c.end]) >= 0]
     return _Annotated(list(docs), batch, candidates)
 
 
@@ -143,14 +155,17 @@ class ErrorFinder:
         curvature: str = "kfac",
         damping: float = 0.001,
         seed: int = 0,
+        candidates: Optional[Sequence[Candidate]] = None,
     ) -> None:
+        """`candidates`: score these regions of `train_docs` (e.g. the ones another model
+        found) instead of finding them from this model's predictions."""
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {', '.join(CURVATURES)}, got {curvature!r}")
         self.nlp = nlp
         self.ner_name = ner
         self.ner = nlp.get_pipe(ner)
         self.seed = seed
-        self.train = _annotate(nlp, ner, train_docs)
+        self.train = _annotate(nlp, ner, train_docs, regions=candidates)
         if not self.train.candidates:
             raise ValueError("No candidates: the training docs have no gold or predicted entities")
         self.dev = _annotate(nlp, ner, dev_docs) if dev_docs else None
@@ -161,6 +176,11 @@ class ErrorFinder:
     @property
     def candidates(self) -> List[Candidate]:
         return self.train.candidates
+
+    @property
+    def docs(self) -> List[Doc]:
+        """The training docs the candidates' `doc_index` points into."""
+        return self.train.docs
 
     def _curvature(self, name: str, damping: float) -> Curvature:
         """The indexed pipeline's curvature when there is one (scores then match
@@ -268,8 +288,164 @@ def _held_out_record(dev: _Annotated, index: int, score: float, window: int = 8)
     }
 
 
+# -- cross-fitting ------------------------------------------------------------------------
+def split_folds(docs: Sequence[Doc], n_folds: int = 2, seed: int = 0) -> List[List[int]]:
+    """Indices of `docs` in `n_folds` folds of whole documents (sentences sharing the
+    `user_data["id"]` prefix, see `document_of`; a sentence without an id is its own
+    document), by a seeded shuffle of the documents. Sentences of one document share
+    names and topics, so splitting them would leak their labels across folds."""
+    if n_folds < 2:
+        raise ValueError(f"Cross-fitting needs at least 2 folds, got {n_folds}")
+    keys = [document_of(doc.user_data["id"]) if "id" in doc.user_data else f"#{i}" for i, doc in enumerate(docs)]
+    documents = list(dict.fromkeys(keys))
+    if len(documents) < n_folds:
+        raise ValueError(f"{len(documents)} documents can't fill {n_folds} folds")
+    random.Random(seed).shuffle(documents)
+    bounds = [k * len(documents) // n_folds for k in range(n_folds + 1)]
+    fold_of = {d: k for k in range(n_folds) for d in documents[bounds[k] : bounds[k + 1]]}
+    return [[i for i, key in enumerate(keys) if fold_of[key] == k] for k in range(n_folds)]
+
+
+def write_folds(docs: Sequence[Doc], out_dir: Path, n_folds: int = 2, seed: int = 0) -> List[Path]:
+    """Write out_dir/train_<k>.spacy, every doc of `docs` except fold k's (`split_folds`),
+    for training the model that will score fold k. Returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, held_out in enumerate(split_folds(docs, n_folds, seed)):
+        skip = set(held_out)
+        paths.append(out_dir / f"train_{k}.spacy")
+        DocBin(docs=[doc for i, doc in enumerate(docs) if i not in skip], store_user_data=True).to_disk(paths[-1])
+    return paths
+
+
+def held_out_indices(train_docs: Sequence[Doc], fold_train_docs: Sequence[Sequence[Doc]]) -> List[List[int]]:
+    """Per fold model (given the corpus it was trained on), the indices of the training
+    docs it did not see, matched by `user_data["id"]` (else by text). Every training doc
+    must be unseen by exactly one fold model."""
+    def key(doc: Doc) -> str:
+        return doc.user_data.get("id") or doc.text
+
+    seen = [{key(doc) for doc in docs} for docs in fold_train_docs]
+    held_out: List[List[int]] = [[] for _ in seen]
+    for i, doc in enumerate(train_docs):
+        unseen_by = [k for k, keys in enumerate(seen) if key(doc) not in keys]
+        if len(unseen_by) != 1:
+            raise ValueError(
+                f"Training doc {key(doc)[:60]!r} is missing from the training data of {len(unseen_by)} fold models, "
+                "not exactly 1: train each fold model on all folds but one (see `split-folds`)"
+            )
+        held_out[unseen_by[0]].append(i)
+    return held_out
+
+
+class CrossFitFinder:
+    """Cross-fitted (out-of-fold) scores, as cleanlab computes its predicted
+    probabilities (Northcutt, Jiang & Chuang 2021): each training doc is annotated and
+    scored by a fold model that was not trained on it. A model that trained on a label
+    has mostly memorised it, so its loss, margin, confidence and gradient there are near
+    zero whether the label is right or wrong; a model that never saw the doc still tells
+    them apart.
+
+    The candidates are the fold models' (gold entities and their disagreements with
+    gold); `loss`, `margin`, `confidence` and `self-influence` are the fold models'.
+    `influence` combines, by Fisher's method as `ErrorFinder.influence` does, the
+    out-of-fold loss with the held-out harm of `model`, the model trained on all the
+    data: the harm asks how much a label the model *learned* raises the held-out loss,
+    which only a model that trained on it can answer (measured in bench/find_errors.py:
+    the fold models' own harm, `fold_harm`, ranks worse than the full model's on all
+    three corpora).
+
+    `folds`: (fold model, indices of the `train_docs` it did not see) per fold, e.g. from
+    `split_folds` or `held_out_indices`; every doc must be held out by exactly one fold.
+    Same interface as `ErrorFinder`."""
+
+    def __init__(
+        self,
+        folds: Sequence[Tuple[Language, Sequence[int]]],
+        train_docs: Sequence[Doc],
+        dev_docs: Optional[Sequence[Doc]] = None,
+        *,
+        model: Optional[Language] = None,
+        seed: int = 0,
+        **options,
+    ) -> None:
+        covered = sorted(i for _, indices in folds for i in indices)
+        if covered != list(range(len(train_docs))):
+            raise ValueError("The folds' held-out docs must cover every training doc exactly once")
+        self.docs = list(train_docs)
+        self.dev_docs = dev_docs
+        self.model = model
+        self.seed = seed
+        self.options = options
+        self.finders: List[ErrorFinder] = []
+        candidates: List[Candidate] = []
+        for nlp, indices in folds:
+            if not indices:
+                continue
+            finder = ErrorFinder(nlp, [train_docs[i] for i in indices], dev_docs, seed=seed, **options)
+            self.finders.append(finder)
+            candidates += [replace(c, doc_index=indices[c.doc_index]) for c in finder.candidates]
+        # candidates in corpus order, whichever fold found them
+        self._order = sorted(range(len(candidates)), key=lambda i: (candidates[i].doc_index, candidates[i].start))
+        self.candidates = [candidates[i] for i in self._order]
+        self.dev = self.finders[0].dev
+
+    def _gather(self, per_fold: Iterable[Sequence]) -> list:
+        pooled = [x for part in per_fold for x in part]
+        return [pooled[i] for i in self._order]
+
+    @cached_property
+    def full(self) -> ErrorFinder:
+        """The candidates scored by `model`, the model trained on all the data."""
+        if self.model is None:
+            raise ValueError("Cross-fitted influence needs the model trained on all the data (model=...)")
+        finder = ErrorFinder(
+            self.model, self.docs, self.dev_docs, seed=self.seed, candidates=self.candidates, **self.options
+        )
+        if len(finder.candidates) != len(self.candidates):
+            raise ValueError("The full model's annotation scheme leaves some cross-fitted candidates unannotated")
+        return finder
+
+    def scores(self, method: str) -> numpy.ndarray:
+        """One score per candidate, higher = more likely wrong."""
+        if method not in METHODS:
+            raise ValueError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}")
+        if method == "influence":
+            return self.influence()
+        if method == "random":
+            return numpy.random.default_rng(self.seed).random(len(self.candidates))
+        return numpy.asarray(self._gather(f.scores(method) for f in self.finders))
+
+    def losses(self) -> numpy.ndarray:
+        """Out-of-fold segment losses."""
+        return numpy.asarray(self._gather(f.losses() for f in self.finders))
+
+    def harm(self) -> numpy.ndarray:
+        """The held-out harm of the full model's labels (`ErrorFinder.harm`)."""
+        return self.full.harm()
+
+    def fold_harm(self) -> numpy.ndarray:
+        """The held-out harm of adding each candidate's labels to its fold model's
+        training data (-g_dev^T H^-1 g_c at the fold model), ranked within its fold
+        (-log tail) so that the fold models' scales don't mix. A diagnostic."""
+        return numpy.asarray(self._gather(_neg_log_tail(f.harm()) for f in self.finders))
+
+    def influence(self) -> numpy.ndarray:
+        """-log p_harm - log p_loss (Fisher's method): the full model's held-out harm and
+        the out-of-fold loss."""
+        return _neg_log_tail(self.harm()) + _neg_log_tail(self.losses())
+
+    def influenced(self, k: int = 3) -> List[List[dict]]:
+        """Per candidate, the held-out regions its labels support and oppose most, by the
+        full model when there is one (as its harm is), else by its fold model."""
+        if self.model is not None:
+            return self.full.influenced(k)
+        return self._gather(f.influenced(k) for f in self.finders)
+
+
 # -- review records ----------------------------------------------------------------------
-def rank(finder: ErrorFinder, method: str, k: int = 3) -> List[dict]:
+def rank(finder: Union[ErrorFinder, "CrossFitFinder"], method: str, k: int = 3) -> List[dict]:
     """Prodigy-style review records of all candidates, most suspicious first. With dev
     docs, each names the k held-out regions it supports and the k it opposes most."""
     scores = finder.scores(method)
@@ -277,7 +453,7 @@ def rank(finder: ErrorFinder, method: str, k: int = 3) -> List[dict]:
     order = numpy.argsort(-scores, kind="stable")
     return [
         review_record(
-            finder.train.docs[finder.candidates[i].doc_index],
+            finder.docs[finder.candidates[i].doc_index],
             finder.candidates[i],
             {"score": float(scores[i]), "method": method, "rank": position + 1},
             influenced[i] if influenced is not None else [],

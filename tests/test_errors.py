@@ -12,13 +12,17 @@ from spacy_segment_influence.cli import app
 from spacy_segment_influence.errors import (
     METHODS,
     Candidate,
+    CrossFitFinder,
     ErrorFinder,
+    _neg_log_tail,
     average_precision,
     evaluate_ranking,
     find_candidates,
+    held_out_indices,
     rank,
     recall_auc,
     review_record,
+    split_folds,
 )
 
 from .conftest import make_examples, tok2vec_nlp, train
@@ -251,3 +255,121 @@ def test_unannotated_tokens_are_no_candidates(nlp):
     assert all(not (c.doc_index == NOISY_DOC and c.start <= 3 < c.end) for c in finder.candidates)
     assert any(c.doc_index == NOISY_DOC for c in finder.candidates)  # Anna Berg still is one
     assert numpy.isfinite(finder.scores("margin")).all()
+
+
+# -- cross-fitting ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def other_nlp():
+    """A second, differently trained model, so that a fold mix-up changes the scores."""
+    nlp = tok2vec_nlp()
+    return train(nlp, make_examples(nlp), steps=15, seed=1)
+
+
+def test_split_folds_keeps_documents_together(nlp):
+    docs = [nlp.make_doc("A b .") for _ in range(9)]
+    for i, doc in enumerate(docs):
+        doc.user_data["id"] = f"conll_train_{i // 3}_{i % 3}"  # 3 documents of 3 sentences
+    docs.append(nlp.make_doc("no id"))  # a document of its own
+    folds = split_folds(docs, n_folds=2, seed=3)
+    assert sorted(i for fold in folds for i in fold) == list(range(len(docs)))
+    for fold in folds:
+        for i in fold:
+            if i < 9:
+                assert {3 * (i // 3), 3 * (i // 3) + 1, 3 * (i // 3) + 2} <= set(fold)
+    assert split_folds(docs, n_folds=2, seed=3) == folds
+    assert sorted(map(len, split_folds(docs, n_folds=4, seed=0))) == [1, 3, 3, 3]
+    with pytest.raises(ValueError, match="at least 2"):
+        split_folds(docs, n_folds=1)
+    with pytest.raises(ValueError, match="can't fill"):
+        split_folds(docs, n_folds=5)
+
+
+def test_held_out_indices_need_exactly_one_unseen_model(nlp):
+    docs = gold_docs(nlp)
+    assert held_out_indices(docs, [docs[2:], docs[:2]]) == [[0, 1], [2, 3, 4]]
+    with pytest.raises(ValueError, match="of 0 fold models, not exactly 1"):
+        held_out_indices(docs, [docs, docs[:2]])  # docs 0 and 1 seen by both
+    with pytest.raises(ValueError, match="of 2 fold models, not exactly 1"):
+        held_out_indices(docs, [docs[3:], docs[3:]])  # docs 0-2 seen by neither
+
+
+def test_cross_fitted_scores_come_from_the_model_that_did_not_see_the_doc(nlp, other_nlp):
+    docs, dev = noisy_docs(nlp), gold_docs(nlp)
+    folds = split_folds(docs, n_folds=2, seed=0)
+    models = [nlp, other_nlp]
+
+    def per_candidate(models):
+        crossfit = CrossFitFinder(list(zip(models, folds)), docs, dev, model=nlp)
+        keys = [(c.doc_index, c.start, c.end) for c in crossfit.candidates]
+        assert keys == sorted(keys)  # corpus order, doc_index into `docs`
+        got = numpy.stack([crossfit.losses(), crossfit.scores("margin"), crossfit.fold_harm()], axis=1)
+        return crossfit, dict(zip(keys, got))
+
+    crossfit, got = per_candidate(models)
+    expected = {}
+    for model, fold in zip(models, folds):
+        alone = ErrorFinder(model, [docs[i] for i in fold], dev)
+        tail = _neg_log_tail(alone.harm())
+        for c, *scores in zip(alone.candidates, alone.losses(), alone.scores("margin"), tail):
+            expected[(fold[c.doc_index], c.start, c.end)] = scores
+    assert sorted(expected) == sorted(got)
+    for key, scores in expected.items():
+        numpy.testing.assert_allclose(got[key], scores, rtol=1e-6, err_msg=str(key))
+    _, swapped = per_candidate(models[::-1])  # each fold scored by the other model
+    shared = set(got) & set(swapped)
+    assert shared and not all(numpy.allclose(got[key][0], swapped[key][0]) for key in shared)
+    # influence: the full model's harm on the same regions, Fisher-combined with the out-of-fold loss
+    full = ErrorFinder(nlp, docs, dev, candidates=crossfit.candidates)
+    assert [(c.doc_index, c.start, c.end) for c in full.candidates] == list(got)
+    numpy.testing.assert_allclose(crossfit.harm(), full.harm(), rtol=1e-6)
+    expected_influence = _neg_log_tail(full.harm()) + _neg_log_tail(crossfit.losses())
+    numpy.testing.assert_allclose(crossfit.scores("influence"), expected_influence)
+    records = rank(crossfit, "loss", k=1)
+    assert [r["meta"]["score"] for r in records] == sorted(crossfit.losses().tolist(), reverse=True)
+    assert all(r["text"] == docs[r["meta"]["doc_index"]].text for r in records)
+    assert any(r["meta"]["influenced"] for r in records)
+    with pytest.raises(ValueError, match="exactly once"):
+        CrossFitFinder([(nlp, folds[0])], docs, dev)
+    with pytest.raises(ValueError, match="trained on all the data"):
+        CrossFitFinder(list(zip(models, folds)), docs, dev).scores("influence")
+
+
+def test_candidates_given_to_the_finder_are_scored_as_given(nlp):
+    docs = noisy_docs(nlp)
+    own = ErrorFinder(nlp, docs)
+    nothing = Candidate(4, 0, 2, "missing", (), ((0, 2, "ORG"),))  # "Nothing to", not an entity anywhere
+    regions = [own.candidates[-1], nothing, own.candidates[0]]
+    given = ErrorFinder(nlp, docs, candidates=regions)
+    assert given.candidates == regions
+    losses = given.losses()
+    assert losses[[0, 2]] == pytest.approx(own.losses()[[-1, 0]], rel=1e-6)
+    assert numpy.isfinite(given.scores("self-influence")).all() and losses[1] >= 0
+
+
+def test_cli_cross_fitted_round_trip(nlp, other_nlp, tmp_path):
+    docs, dev = noisy_docs(nlp), gold_docs(nlp)
+    train_path, dev_path = write_corpus(docs, tmp_path / "train.spacy"), write_corpus(dev, tmp_path / "dev.spacy")
+    runner = CliRunner()
+    result = runner.invoke(app, ["split-folds", str(train_path), str(tmp_path / "folds")])
+    assert result.exit_code == 0, result.output
+    fold_train = [tmp_path / "folds" / f"train_{k}.spacy" for k in (0, 1)]
+    seen = [list(DocBin().from_disk(path).get_docs(nlp.vocab)) for path in fold_train]
+    held_out = held_out_indices(docs, seen)
+    assert held_out == split_folds(docs, n_folds=2, seed=0)  # train_k holds every fold but k
+    for k, model in enumerate([nlp, other_nlp]):
+        model.to_disk(tmp_path / f"model_{k}")
+    ranking = tmp_path / "ranking.jsonl"
+    args = ["find-errors", str(tmp_path / "model_0"), str(train_path), "--dev", str(dev_path), "--out", str(ranking)]
+    args += ["--method", "loss", "--k", "0"]
+    fold_0 = ["--fold-model", str(tmp_path / "model_0"), "--fold-train", str(fold_train[0])]
+    fold_1 = ["--fold-model", str(tmp_path / "model_1"), "--fold-train", str(fold_train[1])]
+    result = runner.invoke(app, args + fold_0 + fold_1)
+    assert result.exit_code == 0, result.output
+    assert "cross-fitted over 2 fold models" in result.output
+    scores = [r["meta"]["score"] for r in srsly.read_jsonl(ranking)]
+    crossfit = CrossFitFinder(list(zip([nlp, other_nlp], held_out)), docs, dev)
+    assert scores == pytest.approx(sorted(crossfit.losses(), reverse=True), rel=1e-6)
+    result = runner.invoke(app, args + fold_0 + fold_1[:2])
+    assert result.exit_code == 1 and "2 --fold-model but 1 --fold-train" in result.output
+    result = runner.invoke(app, args + fold_0)  # fold 1's docs are seen by every model
+    assert result.exit_code == 1 and "not exactly 1" in result.output
