@@ -183,7 +183,7 @@ class SegmentInfluence(Pipe):
         metadata: List[dict] = []
         progress = tqdm(total=len(docs), desc="Indexing training segments", unit="doc", disable=not show_progress)
         for first, batch_docs in _batches(docs, max(self.cfg["batch_size"], _CHAIN_GROUP)):
-            batch = bridge.labelled_batch(self.nlp, self.cfg["ner"], batch_docs, self.cfg["batch_size"])
+            batch = self._encode(batch_docs, progress)
             segments, meta = self._training_segments(batch_docs, first)
             grads.append(bridge.segment_gradients(ner, batch, segments))
             metadata.extend(meta)
@@ -192,13 +192,24 @@ class SegmentInfluence(Pipe):
             if keep_sentences:
                 features.extend(batch.features)
                 tags.extend(batch.tags)
-            progress.update(len(batch_docs))
         progress.close()
         if not metadata:
             raise ValueError(f"segment_influence: no training segments found ({self.cfg['granularity']})")
         all_grads = FactoredGradients.concat(grads)
         curvature = self._fit_curvature(ner, LabelledBatch(features, tags), statistics, all_grads)
         return SegmentIndex.build(all_grads, metadata, curvature, self.cfg["normalize"], self.cfg["dtype"])
+
+    def _encode(self, docs: Sequence[Doc], progress: tqdm) -> LabelledBatch:
+        """Features and gold tags of `docs`, encoded batch by batch so that the progress
+        bar moves with the encoder, the slow part."""
+        features: List[numpy.ndarray] = []
+        tags: List[List[int]] = []
+        for _, batch_docs in _batches(docs, self.cfg["batch_size"]):
+            batch = bridge.labelled_batch(self.nlp, self.cfg["ner"], batch_docs, self.cfg["batch_size"])
+            features.extend(batch.features)
+            tags.extend(batch.tags)
+            progress.update(len(batch_docs))
+        return LabelledBatch(features, tags)
 
     def _training_segments(self, docs: Sequence[Doc], first: int):
         segments, metadata = [], []
