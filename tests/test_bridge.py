@@ -1,5 +1,6 @@
 import numpy
 import pytest
+import spacy
 import torch
 from spacy.tokens import Doc, Span
 from spacy.training import offsets_to_biluo_tags
@@ -98,6 +99,16 @@ def test_segment_loss_decomposes_sentence_loss(trained_tok2vec_nlp):
     rest = crf.nll(scores, tags.masked_fill(crf.segment_mask(tags, start, end), -1), ner.constraints)
     segment = crf.segment_nll(scores, tags, start, end, ner.constraints)
     torch.testing.assert_close(whole, segment + rest)
+
+
+def test_hessian_of_a_freshly_loaded_pipeline(trained_tok2vec_nlp, tmp_path):
+    """The tag constraints are built lazily: if that first happened inside the
+    Hessian's functorch transforms, the cached tensors escaped their level."""
+    trained_tok2vec_nlp.to_disk(tmp_path / "model")
+    fresh = spacy.load(tmp_path / "model")
+    batch = labelled_batch(fresh)
+    expected = bridge.head_hessian(trained_tok2vec_nlp.get_pipe("crf_ner"), batch, batch_size=4)
+    numpy.testing.assert_allclose(bridge.head_hessian(fresh.get_pipe("crf_ner"), batch, batch_size=4), expected)
 
 
 def test_hessian_layout_matches_gradient_differences(trained_tok2vec_nlp):
