@@ -101,21 +101,48 @@ def test_segment_loss_decomposes_sentence_loss(trained_tok2vec_nlp):
     torch.testing.assert_close(whole, segment + rest)
 
 
+@pytest.mark.parametrize("scheme", ["BILUO", "BIO"])
+def test_closed_form_hessian_matches_autograd(scheme):
+    """Closed-form Hessian (covariance of the sufficient statistics) == reverse-over-reverse
+    autograd, away from the optimum, with unknown labels inside, at the edges of and next to
+    entities, and with sentences of different lengths (padding) split over several chunks."""
+    nlp = tok2vec_nlp(scheme)
+    nlp = train(nlp, make_examples(nlp), steps=10)
+    ner = nlp.get_pipe("crf_ner")
+    batch = bridge.labelled_batch(nlp, "crf_ner", [eg.reference for eg in make_examples(nlp)])
+    tags = [list(t) for t in batch.tags]
+    tags[0][2] = -1  # inside "Peter Smith lives ...": after an entity
+    tags[1][0] = tags[1][1] = -1  # sentence start, over an entity
+    tags[3][-1] = -1  # sentence end
+    batch = bridge.LabelledBatch(batch.features, tags)
+    generator = torch.Generator().manual_seed(0)
+    theta = bridge.flat_head(ner)
+    theta = theta + 0.3 * torch.randn(len(theta), generator=generator, dtype=torch.float64)
+    reference = bridge.head_hessian_autograd(ner, batch, flat=theta)
+    for max_pairs in (60, 16384):  # many small chunks / one chunk
+        closed_form = bridge.head_hessian(ner, batch, theta, max_pairs=max_pairs)
+        numpy.testing.assert_allclose(closed_form, reference, rtol=0, atol=1e-10 * numpy.abs(reference).max())
+    # and it is not trivially so: the clamped (partial-label) term matters
+    full = bridge.LabelledBatch(batch.features, [list(t) for t in bridge.labelled_batch(
+        nlp, "crf_ner", [eg.reference for eg in make_examples(nlp)]).tags])
+    assert numpy.abs(bridge.head_hessian(ner, full, theta) - reference).max() > 1e-3
+
+
 def test_hessian_of_a_freshly_loaded_pipeline(trained_tok2vec_nlp, tmp_path):
     """The tag constraints are built lazily: if that first happened inside the
-    Hessian's functorch transforms, the cached tensors escaped their level."""
+    autograd Hessian's functorch transforms, the cached tensors escaped their level."""
     trained_tok2vec_nlp.to_disk(tmp_path / "model")
     fresh = spacy.load(tmp_path / "model")
     batch = labelled_batch(fresh)
-    expected = bridge.head_hessian(trained_tok2vec_nlp.get_pipe("crf_ner"), batch, batch_size=4)
-    numpy.testing.assert_allclose(bridge.head_hessian(fresh.get_pipe("crf_ner"), batch, batch_size=4), expected)
+    expected = bridge.head_hessian_autograd(trained_tok2vec_nlp.get_pipe("crf_ner"), batch, batch_size=4)
+    numpy.testing.assert_allclose(bridge.head_hessian_autograd(fresh.get_pipe("crf_ner"), batch, batch_size=4), expected)
 
 
 def test_hessian_layout_matches_gradient_differences(trained_tok2vec_nlp):
     """H v equals the central difference of the (flattened-layout) gradient along v."""
     ner = trained_tok2vec_nlp.get_pipe("crf_ner")
     batch = labelled_batch(trained_tok2vec_nlp)
-    hessian = bridge.head_hessian(ner, batch, batch_size=4)
+    hessian = bridge.head_hessian(ner, batch)
     assert numpy.allclose(hessian, hessian.T, atol=1e-10)
     rng = numpy.random.default_rng(0)
     v = rng.normal(size=hessian.shape[0])

@@ -65,7 +65,7 @@ def explicit_curvature(component, ner, batch, dense):
     if component.cfg["curvature"] == "identity":
         return numpy.eye(n_params)
     if component.cfg["curvature"] == "exact":
-        return bridge.head_hessian(ner, batch) + damping * numpy.eye(n_params)
+        return bridge.head_hessian_autograd(ner, batch) + damping * numpy.eye(n_params)
     # K-FAC: (B + sqrt(d) I) (x) (A + sqrt(d) I) on [W|b] (row-major [C, E+1]), dense block apart
     h, q = bridge.token_marginals(ner, batch.features)
     a = h.T.astype("float64") @ h / len(h)
