@@ -88,7 +88,7 @@ def explain(
     """Show, for every predicted entity, the training spans that support and oppose it."""
     import spacy
     import srsly
-    from spacy.tokens import DocBin
+    from .corpus import read_docbin
 
     from . import bridge
     from .reporting import format_influences
@@ -102,7 +102,7 @@ def explain(
         raise typer.Exit(1)
     nlp.get_pipe("segment_influence").cfg["k"] = k
     if docs is not None:
-        corpus = DocBin().from_disk(docs).get_docs(nlp.vocab)
+        corpus = read_docbin(docs, nlp.vocab)
         inputs = [bridge.unannotated(doc) for doc, _ in zip(corpus, range(limit or 10**12))]
     else:
         inputs = [text]
@@ -133,20 +133,20 @@ def validate(
     change of test-segment losses with predicted influence (exact, kfac, identity, token)."""
     import spacy
     import srsly
-    from spacy.tokens import DocBin
+    from .corpus import read_docbin
 
     from .validate import save_plot, validate as run_validation
 
     nlp = spacy.load(model_dir)
-    train_docs = list(DocBin().from_disk(train_path).get_docs(nlp.vocab))
-    dev_docs = list(DocBin().from_disk(dev_path).get_docs(nlp.vocab))
+    train_docs = read_docbin(train_path, nlp.vocab)
+    dev_docs = read_docbin(dev_path, nlp.vocab)
     with _user_errors():
         result = run_validation(
             nlp, train_docs, dev_docs, ner_name=ner, n_train=n_train, n_dev=n_dev,
             pairs=pairs, n_segments=n_segments, l2=l2, seed=seed,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    srsly.write_json(out, {"methods": result["methods"], "settings": result["settings"]})
+    srsly.write_json(out, {key: result[key] for key in ("methods", "settings", "diagnostics")})
     for method, groups in result["methods"].items():
         cells = "  ".join(
             f"{group}: pearson {m['pearson']:.3f} spearman {m['spearman']:.3f} sign {m['sign_agreement']:.2f} (n={m['n']})"
@@ -196,7 +196,7 @@ def find_errors(
     out-of-fold loss with MODEL_DIR's held-out harm (see errors.CrossFitFinder)."""
     import spacy
     import srsly
-    from spacy.tokens import DocBin
+    from .corpus import read_docbin
 
     from .errors import CrossFitFinder, ErrorFinder, held_out_indices, rank
 
@@ -204,14 +204,14 @@ def find_errors(
         if len(fold_model) != len(fold_train):
             raise ValueError(f"{len(fold_model)} --fold-model but {len(fold_train)} --fold-train: give one per fold")
         nlp = spacy.load(model_dir)
-        train_docs = list(DocBin().from_disk(train_path).get_docs(nlp.vocab))
-        dev_docs = list(DocBin().from_disk(dev).get_docs(nlp.vocab)) if dev is not None else None
+        train_docs = read_docbin(train_path, nlp.vocab)
+        dev_docs = read_docbin(dev, nlp.vocab) if dev is not None else None
         if method == "influence" and dev_docs is None:
             raise ValueError("--method influence needs held-out data: pass --dev DEV.spacy")
         options = dict(ner=ner, curvature=curvature, damping=damping, seed=seed)
         if fold_model:
             models = [spacy.load(path) for path in fold_model]
-            seen = [list(DocBin().from_disk(path).get_docs(nlp.vocab)) for path in fold_train]
+            seen = [read_docbin(path, nlp.vocab) for path in fold_train]
             folds = list(zip(models, held_out_indices(train_docs, seen)))
             finder = CrossFitFinder(folds, train_docs, dev_docs, model=nlp, **options)
         else:
@@ -234,12 +234,12 @@ def split_folds_command(
     `find-errors`: train_<k>.spacy holds every doc except fold k's, so the model trained
     on it can score fold k."""
     import spacy
-    from spacy.tokens import DocBin
+    from .corpus import read_docbin
 
     from .errors import write_folds
 
     with _user_errors():
-        docs = list(DocBin().from_disk(train_path).get_docs(spacy.blank("en").vocab))
+        docs = read_docbin(train_path, spacy.blank("en").vocab)
         paths = write_folds(docs, out_dir, folds, seed)
     for path in paths:
         typer.echo(f"Wrote {path}")
