@@ -563,7 +563,6 @@ def head_hessian_autograd(
     _, chunks = mean_nll(ner, batch, dtype, batch_size)
     n_sentences = sum(len(feats) for feats, _ in chunks)
     hessian = torch.zeros(len(theta), len(theta), dtype=dtype)
-    _ = ner.constraints  # cached here: built inside the transforms, they would escape their level
     with crf.one_thread():
         for feats, gold in chunks:
 

@@ -74,7 +74,7 @@ class CRFEntityRecognizer(TrainablePipe):
         self.name = name
         self.scorer = scorer
         self.cfg: Dict = {"labels": [], "scheme": scheme}
-        self._constraints: Optional[crf.TagConstraints] = None
+        self._update_constraints()
         self._warned_misaligned = False
 
     # -- labels and tags -------------------------------------------------------------
@@ -94,9 +94,13 @@ class CRFEntityRecognizer(TrainablePipe):
 
     @property
     def constraints(self) -> crf.TagConstraints:
-        if self._constraints is None:
-            self._constraints = crf.tag_constraints(self.tags, self.scheme)
         return self._constraints
+
+    def _update_constraints(self) -> None:
+        """Rebuilt whenever the labels change, never lazily on first use: tensors first
+        built inside a torch.func transform (the Hessian's) escape its level when
+        cached, and the next transform crashes inside torch."""
+        self._constraints = crf.tag_constraints(self.tags, self.scheme)
 
     def add_label(self, label: str) -> int:
         if not isinstance(label, str) or not label or "-" in label:
@@ -109,7 +113,7 @@ class CRFEntityRecognizer(TrainablePipe):
                 "pass all labels before nlp.initialize()"
             )
         self.cfg["labels"] = sorted([*self.labels, label])
-        self._constraints = None
+        self._update_constraints()
         return 1
 
     @property
@@ -261,12 +265,14 @@ class CRFEntityRecognizer(TrainablePipe):
 
     # -- serialization -------------------------------------------------------------------
     def from_bytes(self, bytes_data: bytes, *, exclude=tuple()):
-        self._constraints = None
-        return super().from_bytes(bytes_data, exclude=exclude)
+        super().from_bytes(bytes_data, exclude=exclude)
+        self._update_constraints()
+        return self
 
     def from_disk(self, path, *, exclude=tuple()):
-        self._constraints = None
-        return super().from_disk(path, exclude=exclude)
+        super().from_disk(path, exclude=exclude)
+        self._update_constraints()
+        return self
 
 
 def _bio_to_biluo(tags: Sequence[str]) -> List[str]:

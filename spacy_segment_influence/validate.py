@@ -56,7 +56,6 @@ def validate(
         raise ValueError(f"hessian must be 'covariance' or 'autograd', not {hessian!r}")
     bridge.upstream_components(nlp, ner_name)  # a clear error for a wrong component name
     ner = nlp.get_pipe(ner_name)
-    _ = ner.constraints  # built outside any torch.func transform (built inside one, it leaks a wrapped tensor)
     timings = {}
     clock = time.perf_counter()
     train = bridge.labelled_batch(nlp, ner_name, list(train_docs)[:n_train])
