@@ -166,7 +166,8 @@ def marginals(
     beta = _backward(masked)
     in_chain = _in_chain(masked)
     zero = torch.zeros((), dtype=alpha.dtype, device=alpha.device)
-    unary = _unary(alpha, beta, log_z, in_chain)
+    # `where`, not a product: padded logits may overflow to inf, and inf * 0 is NaN
+    unary = torch.where(in_chain, torch.exp(alpha + beta - log_z[:, None, None]), zero)
     pair_logits = (
         alpha[:, :-1, :, None]
         + masked.transitions
@@ -220,12 +221,6 @@ def _in_chain(scores: ChainScores) -> torch.Tensor:
     """Bool [B, L, 1]: position t lies inside sentence b."""
     positions = torch.arange(scores.emissions.shape[1], device=scores.lengths.device)
     return (positions.unsqueeze(0) < scores.lengths.unsqueeze(1)).unsqueeze(-1)
-
-
-def _unary(alpha: torch.Tensor, beta: torch.Tensor, log_z: torch.Tensor, in_chain: torch.Tensor) -> torch.Tensor:
-    # `where`, not a product: padded logits may overflow to inf, and inf * 0 is NaN
-    zero = torch.zeros((), dtype=alpha.dtype, device=alpha.device)
-    return torch.where(in_chain, torch.exp(alpha + beta - log_z[:, None, None]), zero)
 
 
 def viterbi(scores: ChainScores, constraints: Optional[TagConstraints] = None) -> List[List[int]]:
