@@ -454,7 +454,7 @@ def head_hessian(
             members = sorted(members, key=lambda i: len(batch.features[i]))
             first = 0
             while first < len(members):
-                longest, last = len(batch.features[members[first]]), first
+                last = first
                 while last < len(members):  # grow the chunk while it fits the memory budget
                     longest = len(batch.features[members[last]])
                     size = last - first + 1
@@ -494,10 +494,7 @@ def _covariance_blocks(ner, batch: LabelledBatch, chunk: List[int], theta: torch
     n_tags = scores.emissions.shape[-1]
     mask = None
     if clamp:
-        tags = torch.nn.utils.rnn.pad_sequence(
-            [torch.tensor(batch.tags[i], dtype=torch.long) for i in chunk], batch_first=True, padding_value=-1
-        )
-        mask = crf.gold_mask(tags, n_tags)
+        mask = crf.gold_mask(_padded_tags([batch.tags[i] for i in chunk]), n_tags)
     _, q, xi = crf.marginals(scores, ner.constraints, mask)  # [B, L, C], [B, L-1, C, C]
     n_docs, length, _ = q.shape
     lengths = scores.lengths
