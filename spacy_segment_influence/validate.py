@@ -81,9 +81,11 @@ def validate(
             raise ValueError("validate: the training sample has no gold entities")
         g_test = bridge.segment_gradients(ner, test_batch, test_segments)
         g_train = bridge.segment_gradients(ner, train, train_segments)
-        predicted = _predictions(ner, train, g_test, g_train, train_segments, inverse.numpy(), kfac_damping)
+        h, marginals = bridge.token_marginals(ner, train.features)
+        kfac = KFACCurvature.fit(h, marginals, g_train.dense, kfac_damping)
+        predicted = _predictions(ner, train, g_test, g_train, train_segments, inverse.numpy(), kfac)
         if extra_methods:
-            predicted.update(_extra_predictions(ner, train, g_test, g_train, full_hessian, l2))
+            predicted.update(_extra_predictions(ner, g_test, g_train, full_hessian, l2, kfac))
     timings["predictions_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
     n_sentences = sum(1 for x in train.features if len(x))
@@ -246,7 +248,7 @@ def _entities(ner, tag_ids: Sequence[int]) -> List[Tuple[int, int]]:
     return spans
 
 
-def _predictions(ner, train, g_test, g_train, train_segments, inverse, kfac_damping) -> Dict[str, numpy.ndarray]:
+def _predictions(ner, train, g_test, g_train, train_segments, inverse, kfac: KFACCurvature) -> Dict[str, numpy.ndarray]:
     """Unscaled g_test^T H^-1 g_S [T, S] per method (`inverse` = the exact H^-1)."""
     preconditioned_test = g_test.to_dense() @ inverse
     exact = preconditioned_test @ g_train.to_dense().T
@@ -255,8 +257,6 @@ def _predictions(ner, train, g_test, g_train, train_segments, inverse, kfac_damp
     per_token = bridge.segment_gradients(ner, train, singles).to_dense()
     first_token = numpy.cumsum([0] + [s.end - s.start for s in train_segments[:-1]])
     token = preconditioned_test @ numpy.add.reduceat(per_token, first_token, axis=0).T
-    h, marginals = bridge.token_marginals(ner, train.features)
-    kfac = KFACCurvature.fit(h, marginals, g_train.dense, kfac_damping)
     meta = [{}] * len(g_train)
     scores = {
         name: SegmentIndex.build(g_train, meta, curvature, normalize=False, dtype="float64").scores(g_test)
@@ -276,15 +276,17 @@ def segment_hessian(ner, batch: LabelledBatch, segment: Segment, theta: torch.Te
     )
 
 
-def _extra_predictions(ner, train, g_test, g_train, hessian: numpy.ndarray, l2: float) -> Dict[str, numpy.ndarray]:
+def _extra_predictions(
+    ner, g_test, g_train, hessian: numpy.ndarray, l2: float, kfac: KFACCurvature
+) -> Dict[str, numpy.ndarray]:
     """Prototype curvatures between K-FAC and exact, unscaled g_test^T H~^-1 g_S [T, S].
 
     `hessian` is the exact damped Hessian (L2 included). Emission block = the [W|b]
     parameters, dense block = transitions, start, end (C^2 + 2C).
     - `block`: the exact Hessian without its emission x dense cross terms (what any
       per-block approximation can reach at best).
-    - `kfac_exact_damping`: K-FAC's Kronecker factors A = mean x x^T, B = mean(diag q - q q^T)
-      on the emission block with eigenvalues lambda_A lambda_B + l2 (the objective's own
+    - `kfac_exact_damping`: K-FAC's Kronecker factors (`kfac.a` = mean x x^T, `kfac.b` =
+      mean(diag q - q q^T)) on the emission block with eigenvalues lambda_A lambda_B + l2 (the objective's own
       damping instead of sqrt(d) added to each factor) and the exact dense block.
     - `ekfac`: eigenvalue-corrected K-FAC (George et al. 2018): K-FAC's eigenbasis
       Q_B (x) Q_A, eigenvalues replaced by the exact Hessian's diagonal in that basis
@@ -292,13 +294,9 @@ def _extra_predictions(ner, train, g_test, g_train, hessian: numpy.ndarray, l2: 
     """
     n_tags, width = ner.head.n_tags, ner.head.n_features + 1
     n_emission = n_tags * width
-    h, marginals = bridge.token_marginals(ner, train.features)
-    h, marginals = h.astype(numpy.float64), marginals.astype(numpy.float64)
-    factor_a = h.T @ h / len(h)
-    factor_b = (numpy.diag(marginals.sum(axis=0)) - marginals.T @ marginals) / len(h)
     with crf.one_thread():
-        values_a, basis_a = (t.numpy() for t in torch.linalg.eigh(torch.as_tensor(factor_a)))
-        values_b, basis_b = (t.numpy() for t in torch.linalg.eigh(torch.as_tensor(factor_b)))
+        values_a, basis_a = (t.numpy() for t in torch.linalg.eigh(torch.as_tensor(kfac.a)))
+        values_b, basis_b = (t.numpy() for t in torch.linalg.eigh(torch.as_tensor(kfac.b)))
     emission = hessian[:n_emission, :n_emission] - l2 * numpy.eye(n_emission)
     block = emission.reshape(n_tags, width, n_tags, width)
     corrected = kronecker_diagonal(block, basis_b, basis_a)
