@@ -88,9 +88,9 @@ def explain(
     """Show, for every predicted entity, the training spans that support and oppose it."""
     import spacy
     import srsly
-    from .corpus import read_docbin
 
     from . import bridge
+    from .corpus import read_docbin
     from .reporting import format_influences
 
     if (text is None) == (docs is None):
@@ -101,12 +101,12 @@ def explain(
         typer.secho(f"{model_dir} has no segment_influence component: run `segment-influence index` first", err=True, fg="red")
         raise typer.Exit(1)
     nlp.get_pipe("segment_influence").cfg["k"] = k
-    if docs is not None:
-        corpus = read_docbin(docs, nlp.vocab)
-        inputs = [bridge.unannotated(doc) for doc, _ in zip(corpus, range(limit or 10**12))]
-    else:
-        inputs = [text]
     with _user_errors():
+        if docs is not None:
+            corpus = read_docbin(docs, nlp.vocab)
+            inputs = [bridge.unannotated(doc) for doc, _ in zip(corpus, range(limit or 10**12))]
+        else:
+            inputs = [text]
         for doc in nlp.pipe(inputs):
             if as_json:
                 typer.echo(srsly.json_dumps({"text": doc.text, "id": doc.user_data.get("id"), "entities": doc._.influences}))
@@ -133,14 +133,14 @@ def validate(
     change of test-segment losses with predicted influence (exact, kfac, identity, token)."""
     import spacy
     import srsly
-    from .corpus import read_docbin
 
+    from .corpus import read_docbin
     from .validate import save_plot, validate as run_validation
 
     nlp = spacy.load(model_dir)
-    train_docs = read_docbin(train_path, nlp.vocab)
-    dev_docs = read_docbin(dev_path, nlp.vocab)
     with _user_errors():
+        train_docs = read_docbin(train_path, nlp.vocab)
+        dev_docs = read_docbin(dev_path, nlp.vocab)
         result = run_validation(
             nlp, train_docs, dev_docs, ner_name=ner, n_train=n_train, n_dev=n_dev,
             pairs=pairs, n_segments=n_segments, l2=l2, seed=seed,
@@ -196,8 +196,8 @@ def find_errors(
     out-of-fold loss with MODEL_DIR's held-out harm (see errors.CrossFitFinder)."""
     import spacy
     import srsly
-    from .corpus import read_docbin
 
+    from .corpus import read_docbin
     from .errors import CrossFitFinder, ErrorFinder, held_out_indices, rank
 
     with _user_errors():
@@ -234,8 +234,8 @@ def split_folds_command(
     `find-errors`: train_<k>.spacy holds every doc except fold k's, so the model trained
     on it can score fold k."""
     import spacy
-    from .corpus import read_docbin
 
+    from .corpus import read_docbin
     from .errors import write_folds
 
     with _user_errors():

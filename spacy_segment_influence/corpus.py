@@ -82,6 +82,8 @@ def read_docbin(path: Path, vocab: Vocab) -> List[Doc]:
     decoders.get_all = lambda: found  # instance attribute shadowing the method
     try:
         return list(DocBin().from_disk(path).get_docs(vocab))
+    except ValueError as err:  # spaCy's E1014 does not say which file
+        raise ValueError(f"{path}: not a .spacy (DocBin) file ({err})") from err
     finally:
         del decoders.get_all
 

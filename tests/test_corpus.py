@@ -67,6 +67,13 @@ def test_read_docbin_matches_docbin_and_restores_srsly(tmp_path):
     assert "get_all" not in vars(srsly.msgpack.msgpack_decoders)
 
 
+def test_read_docbin_names_a_file_that_is_not_a_docbin(tmp_path):
+    src = _write_records(tmp_path / "train.jsonl", SAMPLE)
+    with pytest.raises(ValueError, match=r"train\.jsonl: not a \.spacy"):
+        read_docbin(src, spacy.blank("en").vocab)
+    assert "get_all" not in vars(srsly.msgpack.msgpack_decoders)
+
+
 @pytest.mark.skipif(not CONLL_TRAIN.exists(), reason="CoNLL-2003 JSONL not available")
 def test_roundtrip_conll_head(tmp_path):
     with CONLL_TRAIN.open(encoding="utf8") as file_:
