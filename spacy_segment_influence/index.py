@@ -205,7 +205,7 @@ def _search_threads(device: str):
     """CPU search runs on one intra-op thread. Measured by bench/query_latency.py on the
     2-core machines this project runs on, while other jobs shared them: a single query
     took 3.3 ms wall on one thread and 6.8 ms on two, a float16 one 4.3 vs 105 ms, all
-    CoNLL validation entities batched 11 vs 34 s. Accelerators are unaffected."""
+    CoNLL validation entities batched 10 vs 34 s. Accelerators are unaffected."""
     return one_thread() if torch.device(device).type == "cpu" else nullcontext()
 
 
