@@ -17,7 +17,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, Span
 
 from . import crf
-from .gradients import FactoredGradients
+from .gradients import FactoredGradients, WindowLabels
 from .tagger import CRFEntityRecognizer
 
 
@@ -205,20 +205,53 @@ def _window(batch: LabelledBatch, segment: Segment) -> _Window:
     return _Window(segment.doc, lo, hi, segment.start, segment.end, left, right)
 
 
+def window_scores(
+    ner: CRFEntityRecognizer,
+    features: Sequence[torch.Tensor],
+    lefts: torch.Tensor,
+    rights: torch.Tensor,
+    flat: torch.Tensor,
+) -> crf.ChainScores:
+    """Constrained chain scores over segment windows (features [n, E] each) under head
+    parameters `flat`, the known neighbour tags (`lefts`/`rights`, -1 at a sentence
+    edge) folded into the start/end scores as T[left, :] and T[:, right]. Pass no
+    constraints to the recursions: they are applied here."""
+    scores = crf.constrain(chain_at(ner, features, flat), ner.constraints)
+    at_start, at_end = (lefts < 0).unsqueeze(1), (rights < 0).unsqueeze(1)
+    return scores._replace(
+        start=torch.where(at_start, scores.start, scores.transitions[lefts.clamp(min=0)]),
+        end=torch.where(at_end, scores.end, scores.transitions[:, rights.clamp(min=0)].T),
+    )
+
+
+def window_labels(batch: LabelledBatch, segments: Sequence[Segment]) -> WindowLabels:
+    windows = [_window(batch, s) for s in segments]
+    tags = [t for w in windows for t in batch.tags[w.doc][w.lo : w.hi]]
+    bounds = [(w.start - w.lo, w.end - w.lo, w.left, w.right) for w in windows]
+    return WindowLabels(numpy.asarray(tags, dtype="int16"), numpy.asarray(bounds, dtype="int32").reshape(-1, 4))
+
+
+def window_segment_loss(
+    ner: CRFEntityRecognizer, features: torch.Tensor, tags: torch.Tensor, bounds: Sequence[int], flat: torch.Tensor
+) -> torch.Tensor:
+    """l_S = -log p(y_S | y_outside, x) of one segment from its window alone (features
+    [n, E], tags [n], bounds as in `WindowLabels`): by the Markov property, the same value
+    as over the whole sentence. Differentiable in `flat`."""
+    start, end, left, right = (int(b) for b in bounds)
+    scores = window_scores(ner, [features], torch.tensor([left]), torch.tensor([right]), flat)
+    return crf.segment_nll(scores, tags.unsqueeze(0), torch.tensor([start]), torch.tensor([end]))[0]
+
+
 def _window_gradients(ner, batch: LabelledBatch, windows: List[_Window], theta: torch.Tensor) -> FactoredGradients:
     n_rows = len(windows)
     n_tags = ner.head.n_tags
     features = [torch.as_tensor(batch.features[w.doc][w.lo : w.hi], dtype=theta.dtype) for w in windows]
-    scores = crf.constrain(chain_at(ner, features, theta), ner.constraints)
     tags = _padded_tags([batch.tags[w.doc][w.lo : w.hi] for w in windows])
     lefts = torch.tensor([w.left for w in windows])
     rights = torch.tensor([w.right for w in windows])
     at_start, at_end = lefts < 0, rights < 0
     # clamped neighbours become start/end scores; the real ones apply at the sentence edges
-    scores = scores._replace(
-        start=torch.where(at_start.unsqueeze(1), scores.start, scores.transitions[lefts.clamp(min=0)]),
-        end=torch.where(at_end.unsqueeze(1), scores.end, scores.transitions[:, rights.clamp(min=0)].T),
-    )
+    scores = window_scores(ner, features, lefts, rights, theta)
     inside = torch.nn.utils.rnn.pad_sequence(
         [torch.arange(w.lo, w.hi).ge(w.start) & torch.arange(w.lo, w.hi).lt(w.end) for w in windows],
         batch_first=True,

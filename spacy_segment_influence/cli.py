@@ -84,6 +84,9 @@ def explain(
     limit: int = typer.Option(0, help="With --docs: only the first N docs (0 = all)"),
     k: int = typer.Option(3, help="Supporters and opposers shown per entity"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON record per doc instead of a table"),
+    refine: bool = typer.Option(
+        False, help="Also estimate each hit's removal effect on the entity's loss, leverage-corrected (exact index)"
+    ),
 ) -> None:
     """Show, for every predicted entity, the training spans that support and oppose it."""
     import spacy
@@ -100,7 +103,7 @@ def explain(
     if "segment_influence" not in nlp.pipe_names:
         typer.secho(f"{model_dir} has no segment_influence component: run `segment-influence index` first", err=True, fg="red")
         raise typer.Exit(1)
-    nlp.get_pipe("segment_influence").cfg["k"] = k
+    nlp.get_pipe("segment_influence").cfg.update(k=k, refine=refine)
     with _user_errors():
         if docs is not None:
             corpus = read_docbin(docs, nlp.vocab)

@@ -12,11 +12,11 @@ from spacy.training import Example
 from spacy.util import minibatch
 from tqdm import tqdm
 
-from . import bridge
+from . import bridge, removal
 from .bridge import LabelledBatch, Segment
 from .corpus import read_docbin
 from .curvature import ExactCurvature, IdentityCurvature, KFACStatistics
-from .gradients import FactoredGradients
+from .gradients import FactoredGradients, WindowLabels
 from .index import DTYPES, SegmentIndex
 
 CURVATURES = ("identity", "kfac", "exact")
@@ -71,6 +71,7 @@ class IndexOutOfDateError(RuntimeError):
         "device": "cpu",
         "dtype": "float32",
         "batch_size": 64,
+        "refine": False,
     },
 )
 def make_segment_influence(
@@ -85,6 +86,7 @@ def make_segment_influence(
     device: str,
     dtype: str,
     batch_size: int,
+    refine: bool,
 ) -> "SegmentInfluence":
     return SegmentInfluence(
         nlp,
@@ -98,6 +100,7 @@ def make_segment_influence(
         device=device,
         dtype=dtype,
         batch_size=batch_size,
+        refine=refine,
     )
 
 
@@ -118,7 +121,10 @@ class SegmentInfluence(Pipe):
         device: str = "cpu",
         dtype: str = "float32",
         batch_size: int = 64,
+        refine: bool = False,
     ) -> None:
+        """`refine`: also report, per hit, the leverage-corrected change of the entity's loss
+        when the segment's labels are removed (`removal`; needs curvature "exact")."""
         if curvature not in CURVATURES:
             raise ValueError(f"segment_influence: curvature must be one of {CURVATURES}, got {curvature!r}")
         if granularity not in GRANULARITIES:
@@ -127,6 +133,8 @@ class SegmentInfluence(Pipe):
             raise ValueError(f"segment_influence: k must be >= 1, got {k}")
         if dtype not in DTYPES:  # checked here, not after the whole corpus was processed
             raise ValueError(f"segment_influence: dtype must be one of {DTYPES}, got {dtype!r}")
+        if refine and curvature != "exact":
+            raise ValueError(f"segment_influence: refine needs curvature 'exact', got {curvature!r}")
         self.nlp = nlp
         self.name = name
         self.cfg = {
@@ -138,8 +146,10 @@ class SegmentInfluence(Pipe):
             "granularity": granularity,
             "dtype": dtype,
             "batch_size": batch_size,
+            "refine": refine,
         }
         self.device = device
+        self._removal_steps: Optional[removal.RemovalSteps] = None
         self.index: Optional[SegmentIndex] = None
         self.fingerprint: Optional[str] = None
 
@@ -180,6 +190,7 @@ class SegmentInfluence(Pipe):
         tags: List[List[int]] = []
         statistics = KFACStatistics()
         grads: List[FactoredGradients] = []
+        windows: List[WindowLabels] = []
         metadata: List[dict] = []
         progress = tqdm(total=len(docs), desc="Indexing training segments", unit="doc", disable=not show_progress)
         for first, batch_docs in _batches(docs, max(self.cfg["batch_size"], _CHAIN_GROUP)):
@@ -192,12 +203,15 @@ class SegmentInfluence(Pipe):
             if keep_sentences:
                 features.extend(batch.features)
                 tags.extend(batch.tags)
+                windows.append(bridge.window_labels(batch, segments))
         progress.close()
         if not metadata:
             raise ValueError(f"segment_influence: no training segments found ({self.cfg['granularity']})")
         all_grads = FactoredGradients.concat(grads)
         curvature = self._fit_curvature(ner, LabelledBatch(features, tags), statistics, all_grads)
-        return SegmentIndex.build(all_grads, metadata, curvature, self.cfg["normalize"], self.cfg["dtype"])
+        # an exact index keeps the raw window features; with their labels, `removal` can refine
+        labels = WindowLabels.concat(windows) if windows else None
+        return SegmentIndex.build(all_grads, metadata, curvature, self.cfg["normalize"], self.cfg["dtype"], labels)
 
     def _encode(self, docs: Sequence[Doc], progress: tqdm) -> LabelledBatch:
         """Features and gold tags of `docs`, encoded batch by batch so that the progress
@@ -230,7 +244,10 @@ class SegmentInfluence(Pipe):
             return IdentityCurvature()
         if name == "kfac":
             return statistics.curvature(grads.dense, damping)
-        return ExactCurvature(bridge.head_hessian(ner, batch), damping, ner.head.n_tags, ner.head.n_features + 1)
+        n_sentences = sum(1 for x in batch.features if len(x))
+        return ExactCurvature(
+            bridge.head_hessian(ner, batch), damping, ner.head.n_tags, ner.head.n_features + 1, n_sentences
+        )
 
     # -- querying ------------------------------------------------------------------------
     def __call__(self, doc: Doc) -> Doc:
@@ -284,22 +301,34 @@ class SegmentInfluence(Pipe):
         ner = self.ner
         tags = [bridge.tag_ids(ner, doc, ents) for doc, ents in zip(docs, labellings)]
         segments = [Segment(i, span.start, span.end) for i, span in queries]
-        grads = bridge.segment_gradients(ner, LabelledBatch(features, tags), segments)
+        batch = LabelledBatch(features, tags)
+        grads = bridge.segment_gradients(ner, batch, segments)
         top = self.index.top_k(grads, k=k or self.cfg["k"], device=self.device)
-        return [
-            {
-                "start": span.start,
-                "end": span.end,
-                "label": span.label_ or "O",
-                "text": span.text,
+        records = []
+        for (_, span), segment, result in zip(queries, segments, top):
+            hits = {
                 "supporters": [self._hit(j, s) for j, s in result.supporters],
                 "opposers": [self._hit(j, s) for j, s in result.opposers],
             }
-            for (_, span), result in zip(queries, top)
-        ]
+            if self.cfg["refine"]:
+                self._refine(batch, segment, [*result.supporters, *result.opposers], hits)
+            query = {"start": span.start, "end": span.end, "label": span.label_ or "O", "text": span.text}
+            records.append({**query, **hits})
+        return records
 
     def _hit(self, segment_id: int, score: float) -> dict:
         return {**self.index.metadata[segment_id], "score": float(score)}
+
+    def _refine(self, batch: LabelledBatch, query: Segment, found: List[Tuple[int, float]], hits: dict) -> None:
+        """Add "refined" to each hit: the change of the query's loss (nats) when the hit's
+        labels are removed, by a leverage-corrected Newton step evaluated exactly
+        (`removal`); positive = it supported the prediction, like "score"."""
+        if self._removal_steps is None or self._removal_steps.index is not self.index:
+            self._removal_steps = removal.RemovalSteps(self.ner, self.index)
+        steps = [self._removal_steps(j) for j, _ in found]
+        changes = removal.loss_changes(self.ner, batch, query, self._removal_steps.theta, steps)
+        for hit, change in zip([*hits["supporters"], *hits["opposers"]], changes):
+            hit["refined"] = float(change)
 
     def check_index(self) -> None:
         """Raise a clear error when there is no index, or it is out of date with the

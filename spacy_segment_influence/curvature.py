@@ -207,7 +207,11 @@ class ExactCurvature(Curvature):
 
     name = "exact"
 
-    def __init__(self, hessian: np.ndarray, damping: float, n_tags: int, width: int):
+    def __init__(
+        self, hessian: np.ndarray, damping: float, n_tags: int, width: int, n_sentences: Optional[int] = None
+    ):
+        """`hessian`: of the mean sentence loss over `n_sentences` training sentences (the
+        number `removal.removal_step` needs to weigh one segment against the rest)."""
         hessian = np.asarray(hessian, dtype=np.float64)
         n_params = hessian.shape[0]
         if hessian.shape != (n_params, n_params) or n_params < n_tags * width:
@@ -220,6 +224,23 @@ class ExactCurvature(Curvature):
         if values.min() <= 0:
             raise ValueError("hessian + damping * I is not positive definite; raise the damping")
         self._values = values
+        self.n_sentences = n_sentences
+        self._torch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    def _eigen(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self._torch is None:
+            self._torch = (torch.as_tensor(self._values), torch.as_tensor(self._vectors))
+        return self._torch
+
+    def solve(self, vector: torch.Tensor) -> torch.Tensor:
+        """(hessian + damping I)^-1 vector, float64 [P]."""
+        values, vectors = self._eigen()
+        return vectors @ ((vectors.T @ vector) / values)
+
+    def multiply(self, vector: torch.Tensor) -> torch.Tensor:
+        """(hessian + damping I) vector, float64 [P]."""
+        values, vectors = self._eigen()
+        return vectors @ ((vectors.T @ vector) * values)
 
     def _check(self, grads: FactoredGradients) -> None:
         if grads.n_tags * grads.width + grads.n_dense != len(self.hessian):
@@ -250,12 +271,17 @@ class ExactCurvature(Curvature):
         return out
 
     def to_state(self) -> Tuple[dict, Dict[str, np.ndarray]]:
-        config = {"name": self.name, "damping": self.damping, "n_tags": self.n_tags, "width": self.width}
+        config = {
+            "name": self.name, "damping": self.damping, "n_tags": self.n_tags, "width": self.width,
+            "n_sentences": self.n_sentences,
+        }
         return config, {"hessian": self.hessian}
 
     @classmethod
     def from_state(cls, config: dict, arrays: Dict[str, np.ndarray]) -> "ExactCurvature":
-        return cls(arrays["hessian"], config["damping"], config["n_tags"], config["width"])
+        return cls(
+            arrays["hessian"], config["damping"], config["n_tags"], config["width"], config.get("n_sentences")
+        )
 
 
 CURVATURES: Dict[str, Type[Curvature]] = {

@@ -14,7 +14,7 @@ The flattened layout used by `FactoredGradients.to_dense` is vec(G_W) row-major
 ([C, E], index c * E + e) followed by x, so P = C * E + D.
 """
 from dataclasses import dataclass
-from typing import Sequence, Tuple, Union
+from typing import NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -134,6 +134,20 @@ class FactoredGradients:
             np.concatenate(offsets),
             np.concatenate([p.dense for p in parts]),
         )
+
+
+class WindowLabels(NamedTuple):
+    """What a segment's loss depends on besides the features of its window, row-aligned
+    with `segment_gradients`: the window's tags (-1 = unknown) and, per segment,
+    [start, end, left, right]: the segment inside its window and the known tags next to
+    the window (-1 at a sentence edge)."""
+
+    tags: np.ndarray  # int16 [rows]
+    bounds: np.ndarray  # int32 [S, 4]
+
+    @staticmethod
+    def concat(parts: Sequence["WindowLabels"]) -> "WindowLabels":
+        return WindowLabels(np.concatenate([p.tags for p in parts]), np.concatenate([p.bounds for p in parts]))
 
 
 def _segment_pairs(offsets: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ import torch
 
 from .crf import one_thread
 from .curvature import CURVATURES, Curvature, FactoredQueries, PreconditionedQueries, Queries
-from .gradients import FactoredGradients
+from .gradients import FactoredGradients, WindowLabels
 
 # Elements per intermediate [chunk rows, width] tensor, which bounds search
 # memory whatever the index size: cache-sized on CPU, larger on accelerators
@@ -267,9 +267,15 @@ class SegmentIndex:
         metadata: List[dict],
         curvature: Curvature,
         normalize: bool,
+        windows: Optional[WindowLabels] = None,
     ):
+        """`windows`: the labels of each stored segment's window (`bridge.window_labels`),
+        kept for exact curvature so that `removal` can recompute a segment's loss."""
         if len(metadata) != len(stored) or len(norms) != len(stored):
             raise ValueError(f"{len(stored)} segments, {len(metadata)} metadata, {len(norms)} norms")
+        if windows is not None and (len(windows.tags) != len(stored.h) or len(windows.bounds) != len(stored)):
+            raise ValueError("window labels must have one tag per stored token row and one bounds row per segment")
+        self.windows = windows
         self.stored = stored
         self.norms = norms
         self.metadata = metadata
@@ -286,6 +292,7 @@ class SegmentIndex:
         curvature: Curvature,
         normalize: bool = True,
         dtype: str = "float32",
+        windows: Optional[WindowLabels] = None,
     ) -> "SegmentIndex":
         """Prepare and store training gradients. Norms for cosine scores are
         computed from the stored (possibly float16) values, so a query equal
@@ -294,7 +301,7 @@ class SegmentIndex:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         prepared = curvature.prepare_index(grads).astype(dtype)
         norms = _norms(curvature.index_sq_norms(prepared))
-        return cls(StoredSegments.from_gradients(prepared), norms, list(metadata), curvature, normalize)
+        return cls(StoredSegments.from_gradients(prepared), norms, list(metadata), curvature, normalize, windows)
 
     def __len__(self) -> int:
         return len(self.stored)
@@ -457,6 +464,8 @@ class SegmentIndex:
             "dense_values": g.dense.values,
             "norms": self.norms,
         }
+        if self.windows is not None:
+            arrays.update({"window_tags": self.windows.tags, "window_bounds": self.windows.bounds})
         _, curvature_arrays = self.curvature.to_state()
         arrays.update({f"curvature.{name}": array for name, array in curvature_arrays.items()})
         return arrays
@@ -487,7 +496,10 @@ class SegmentIndex:
             np.asarray(arrays["dense_indptr"]), arrays["dense_columns"], arrays["dense_values"], settings["n_dense"]
         )
         stored = StoredSegments(arrays["h"], arrays["r"], np.asarray(arrays["offsets"]), dense)
-        return cls(stored, arrays["norms"], metadata, curvature, settings["normalize"])
+        windows = None
+        if "window_tags" in arrays:
+            windows = WindowLabels(np.asarray(arrays["window_tags"]), np.asarray(arrays["window_bounds"]))
+        return cls(stored, arrays["norms"], metadata, curvature, settings["normalize"], windows)
 
 
 def _fsync_files(directory: Path) -> None:

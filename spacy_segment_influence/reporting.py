@@ -4,7 +4,8 @@ from spacy.tokens import Doc
 
 def format_influences(doc: Doc, width: int = 100) -> str:
     """A readable table: each predicted entity, then its supporters (+) and opposers (-)
-    with score, label, training doc and context."""
+    with score (and, when refined, the estimated loss change on removal), label, training
+    doc and context."""
     name = doc.user_data.get("id")
     lines = [f"== {name + ': ' if name else ''}{_clip(doc.text, width)}"]
     records = doc._.influences or []
@@ -15,8 +16,10 @@ def format_influences(doc: Doc, width: int = 100) -> str:
         for sign, key in (("+", "supporters"), ("-", "opposers")):
             for hit in record[key]:
                 source = hit["doc_id"] if hit["doc_id"] is not None else f"#{hit['doc_index']}"
+                refined = f" ({hit['refined']:+.3f} nats)" if "refined" in hit else ""
                 lines.append(
-                    f"     {sign} {hit['score']:+.3f} {hit['label']:<6} {source:<22} {_clip(hit['context'], width - 40)}"
+                    f"     {sign} {hit['score']:+.3f}{refined} {hit['label']:<6} {source:<22} "
+                    f"{_clip(hit['context'], width - 40 - len(refined))}"
                 )
             if not record[key]:
                 lines.append(f"     {sign} (no {key})")

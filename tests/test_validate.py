@@ -95,7 +95,7 @@ def test_exact_influence_tracks_retraining():
     assert exact["top"]["spearman"] >= 0.95, exact
     assert exact["random"]["spearman"] >= 0.95, exact
     assert exact["top"]["sign_agreement"] >= 0.9, exact
-    prototypes = {"block", "kfac_exact_damping", "ekfac", "newton"}
+    prototypes = {"block", "kfac_exact_damping", "ekfac", "newton", "refined"}
     assert set(result["methods"]) == {"exact", "kfac", "identity", "token"} | prototypes
     assert result["settings"]["max_retrain_gradient"] < 1e-6
     # the loss at the retrained parameters is what is correlated, not a rewording of the prediction

@@ -1,0 +1,167 @@
+"""Beyond first order: what removing one training segment's labels does to a prediction.
+
+First-order influence predicts the parameter change theta_-S - theta* as H^-1 g_S / N.
+For a segment that carries much of the curvature in its own directions (a rare word, a
+nearly separable head) the true change is several times larger: the objective without
+the segment, J - l_S / N, has the Hessian H - H_S / N, far from H in exactly those
+directions (the leave-one-out leverage of regression diagnostics, Cook & Weisberg 1982,
+"Residuals and Influence in Regression"). A step that large can also flip a prediction,
+which a loss change linear in the step cannot show.
+
+`removal_step` takes one Newton step on J - l_S / N from theta* with its exact Hessian,
+
+    delta_S = (H - H_S / N)^-1 g_S / N,
+
+by conjugate gradients preconditioned with H^-1: the preconditioned operator
+I - H^-1 H_S / N differs from I only in the segment's few directions, so CG needs about as
+many steps. H_S enters only through Hessian-vector products of the segment's window loss.
+`loss_changes` then evaluates the query's loss exactly at theta* + delta_S. `validate`
+measures both against retraining (method "refined"; BENCHMARKS.md, "Fidelity").
+"""
+from typing import Callable, Optional, Protocol, Sequence, Tuple
+
+import numpy
+import torch
+
+from . import bridge, crf
+from .bridge import LabelledBatch, Segment
+from .gradients import WindowLabels
+from .index import SegmentIndex
+from .tagger import CRFEntityRecognizer
+
+
+class HessianOperator(Protocol):
+    """H = the damped Hessian of the mean training loss, as `ExactCurvature` applies it."""
+
+    def solve(self, vector: torch.Tensor) -> torch.Tensor: ...
+
+    def multiply(self, vector: torch.Tensor) -> torch.Tensor: ...
+
+
+Window = Tuple[torch.Tensor, torch.Tensor, Sequence[int]]  # features [n, E], tags [n], bounds
+
+
+def removal_step(
+    ner: CRFEntityRecognizer,
+    curvature: HessianOperator,
+    n_sentences: int,
+    window: Window,
+    theta: torch.Tensor,
+    *,
+    rtol: float = 1e-10,
+    max_iter: int = 500,
+) -> torch.Tensor:
+    """delta_S = (H - H_S / N)^-1 g_S / N for the segment of `window` (see the module
+    docstring), float64 [P]: the estimated change of the head's parameters when the
+    segment's labels are removed from the N = `n_sentences` training sentences."""
+    features, tags, bounds = window
+
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        return bridge.window_segment_loss(ner, features, tags, bounds, flat)
+
+    gradient_of = torch.func.grad(loss)
+
+    def removed_hessian(vector: torch.Tensor) -> torch.Tensor:
+        segment_part = torch.func.jvp(gradient_of, (theta,), (vector,))[1]
+        return curvature.multiply(vector) - segment_part / n_sentences
+
+    with crf.one_thread():
+        rhs = gradient_of(theta) / n_sentences
+        return _conjugate_gradients(removed_hessian, rhs, curvature.solve, rtol, max_iter)
+
+
+def _conjugate_gradients(
+    apply: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    precondition: Callable[[torch.Tensor], torch.Tensor],
+    rtol: float,
+    max_iter: int,
+) -> torch.Tensor:
+    """Preconditioned CG for apply(x) = rhs (Hestenes & Stiefel 1952), started from the
+    first-order step precondition(rhs). Stops early, keeping the last iterate, if the
+    operator shows non-positive curvature (H - H_S / N not positive definite: only with
+    too little damping)."""
+    x = precondition(rhs)
+    residual = rhs - apply(x)
+    z = precondition(residual)
+    direction = z.clone()
+    rz = residual @ z
+    threshold = rtol * float(torch.linalg.norm(rhs))
+    for _ in range(max_iter):
+        if float(torch.linalg.norm(residual)) <= threshold:
+            break
+        applied = apply(direction)
+        curvature = direction @ applied
+        if curvature <= 0:
+            break
+        alpha = rz / curvature
+        x = x + alpha * direction
+        residual = residual - alpha * applied
+        z = precondition(residual)
+        rz_next = residual @ z
+        direction = z + (rz_next / rz) * direction
+        rz = rz_next
+    return x
+
+
+def segment_window(h: numpy.ndarray, offsets: numpy.ndarray, labels: WindowLabels, i: int) -> Window:
+    """Segment i's window from factored rows (`FactoredGradients` or an index's raw
+    `StoredSegments`: h with its bias column last) and its `bridge.window_labels`."""
+    rows = slice(int(offsets[i]), int(offsets[i + 1]))
+    features = torch.as_tensor(numpy.asarray(h[rows, :-1], dtype="float64"))
+    tags = torch.as_tensor(numpy.asarray(labels.tags[rows], dtype="int64"))
+    return features, tags, [int(b) for b in labels.bounds[i]]
+
+
+def stored_window(index: SegmentIndex, segment_id: int) -> Window:
+    """A stored segment's window. Only an exact-curvature index keeps raw features."""
+    _check_refinable(index)
+    return segment_window(index.stored.h, index.stored.offsets, index.windows, segment_id)
+
+
+def _check_refinable(index: SegmentIndex) -> None:
+    curvature = index.curvature
+    if curvature.name != "exact" or getattr(curvature, "n_sentences", None) is None or index.windows is None:
+        raise ValueError(
+            "Refined influence needs an index built with curvature 'exact' by this version "
+            f"(this one: {curvature.name!r}{'' if index.windows is not None else ', no window labels'}): "
+            "rebuild the index with curvature = \"exact\""
+        )
+
+
+def loss_changes(
+    ner: CRFEntityRecognizer,
+    batch: LabelledBatch,
+    segment: Segment,
+    theta: torch.Tensor,
+    steps: Sequence[torch.Tensor],
+) -> numpy.ndarray:
+    """l_q(theta + step) - l_q(theta) for the query segment `segment` of `batch`, per step:
+    positive when removing the training segment would raise the query's loss (it
+    supported the prediction), the sign convention of first-order influence."""
+    base = bridge.segment_losses(ner, batch, [segment], theta)[0]
+    return numpy.array([bridge.segment_losses(ner, batch, [segment], theta + step)[0] - base for step in steps])
+
+
+class RemovalSteps:
+    """removal_step for an index's segments, at the pipeline's head weights, cached: a
+    training segment's step is the same for every query it shows up for."""
+
+    def __init__(self, ner: CRFEntityRecognizer, index: SegmentIndex, max_cached: int = 1024):
+        _check_refinable(index)
+        self.ner = ner
+        self.index = index
+        self.theta = bridge.flat_head(ner)
+        self.max_cached = max_cached
+        self._cache: dict = {}
+
+    def __call__(self, segment_id: int) -> torch.Tensor:
+        step: Optional[torch.Tensor] = self._cache.pop(segment_id, None)
+        if step is None:
+            curvature = self.index.curvature
+            window = stored_window(self.index, segment_id)
+            step = removal_step(self.ner, curvature, curvature.n_sentences, window, self.theta)
+        self._cache[segment_id] = step  # most recently used last
+        if len(self._cache) > self.max_cached:
+            del self._cache[next(iter(self._cache))]
+        return step
