@@ -12,6 +12,12 @@ Experiments (tok2vec + crf_ner, configs/crf_ner_tok2vec.cfg, trained here when m
   draw, every ORG mention whose text is also annotated LOC somewhere in the corpus (clubs
   named after their city: SEATTLE, Barcelona, Hamburg, ...) is relabelled LOC; the model
   trained on that copy is scored against train_corrected. Dev = validation_corrected.
+- minilm (not in the default set): the MiniLM crf_ner of the fidelity benchmark
+  (configs/crf_ner_trf.cfg, 300 steps on the first 3,000 train_original sentences,
+  bench/output/fidelity/minilm/train_cmd.sh; --minilm-model) scored on those 3,000
+  sentences against the same sentences of train_corrected; dev = the first 500
+  validation_original sentences. In-sample only unless --minilm-crossfit (two more
+  MiniLM trainings, 300 steps each on the fold corpora).
 
 Rows: the six methods, plus the held-out harm that `influence` combines with the loss,
 on its own, each twice: in-sample (`ErrorFinder`: the model trained on the whole corpus
@@ -73,13 +79,18 @@ def convert(jsonl: Path, out: Path) -> Path:
     return out
 
 
-def trained_model(output: Path, train: Path, dev: Path, max_steps: int, eval_frequency: int) -> Path:
-    """model-best of configs/crf_ner_tok2vec.cfg trained on `train`, trained when missing."""
+def trained_model(
+    output: Path, train: Path, dev: Path, max_steps: int, eval_frequency: int, config: str = "crf_ner_tok2vec.cfg"
+) -> Path:
+    """model-best of configs/<config> trained on `train`, trained when missing. The MiniLM
+    config warms up for a tenth of the steps, as bench/output/fidelity/minilm/train_cmd.sh."""
     if not (output / "model-best").exists():
+        warmup = ["--training.optimizer.learn_rate.warmup_steps", str(max_steps // 10)] if "trf" in config else []
         run([
-            sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / "crf_ner_tok2vec.cfg"),
+            sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / config),
             "--output", str(output), "--paths.train", str(train), "--paths.dev", str(dev),
             "--training.max_steps", str(max_steps), "--training.eval_frequency", str(eval_frequency), "--gpu-id", "-1",
+            *warmup,
         ])
     return output / "model-best"
 
@@ -206,9 +217,32 @@ def table(results: Dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def first_sentences(jsonl: Path, n: int, out: Path, ids: List[str] = None) -> Path:
+    """The first `n` records of `jsonl` (or, with `ids`, the records with those ids, in order)."""
+    if not out.exists():
+        records = list(srsly.read_jsonl(jsonl))
+        if ids is not None:
+            by_id = {r["id"]: r for r in records}
+            records = [by_id[i] for i in ids]
+        srsly.write_jsonl(out, records[:n])
+    return out
+
+
+def minilm_corpora(workdir: Path) -> Tuple[Path, Path, Path]:
+    """train_original[:3000], the same sentences of train_corrected, validation_original[:500]."""
+    original = first_sentences(CONLL / "train_original.jsonl", 3000, workdir / "train_original_3000.jsonl")
+    ids = [r["id"] for r in srsly.read_jsonl(original)]
+    corrected = first_sentences(CONLL / "train_corrected.jsonl", 3000, workdir / "train_corrected_3000.jsonl", ids)
+    dev = first_sentences(CONLL / "validation_original.jsonl", 500, workdir / "validation_original_500.jsonl")
+    return original, corrected, dev
+
+
 def experiment(name: str, workdir: Path, args) -> Tuple[Dict[str, dict], Dict[str, dict]]:
     workdir.mkdir(parents=True, exist_ok=True)
-    if name == "demo":
+    if name == "minilm":
+        original, corrected, dev_jsonl = minilm_corpora(workdir)
+        frequency = 100
+    elif name == "demo":
         original, corrected, dev_jsonl = DEMO / "train.jsonl", DEMO / "train_corrected.jsonl", DEMO / "dev.jsonl"
         steps, frequency = args.demo_steps, 100
     elif name == "conll":
@@ -222,7 +256,12 @@ def experiment(name: str, workdir: Path, args) -> Tuple[Dict[str, dict], Dict[st
         steps, frequency = args.conll_steps, 500
     train = convert(original, workdir / f"{original.stem}.spacy")
     dev = convert(dev_jsonl, workdir / f"{dev_jsonl.stem}.spacy")
-    model = trained_model(workdir / "crf_ner_tok2vec", train, dev, steps, frequency)
+    if name == "minilm":
+        model = args.minilm_model
+        if not (model / "meta.json").exists():
+            raise SystemExit(f"No MiniLM model at {model}: train it with bench/output/fidelity/minilm/train_cmd.sh")
+    else:
+        model = trained_model(workdir / "crf_ner_tok2vec", train, dev, steps, frequency)
     nlp = spacy.load(model)
     train_docs = list(DocBin().from_disk(train).get_docs(nlp.vocab))
     dev_docs = list(DocBin().from_disk(dev).get_docs(nlp.vocab))
@@ -230,12 +269,15 @@ def experiment(name: str, workdir: Path, args) -> Tuple[Dict[str, dict], Dict[st
     finder = ErrorFinder(nlp, train_docs, dev_docs)
     print(f"{len(finder.candidates)} candidates from {len(train_docs)} sentences in {time.perf_counter() - start:.0f} s", flush=True)
     results, rankeds = evaluate_methods(finder, train_docs, original, corrected)
+    if name == "minilm" and not args.minilm_crossfit:
+        return results, comparisons(results, rankeds, original, corrected)
     # cross-fitting: fold k is scored by the model trained on train_k.spacy (all other folds)
     folds_dir = workdir / "folds"
     fold_paths = sorted(folds_dir.glob("train_*.spacy")) or write_folds(train_docs, folds_dir, n_folds=2, seed=0)
-    fold_steps = args.demo_steps if name == "demo" else args.fold_steps
+    fold_steps = {"demo": args.demo_steps, "minilm": 300}.get(name, args.fold_steps)
+    config = "crf_ner_trf.cfg" if name == "minilm" else "crf_ner_tok2vec.cfg"
     fold_models = [
-        spacy.load(trained_model(folds_dir / path.stem.replace("train", "model"), path, dev, fold_steps, frequency))
+        spacy.load(trained_model(folds_dir / path.stem.replace("train", "model"), path, dev, fold_steps, frequency, config))
         for path in fold_paths
     ]
     seen = [list(DocBin().from_disk(path).get_docs(nlp.vocab)) for path in fold_paths]
@@ -250,11 +292,18 @@ def experiment(name: str, workdir: Path, args) -> Tuple[Dict[str, dict], Dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", action="append", choices=["demo", "conll", "systematic"])
+    parser.add_argument("--experiment", action="append", choices=["demo", "conll", "systematic", "minilm"])
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "output" / "find_errors")
     parser.add_argument("--demo-steps", type=int, default=600)
     parser.add_argument("--conll-steps", type=int, default=3000)
     parser.add_argument("--fold-steps", type=int, default=1500, help="max_steps of the CoNLL fold models (half the data)")
+    parser.add_argument(
+        "--minilm-model", type=Path, default=ROOT / "bench" / "output" / "fidelity" / "minilm" / "model" / "model-best"
+    )
+    parser.add_argument(
+        "--minilm-crossfit", action="store_true",
+        help="minilm: also cross-fit (trains two MiniLM fold models, 300 steps each: ~20-40 min each on 2 CPU cores)",
+    )
     args = parser.parse_args()
     all_results, all_comparisons = {}, {}
     for name in args.experiment or ["demo", "conll", "systematic"]:
@@ -262,8 +311,10 @@ def main() -> None:
         print(f"\n### {name}\n\n{table(all_results[name])}\n", flush=True)
         for what, c in all_comparisons[name].items():
             print(f"{what}: {c['difference']:+.3f} (95 % CI {c['ci95'][0]:+.3f} .. {c['ci95'][1]:+.3f})", flush=True)
-    srsly.write_json(args.workdir / "metrics.json", all_results)
-    srsly.write_json(args.workdir / "comparisons.json", all_comparisons)
+    # one file per set of experiments, so that a partial rerun keeps the others' figures
+    suffix = "" if not args.experiment else "_" + "_".join(args.experiment)
+    srsly.write_json(args.workdir / f"metrics{suffix}.json", all_results)
+    srsly.write_json(args.workdir / f"comparisons{suffix}.json", all_comparisons)
 
 
 if __name__ == "__main__":
