@@ -125,3 +125,28 @@ def test_refine_needs_an_exact_index(nlp):
             nlp(examples[0].reference.text)
     finally:
         nlp.remove_pipe("si")
+
+
+def test_cli_explain_refine(nlp, tmp_path):
+    from spacy.tokens import DocBin
+    from typer.testing import CliRunner
+
+    from spacy_segment_influence.cli import app
+
+    nlp.to_disk(tmp_path / "model")
+    train_path = tmp_path / "train.spacy"
+    DocBin(docs=[eg.reference for eg in make_examples(nlp)]).to_disk(train_path)
+    runner = CliRunner()
+    text = make_examples(nlp)[0].reference.text
+    for curvature in ("exact", "kfac"):
+        out = tmp_path / curvature
+        args = ["index", str(tmp_path / "model"), str(train_path), str(out), "--curvature", curvature]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(app, ["explain", str(out), text, "--refine"])
+        if curvature == "exact":
+            assert result.exit_code == 0, result.output
+            assert "nats)" in result.output
+        else:  # one red line, no traceback
+            assert result.exit_code == 1 and "rebuild the index with curvature" in result.output
+            assert "Traceback" not in result.output
