@@ -43,7 +43,7 @@ Window = Tuple[torch.Tensor, torch.Tensor, Sequence[int]]  # features [n, E], ta
 
 def removal_step(
     ner: CRFEntityRecognizer,
-    curvature: HessianOperator,
+    hessian: HessianOperator,
     n_sentences: int,
     window: Window,
     theta: torch.Tensor,
@@ -63,11 +63,11 @@ def removal_step(
 
     def removed_hessian(vector: torch.Tensor) -> torch.Tensor:
         segment_part = torch.func.jvp(gradient_of, (theta,), (vector,))[1]
-        return curvature.multiply(vector) - segment_part / n_sentences
+        return hessian.multiply(vector) - segment_part / n_sentences
 
     with crf.one_thread():
         rhs = gradient_of(theta) / n_sentences
-        return _conjugate_gradients(removed_hessian, rhs, curvature.solve, rtol, max_iter)
+        return _conjugate_gradients(removed_hessian, rhs, hessian.solve, rtol, max_iter)
 
 
 def _conjugate_gradients(
