@@ -227,20 +227,11 @@ class ExactCurvature(Curvature):
         self.n_sentences = n_sentences
         self._torch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
-    def _eigen(self) -> Tuple[torch.Tensor, torch.Tensor]:
+    def eigen(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues [P] and eigenvectors [P, P] (columns) of hessian + damping I, float64."""
         if self._torch is None:
             self._torch = (torch.as_tensor(self._values), torch.as_tensor(self._vectors))
         return self._torch
-
-    def solve(self, vector: torch.Tensor) -> torch.Tensor:
-        """(hessian + damping I)^-1 vector, float64 [P]."""
-        values, vectors = self._eigen()
-        return vectors @ ((vectors.T @ vector) / values)
-
-    def multiply(self, vector: torch.Tensor) -> torch.Tensor:
-        """(hessian + damping I) vector, float64 [P]."""
-        values, vectors = self._eigen()
-        return vectors @ ((vectors.T @ vector) * values)
 
     def _check(self, grads: FactoredGradients) -> None:
         if grads.n_tags * grads.width + grads.n_dense != len(self.hessian):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import bridge, crf, removal
 from .bridge import LabelledBatch, Segment
-from .curvature import IdentityCurvature, KFACCurvature
+from .curvature import ExactCurvature, IdentityCurvature, KFACCurvature
 from .index import SegmentIndex
 
 
@@ -100,7 +100,9 @@ def validate(
     g_test_dense = g_test.to_dense()
     actual, residuals, along_step, linear_response, step_error, newton, refined = {}, [], {}, {}, {}, {}, {}
     train_windows = bridge.window_labels(train, train_segments)
-    operator = _DenseOperator(torch.as_tensor(full_hessian), inverse)
+    if extra_methods:  # the curvature as `segment_influence` keeps it (full_hessian includes l2 I)
+        n_tags, width = ner.head.n_tags, ner.head.n_features + 1
+        exact_curvature = ExactCurvature(full_hessian - l2 * numpy.eye(len(theta)), l2, n_tags, width)
     for column in tqdm(sorted(set(chosen["top"]) | set(chosen["random"])), desc="Retraining", disable=not show_progress):
         removed = _segment_objective(ner, train, train_segments[column])
         step = inverse @ g_train_dense[column] / n_sentences  # the influence step
@@ -124,9 +126,10 @@ def validate(
         linear_response[column] = g_test_dense @ (theta_s - theta).numpy()
         step_error[column] = float(torch.linalg.norm(theta_s - theta - step) / torch.linalg.norm(step))
         newton[column] = g_test_dense @ newton_step.numpy()
-        window = removal.segment_window(g_train.h, g_train.offsets, train_windows, column)
-        refined_step = removal.removal_step(ner, operator, n_sentences, window, theta)
-        refined[column] = bridge.segment_losses(ner, test_batch, test_segments, theta + refined_step) - base
+        if extra_methods:
+            window = removal.segment_window(g_train.h, g_train.offsets, train_windows, column)
+            refined_step = removal.removal_step(ner, exact_curvature, n_sentences, window, theta)
+            refined[column] = bridge.segment_losses(ner, test_batch, test_segments, theta + refined_step) - base
     timings["retrain_s"] = time.perf_counter() - clock
     if extra_methods:  # only defined for the retrained segments; the pairs only use those
         for name, per_segment in (("newton", newton), ("refined", refined)):
@@ -155,19 +158,6 @@ def validate(
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
     return {"methods": methods, "settings": settings, "pairs": scatter, "diagnostics": diagnostics}
-
-
-class _DenseOperator:
-    """H and H^-1 as dense matrices, for `removal.removal_step`."""
-
-    def __init__(self, hessian: torch.Tensor, inverse: torch.Tensor):
-        self.hessian, self.inverse = hessian, inverse
-
-    def solve(self, vector: torch.Tensor) -> torch.Tensor:
-        return self.inverse @ vector
-
-    def multiply(self, vector: torch.Tensor) -> torch.Tensor:
-        return self.hessian @ vector
 
 
 def _regularised(ner, batch: LabelledBatch, l2: float):
