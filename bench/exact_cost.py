@@ -28,7 +28,7 @@ from influence_common import load, load_docs, query_gradients, write_spacy  # no
 
 from spacy_segment_influence import bridge  # noqa: E402
 
-CONLL = Path("/work/shared/data/conll2003")
+CONLL = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"
 
 
 def main() -> None:

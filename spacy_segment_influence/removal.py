@@ -113,13 +113,9 @@ def segment_window(h: numpy.ndarray, offsets: numpy.ndarray, labels: WindowLabel
     return features, tags, [int(b) for b in labels.bounds[i]]
 
 
-def stored_window(index: SegmentIndex, segment_id: int) -> Window:
-    """A stored segment's window. Only an exact-curvature index keeps raw features."""
-    _check_refinable(index)
-    return segment_window(index.stored.h, index.stored.offsets, index.windows, segment_id)
-
-
 def _check_refinable(index: SegmentIndex) -> None:
+    """Only an exact-curvature index keeps raw window features (and, from this version,
+    their labels and N)."""
     curvature = index.curvature
     if curvature.name != "exact" or getattr(curvature, "n_sentences", None) is None or index.windows is None:
         raise ValueError(
@@ -159,7 +155,8 @@ class RemovalSteps:
         step: Optional[torch.Tensor] = self._cache.pop(segment_id, None)
         if step is None:
             curvature = self.index.curvature
-            window = stored_window(self.index, segment_id)
+            stored = self.index.stored
+            window = segment_window(stored.h, stored.offsets, self.index.windows, segment_id)
             step = removal_step(self.ner, curvature, curvature.n_sentences, window, self.theta)
         self._cache[segment_id] = step  # most recently used last
         if len(self._cache) > self.max_cached:

@@ -99,8 +99,8 @@ def validate(
     base = bridge.segment_losses(ner, test_batch, test_segments, theta)
     g_test_dense = g_test.to_dense()
     actual, residuals, along_step, linear_response, step_error, newton, refined = {}, [], {}, {}, {}, {}, {}
-    train_windows = bridge.window_labels(train, train_segments)
     if extra_methods:  # the curvature as `segment_influence` keeps it (full_hessian includes l2 I)
+        train_windows = bridge.window_labels(train, train_segments)
         n_tags, width = ner.head.n_tags, ner.head.n_features + 1
         exact_curvature = ExactCurvature(full_hessian - l2 * numpy.eye(len(theta)), l2, n_tags, width)
     for column in tqdm(sorted(set(chosen["top"]) | set(chosen["random"])), desc="Retraining", disable=not show_progress):
