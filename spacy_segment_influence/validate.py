@@ -68,7 +68,8 @@ def validate(
         raise ValueError("validate: the training sample has no tokens")
     timings["features_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    objective = _regularised(ner, train, l2)
+    data_nll, _ = bridge.mean_nll(ner, train)
+    objective = _regularised(data_nll, l2)
     theta = _refit(objective, bridge.flat_head(ner), show_progress)
     timings["refit_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -99,6 +100,7 @@ def validate(
     base = bridge.segment_losses(ner, test_batch, test_segments, theta)
     g_test_dense = g_test.to_dense()
     actual, residuals, along_step, linear_response, step_error, newton, refined = {}, [], {}, {}, {}, {}, {}
+    curvature_drop = {}
     if extra_methods:  # the curvature as `segment_influence` keeps it (full_hessian includes l2 I)
         train_windows = bridge.window_labels(train, train_segments)
         n_tags, width = ner.head.n_tags, ner.head.n_features + 1
@@ -125,6 +127,13 @@ def validate(
         along_step[column] = bridge.segment_losses(ner, test_batch, test_segments, theta + step) - base
         linear_response[column] = g_test_dense @ (theta_s - theta).numpy()
         step_error[column] = float(torch.linalg.norm(theta_s - theta - step) / torch.linalg.norm(step))
+        # how far the rest of the data's curvature along the true step falls between theta* and
+        # theta_-S: any estimate from theta* with a fixed Hessian for the rest misses that part
+        def rest_nll(t, removed=removed):
+            return data_nll(t) - removed(t) / n_sentences
+
+        moved = theta_s - theta
+        curvature_drop[column] = curvature_along(rest_nll, theta, moved) / curvature_along(rest_nll, theta_s, moved)
         newton[column] = g_test_dense @ newton_step.numpy()
         if extra_methods:
             window = removal.segment_window(g_train.h, g_train.offsets, train_windows, column)
@@ -141,7 +150,9 @@ def validate(
         name: {group: correlations(*map(numpy.array, zip(*points))) for group, points in groups.items()}
         for name, groups in scatter.items()
     }
-    diagnostics = _diagnostics(predicted["exact"], actual, along_step, linear_response, step_error, chosen, pairs, seed)
+    diagnostics = _diagnostics(
+        predicted["exact"], actual, along_step, linear_response, step_error, curvature_drop, chosen, pairs, seed
+    )
     settings = {
         "n_train": n_sentences,
         "n_dev": len(dev_features),
@@ -160,9 +171,15 @@ def validate(
     return {"methods": methods, "settings": settings, "pairs": scatter, "diagnostics": diagnostics}
 
 
-def _regularised(ner, batch: LabelledBatch, l2: float):
-    mean_nll, _ = bridge.mean_nll(ner, batch)
-    return lambda theta: mean_nll(theta) + 0.5 * l2 * (theta * theta).sum()
+def _regularised(data_nll, l2: float):
+    return lambda theta: data_nll(theta) + 0.5 * l2 * (theta * theta).sum()
+
+
+def curvature_along(objective, theta: torch.Tensor, direction: torch.Tensor) -> float:
+    """d^T (Hessian of `objective` at theta) d, by forward-over-reverse autograd."""
+    with crf.one_thread():
+        _, hvp = torch.func.jvp(torch.func.grad(objective), (theta,), (direction,))
+    return float(direction @ hvp)
 
 
 def _gradient(objective, theta: torch.Tensor) -> torch.Tensor:
@@ -354,11 +371,13 @@ def kronecker_eigen_solve(
     return back.reshape(len(vectors), -1)
 
 
-def _diagnostics(exact, actual, along_step, linear_response, step_error, chosen, pairs, seed) -> dict:
+def _diagnostics(exact, actual, along_step, linear_response, step_error, curvature_drop, chosen, pairs, seed) -> dict:
     """Per pair group: Pearson of the actual change with (a) the test losses evaluated at the
     influence step (exact parameter step, curved test loss) and (b) the linearised test loss
-    at the retrained parameters (linear test loss, exact parameter response); the relative
-    error of the influence step |theta_-S - theta* - step| / |step| per retrained segment."""
+    at the retrained parameters (linear test loss, exact parameter response); per retrained
+    segment, the relative error of the influence step |theta_-S - theta* - step| / |step| and
+    the factor by which the other sentences' curvature along theta_-S - theta* falls between
+    theta* and theta_-S (1 = the rest of the data stays quadratic along the step)."""
     out = {}
     for group, members in chosen.items():
         indices = _pair_indices(members, exact, pairs, top=group == "top", seed=seed)
@@ -367,6 +386,7 @@ def _diagnostics(exact, actual, along_step, linear_response, step_error, chosen,
         curved = numpy.array([along_step[s][t] for t, s in indices])
         linear = numpy.array([linear_response[s][t] for t, s in indices])
         errors = [step_error[s] for s in members]
+        drops = [curvature_drop[s] for s in members]
         out[group] = {
             "pearson_predicted_actual": _pearson(predicted, real),
             "pearson_loss_at_step_actual": _pearson(curved, real),
@@ -375,6 +395,8 @@ def _diagnostics(exact, actual, along_step, linear_response, step_error, chosen,
             "pearson_predicted_loss_at_step": _pearson(predicted, curved),
             "step_error_median": float(numpy.median(errors)) if errors else math.nan,
             "step_error_max": float(numpy.max(errors)) if errors else math.nan,
+            "rest_curvature_drop_median": float(numpy.median(drops)) if drops else math.nan,
+            "rest_curvature_drop_max": float(numpy.max(drops)) if drops else math.nan,
         }
     return out
 

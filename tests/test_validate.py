@@ -11,6 +11,7 @@ from spacy_segment_influence.bridge import Segment
 from spacy_segment_influence.corpus import read_jsonl_docs
 from spacy_segment_influence.validate import (
     correlations,
+    curvature_along,
     kronecker_diagonal,
     kronecker_eigen_solve,
     segment_hessian,
@@ -53,6 +54,24 @@ def test_segment_hessian_matches_autograd():
         numpy.testing.assert_allclose(
             segment_hessian(ner, batch, segment, theta), reference, rtol=0, atol=1e-10 * numpy.abs(reference).max()
         )
+
+
+def test_curvature_along_matches_closed_form_hessian():
+    """d^T H d by forward-over-reverse autograd equals the closed-form mean-NLL Hessian's,
+    at the trained head and at a random point, for random directions."""
+    nlp = tok2vec_nlp()
+    nlp = train(nlp, make_examples(nlp), steps=10)
+    ner = nlp.get_pipe("crf_ner")
+    batch = bridge.labelled_batch(nlp, "crf_ner", [eg.reference for eg in make_examples(nlp)])
+    objective, _ = bridge.mean_nll(ner, batch)
+    generator = torch.Generator().manual_seed(2)
+    trained = bridge.flat_head(ner)
+    for theta in (trained, trained + 0.5 * torch.randn(len(trained), generator=generator, dtype=torch.float64)):
+        hessian = bridge.head_hessian(ner, batch, flat=theta)
+        for _ in range(3):
+            direction = torch.randn(len(theta), generator=generator, dtype=torch.float64)
+            expected = float(direction.numpy() @ hessian @ direction.numpy())
+            assert curvature_along(objective, theta, direction) == pytest.approx(expected, rel=1e-8)
 
 
 def test_kronecker_helpers_against_dense_kron():
@@ -103,3 +122,7 @@ def test_exact_influence_tracks_retraining():
     assert result["settings"]["max_retrain_gradient"] < 1e-6
     # the loss at the retrained parameters is what is correlated, not a rewording of the prediction
     assert result["diagnostics"]["top"]["pearson_predicted_actual"] == pytest.approx(exact["top"]["pearson"])
+    # a curvature ratio, positive and finite for every retrained segment
+    for group in ("top", "random"):
+        drops = result["diagnostics"][group]
+        assert 0 < drops["rest_curvature_drop_median"] <= drops["rest_curvature_drop_max"] < numpy.inf, drops
