@@ -133,7 +133,8 @@ def validate(
             return data_nll(t) - removed(t) / n_sentences
 
         moved = theta_s - theta
-        curvature_drop[column] = curvature_along(rest_nll, theta, moved) / curvature_along(rest_nll, theta_s, moved)
+        before, after = curvature_along(rest_nll, theta, moved), curvature_along(rest_nll, theta_s, moved)
+        curvature_drop[column] = before / after if after > 0 else math.nan  # nan: the step vanished
         newton[column] = g_test_dense @ newton_step.numpy()
         if extra_methods:
             window = removal.segment_window(g_train.h, g_train.offsets, train_windows, column)
@@ -386,7 +387,7 @@ def _diagnostics(exact, actual, along_step, linear_response, step_error, curvatu
         curved = numpy.array([along_step[s][t] for t, s in indices])
         linear = numpy.array([linear_response[s][t] for t, s in indices])
         errors = [step_error[s] for s in members]
-        drops = [curvature_drop[s] for s in members]
+        drops = [curvature_drop[s] for s in members if not math.isnan(curvature_drop[s])]
         out[group] = {
             "pearson_predicted_actual": _pearson(predicted, real),
             "pearson_loss_at_step_actual": _pearson(curved, real),
