@@ -87,6 +87,12 @@ def convert(jsonl: Path, out: Path) -> Path:
     return out
 
 
+def config_suffix(config: str) -> str:
+    """'' for the tok2vec config, else '_<config stem>': keeps another config's fold models
+    and metrics files apart from the tok2vec ones."""
+    return "" if config == TOK2VEC_CONFIG else "_" + Path(config).stem
+
+
 def trained_model(
     output: Path,
     train: Path,
@@ -99,7 +105,7 @@ def trained_model(
     """model-best of configs/<config> trained on `train`, trained when missing. The MiniLM
     config warms up for a tenth of the steps, as bench/output/fidelity/minilm/train_cmd.sh."""
     if not (output / "model-best").exists():
-        warmup = ["--training.optimizer.learn_rate.warmup_steps", str(max_steps // 10)] if "trf" in config else []
+        warmup = ["--training.optimizer.learn_rate.warmup_steps", str(max_steps // 10)] if config == MINILM_CONFIG else []
         run([
             sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / config),
             "--output", str(output), "--paths.train", str(train), "--paths.dev", str(dev),
@@ -290,8 +296,7 @@ def experiment(name: str, workdir: Path, args) -> Tuple[Dict[str, dict], Dict[st
     fold_paths = sorted(folds_dir.glob("train_*.spacy")) or write_folds(train_docs, folds_dir, n_folds=2, seed=0)
     fold_steps = {"demo": args.demo_steps, "minilm": 300}.get(name, args.fold_steps)
     config = MINILM_CONFIG if name == "minilm" else args.config
-    # fold models of a non-default config get their own directories next to the default's
-    suffix = "" if name == "minilm" or config == TOK2VEC_CONFIG else "_" + Path(config).stem
+    suffix = "" if name == "minilm" else config_suffix(config)
     fold_models = [
         spacy.load(trained_model(
             folds_dir / (path.stem.replace("train", "model") + suffix), path, dev, fold_steps, frequency, config, args.gpu_id
@@ -336,7 +341,7 @@ def main() -> None:
             print(f"{what}: {c['difference']:+.3f} (95 % CI {c['ci95'][0]:+.3f} .. {c['ci95'][1]:+.3f})", flush=True)
     # one file per set of experiments, so that a partial rerun keeps the others' figures
     suffix = "" if not args.experiment else "_" + "_".join(args.experiment)
-    suffix += "" if args.config == TOK2VEC_CONFIG else "_" + Path(args.config).stem
+    suffix += config_suffix(args.config)
     srsly.write_json(args.workdir / f"metrics{suffix}.json", all_results)
     srsly.write_json(args.workdir / f"comparisons{suffix}.json", all_comparisons)
 

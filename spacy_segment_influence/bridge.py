@@ -35,6 +35,11 @@ class LabelledBatch(NamedTuple):
     features: List[numpy.ndarray]  # [n_tokens, E] per sentence
     tags: List[List[int]]  # tag id per token (-1 = unknown)
 
+    @property
+    def n_sentences(self) -> int:
+        """Sentences with at least one token: the N that mean losses and Hessians divide by."""
+        return sum(1 for x in self.features if len(x))
+
 
 def upstream_components(nlp: Language, ner_name: str) -> List[str]:
     """Names of the components that run before `ner_name` (the encoder and co.)."""

@@ -244,9 +244,8 @@ class SegmentInfluence(Pipe):
             return IdentityCurvature()
         if name == "kfac":
             return statistics.curvature(grads.dense, damping)
-        n_sentences = sum(1 for x in batch.features if len(x))
         return ExactCurvature(
-            bridge.head_hessian(ner, batch), damping, ner.head.n_tags, ner.head.n_features + 1, n_sentences
+            bridge.head_hessian(ner, batch), damping, ner.head.n_tags, ner.head.n_features + 1, batch.n_sentences
         )
 
     # -- querying ------------------------------------------------------------------------

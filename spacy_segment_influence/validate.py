@@ -93,7 +93,7 @@ def validate(
             predicted.update(_extra_predictions(ner, g_test, g_train, full_hessian, l2, kfac))
     timings["predictions_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    n_sentences = sum(1 for x in train.features if len(x))
+    n_sentences = train.n_sentences
     predicted = {name: scores / n_sentences for name, scores in predicted.items()}
     chosen = _choose_segments(predicted["exact"], n_segments, seed)
     g_train_dense = torch.as_tensor(g_train.to_dense())
