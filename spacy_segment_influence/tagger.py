@@ -13,7 +13,7 @@ from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc, Span
 from spacy.training import Example, biluo_tags_to_spans, validate_get_examples
 from spacy.vocab import Vocab
-from thinc.api import Config, Model, Optimizer, torch2xp, xp2torch
+from thinc.api import Config, Model, Optimizer, set_dropout_rate, torch2xp, xp2torch
 from thinc.types import Floats2d
 
 from . import crf
@@ -191,7 +191,7 @@ class CRFEntityRecognizer(TrainablePipe):
         self._validate_update(examples)
         if not any(len(eg.predicted) for eg in examples):
             return losses
-        self.model.attrs["dropout"] = drop
+        set_dropout_rate(self.model, drop)
         emissions, backprop = self.model.begin_update([eg.predicted for eg in examples])
         loss, d_emissions = self.get_loss(examples, emissions)
         backprop(d_emissions)

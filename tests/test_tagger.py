@@ -60,6 +60,27 @@ def test_update_gradient_is_marginals_minus_gold(trained_tok2vec_nlp):
         numpy.testing.assert_allclose(d_em, (unary - gold_unary)[0].detach().numpy(), atol=1e-4)
 
 
+def test_update_applies_the_training_dropout():
+    """`[training] dropout` must reach the component's own Dropout layers, as spaCy's
+    pipes do with set_dropout_rate; the rate in force during update is recorded."""
+    nlp = spacy.blank("en")
+    ner = nlp.add_pipe("crf_ner")  # default model: its own tok2vec, with Dropout layers
+    examples = make_examples(nlp)
+    nlp.initialize(lambda: examples)
+    seen = []
+    for node in ner.model.walk():
+        if "dropout_rate" in node.attrs:
+            forward = node._func
+
+            def spy(model, X, is_train, forward=forward):
+                seen.append(model.attrs["dropout_rate"])
+                return forward(model, X, is_train)
+
+            node._func = spy
+    nlp.update(examples, drop=0.37)
+    assert seen and all(rate == 0.37 for rate in seen)
+
+
 def test_partial_annotation_marginalises():
     nlp = tok2vec_nlp()
     examples = make_examples(nlp)
