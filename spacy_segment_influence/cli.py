@@ -94,7 +94,7 @@ def explain(
 
     from . import bridge
     from .corpus import read_docbin
-    from .reporting import format_influences
+    from .explain_table import format_influences
 
     if (text is None) == (docs is None):
         typer.secho("Give either TEXT or --docs X.spacy", err=True, fg="red")
@@ -281,7 +281,7 @@ def report(
 
     import srsly
 
-    from .report import render_report
+    from .review_page import render_report
 
     with _user_errors():
         records = list(islice(srsly.read_jsonl(ranking), limit or None))

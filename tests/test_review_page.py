@@ -5,7 +5,7 @@ import spacy
 from spacy.tokens import Doc
 
 from spacy_segment_influence.errors import Candidate, review_record
-from spacy_segment_influence.report import render_report
+from spacy_segment_influence.review_page import render_report
 
 HELD_OUT = [
     {"doc_id": "dev_3_1", "text": "Leeds", "left": "Fans of", "right": "cheered .", "label": "ORG",
