@@ -276,19 +276,19 @@ def report(
     out: Path = typer.Option(..., dir_okay=False, help="HTML file to write"),
     limit: int = typer.Option(100, help="Show the first N candidates (0 = all)"),
 ) -> None:
-    """Write a self-contained HTML page for reviewing the top candidates."""
-    from itertools import islice
+    """Write the review page: one self-contained HTML file of the top candidates.
 
-    import srsly
-
-    from .review_page import render_report
+    Accept (the annotation is wrong), reject (it is right) or skip each; export for `find-errors --reviewed`."""
+    from .review_page import read_ranking, render_review_page
 
     with _user_errors():
-        records = list(islice(srsly.read_jsonl(ranking), limit or None))
-        page = render_report(records)
+        records, sentences, total = read_ranking(ranking, limit)
+        page = render_review_page(
+            records, sentences, title=f"Review of {ranking.name}", export_name=f"{ranking.stem}.reviewed.jsonl"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf8")
-    typer.echo(f"Wrote {len(records)} candidates to {out}")
+    typer.echo(f"Wrote {len(records)} of the {total} candidates to {out}")
 
 
 def main() -> None:
