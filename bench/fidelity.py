@@ -30,7 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spacy_segment_influence.validate import save_plot, validate  # noqa: E402
+from bench.fidelity_prototypes import prototype_estimates  # noqa: E402
+from spacy_segment_influence import validate  # noqa: E402
+from spacy_segment_influence.fidelity_metrics import save_plot  # noqa: E402
 
 
 def demo_pipeline(seed: int):
@@ -119,6 +121,7 @@ def main() -> None:
             nlp, train_docs[:n_train], dev_docs[: args.n_dev], ner_name=args.ner, n_train=n_train,
             n_dev=args.n_dev, n_segments=args.n_segments, pairs=args.pairs, l2=l2,
             kfac_damping=args.kfac_damping, seed=args.seed, show_progress=False, hessian=args.hessian,
+            extra_estimates=prototype_estimates,
         )
         seconds = time.perf_counter() - start
         result["settings"]["validate_s"] = round(seconds, 1)

@@ -54,11 +54,11 @@ import srsly
 from spacy.tokens import DocBin
 
 from spacy_segment_influence.corpus import bio_to_spans
-from spacy_segment_influence.errors import (
+from spacy_segment_influence.annotation_errors import (
     METHODS,
     CrossFitFinder,
     ErrorFinder,
-    _neg_log_tail,
+    neg_log_tail,
     average_precision,
     changed_tokens,
     document_of,
@@ -152,7 +152,7 @@ def evaluate_methods(
     rankings["(held-out harm alone)"] = finder.harm
     if isinstance(finder, CrossFitFinder):
         rankings["(fold models' held-out harm)"] = finder.fold_harm
-        rankings["(Fisher: fold models' harm + loss)"] = lambda: finder.fold_harm() + _neg_log_tail(finder.losses())
+        rankings["(Fisher: fold models' harm + loss)"] = lambda: finder.fold_harm() + neg_log_tail(finder.losses())
     for method, scores_of in rankings.items():
         start = time.perf_counter()
         scores = scores_of()

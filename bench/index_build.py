@@ -38,7 +38,7 @@ from influence_common import (  # noqa: E402
 )
 
 import spacy_segment_influence.component as component_mod  # noqa: E402
-from spacy_segment_influence import bridge, curvature as curvature_mod, index as index_mod  # noqa: E402
+from spacy_segment_influence import bridge, curvature as curvature_mod, index as index_mod, segments as segments_mod  # noqa: E402
 
 
 def setup(args, read_corpus: bool = True):
@@ -84,9 +84,9 @@ def breakdown(build):
         (bridge, "head_features", "listener features"),
         (bridge, "gold_tags", "gold tags"),
         (component_mod.SegmentInfluence, "_training_segments", "segments + metadata"),
-        (bridge, "segment_gradients", "segment gradients (marginals)"),
-        (bridge, "token_marginals", "KFAC: token marginals"),
-        (curvature_mod.KFACStatistics, "add", "KFAC: accumulate factors"),
+        (component_mod, "segment_gradients", "segment gradients (marginals)"),
+        (segments_mod, "token_marginals", "KFAC: token marginals"),
+        (curvature_mod.KFACStatistics, "add_tokens", "KFAC: accumulate factors"),
         (curvature_mod.KFACStatistics, "curvature", "KFAC: fit factors"),
         (index_mod.SegmentIndex, "build", "SegmentIndex.build (whiten, norms, CSR)"),
         (bridge, "fingerprint", "fingerprint"),
@@ -128,10 +128,10 @@ def _rss_by_step(build, interval: float = 0.005):
 
     targets = [
         (bridge, "encode", "encode"),
-        (bridge, "segment_gradients", "segment gradients"),
-        (component_mod.SegmentInfluence, "_fit_curvature", "fit curvature (other)"),
-        (bridge, "token_marginals", "KFAC: token marginals"),
-        (curvature_mod.KFACStatistics, "add", "KFAC: accumulate factors"),
+        (component_mod, "segment_gradients", "segment gradients"),
+        (curvature_mod.ExactCurvature, "fit", "fit curvature (exact)"),
+        (segments_mod, "token_marginals", "KFAC: token marginals"),
+        (curvature_mod.KFACStatistics, "add_tokens", "KFAC: accumulate factors"),
         (curvature_mod.KFACStatistics, "curvature", "KFAC: fit factors"),
         (index_mod.SegmentIndex, "build", "SegmentIndex.build"),
     ]

@@ -16,7 +16,8 @@ import torch
 from spacy.tokens import Doc, DocBin, Span
 
 from spacy_segment_influence import bridge
-from spacy_segment_influence.bridge import LabelledBatch, Segment
+from spacy_segment_influence.segments import segment_gradients
+from spacy_segment_influence.segments import LabelledBatch, Segment
 from spacy_segment_influence.corpus import read_jsonl_docs
 from spacy_segment_influence.gradients import FactoredGradients
 
@@ -141,7 +142,7 @@ def query_gradients(component, docs: Sequence[Doc], spans: Sequence[Tuple[int, S
     features = bridge.head_features(ner, list(docs))
     tags = [bridge.tag_ids(ner, doc, ents) for doc, ents in zip(docs, labellings)]
     segments = [Segment(i, span.start, span.end) for i, span in spans]
-    return bridge.segment_gradients(ner, LabelledBatch(features, tags), segments)
+    return segment_gradients(ner, LabelledBatch(features, tags), segments)
 
 
 def read_floor(arrays: Sequence[np.ndarray]) -> Callable[[], object]:

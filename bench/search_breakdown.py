@@ -118,7 +118,7 @@ def main():
         (bridge, "fingerprint", "fingerprint check"),
         (bridge, "head_features", "listener features"),
         (bridge, "tag_ids", "tag ids"),
-        (bridge, "segment_gradients", "segment gradients"),
+        (component_mod, "segment_gradients", "segment gradients"),
         (SegmentIndex, "top_k", "SegmentIndex.top_k"),
         (component_mod.SegmentInfluence, "_hit", "hit records"),
         (component_mod.srsly, "json_dumps", "json_dumps into user_data"),

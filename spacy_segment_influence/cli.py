@@ -1,9 +1,12 @@
 """The `segment-influence` command line (also `python -m spacy_segment_influence`)."""
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
+
+from .curvature import CURVATURES
+from .exceptions import ConfigError, PipelineError, SegmentInfluenceError
 
 app = typer.Typer(
     name="segment-influence",
@@ -28,13 +31,10 @@ def convert(
     lang: str = typer.Option("en", help="Language of the blank tokenizer vocab"),
 ) -> None:
     """Convert `{"id","tokens","ner_tags"}` BIO JSONL into a .spacy corpus."""
-    from .corpus import CorpusFormatError, convert_jsonl
+    from .corpus import convert_jsonl
 
-    try:
+    with _user_errors():
         n_docs = convert_jsonl(input_path, output_path, lang=lang)
-    except CorpusFormatError as err:
-        typer.secho(str(err), err=True, fg="red")
-        raise typer.Exit(1)
     typer.echo(f"Wrote {n_docs} docs to {output_path}")
 
 
@@ -43,7 +43,7 @@ def index(
     model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained pipeline with a crf_ner component"),
     train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy) to index"),
     output_dir: Path = typer.Argument(..., file_okay=False, help="Where to write the pipeline plus its index"),
-    curvature: str = typer.Option("kfac", help="identity | kfac | exact (exact: small heads only)"),
+    curvature: str = typer.Option("kfac", help=f"{' | '.join(CURVATURES)} (exact: small heads only)"),
     damping: float = typer.Option(0.001, help="Damping added to the curvature"),
     normalize: bool = typer.Option(True, help="Cosine-normalise scores (a training entity ranks itself first)"),
     granularity: str = typer.Option("entities", help="entities (gold entity spans) | tokens (every token)"),
@@ -96,15 +96,13 @@ def explain(
     from .corpus import read_docbin
     from .reporting import format_influences
 
-    if (text is None) == (docs is None):
-        typer.secho("Give either TEXT or --docs X.spacy", err=True, fg="red")
-        raise typer.Exit(1)
-    nlp = spacy.load(model_dir)
-    if "segment_influence" not in nlp.pipe_names:
-        typer.secho(f"{model_dir} has no segment_influence component: run `segment-influence index` first", err=True, fg="red")
-        raise typer.Exit(1)
-    nlp.get_pipe("segment_influence").cfg.update(k=k, refine=refine)
     with _user_errors():
+        if (text is None) == (docs is None):
+            raise ConfigError("Give either TEXT or --docs X.spacy")
+        nlp = spacy.load(model_dir)
+        if "segment_influence" not in nlp.pipe_names:
+            raise PipelineError(f"{model_dir} has no segment_influence component: run `segment-influence index` first")
+        nlp.get_pipe("segment_influence").cfg.update(k=k, refine=refine)
         if docs is not None:
             corpus = read_docbin(docs, nlp.vocab)
             inputs = [bridge.unannotated(doc) for doc, _ in zip(corpus, range(limit or 10**12))]
@@ -138,7 +136,8 @@ def validate(
     import srsly
 
     from .corpus import read_docbin
-    from .validate import save_plot, validate as run_validation
+    from .fidelity_metrics import save_plot
+    from .validate import validate as run_validation
 
     nlp = spacy.load(model_dir)
     with _user_errors():
@@ -162,13 +161,12 @@ def validate(
 
 
 @contextmanager
-def _user_errors():
-    """Report mistakes in the user's input as one red line and exit 1, not a traceback."""
-    from .component import IndexOutOfDateError
-
+def _user_errors() -> Iterator[None]:
+    """Report mistakes in the user's input (`SegmentInfluenceError`) as one red line and
+    exit 1. Anything else is a bug and keeps its traceback."""
     try:
         yield
-    except (ValueError, FileNotFoundError, IndexOutOfDateError) as err:
+    except SegmentInfluenceError as err:
         typer.secho(f"Error: {err}", err=True, fg="red")
         raise typer.Exit(1)
 
@@ -181,7 +179,9 @@ def find_errors(
     method: str = typer.Option("influence", help="influence | self-influence | loss | margin | confidence | random"),
     out: Path = typer.Option(..., dir_okay=False, help="Ranked review file (JSONL, Prodigy-style)"),
     k: int = typer.Option(3, help="Held-out predictions listed per candidate (supported and opposed; needs --dev)"),
-    curvature: str = typer.Option("kfac", help="identity | kfac; a pipeline written by `index` brings its own"),
+    curvature: str = typer.Option(
+        "kfac", help=f"{' | '.join(CURVATURES)}; a pipeline written by `index` brings its own"
+    ),
     damping: float = typer.Option(0.001, help="K-FAC damping"),
     seed: int = typer.Option(0, help="Seed of the random baseline"),
     ner: str = typer.Option("crf_ner", help="Name of the crf_ner component"),
@@ -196,21 +196,21 @@ def find_errors(
     them) by how likely they are wrong, most suspicious first. With --fold-model and
     --fold-train (cross-fitting, from `split-folds`), every training doc is annotated and
     scored by the fold model that did not train on it; `influence` then combines that
-    out-of-fold loss with MODEL_DIR's held-out harm (see errors.CrossFitFinder)."""
+    out-of-fold loss with MODEL_DIR's held-out harm (see annotation_errors.CrossFitFinder)."""
     import spacy
     import srsly
 
+    from .annotation_errors import CrossFitFinder, ErrorFinder, held_out_indices, rank
     from .corpus import read_docbin
-    from .errors import CrossFitFinder, ErrorFinder, held_out_indices, rank
 
     with _user_errors():
         if len(fold_model) != len(fold_train):
-            raise ValueError(f"{len(fold_model)} --fold-model but {len(fold_train)} --fold-train: give one per fold")
+            raise ConfigError(f"{len(fold_model)} --fold-model but {len(fold_train)} --fold-train: give one per fold")
         nlp = spacy.load(model_dir)
         train_docs = read_docbin(train_path, nlp.vocab)
         dev_docs = read_docbin(dev, nlp.vocab) if dev is not None else None
         if method == "influence" and dev_docs is None:
-            raise ValueError("--method influence needs held-out data: pass --dev DEV.spacy")
+            raise ConfigError("--method influence needs held-out data: pass --dev DEV.spacy")
         options = dict(ner=ner, curvature=curvature, damping=damping, seed=seed)
         if fold_model:
             models = [spacy.load(path) for path in fold_model]
@@ -238,8 +238,8 @@ def split_folds_command(
     on it can score fold k."""
     import spacy
 
+    from .annotation_errors import write_folds
     from .corpus import read_docbin
-    from .errors import write_folds
 
     with _user_errors():
         docs = read_docbin(train_path, spacy.blank("en").vocab)
@@ -259,10 +259,12 @@ def evaluate_errors(
     candidates, and document-level recall@100/200/400 and AUC."""
     import srsly
 
-    from .errors import evaluate_ranking, ranked_regions, read_tags
+    from .annotation_errors import evaluate_ranking, ranked_regions, read_tags
+    from .corpus import read_jsonl_records
 
     with _user_errors():
-        metrics = evaluate_ranking(ranked_regions(srsly.read_jsonl(ranking)), read_tags(original), read_tags(corrected))
+        records = (record for _, record in read_jsonl_records(ranking))
+        metrics = evaluate_ranking(ranked_regions(records), read_tags(original), read_tags(corrected))
     for name, value in metrics.items():
         typer.echo(f"{name:<30} {value:.4f}" if isinstance(value, float) else f"{name:<30} {value}")
     if out is not None:
@@ -279,12 +281,11 @@ def report(
     """Write a self-contained HTML page for reviewing the top candidates."""
     from itertools import islice
 
-    import srsly
-
+    from .corpus import read_jsonl_records
     from .report import render_report
 
     with _user_errors():
-        records = list(islice(srsly.read_jsonl(ranking), limit or None))
+        records = [record for _, record in islice(read_jsonl_records(ranking), limit or None)]
         page = render_report(records)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf8")

@@ -15,7 +15,11 @@ from typing import Any, Dict, Iterable, Iterator, List, Tuple
 import spacy
 import srsly
 from spacy.tokens import Doc, DocBin, Span
+from spacy.training import biluo_to_iob
+from spacy.training.iob_utils import doc_to_biluo_tags
 from spacy.vocab import Vocab
+
+from .exceptions import BIORepairWarning, CorpusFormatError, CorpusNotFoundError
 
 _TAG_RE = re.compile(r"^(?:O|([BI])-(\S+))$")
 _WHITESPACE_RE = re.compile(r"\s")
@@ -24,14 +28,6 @@ _NO_SPACE_AFTER = {"(", "[", "{"}
 _JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 SpanTriple = Tuple[int, int, str]
-
-
-class CorpusFormatError(ValueError):
-    """A line of a JSONL corpus is malformed; the message starts with `path:line: `."""
-
-
-class BIORepairWarning(UserWarning):
-    """Some I- tags did not continue an entity and were read as entity starts."""
 
 
 class _RecordError(Exception):
@@ -49,20 +45,16 @@ def read_jsonl_docs(path: Path, vocab: Vocab) -> Iterator[Doc]:
     path = Path(path)
     n_repairs = 0
     first_repair_line = 0
-    # utf-8-sig: a byte order mark from an editor must not make line 1 invalid JSON.
-    with path.open(encoding="utf-8-sig") as file_:
-        for line_no, line in enumerate(file_, start=1):
-            if not line.strip():
-                continue
-            try:
-                record_id, tokens, tags = _parse_record(line)
-            except _RecordError as err:
-                raise CorpusFormatError(f"{path}:{line_no}: {err}") from None
-            spans, repairs = bio_to_spans(tags)
-            if repairs and not n_repairs:
-                first_repair_line = line_no
-            n_repairs += repairs
-            yield _make_doc(vocab, record_id, tokens, spans)
+    for line_no, line in _lines(path):
+        try:
+            record_id, tokens, tags = _parse_record(line)
+        except _RecordError as err:
+            raise CorpusFormatError(f"{path}:{line_no}: {err}") from None
+        spans, repairs = bio_to_spans(tags)
+        if repairs and not n_repairs:
+            first_repair_line = line_no
+        n_repairs += repairs
+        yield _make_doc(vocab, record_id, tokens, spans)
     if n_repairs:
         warnings.warn(
             f"{path}: {n_repairs} stray I- tag(s) read as entity starts "
@@ -72,18 +64,46 @@ def read_jsonl_docs(path: Path, vocab: Vocab) -> Iterator[Doc]:
         )
 
 
+def read_jsonl_records(path: Path) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """(line number, JSON object) for each non-blank line of a JSONL file; a line that is
+    not a JSON object raises CorpusFormatError naming the file and line."""
+    path = Path(path)
+    for line_no, line in _lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CorpusFormatError(f"{path}:{line_no}: invalid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise CorpusFormatError(f"{path}:{line_no}: expected a JSON object, got {_json_type(record)}")
+        yield line_no, record
+
+
+def _lines(path: Path) -> Iterator[Tuple[int, str]]:
+    """(line number, text) of the non-blank lines of a text file."""
+    if not path.is_file():
+        raise CorpusNotFoundError(f"{path}: no such file")
+    # utf-8-sig: a byte order mark from an editor must not make line 1 invalid JSON.
+    with path.open(encoding="utf-8-sig") as file_:
+        for line_no, line in enumerate(file_, start=1):
+            if line.strip():
+                yield line_no, line
+
+
 def read_docbin(path: Path, vocab: Vocab) -> List[Doc]:
     """All docs of a .spacy file, user_data included. DocBin decodes each doc's
     user_data with srsly, which looks up its msgpack decoders (a catalogue scan of
     the installed packages' entry points) once per doc; that scan was 90 % of the
     read time for CoNLL train, so it is done once here."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusNotFoundError(f"{path}: no such .spacy file")
     decoders = srsly.msgpack.msgpack_decoders
     found = decoders.get_all()
     decoders.get_all = lambda: found  # instance attribute shadowing the method
     try:
         return list(DocBin().from_disk(path).get_docs(vocab))
     except ValueError as err:  # spaCy's E1014 does not say which file
-        raise ValueError(f"{path}: not a .spacy (DocBin) file ({err})") from err
+        raise CorpusFormatError(f"{path}: not a .spacy (DocBin) file ({err})") from err
     finally:
         del decoders.get_all
 
@@ -142,12 +162,7 @@ def bio_to_spans(tags: List[str]) -> Tuple[List[SpanTriple], int]:
 
 def doc_to_bio(doc: Doc) -> List[str]:
     """BIO tags of `doc.ents`; tokens outside any entity are "O"."""
-    tags = ["O"] * len(doc)
-    for ent in doc.ents:
-        tags[ent.start] = f"B-{ent.label_}"
-        for i in range(ent.start + 1, ent.end):
-            tags[i] = f"I-{ent.label_}"
-    return tags
+    return biluo_to_iob(doc_to_biluo_tags(doc, missing="O"))
 
 
 def _parse_record(line: str) -> Tuple[str, List[str], List[str]]:

@@ -18,6 +18,8 @@ from typing import NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 
+from .layout import HeadLayout
+
 
 @dataclass
 class FactoredGradients:
@@ -65,6 +67,11 @@ class FactoredGradients:
         return self.dense.shape[1]
 
     @property
+    def layout(self) -> HeadLayout:
+        """The flat layout of `to_dense`'s rows."""
+        return HeadLayout(self.n_tags, self.width, self.n_dense)
+
+    @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
@@ -87,14 +94,14 @@ class FactoredGradients:
     def to_dense(self) -> np.ndarray:
         """Full flattened float64 gradients [S, C * E + D]; memory N * C * E, so
         for tests, exact curvature and small data only."""
-        n_tags, width = self.n_tags, self.width
-        out = np.zeros((len(self), n_tags * width + self.n_dense))
+        layout = self.layout
+        out = np.zeros((len(self), layout.n_params))
         if len(self):
             outer = np.einsum("nc,ne->nce", self.r.astype(np.float64), self.h.astype(np.float64))
-            out[:, : n_tags * width] = np.add.reduceat(
-                outer.reshape(-1, n_tags * width), self.offsets[:-1], axis=0
+            out[:, layout.emission] = np.add.reduceat(
+                outer.reshape(-1, layout.n_emission), self.offsets[:-1], axis=0
             )
-        out[:, n_tags * width :] = self.dense
+        out[:, layout.dense] = self.dense
         return out
 
     def squared_norms(self) -> np.ndarray:

@@ -10,6 +10,8 @@ from spacy.util import registry
 from thinc.api import Model, PyTorchWrapper_v3, chain
 from thinc.types import ArgsKwargs, Floats2d
 
+from .exceptions import PipelineError
+
 
 class CRFHead(torch.nn.Module):
     """Emission layer plus transition/start/end scores over C tags.
@@ -98,7 +100,7 @@ def _head_init(model: Model, X: Optional[List[Floats2d]] = None, Y: Any = None) 
     if X is not None and len(X):
         model.set_dim("nI", X[0].shape[1])
     if not model.has_dim("nI") or not model.has_dim("nO"):
-        raise ValueError("crf_head needs its input width (nI) and number of tags (nO)")
+        raise PipelineError("crf_head needs its input width (nI) and number of tags (nO)")
     torch_head(model).resize(model.get_dim("nI"), model.get_dim("nO"))
 
 

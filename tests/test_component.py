@@ -3,9 +3,10 @@ import pytest
 import spacy
 from spacy.tokens import DocBin
 
-from spacy_segment_influence import bridge
-from spacy_segment_influence.bridge import LabelledBatch, Segment
-from spacy_segment_influence.component import IndexOutOfDateError
+from spacy_segment_influence import IndexOutOfDateError, bridge
+from spacy_segment_influence.segments import segment_gradients, segment_gradients_autograd, token_marginals
+from spacy_segment_influence.hessian import head_hessian_autograd
+from spacy_segment_influence.segments import LabelledBatch, Segment
 
 from .conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train
 
@@ -41,14 +42,14 @@ def test_search_equals_dense_brute_force(nlp, curvature, normalize):
     try:
         ner = nlp.get_pipe("crf_ner")
         batch, segments = training_batch(nlp)
-        dense = bridge.segment_gradients_autograd(ner, batch, segments)
+        dense = segment_gradients_autograd(ner, batch, segments)
         hessian = explicit_curvature(component, ner, batch, dense)
         preconditioned = numpy.linalg.solve(hessian, dense.T).T
         expected = preconditioned @ dense.T  # queries = the training segments themselves
         if normalize:
             norms = numpy.sqrt(numpy.einsum("ij,ij->i", preconditioned, dense))
             expected = expected / numpy.outer(norms, norms)
-        queries = bridge.segment_gradients(ner, batch, segments)
+        queries = segment_gradients(ner, batch, segments)
         got = component.index.scores(queries)
         numpy.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-4 * numpy.abs(expected).max())
         for row, result in enumerate(component.index.top_k(queries, k=3)):
@@ -65,9 +66,9 @@ def explicit_curvature(component, ner, batch, dense):
     if component.cfg["curvature"] == "identity":
         return numpy.eye(n_params)
     if component.cfg["curvature"] == "exact":
-        return bridge.head_hessian_autograd(ner, batch) + damping * numpy.eye(n_params)
+        return head_hessian_autograd(ner, batch) + damping * numpy.eye(n_params)
     # K-FAC: (B + sqrt(d) I) (x) (A + sqrt(d) I) on [W|b] (row-major [C, E+1]), dense block apart
-    h, q = bridge.token_marginals(ner, batch.features)
+    h, q = token_marginals(ner, batch.features)
     a = h.T.astype("float64") @ h / len(h)
     b = numpy.diag(q.mean(0)) - q.T.astype("float64") @ q / len(q)
     root = numpy.sqrt(damping)

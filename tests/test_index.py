@@ -4,10 +4,11 @@ import srsly
 import pytest
 import torch
 
-from spacy_segment_influence import index as index_module
+from spacy_segment_influence import index_storage
 from spacy_segment_influence.curvature import ExactCurvature, IdentityCurvature, KFACCurvature
 from spacy_segment_influence.gradients import FactoredGradients
-from spacy_segment_influence.index import SegmentIndex, SparseRows
+from spacy_segment_influence.index import SegmentIndex
+from spacy_segment_influence.index_storage import SparseRows
 
 E, C = 7, 5
 D = C * C + 2 * C
@@ -63,7 +64,7 @@ def curvatures(data):
     train, marginals, _, hessian = data
     return {
         "identity": (IdentityCurvature(), np.eye(P)),
-        "kfac": (KFACCurvature.fit(train.h, marginals, train.dense, DAMPING), explicit_kfac(train, marginals)),
+        "kfac": (KFACCurvature.from_tokens(train.h, marginals, train.dense, DAMPING), explicit_kfac(train, marginals)),
         "exact": (ExactCurvature(hessian, DAMPING, C, E), hessian + DAMPING * np.eye(P)),
     }
 
@@ -248,7 +249,7 @@ def test_failed_write_leaves_no_partial_index(data, tmp_path, monkeypatch, build
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(index_module.srsly, "write_json", fail)
+    monkeypatch.setattr(index_storage.srsly, "write_json", fail)
     new = build("kfac", dtype="float32")
     with pytest.raises(OSError):
         new.to_disk(tmp_path / "fresh")
@@ -263,7 +264,7 @@ def test_failed_swap_restores_old_index(data, tmp_path, monkeypatch, build):
     queries = data[2]
     old = build("identity", dtype="float32")
     old.to_disk(tmp_path / "index")
-    real_replace = index_module.os.replace
+    real_replace = index_storage.os.replace
     calls = []
 
     def replace_then_fail(src, dst):
@@ -272,7 +273,7 @@ def test_failed_swap_restores_old_index(data, tmp_path, monkeypatch, build):
             raise OSError("rename failed")
         real_replace(src, dst)
 
-    monkeypatch.setattr(index_module.os, "replace", replace_then_fail)
+    monkeypatch.setattr(index_storage.os, "replace", replace_then_fail)
     with pytest.raises(OSError):
         build("kfac", dtype="float32").to_disk(tmp_path / "index")
     monkeypatch.undo()
@@ -329,7 +330,7 @@ def test_mismatched_queries_rejected(data, build):
 def test_curvature_needs_positive_definite(data):
     train, marginals, _, _ = data
     with pytest.raises(ValueError):
-        KFACCurvature.fit(train.h, marginals, train.dense, damping=0.0)
+        KFACCurvature.from_tokens(train.h, marginals, train.dense, damping=0.0)
     with pytest.raises(ValueError):
         ExactCurvature(-np.eye(P), 0.5, C, E)
 

@@ -4,7 +4,7 @@ import pytest
 import spacy
 from spacy.tokens import Doc
 
-from spacy_segment_influence.errors import Candidate, review_record
+from spacy_segment_influence.annotation_errors import Candidate, review_record
 from spacy_segment_influence.report import render_report
 
 HELD_OUT = [
