@@ -239,7 +239,12 @@ class SegmentInfluence(Pipe):
             if self.cfg["granularity"] == "entities":
                 spans = [ent for ent in doc.ents if ent.label_ in labels]
             else:
-                spans = [doc[i : i + 1] for i in range(len(doc)) if doc[i].ent_iob != 0]
+                # each annotated token, labelled as its gold tag is (outside the labels: "O")
+                spans = [
+                    Span(doc, i, i + 1, label=doc[i].ent_type_ if doc[i].ent_type_ in labels else "")
+                    for i in range(len(doc))
+                    if doc[i].ent_iob != 0
+                ]
             for span in spans:
                 segments.append(Segment(offset, span.start, span.end))
                 metadata.append(_segment_record(doc, span, first + offset))
