@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import load, load_docs, query_gradients, write_spacy  # noqa: E402
 
 from spacy_segment_influence import bridge  # noqa: E402
-from spacy_segment_influence.segments import LabelledBatch, labelled_batch  # noqa: E402
 from spacy_segment_influence.hessian import head_hessian, head_hessian_autograd  # noqa: E402
+from spacy_segment_influence.segments import LabelledBatch, labelled_batch  # noqa: E402
 
 CONLL = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"
 
@@ -70,7 +70,8 @@ def main() -> None:
         component = nlp.add_pipe("segment_influence", name=name, config={"curvature": curvature})
         start = time.perf_counter()
         component.initialize(lambda: [], nlp=nlp, train_path=train_path, show_progress=False)
-        print(f"2. {curvature:5} build {time.perf_counter() - start:6.1f} s wall, index {component.index.nbytes / 1e6:.1f} MB")
+        print(f"2. {curvature:5} build {time.perf_counter() - start:6.1f} s wall, "
+            f"index {component.index.nbytes / 1e6:.1f} MB")
         nlp.remove_pipe(name)
         indexes[curvature] = component
     dev = load_docs(args.dev, nlp.vocab)
@@ -100,7 +101,8 @@ def main() -> None:
         out = list(exact.pipe(refine_docs))
         seconds[refine] = time.process_time() - start
     n_hits = sum(len(r["supporters"]) + len(r["opposers"]) for doc in out for r in doc._.influences)
-    print(f"3. refine: {n_entities} entities, {n_hits} hits; pipe CPU s off {seconds[False]:.2f}, on {seconds[True]:.2f}: "
+    print(f"3. refine: {n_entities} entities, {n_hits} hits; "
+        f"pipe CPU s off {seconds[False]:.2f}, on {seconds[True]:.2f}: "
           f"{(seconds[True] - seconds[False]) / n_hits * 1e3:.0f} ms per refined hit")
     print(f"   {load()}")
 

@@ -53,21 +53,21 @@ import spacy
 import srsly
 from spacy.tokens import DocBin
 
-from spacy_segment_influence.corpus import bio_to_spans
 from spacy_segment_influence.annotation_errors import (
     METHODS,
     CrossFitFinder,
     ErrorFinder,
-    neg_log_tail,
     average_precision,
     changed_tokens,
     document_of,
     evaluate_ranking,
     held_out_indices,
+    neg_log_tail,
     read_tags,
     recall_auc,
     write_folds,
 )
+from spacy_segment_influence.corpus import bio_to_spans
 
 ROOT = Path(__file__).resolve().parents[1]
 CONLL = ROOT.parent / "shared" / "data" / "conll2003"

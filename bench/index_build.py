@@ -34,11 +34,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
-    Clock, blas_threads, instrumented, load, load_docs, maxrss_mb, set_blas_threads, timer, write_spacy,
+    Clock,
+    blas_threads,
+    instrumented,
+    load,
+    load_docs,
+    maxrss_mb,
+    set_blas_threads,
+    timer,
+    write_spacy,
 )
 
 import spacy_segment_influence.component as component_mod  # noqa: E402
-from spacy_segment_influence import bridge, curvature as curvature_mod, index as index_mod, segments as segments_mod  # noqa: E402
+from spacy_segment_influence import bridge  # noqa: E402
+from spacy_segment_influence import curvature as curvature_mod
+from spacy_segment_influence import index as index_mod
+from spacy_segment_influence import segments as segments_mod
 
 
 def setup(args, read_corpus: bool = True):
@@ -260,7 +271,8 @@ def rss(args, train_path, names):
               f"{rec['peak_rss_mb'] - rec['rss_loaded_mb']:13.0f}{rec['seconds']:9.2f}{rec['load']:7.2f}{note}")
         if "rss_by_step_mb" in rec:
             steps = ", ".join(f"{k} {v}" for k, v in rec["rss_by_step_mb"].items())
-            print(f"  max VmRSS (MB) while each step of a second build ran (sampled every 5 ms; the first index still held): {steps}")
+            print(f"  max VmRSS (MB) while each step of a second build ran "
+                f"(sampled every 5 ms; the first index still held): {steps}")
 
 
 if __name__ == "__main__":

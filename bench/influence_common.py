@@ -16,10 +16,9 @@ import torch
 from spacy.tokens import Doc, DocBin, Span
 
 from spacy_segment_influence import bridge
-from spacy_segment_influence.segments import segment_gradients
-from spacy_segment_influence.segments import LabelledBatch, Segment
 from spacy_segment_influence.corpus import read_jsonl_docs
 from spacy_segment_influence.gradients import FactoredGradients
+from spacy_segment_influence.segments import LabelledBatch, Segment, segment_gradients
 
 
 def load_docs(path: Path, vocab, n: int = 0) -> List[Doc]:

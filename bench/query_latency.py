@@ -39,8 +39,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
-    Clock, blas_threads, load, load_docs, maxrss_mb, query_gradients, read_floor,
-    set_blas_threads, write_spacy,
+    Clock,
+    blas_threads,
+    load,
+    load_docs,
+    maxrss_mb,
+    query_gradients,
+    read_floor,
+    set_blas_threads,
+    write_spacy,
 )
 
 from spacy_segment_influence import bridge  # noqa: E402
@@ -207,7 +214,7 @@ def main():
     }
     variants = {f"T={default_threads}": default_threads, "T=1": 1}
     clock = Clock()
-    for name, fn in methods.items():  # warm-up
+    for fn in methods.values():  # warm-up
         fn(0)
     names = list(methods)
     for q in range(len(queries)):
@@ -216,7 +223,7 @@ def main():
             torch.set_num_threads(n_threads)
             rot = q % len(names)
             for name in names[rot:] + names[:rot]:
-                clock.run(f"{name} {vname}", lambda: methods[name](q))
+                clock.run(f"{name} {vname}", lambda name=name, q=q: methods[name](q))
     torch.set_num_threads(default_threads)
 
     print(f"\n(b) single-entity latency, median over {len(queries)} queries (ms): wall clock and process CPU "
@@ -243,7 +250,7 @@ def main():
           f"dense / f16 index = {baseline.nbytes / index16.nbytes:.1f}x; "
           f"W block alone: dense matrix / (h + r) = {baseline.matrix.nbytes / (g.h.nbytes + g.r.nbytes):.1f}x; "
           f"dense block: [S, D] / CSR = {baseline.dense.nbytes / g.dense.nbytes:.1f}x")
-    print(f"  mean load during (b): {statistics.mean(l for ls in clock.loads.values() for l in ls):.2f}")
+    print(f"  mean load during (b): {statistics.mean(x for loads in clock.loads.values() for x in loads):.2f}")
 
     if args.skip_batched:
         print(f"\npeak RSS {maxrss_mb():.0f} MB")

@@ -24,11 +24,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
-    blas_threads, instrumented, load, load_docs, query_gradients, read_floor, set_blas_threads, timer, write_spacy,
+    blas_threads,
+    instrumented,
+    load,
+    load_docs,
+    query_gradients,
+    read_floor,
+    set_blas_threads,
+    timer,
+    write_spacy,
 )
+from query_latency import DenseBaseline, dense_queries_of  # noqa: E402
 
 import spacy_segment_influence.component as component_mod  # noqa: E402
-from query_latency import DenseBaseline, dense_queries_of  # noqa: E402
 from spacy_segment_influence import bridge  # noqa: E402
 from spacy_segment_influence.index import SegmentIndex  # noqa: E402
 

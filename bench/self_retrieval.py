@@ -28,7 +28,12 @@ import spacy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
-    blas_threads, load, load_docs, query_gradients, set_blas_threads, write_spacy,
+    blas_threads,
+    load,
+    load_docs,
+    query_gradients,
+    set_blas_threads,
+    write_spacy,
 )
 
 from spacy_segment_influence import bridge  # noqa: E402
@@ -89,7 +94,7 @@ def main():
             docs = list(nlp.pipe(bridge.unannotated(d) for d in gold))
             query_s = time.perf_counter() - start
         strict = 0
-        for i, s, e, label in targets:
+        for i, s, e, _ in targets:
             span = next(ent for ent in docs[i].ents if (ent.start, ent.end) == (s, e))
             sup = span._.influences["supporters"]
             strict += bool(sup) and (sup[0]["doc_index"], sup[0]["start"], sup[0]["end"]) == (i, s, e)

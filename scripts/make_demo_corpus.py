@@ -396,7 +396,8 @@ def print_error_summary(changes: List[dict]) -> None:
     doc_ids = {change["id"].rsplit("_", 1)[0] for change in changes if change["kind"] == "systematic_club_as_loc"}
     doc_ids = sorted(doc_ids, key=lambda doc_id: int(doc_id.rsplit("_", 1)[1]))
     print(f"injected into train: {len(changes)} wrong spans in {len({change['id'] for change in changes})} sentences")
-    print(f"  systematic_club_as_loc: {kinds['systematic_club_as_loc']} mentions in {len(doc_ids)} docs ({', '.join(doc_ids)})")
+    print(f"  systematic_club_as_loc: {kinds['systematic_club_as_loc']} mentions "
+        f"in {len(doc_ids)} docs ({', '.join(doc_ids)})")
     for kind in RANDOM_ERRORS:
         print(f"  {kind}: {kinds[kind]} sentences")
 

@@ -7,7 +7,7 @@ segment gradients, Hessians and validation differentiate.
 """
 import hashlib
 from contextlib import contextmanager
-from typing import Iterable, Iterator, List, Sequence
+from typing import Any, Iterable, Iterator, List, Sequence, cast
 
 import numpy
 import torch
@@ -21,14 +21,20 @@ from .layout import HeadLayout
 from .tagger import CRFEntityRecognizer
 
 
+def crf_component(nlp: Language, ner_name: str) -> CRFEntityRecognizer:
+    """The pipeline's `crf_ner` component `ner_name`, or a clear error."""
+    if ner_name not in nlp.pipe_names:
+        raise PipelineError(f"No component {ner_name!r} in the pipeline (components: {nlp.pipe_names})")
+    component = nlp.get_pipe(ner_name)
+    if not isinstance(component, CRFEntityRecognizer):
+        raise PipelineError(f"Component {ner_name!r} is not a crf_ner component")
+    return component
+
+
 def upstream_components(nlp: Language, ner_name: str) -> List[str]:
     """Names of the components that run before `ner_name` (the encoder and co.)."""
-    names = nlp.pipe_names
-    if ner_name not in names:
-        raise PipelineError(f"No component {ner_name!r} in the pipeline (components: {names})")
-    if not isinstance(nlp.get_pipe(ner_name), CRFEntityRecognizer):
-        raise PipelineError(f"Component {ner_name!r} is not a crf_ner component")
-    return names[: names.index(ner_name)]
+    crf_component(nlp, ner_name)
+    return nlp.pipe_names[: nlp.pipe_names.index(ner_name)]
 
 
 def encode(nlp: Language, docs: Iterable[Doc], ner_name: str, batch_size: int = 64) -> List[Doc]:
@@ -83,7 +89,7 @@ def fingerprint(nlp: Language, ner_name: str) -> str:
     batch: small tensors are hashed whole, large ones by a strided sample, which any
     training step changes."""
     digest = hashlib.sha256()
-    models = [nlp.get_pipe(name).model for name in [*upstream_components(nlp, ner_name), ner_name]]
+    models = [cast(Any, nlp.get_pipe(name)).model for name in [*upstream_components(nlp, ner_name), ner_name]]
     for model in models:
         for node in model.walk():
             for name in sorted(node.param_names):

@@ -1,12 +1,17 @@
 """The `segment-influence` command line (also `python -m spacy_segment_influence`)."""
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional, Union, cast
 
 import typer
 
 from .curvature import CURVATURES
 from .exceptions import ConfigError, PipelineError, SegmentInfluenceError
+
+if TYPE_CHECKING:
+    from spacy.tokens import Doc
+
+    from .component import SegmentInfluence
 
 app = typer.Typer(
     name="segment-influence",
@@ -70,10 +75,11 @@ def index(
         "device": device,
     }
     with _user_errors():
-        component = nlp.add_pipe("segment_influence", config=config)
+        component = cast("SegmentInfluence", nlp.add_pipe("segment_influence", config=config))
         component.initialize(lambda: [], nlp=nlp, train_path=train_path)
+        index = component.check_index()
     nlp.to_disk(output_dir)
-    typer.echo(f"Indexed {len(component.index)} segments ({component.index.nbytes / 1e6:.1f} MB); saved to {output_dir}")
+    typer.echo(f"Indexed {len(index)} segments ({index.nbytes / 1e6:.1f} MB); saved to {output_dir}")
 
 
 @app.command()
@@ -102,12 +108,12 @@ def explain(
         nlp = spacy.load(model_dir)
         if "segment_influence" not in nlp.pipe_names:
             raise PipelineError(f"{model_dir} has no segment_influence component: run `segment-influence index` first")
-        nlp.get_pipe("segment_influence").cfg.update(k=k, refine=refine)
+        cast("SegmentInfluence", nlp.get_pipe("segment_influence")).cfg.update(k=k, refine=refine)
         if docs is not None:
             corpus = read_docbin(docs, nlp.vocab)
-            inputs = [bridge.unannotated(doc) for doc, _ in zip(corpus, range(limit or 10**12))]
+            inputs: List[Union[str, "Doc"]] = [bridge.unannotated(doc) for doc, _ in zip(corpus, range(limit or 10**12))]
         else:
-            inputs = [text]
+            inputs = [cast(str, text)]
         for doc in nlp.pipe(inputs):
             if as_json:
                 typer.echo(srsly.json_dumps({"text": doc.text, "id": doc.user_data.get("id"), "entities": doc._.influences}))
@@ -151,7 +157,8 @@ def validate(
     srsly.write_json(out, {key: result[key] for key in ("methods", "settings", "diagnostics")})
     for method, groups in result["methods"].items():
         cells = "  ".join(
-            f"{group}: pearson {m['pearson']:.3f} spearman {m['spearman']:.3f} sign {m['sign_agreement']:.2f} (n={m['n']})"
+            f"{group}: pearson {m['pearson']:.3f} spearman {m['spearman']:.3f} "
+            f"sign {m['sign_agreement']:.2f} (n={m['n']})"
             for group, m in groups.items()
         )
         typer.echo(f"{method:<9} {cells}")
@@ -168,7 +175,7 @@ def _user_errors() -> Iterator[None]:
         yield
     except SegmentInfluenceError as err:
         typer.secho(f"Error: {err}", err=True, fg="red")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 @app.command("find-errors")
@@ -211,14 +218,16 @@ def find_errors(
         dev_docs = read_docbin(dev, nlp.vocab) if dev is not None else None
         if method == "influence" and dev_docs is None:
             raise ConfigError("--method influence needs held-out data: pass --dev DEV.spacy")
-        options = dict(ner=ner, curvature=curvature, damping=damping, seed=seed)
+        finder: Union[ErrorFinder, CrossFitFinder]
         if fold_model:
             models = [spacy.load(path) for path in fold_model]
             seen = [read_docbin(path, nlp.vocab) for path in fold_train]
             folds = list(zip(models, held_out_indices(train_docs, seen)))
-            finder = CrossFitFinder(folds, train_docs, dev_docs, model=nlp, **options)
+            finder = CrossFitFinder(
+                folds, train_docs, dev_docs, model=nlp, ner=ner, curvature=curvature, damping=damping, seed=seed
+            )
         else:
-            finder = ErrorFinder(nlp, train_docs, dev_docs, **options)
+            finder = ErrorFinder(nlp, train_docs, dev_docs, ner=ner, curvature=curvature, damping=damping, seed=seed)
         records = rank(finder, method, k=k)
     out.parent.mkdir(parents=True, exist_ok=True)
     srsly.write_jsonl(out, records)

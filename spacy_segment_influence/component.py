@@ -1,7 +1,21 @@
 """`segment_influence`: indexes the training corpus once, then explains every predicted
 entity by the training spans that support and oppose it (DESIGN.md section 5)."""
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple, Union, get_args
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Literal,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+    cast,
+    get_args,
+)
 
 import numpy
 import srsly
@@ -19,6 +33,7 @@ from .exceptions import ConfigError, DataError, IndexMissingError, IndexOutOfDat
 from .gradients import FactoredGradients, WindowLabels
 from .index import DTYPES, IndexDtype, SegmentIndex
 from .segments import LabelledBatch, Segment, labelled_batch, segment_gradients, window_labels
+from .tagger import CRFEntityRecognizer
 
 # Docs whose CRF work (segment windows, K-FAC marginals) runs together: few large
 # chain batches instead of many small ones, whose per-step overhead dominated.
@@ -27,22 +42,27 @@ Granularity = Literal["entities", "tokens"]
 GRANULARITIES = get_args(Granularity)
 
 
+def _user_data(doc: Doc) -> Dict[Any, Any]:
+    """doc.user_data, whose keys for extensions are tuples (spaCy's own convention)."""
+    return cast(Dict[Any, Any], doc.user_data)
+
+
 def _get_doc_influences(doc: Doc) -> Optional[List[dict]]:
-    raw = doc.user_data.get(("segment_influence", None, None))
+    raw = _user_data(doc).get(("segment_influence", None, None))
     return None if raw is None else srsly.json_loads(raw)
 
 
 def _set_doc_influences(doc: Doc, records: Optional[List[dict]]) -> None:
-    doc.user_data[("segment_influence", None, None)] = srsly.json_dumps(records)
+    _user_data(doc)[("segment_influence", None, None)] = srsly.json_dumps(records)
 
 
 def _get_span_influences(span: Span) -> Optional[dict]:
-    raw = span.doc.user_data.get(("segment_influence", span.start_char, span.end_char))
+    raw = _user_data(span.doc).get(("segment_influence", span.start_char, span.end_char))
     return None if raw is None else srsly.json_loads(raw)
 
 
 def _set_span_influences(span: Span, record: Optional[dict]) -> None:
-    span.doc.user_data[("segment_influence", span.start_char, span.end_char)] = srsly.json_dumps(record)
+    _user_data(span.doc)[("segment_influence", span.start_char, span.end_char)] = srsly.json_dumps(record)
 
 
 # Stored as JSON in doc.user_data so records come back from DocBin(store_user_data=True)
@@ -150,7 +170,7 @@ class SegmentInfluence(Pipe):
             raise ConfigError(f"segment_influence: refine needs curvature 'exact', got {curvature!r}")
         self.nlp = nlp
         self.name = name
-        self.cfg = {
+        self.cfg: Dict[str, Any] = {
             "ner": ner,
             "k": k,
             "curvature": curvature,
@@ -167,9 +187,8 @@ class SegmentInfluence(Pipe):
         self.fingerprint: Optional[str] = None
 
     @property
-    def ner(self):
-        bridge.upstream_components(self.nlp, self.cfg["ner"])
-        return self.nlp.get_pipe(self.cfg["ner"])
+    def ner(self) -> CRFEntityRecognizer:
+        return bridge.crf_component(self.nlp, self.cfg["ner"])
 
     # -- indexing ------------------------------------------------------------------------
     def initialize(
@@ -304,6 +323,7 @@ class SegmentInfluence(Pipe):
         segments = [Segment(i, span.start, span.end) for i, span in queries]
         batch = LabelledBatch(features, tags)
         grads = segment_gradients(ner, batch, segments)
+        assert self.index is not None  # the callers checked it
         top = self.index.top_k(grads, k=k or self.cfg["k"], device=self.device)
         records = []
         for (_, span), segment, result in zip(queries, segments, top):
@@ -318,12 +338,14 @@ class SegmentInfluence(Pipe):
         return records
 
     def _hit(self, segment_id: int, score: float) -> dict:
+        assert self.index is not None
         return {**self.index.metadata[segment_id], "score": float(score)}
 
     def _refine(self, batch: LabelledBatch, query: Segment, found: List[Tuple[int, float]], hits: dict) -> None:
         """Add "refined" to each hit: the change of the query's loss (nats) when the hit's
         labels are removed, by a leverage-corrected Newton step evaluated exactly
         (`removal`); positive = it supported the prediction, like "score"."""
+        assert self.index is not None
         if self._removal_steps is None or self._removal_steps.index is not self.index:
             self._removal_steps = removal.RemovalSteps(self.ner, self.index)
         steps = [self._removal_steps(j) for j, _ in found]
@@ -331,8 +353,8 @@ class SegmentInfluence(Pipe):
         for hit, change in zip([*hits["supporters"], *hits["opposers"]], changes):
             hit["refined"] = float(change)
 
-    def check_index(self) -> None:
-        """Raise a clear error when there is no index, or it is out of date with the
+    def check_index(self) -> SegmentIndex:
+        """The index; a clear error when there is none, or it is out of date with the
         pipeline's weights."""
         if self.index is None:
             raise IndexMissingError(
@@ -347,6 +369,7 @@ class SegmentInfluence(Pipe):
                 "encoder changed after the training corpus was indexed; influence scores would "
                 "be wrong. Re-index (initialize again or `segment-influence index`)."
             )
+        return self.index
 
     # -- serialization -------------------------------------------------------------------
     # Two fields, as spaCy pipes name theirs for `exclude`: "cfg" (settings and the weights'

@@ -70,12 +70,9 @@ def read_jsonl_records(path: Path) -> Iterator[Tuple[int, Dict[str, Any]]]:
     path = Path(path)
     for line_no, line in _lines(path):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CorpusFormatError(f"{path}:{line_no}: invalid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(record, dict):
-            raise CorpusFormatError(f"{path}:{line_no}: expected a JSON object, got {_json_type(record)}")
-        yield line_no, record
+            yield line_no, _json_object(line)
+        except _RecordError as err:
+            raise CorpusFormatError(f"{path}:{line_no}: {err}") from None
 
 
 def _lines(path: Path) -> Iterator[Tuple[int, str]]:
@@ -165,13 +162,18 @@ def doc_to_bio(doc: Doc) -> List[str]:
     return biluo_to_iob(doc_to_biluo_tags(doc, missing="O"))
 
 
-def _parse_record(line: str) -> Tuple[str, List[str], List[str]]:
+def _json_object(line: str) -> Dict[str, Any]:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         raise _RecordError(f"invalid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(record, dict):
         raise _RecordError(f"expected a JSON object, got {_json_type(record)}")
+    return record
+
+
+def _parse_record(line: str) -> Tuple[str, List[str], List[str]]:
+    record = _json_object(line)
     missing = [key for key in ("id", "tokens", "ner_tags") if key not in record]
     if missing:
         raise _RecordError("missing key(s) " + ", ".join(repr(key) for key in missing))

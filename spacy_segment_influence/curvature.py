@@ -247,17 +247,17 @@ class KFACStatistics(TrainingStatistics):
     def add_tokens(self, h: np.ndarray, marginals: np.ndarray) -> None:
         """Token features [N, E + 1] and marginals [N, C]. In torch on one thread: numpy's
         threaded BLAS crawled on a busy machine."""
-        h = torch.as_tensor(np.asarray(h), dtype=torch.float64)
+        features = torch.as_tensor(np.asarray(h), dtype=torch.float64)
         q = torch.as_tensor(np.asarray(marginals), dtype=torch.float64)
         with one_thread():
-            hh = (h.T @ h).numpy()
+            hh = (features.T @ features).numpy()
             qq = (torch.diag(q.sum(dim=0)) - q.T @ q).numpy()
         self.hh = hh if self.hh is None else self.hh + hh
         self.qq = qq if self.qq is None else self.qq + qq
-        self.n_tokens += len(h)
+        self.n_tokens += len(features)
 
     def curvature(self, dense: np.ndarray, damping: float) -> KFACCurvature:
-        if self.n_tokens == 0 or len(dense) == 0:
+        if self.hh is None or self.qq is None or len(dense) == 0:
             raise DataError("The kfac curvature needs at least one training token and segment")
         x = torch.as_tensor(np.asarray(dense), dtype=torch.float64)
         with one_thread():

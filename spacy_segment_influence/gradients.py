@@ -82,14 +82,14 @@ class FactoredGradients:
             self.h[t0:t1], self.r[t0:t1], self.offsets[start : stop + 1] - t0, self.dense[start:stop]
         )
 
-    def take(self, order: Sequence[int]) -> "FactoredGradients":
+    def take(self, order: Union[Sequence[int], np.ndarray]) -> "FactoredGradients":
         """Segments in the given order (a copy)."""
-        order = np.asarray(order, dtype=np.int64)
-        lengths = self.lengths[order]
-        starts = np.repeat(self.offsets[order], lengths)
+        ids = np.asarray(order, dtype=np.int64)
+        lengths = self.lengths[ids]
+        starts = np.repeat(self.offsets[ids], lengths)
         rows = starts + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
-        return FactoredGradients(self.h[rows], self.r[rows], offsets, self.dense[order])
+        return FactoredGradients(self.h[rows], self.r[rows], offsets, self.dense[ids])
 
     def to_dense(self) -> np.ndarray:
         """Full flattened float64 gradients [S, C * E + D]; memory N * C * E, so

@@ -69,7 +69,7 @@ def build_crf_tagger(
     """Encoder -> per-token emission scores [n_tokens, n_tags] for each doc. The CRF scores
     that are not per token (transitions, start, end) live in the same torch module."""
     head = build_crf_head(nO)
-    model = chain(tok2vec, head)
+    model: Model[List[Doc], List[Floats2d]] = chain(tok2vec, head)
     model.set_ref("tok2vec", tok2vec)
     model.set_ref("head", head)
     return model

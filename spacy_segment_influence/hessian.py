@@ -155,7 +155,7 @@ def head_hessian_autograd(
     with crf.one_thread():
         for feats, gold in chunks:
 
-            def objective(params: torch.Tensor) -> torch.Tensor:
+            def objective(params: torch.Tensor, feats=feats, gold=gold) -> torch.Tensor:
                 return summed_nll(ner, feats, gold, params) / n_sentences
 
             # reverse-over-reverse, P rows in chunks to bound memory
@@ -182,5 +182,5 @@ def curvature_along(
 ) -> float:
     """d^T (Hessian of `objective` at theta) d, by forward-over-reverse autograd."""
     with crf.one_thread():
-        _, hvp = torch.func.jvp(torch.func.grad(objective), (theta,), (direction,))
+        hvp = torch.func.jvp(torch.func.grad(objective), (theta,), (direction,))[1]
     return float(direction @ hvp)

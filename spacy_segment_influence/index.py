@@ -11,7 +11,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Literal, Optional, Tuple, Union, get_args
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import numpy as np
 import torch
@@ -198,13 +198,15 @@ class SegmentIndex:
         self,
         stored: StoredSegments,
         norms: np.ndarray,
-        metadata: List[dict],
+        metadata: Sequence[Any],
         curvature: Curvature,
         normalize: bool,
         windows: Optional[WindowLabels] = None,
     ):
-        """`windows`: the labels of each stored segment's window (`segments.window_labels`),
-        kept for exact curvature so that `removal` can recompute a segment's loss."""
+        """`metadata`: one record per segment, returned with its hits (JSON-able dicts if
+        the index is saved). `windows`: the labels of each stored segment's window
+        (`segments.window_labels`), kept for exact curvature so that `removal` can
+        recompute a segment's loss."""
         if len(metadata) != len(stored) or len(norms) != len(stored):
             raise ValueError(f"{len(stored)} segments, {len(metadata)} metadata, {len(norms)} norms")
         if windows is not None and (len(windows.tags) != len(stored.h) or len(windows.bounds) != len(stored)):
@@ -212,7 +214,7 @@ class SegmentIndex:
         self.windows = windows
         self.stored = stored
         self.norms = norms
-        self.metadata = metadata
+        self.metadata = list(metadata)
         self.curvature = curvature
         self.normalize = normalize
         self._inv_norms = _inverse(np.asarray(norms, dtype=np.float64))
@@ -222,7 +224,7 @@ class SegmentIndex:
     def build(
         cls,
         grads: FactoredGradients,
-        metadata: List[dict],
+        metadata: Sequence[Any],
         curvature: Curvature,
         normalize: bool = True,
         dtype: str = "float32",

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Literal, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import srsly
@@ -122,7 +122,7 @@ def read_dir(path: Union[str, Path], mmap: bool = True) -> IndexParts:
     """The parts of an index written by `write_dir`, its arrays memory-mapped if `mmap`."""
     path = Path(path)
     settings = srsly.read_json(path / "settings.json")
-    mode = "r" if mmap else None
+    mode: Optional[Literal["r"]] = "r" if mmap else None
     arrays = {name: np.load(path / f"{name}.npy", mmap_mode=mode) for name in settings["arrays"]}
     return _parts(settings, arrays, srsly.read_json(path / "metadata.json"))
 

@@ -18,7 +18,7 @@ many steps. H_S enters only through Hessian-vector products of the segment's win
 `loss_changes` then evaluates the query's loss exactly at theta* + delta_S. `validate`
 measures both against retraining (method "refined"; BENCHMARKS.md, "Fidelity").
 """
-from typing import Callable, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Optional, Protocol, Sequence, Tuple, cast
 
 import numpy
 import torch
@@ -32,7 +32,10 @@ from .tagger import CRFEntityRecognizer
 
 
 class EigenHessian(Protocol):
-    """H = the damped Hessian of the mean training loss, eigendecomposed (`ExactCurvature`)."""
+    """H = the damped Hessian of the mean training loss over `n_sentences` sentences,
+    eigendecomposed (`ExactCurvature`)."""
+
+    n_sentences: Optional[int]
 
     def eigen(self) -> Tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -155,7 +158,8 @@ class RemovalSteps:
     def __call__(self, segment_id: int) -> torch.Tensor:
         step: Optional[torch.Tensor] = self._cache.pop(segment_id, None)
         if step is None:
-            curvature = self.index.curvature
+            curvature = cast(EigenHessian, self.index.curvature)  # refinable: checked on creation
+            assert self.index.windows is not None and curvature.n_sentences is not None
             stored = self.index.stored
             window = segment_window(stored.h, stored.offsets, self.index.windows, segment_id)
             step = removal_step(self.ner, curvature, curvature.n_sentences, window, self.theta)

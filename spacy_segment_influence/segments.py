@@ -7,7 +7,7 @@ l_S = -log p(y_S | y_outside, x) (DESIGN.md section 4). By the Markov property i
 only on the window from the nearest known label left of S to the nearest known label
 right of it, which is what the gradients run the chain over.
 """
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, cast
 
 import numpy
 import torch
@@ -43,7 +43,7 @@ class LabelledBatch(NamedTuple):
 
 def labelled_batch(nlp: Language, ner_name: str, docs: Sequence[Doc], batch_size: int = 64) -> LabelledBatch:
     """The head's features for reference docs, labelled with their gold entities."""
-    ner = nlp.get_pipe(ner_name)
+    ner = bridge.crf_component(nlp, ner_name)
     encoded = bridge.encode(nlp, [bridge.unannotated(doc) for doc in docs], ner_name, batch_size)
     return LabelledBatch(bridge.head_features(ner, encoded), [bridge.gold_tags(ner, doc) for doc in docs])
 
@@ -231,8 +231,8 @@ def segment_gradients_autograd(
             ner.constraints,
         ).sum()
         inputs = [params[name] for name in names]
-        grads = torch.autograd.grad(loss, inputs, allow_unused=True)  # 1-token: no transitions
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grads)]
+        found = torch.autograd.grad(loss, inputs, allow_unused=True)  # 1-token: no transitions
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, found)]
         rows.append(layout.flatten_module(*grads).numpy())
     return numpy.stack(rows)
 
@@ -275,7 +275,8 @@ def mean_nll(
     n_sentences = sum(len(feats) for feats, _ in chunks)
 
     def objective(flat: torch.Tensor) -> torch.Tensor:
-        return sum(summed_nll(ner, feats, gold, flat) for feats, gold in chunks) / n_sentences
+        total = sum(summed_nll(ner, feats, gold, flat) for feats, gold in chunks)
+        return cast(torch.Tensor, total / n_sentences)
 
     return objective, chunks
 

@@ -5,7 +5,7 @@ which is what segment influence differentiates (DESIGN.md section 3).
 """
 import warnings
 from itertools import islice
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, cast
 
 import torch
 from spacy.language import Language
@@ -130,9 +130,8 @@ class CRFEntityRecognizer(TrainablePipe):
         labels: Optional[Sequence[str]] = None,
     ) -> None:
         validate_get_examples(get_examples, "CRFEntityRecognizer.initialize")
-        if labels is None:
-            labels = {ent.label_ for eg in get_examples() for ent in eg.reference.ents}
-        for label in sorted(labels):
+        found = labels if labels is not None else {ent.label_ for eg in get_examples() for ent in eg.reference.ents}
+        for label in sorted(found):
             self.add_label(label)
         if not self.labels:
             raise PipelineError(f"crf_ner {self.name!r}: no entity labels found in the training data")
@@ -228,7 +227,8 @@ class CRFEntityRecognizer(TrainablePipe):
             loss = crf.nll(self.chain_scores(emissions), gold, self.constraints).sum()
             loss.backward()  # also leaves d(loss)/d(transitions, start, end) on the head
         for i, tensor in zip(rows, emissions):
-            d_scores[i] = torch2xp(tensor.grad)
+            assert tensor.grad is not None
+            d_scores[i] = cast(Floats2d, torch2xp(tensor.grad))
         return float(loss.item()), d_scores
 
     def gold_tag_ids(self, example: Example) -> List[int]:

@@ -200,8 +200,7 @@ def prepare(
     if hessian not in ("covariance", "autograd"):
         raise ConfigError(f"validate: hessian must be 'covariance' or 'autograd', not {hessian!r}")
     timings = {} if timings is None else timings
-    bridge.upstream_components(nlp, ner_name)  # a clear error for a wrong component name
-    ner = nlp.get_pipe(ner_name)
+    ner = bridge.crf_component(nlp, ner_name)
     clock = time.perf_counter()
     train = labelled_batch(nlp, ner_name, list(train_docs)[:n_train])
     dev_features = labelled_batch(nlp, ner_name, list(dev_docs)[:n_dev]).features

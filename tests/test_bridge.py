@@ -52,7 +52,7 @@ def test_closed_form_equals_autograd_tok2vec(trained_tok2vec_nlp, with_unknown):
     closed = segment_gradients(ner, batch, SEGMENTS, batch_size=3, dtype=torch.float64)
     reference = segment_gradients_autograd(ner, batch, SEGMENTS)
     assert len(closed) == len(SEGMENTS)
-    for row, segment in enumerate(SEGMENTS):
+    for row in range(len(SEGMENTS)):
         assert_close(closed.to_dense()[row], reference[row])
     if not with_unknown:  # known labels: a segment only keeps its own rows
         assert list(closed.lengths) == [s.end - s.start for s in SEGMENTS]

@@ -12,9 +12,14 @@ from spacy_segment_influence import (
     SegmentInfluence,
     bridge,
 )
-from spacy_segment_influence.segments import segment_gradients, segment_gradients_autograd, token_marginals
 from spacy_segment_influence.hessian import head_hessian_autograd
-from spacy_segment_influence.segments import LabelledBatch, Segment
+from spacy_segment_influence.segments import (
+    LabelledBatch,
+    Segment,
+    segment_gradients,
+    segment_gradients_autograd,
+    token_marginals,
+)
 
 from .conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train
 
@@ -94,7 +99,7 @@ def explicit_curvature(component, ner, batch, dense):
 def test_self_retrieval_and_extensions(nlp):
     add_index(nlp)
     try:
-        for text, gold in TRAIN_DATA:
+        for text, _ in TRAIN_DATA:
             doc = nlp(text)
             assert len(doc._.influences) == len(doc.ents)
             for ent, record in zip(doc.ents, doc._.influences):

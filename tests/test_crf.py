@@ -104,12 +104,12 @@ def entity_sequences(n: int, labels: Sequence[str]):
         return
     # token 0 is outside any entity
     for rest in entity_sequences(n - 1, labels):
-        yield [(s + 1, e + 1, l) for (s, e, l) in rest]
+        yield [(s + 1, e + 1, label) for (s, e, label) in rest]
     # an entity starts at token 0 with length k
     for k in range(1, n + 1):
         for label in labels:
             for rest in entity_sequences(n - k, labels):
-                yield [(0, k, label)] + [(s + k, e + k, l) for (s, e, l) in rest]
+                yield [(0, k, label)] + [(s + k, e + k, other) for (s, e, other) in rest]
 
 
 def encode(n: int, spans, scheme: str) -> List[str]:

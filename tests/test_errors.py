@@ -8,22 +8,22 @@ from spacy.tokens import DocBin, Span
 from typer.testing import CliRunner
 
 from spacy_segment_influence import crf
-from spacy_segment_influence.cli import app
 from spacy_segment_influence.annotation_errors import (
     METHODS,
     Candidate,
     CrossFitFinder,
     ErrorFinder,
-    neg_log_tail,
     average_precision,
     evaluate_ranking,
     find_candidates,
     held_out_indices,
+    neg_log_tail,
     rank,
     recall_auc,
     review_record,
     split_folds,
 )
+from spacy_segment_influence.cli import app
 
 from .conftest import make_examples, tok2vec_nlp, train
 

@@ -1,7 +1,7 @@
 """SegmentIndex against brute force on explicit P x P curvature matrices."""
 import numpy as np
-import srsly
 import pytest
+import srsly
 import torch
 
 from spacy_segment_influence import index_storage

@@ -5,12 +5,18 @@ import pytest
 import torch
 
 from spacy_segment_influence import bridge, removal
-from spacy_segment_influence.segments import labelled_batch, segment_gradients, segment_losses, window_labels, window_segment_loss
-from spacy_segment_influence.hessian import head_hessian
 from spacy_segment_influence.curvature import ExactCurvature
-from spacy_segment_influence.hessian import segment_hessian
+from spacy_segment_influence.hessian import head_hessian, segment_hessian
 from spacy_segment_influence.index import SegmentIndex
-from spacy_segment_influence.segments import LabelledBatch, Segment
+from spacy_segment_influence.segments import (
+    LabelledBatch,
+    Segment,
+    labelled_batch,
+    segment_gradients,
+    segment_losses,
+    window_labels,
+    window_segment_loss,
+)
 
 from .conftest import make_examples, tok2vec_nlp, train
 

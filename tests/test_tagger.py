@@ -11,6 +11,7 @@ from spacy.training import Example
 from thinc.api import xp2torch
 
 from spacy_segment_influence import MisalignedEntityWarning, crf
+
 from .conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train, trf_nlp
 
 

@@ -8,12 +8,10 @@ from thinc.api import fix_random_seed
 
 from bench.fidelity_prototypes import kronecker_diagonal, kronecker_eigen_solve
 from spacy_segment_influence import bridge, crf, validate
-from spacy_segment_influence.segments import labelled_batch, mean_nll
-from spacy_segment_influence.hessian import head_hessian
 from spacy_segment_influence.corpus import read_jsonl_docs
 from spacy_segment_influence.fidelity_metrics import correlations
-from spacy_segment_influence.hessian import curvature_along, segment_hessian
-from spacy_segment_influence.segments import Segment
+from spacy_segment_influence.hessian import curvature_along, head_hessian, segment_hessian
+from spacy_segment_influence.segments import Segment, labelled_batch, mean_nll
 
 from .conftest import make_examples, tok2vec_nlp, train
 
@@ -43,7 +41,7 @@ def test_segment_hessian_matches_autograd():
         tags = torch.tensor([batch.tags[segment.doc_index]])
         start, end = torch.tensor([segment.start]), torch.tensor([segment.end])
 
-        def loss(flat):
+        def loss(flat, features=features, tags=tags, start=start, end=end):
             return crf.segment_nll(bridge.chain_at(ner, features, flat), tags, start, end, ner.constraints).sum()
 
         reference = torch.func.hessian(loss)(theta).numpy()

@@ -87,7 +87,7 @@ def annotate(
 ) -> Annotated:
     """`regions`: score these candidates (found by another model) instead of the ones
     this model's predictions give."""
-    ner = nlp.get_pipe(ner_name)
+    ner = bridge.crf_component(nlp, ner_name)
     names = [*bridge.upstream_components(nlp, ner_name), ner_name]
     with nlp.select_pipes(enable=names):
         processed = list(nlp.pipe((bridge.unannotated(doc) for doc in docs), batch_size=batch_size))

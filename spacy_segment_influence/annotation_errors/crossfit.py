@@ -5,13 +5,12 @@ import random
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
-from ..curvature import CurvatureName
 from ..exceptions import ConfigError, DataError
 from .candidates import Candidate
 from .finder import METHODS, ErrorFinder, neg_log_tail
@@ -100,7 +99,7 @@ class CrossFitFinder:
         model: Optional[Language] = None,
         seed: int = 0,
         ner: str = "crf_ner",
-        curvature: CurvatureName = "kfac",
+        curvature: str = "kfac",
         damping: float = 0.001,
     ) -> None:
         """
@@ -121,13 +120,13 @@ class CrossFitFinder:
         self.dev_docs = dev_docs
         self.model = model
         self.seed = seed
-        self.options = {"ner": ner, "curvature": curvature, "damping": damping}
+        self.ner, self.curvature_name, self.damping = ner, curvature, damping
         self.finders: List[ErrorFinder] = []
         candidates: List[Candidate] = []
         for nlp, indices in folds:
             if not indices:
                 continue
-            finder = ErrorFinder(nlp, [train_docs[i] for i in indices], dev_docs, seed=seed, **self.options)
+            finder = self._finder(nlp, [train_docs[i] for i in indices])
             self.finders.append(finder)
             candidates += [replace(c, doc_index=indices[c.doc_index]) for c in finder.candidates]
         # candidates in corpus order, whichever fold found them
@@ -135,7 +134,15 @@ class CrossFitFinder:
         self.candidates = [candidates[i] for i in self._order]
         self.dev = self.finders[0].dev
 
-    def _gather(self, per_fold: Iterable[Sequence]) -> list:
+    def _finder(
+        self, nlp: Language, docs: Sequence[Doc], candidates: Optional[Sequence[Candidate]] = None
+    ) -> ErrorFinder:
+        return ErrorFinder(
+            nlp, docs, self.dev_docs, ner=self.ner, curvature=self.curvature_name, damping=self.damping, seed=self.seed,
+            candidates=candidates,
+        )
+
+    def _gather(self, per_fold: Iterable[Iterable[Any]]) -> List[Any]:
         pooled = [x for part in per_fold for x in part]
         return [pooled[i] for i in self._order]
 
@@ -144,9 +151,7 @@ class CrossFitFinder:
         """The candidates scored by `model`, the model trained on all the data."""
         if self.model is None:
             raise ConfigError("Cross-fitted influence needs the model trained on all the data (model=...)")
-        finder = ErrorFinder(
-            self.model, self.docs, self.dev_docs, seed=self.seed, candidates=self.candidates, **self.options
-        )
+        finder = self._finder(self.model, self.docs, self.candidates)
         if len(finder.candidates) != len(self.candidates):
             raise DataError("The full model's annotation scheme leaves some cross-fitted candidates unannotated")
         return finder

@@ -31,7 +31,7 @@ from spacy.tokens import Doc
 
 from .. import bridge
 from ..component import SegmentInfluence
-from ..curvature import Curvature, CurvatureName, curvature_class
+from ..curvature import Curvature, curvature_class
 from ..exceptions import ConfigError, DataError
 from ..gradients import FactoredGradients
 from ..index import SegmentIndex
@@ -52,7 +52,7 @@ class ErrorFinder:
         dev_docs: Optional[Sequence[Doc]] = None,
         *,
         ner: str = "crf_ner",
-        curvature: CurvatureName = "kfac",
+        curvature: str = "kfac",
         damping: float = 0.001,
         seed: int = 0,
         candidates: Optional[Sequence[Candidate]] = None,
@@ -73,10 +73,9 @@ class ErrorFinder:
             found) instead of finding them from this model's predictions.
         """
         curvature_type = curvature_class(curvature)
-        bridge.upstream_components(nlp, ner)  # a clear error for a wrong component name
         self.nlp = nlp
         self.ner_name = ner
-        self.ner = nlp.get_pipe(ner)
+        self.ner = bridge.crf_component(nlp, ner)
         self.seed = seed
         self.train = annotate(nlp, ner, train_docs, regions=candidates)
         if not self.train.candidates:
@@ -101,8 +100,7 @@ class ErrorFinder:
         indexed = (p for _, p in self.nlp.pipeline if isinstance(p, SegmentInfluence) and p.index is not None)
         component = next((p for p in indexed if p.cfg["ner"] == self.ner_name), None)
         if component is not None:
-            component.check_index()
-            return component.index.curvature
+            return component.check_index().curvature
         statistics = curvature_type.statistics()
         statistics.add(self.ner, self.train.batch)
         return curvature_type.fit(self.ner, statistics, self.grads, damping)
