@@ -39,7 +39,7 @@ from .tagger import CRFEntityRecognizer
 # chain batches instead of many small ones, whose per-step overhead dominated.
 _CHAIN_GROUP = 1024
 Granularity = Literal["entities", "tokens"]
-GRANULARITIES = get_args(Granularity)
+_GRANULARITIES = get_args(Granularity)
 
 
 def _user_data(doc: Doc) -> Dict[Any, Any]:
@@ -160,8 +160,8 @@ class SegmentInfluence(Pipe):
         """
         if curvature not in CURVATURES:
             raise ConfigError(f"segment_influence: curvature must be one of {tuple(CURVATURES)}, got {curvature!r}")
-        if granularity not in GRANULARITIES:
-            raise ConfigError(f"segment_influence: granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        if granularity not in _GRANULARITIES:
+            raise ConfigError(f"segment_influence: granularity must be one of {_GRANULARITIES}, got {granularity!r}")
         if k < 1:
             raise ConfigError(f"segment_influence: k must be >= 1, got {k}")
         if dtype not in DTYPES:  # checked here, not after the whole corpus was processed

@@ -116,7 +116,7 @@ def write_jsonl_docs(docs: Iterable[Doc], path: Path) -> int:
             record = {
                 "id": doc.user_data.get("id", f"doc_{i}"),
                 "tokens": [token.text for token in doc],
-                "ner_tags": doc_to_bio(doc),
+                "ner_tags": _doc_to_bio(doc),
             }
             file_.write(json.dumps(record, ensure_ascii=False) + "\n")
             n_docs += 1
@@ -157,7 +157,7 @@ def bio_to_spans(tags: List[str]) -> Tuple[List[SpanTriple], int]:
     return spans, n_repairs
 
 
-def doc_to_bio(doc: Doc) -> List[str]:
+def _doc_to_bio(doc: Doc) -> List[str]:
     """BIO tags of `doc.ents`; tokens outside any entity are "O"."""
     return biluo_to_iob(doc_to_biluo_tags(doc, missing="O"))
 

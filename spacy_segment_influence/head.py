@@ -68,14 +68,14 @@ def build_crf_tagger(
 ) -> Model[List[Doc], List[Floats2d]]:
     """Encoder -> per-token emission scores [n_tokens, n_tags] for each doc. The CRF scores
     that are not per token (transitions, start, end) live in the same torch module."""
-    head = build_crf_head(nO)
+    head = _build_crf_head(nO)
     model: Model[List[Doc], List[Floats2d]] = chain(tok2vec, head)
     model.set_ref("tok2vec", tok2vec)
     model.set_ref("head", head)
     return model
 
 
-def build_crf_head(nO: Optional[int] = None) -> Model[List[Floats2d], List[Floats2d]]:
+def _build_crf_head(nO: Optional[int] = None) -> Model[List[Floats2d], List[Floats2d]]:
     wrapper = PyTorchWrapper_v3(
         CRFHead(),
         convert_inputs=_to_torch_features,

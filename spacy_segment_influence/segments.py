@@ -121,7 +121,7 @@ def _window(batch: LabelledBatch, segment: Segment) -> _Window:
     return _Window(segment.doc_index, lo, hi, segment.start, segment.end, left, right)
 
 
-def window_scores(
+def _window_scores(
     ner: CRFEntityRecognizer,
     features: Sequence[torch.Tensor],
     lefts: torch.Tensor,
@@ -155,7 +155,7 @@ def window_segment_loss(
     [n, E], tags [n], bounds as in `WindowLabels`): by the Markov property, the same value
     as over the whole sentence. Differentiable in `flat`."""
     start, end, left, right = (int(b) for b in bounds)
-    scores = window_scores(ner, [features], torch.tensor([left]), torch.tensor([right]), flat)
+    scores = _window_scores(ner, [features], torch.tensor([left]), torch.tensor([right]), flat)
     return crf.segment_nll(scores, tags.unsqueeze(0), torch.tensor([start]), torch.tensor([end]))[0]
 
 
@@ -168,7 +168,7 @@ def _window_gradients(ner: CRFEntityRecognizer, batch: LabelledBatch, windows: L
     rights = torch.tensor([w.right for w in windows])
     at_start, at_end = lefts < 0, rights < 0
     # clamped neighbours become start/end scores; the real ones apply at the sentence edges
-    scores = window_scores(ner, features, lefts, rights, theta)
+    scores = _window_scores(ner, features, lefts, rights, theta)
     inside = torch.nn.utils.rnn.pad_sequence(
         [torch.arange(w.lo, w.hi).ge(w.start) & torch.arange(w.lo, w.hi).lt(w.end) for w in windows],
         batch_first=True,
