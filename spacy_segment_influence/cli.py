@@ -61,6 +61,8 @@ def index(
     component to OUTPUT_DIR (like `spacy assemble`)."""
     import spacy
 
+    from .component import check_settings
+
     nlp = spacy.load(model_dir)
     if "segment_influence" in nlp.pipe_names:
         nlp.remove_pipe("segment_influence")
@@ -75,6 +77,7 @@ def index(
         "device": device,
     }
     with _user_errors():
+        check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=False)
         component = cast("SegmentInfluence", nlp.add_pipe("segment_influence", config=config))
         component.initialize(lambda: [], nlp=nlp, train_path=train_path)
         index = component.check_index()

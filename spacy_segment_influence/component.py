@@ -120,6 +120,21 @@ def make_segment_influence(
     )
 
 
+def check_settings(*, curvature: str, granularity: str, k: int, dtype: str, refine: bool) -> None:
+    """ConfigError for settings `segment_influence` does not accept, before any work is done
+    (spaCy's own validation of a config's Literal values gives a less readable message)."""
+    if curvature not in CURVATURES:
+        raise ConfigError(f"segment_influence: curvature must be one of {tuple(CURVATURES)}, got {curvature!r}")
+    if granularity not in _GRANULARITIES:
+        raise ConfigError(f"segment_influence: granularity must be one of {_GRANULARITIES}, got {granularity!r}")
+    if k < 1:
+        raise ConfigError(f"segment_influence: k must be >= 1, got {k}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"segment_influence: dtype must be one of {DTYPES}, got {dtype!r}")
+    if refine and not curvature_class(curvature).refinable:
+        raise ConfigError(f"segment_influence: refine needs curvature 'exact', got {curvature!r}")
+
+
 class SegmentInfluence(Pipe):
     """Stores, for each predicted entity, its most influential training segments
     (`doc._.influences`, `span._.influences`); `explain` asks about any span."""
@@ -158,16 +173,7 @@ class SegmentInfluence(Pipe):
         refine: also report, per hit, the leverage-corrected change of the entity's loss
             when the segment's labels are removed (`removal`; needs curvature "exact").
         """
-        if curvature not in CURVATURES:
-            raise ConfigError(f"segment_influence: curvature must be one of {tuple(CURVATURES)}, got {curvature!r}")
-        if granularity not in _GRANULARITIES:
-            raise ConfigError(f"segment_influence: granularity must be one of {_GRANULARITIES}, got {granularity!r}")
-        if k < 1:
-            raise ConfigError(f"segment_influence: k must be >= 1, got {k}")
-        if dtype not in DTYPES:  # checked here, not after the whole corpus was processed
-            raise ConfigError(f"segment_influence: dtype must be one of {DTYPES}, got {dtype!r}")
-        if refine and not curvature_class(curvature).refinable:
-            raise ConfigError(f"segment_influence: refine needs curvature 'exact', got {curvature!r}")
+        check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=refine)
         self.nlp = nlp
         self.name = name
         self.cfg: Dict[str, Any] = {

@@ -233,3 +233,18 @@ def test_clear_errors(nlp):
             wrong.initialize(lambda: make_examples(nlp), nlp=nlp, show_progress=False)
     finally:
         nlp.remove_pipe("wrong")
+
+
+@pytest.mark.parametrize("option,value", [("--curvature", "hessian"), ("--granularity", "words"), ("--dtype", "int8")])
+def test_cli_index_rejects_bad_settings_in_one_line(nlp, tmp_path, option, value):
+    from typer.testing import CliRunner
+
+    from spacy_segment_influence.cli import app
+
+    nlp.to_disk(tmp_path / "model")
+    train_path = tmp_path / "train.spacy"
+    DocBin(docs=[eg.reference for eg in make_examples(nlp)]).to_disk(train_path)
+    args = ["index", str(tmp_path / "model"), str(train_path), str(tmp_path / "out"), option, value]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert f"{option[2:]} must be one of" in result.output and not (tmp_path / "out").exists()
