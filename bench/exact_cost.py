@@ -13,6 +13,7 @@
    holding the first --n-refine predicted entities, refine off and on (k = 5: up to 10
    hits per entity, each a leverage-corrected removal step by CG; cold cache).
 """
+
 import argparse
 import sys
 import tempfile
@@ -61,7 +62,9 @@ def main() -> None:
         reference = head_hessian_autograd(ner, few)
         autograd_s = time.process_time() - start
         error = np.abs(head_hessian(ner, few) - reference).max() / np.abs(reference).max()
-        print(f"   autograd {autograd_s / args.n_autograd:.3f} ({args.n_autograd}); max relative difference {error:.1e}")
+        print(
+            f"   autograd {autograd_s / args.n_autograd:.3f} ({args.n_autograd}); max relative difference {error:.1e}"
+        )
 
     train_path = write_spacy(train_docs, Path(tempfile.mkdtemp()) / "train.spacy")
     indexes = {}
@@ -70,8 +73,10 @@ def main() -> None:
         component = nlp.add_pipe("segment_influence", name=name, config={"curvature": curvature})
         start = time.perf_counter()
         component.initialize(lambda: [], nlp=nlp, train_path=train_path, show_progress=False)
-        print(f"2. {curvature:5} build {time.perf_counter() - start:6.1f} s wall, "
-            f"index {component.index.nbytes / 1e6:.1f} MB")
+        print(
+            f"2. {curvature:5} build {time.perf_counter() - start:6.1f} s wall, "
+            f"index {component.index.nbytes / 1e6:.1f} MB"
+        )
         nlp.remove_pipe(name)
         indexes[curvature] = component
     dev = load_docs(args.dev, nlp.vocab)
@@ -101,9 +106,11 @@ def main() -> None:
         out = list(exact.pipe(refine_docs))
         seconds[refine] = time.process_time() - start
     n_hits = sum(len(r["supporters"]) + len(r["opposers"]) for doc in out for r in doc._.influences)
-    print(f"3. refine: {n_entities} entities, {n_hits} hits; "
+    print(
+        f"3. refine: {n_entities} entities, {n_hits} hits; "
         f"pipe CPU s off {seconds[False]:.2f}, on {seconds[True]:.2f}: "
-          f"{(seconds[True] - seconds[False]) / n_hits * 1e3:.0f} ms per refined hit")
+        f"{(seconds[True] - seconds[False]) / n_hits * 1e3:.0f} ms per refined hit"
+    )
     print(f"   {load()}")
 
 

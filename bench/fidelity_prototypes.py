@@ -15,6 +15,7 @@ kept to reproduce BENCHMARKS.md's fidelity rows (and docs/design.md, "Fidelity")
 - `newton`: for the retrained segments only, g_test^T (H - H_S/N)^-1 g_S / N, the one-step
   Newton estimate of theta_-S - theta* with the segment's leverage, linear in the test loss.
 """
+
 import math
 from typing import Dict, Mapping
 

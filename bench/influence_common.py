@@ -1,6 +1,7 @@
 """Shared helpers for the influence-engine benchmarks (issue 3): corpus loading,
 timing on a shared machine, and query gradients built exactly as the component's
 own query path builds them."""
+
 import functools
 import inspect
 import os
@@ -165,8 +166,10 @@ def _openblas():
     if not libs:
         return None
     lib = ctypes.CDLL(libs[0])
-    for setter, getter in (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-                           ("openblas_set_num_threads", "openblas_get_num_threads")):
+    for setter, getter in (
+        ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+        ("openblas_set_num_threads", "openblas_get_num_threads"),
+    ):
         if hasattr(lib, setter) and hasattr(lib, getter):
             return getattr(lib, setter), getattr(lib, getter)
     return None

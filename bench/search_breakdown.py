@@ -10,6 +10,7 @@ Builds the full-train index (kfac, normalised: the defaults), then, single-threa
   B. component.pipe over the annotated validation docs, timed by package function.
 Uses index internals (_device_tensors, chunk layout) for the parts: a diagnosis, not an API.
 """
+
 import argparse
 import statistics
 import sys
@@ -73,8 +74,10 @@ def main():
     component.initialize(lambda: [], nlp=nlp, train_path=train_path, show_progress=False)
     index = component.index
     g = index.stored
-    print(f"model {args.model}; index {len(index)} segments, {g.h.shape[0]} rows, {index.nbytes / 1e6:.1f} MB; "
-          f"torch threads {torch.get_num_threads()}, OpenBLAS threads {blas_threads()}; {load()}")
+    print(
+        f"model {args.model}; index {len(index)} segments, {g.h.shape[0]} rows, {index.nbytes / 1e6:.1f} MB; "
+        f"torch threads {torch.get_num_threads()}, OpenBLAS threads {blas_threads()}; {load()}"
+    )
 
     dev = load_docs(args.dev, nlp.vocab)
     with nlp.select_pipes(disable=[component.name]):
@@ -137,8 +140,10 @@ def main():
         for _ in component.pipe(docs):
             pass
         total = time.perf_counter() - start
-    print(f"\nB. component.pipe over {len(docs)} annotated validation docs, {n_ents} entities: {total:.2f} s "
-          f"({1e3 * total / n_ents:.3f} ms/entity; {load()}); inclusive, nested entries overlap")
+    print(
+        f"\nB. component.pipe over {len(docs)} annotated validation docs, {n_ents} entities: {total:.2f} s "
+        f"({1e3 * total / n_ents:.3f} ms/entity; {load()}); inclusive, nested entries overlap"
+    )
     for label, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {label:30}{seconds:8.2f} s {100 * seconds / total:6.1f} %")
 

@@ -8,6 +8,7 @@ displaCy entity markup. Not run in CI (it needs a browser):
 
 Exits 1 with a message when the check fails.
 """
+
 import argparse
 import shutil
 import subprocess

@@ -14,6 +14,7 @@ training corpus, `rank` writes them as review records, `evaluate_ranking` scores
 against corrected labels. `validate` measures how well predicted influence tracks
 retraining. Errors a user can cause derive from `SegmentInfluenceError`.
 """
+
 from .annotation_errors import (
     Candidate,
     CrossFitFinder,

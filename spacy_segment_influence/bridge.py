@@ -5,6 +5,7 @@ predict path), the tag ids of a labelling, a digest of the weights, and the torc
 parameters as one flat vector in the `layout.HeadLayout` order (and back), which the
 segment gradients, Hessians and validation differentiate.
 """
+
 import hashlib
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, List, Sequence, cast

@@ -1,4 +1,5 @@
 """The `segment-influence` command line (also `python -m spacy_segment_influence`)."""
+
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, List, Optional, Union, cast
@@ -45,7 +46,9 @@ def convert(
 
 @app.command()
 def index(
-    model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained pipeline with a crf_ner component"),
+    model_dir: Path = typer.Argument(
+        ..., exists=True, file_okay=False, help="Trained pipeline with a crf_ner component"
+    ),
     train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy) to index"),
     output_dir: Path = typer.Argument(..., file_okay=False, help="Where to write the pipeline plus its index"),
     curvature: str = typer.Option("kfac", help=f"{' | '.join(CURVATURES)} (exact: small heads only)"),
@@ -114,12 +117,16 @@ def explain(
         cast("SegmentInfluence", nlp.get_pipe("segment_influence")).cfg.update(k=k, refine=refine)
         if docs is not None:
             corpus = read_docbin(docs, nlp.vocab)
-            inputs: List[Union[str, "Doc"]] = [bridge.unannotated(doc) for doc, _ in zip(corpus, range(limit or 10**12))]
+            inputs: List[Union[str, "Doc"]] = [
+                bridge.unannotated(doc) for doc, _ in zip(corpus, range(limit or 10**12))
+            ]
         else:
             inputs = [cast(str, text)]
         for doc in nlp.pipe(inputs):
             if as_json:
-                typer.echo(srsly.json_dumps({"text": doc.text, "id": doc.user_data.get("id"), "entities": doc._.influences}))
+                typer.echo(
+                    srsly.json_dumps({"text": doc.text, "id": doc.user_data.get("id"), "entities": doc._.influences})
+                )
             else:
                 typer.echo(format_influences(doc))
 
@@ -128,7 +135,9 @@ def explain(
 def validate(
     model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained pipeline with crf_ner"),
     train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy)"),
-    dev_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Held-out corpus (.spacy) for test segments"),
+    dev_path: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Held-out corpus (.spacy) for test segments"
+    ),
     n_train: int = typer.Option(200, help="Training sentences the head is refit on"),
     n_dev: int = typer.Option(50, help="Dev sentences whose predicted entities are the test segments"),
     pairs: int = typer.Option(400, help="(test, train) pairs per group"),
@@ -153,8 +162,16 @@ def validate(
         train_docs = read_docbin(train_path, nlp.vocab)
         dev_docs = read_docbin(dev_path, nlp.vocab)
         result = run_validation(
-            nlp, train_docs, dev_docs, ner_name=ner, n_train=n_train, n_dev=n_dev,
-            pairs=pairs, n_segments=n_segments, l2=l2, seed=seed,
+            nlp,
+            train_docs,
+            dev_docs,
+            ner_name=ner,
+            n_train=n_train,
+            n_dev=n_dev,
+            pairs=pairs,
+            n_segments=n_segments,
+            l2=l2,
+            seed=seed,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     srsly.write_json(out, {key: result[key] for key in ("methods", "settings", "diagnostics")})
@@ -183,9 +200,13 @@ def _user_errors() -> Iterator[None]:
 
 @app.command("find-errors")
 def find_errors(
-    model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained pipeline with a crf_ner component"),
+    model_dir: Path = typer.Argument(
+        ..., exists=True, file_okay=False, help="Trained pipeline with a crf_ner component"
+    ),
     train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy) to check"),
-    dev: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Held-out corpus (.spacy) with clean labels"),
+    dev: Optional[Path] = typer.Option(
+        None, exists=True, dir_okay=False, help="Held-out corpus (.spacy) with clean labels"
+    ),
     method: str = typer.Option("influence", help="influence | self-influence | loss | margin | confidence | random"),
     out: Path = typer.Option(..., dir_okay=False, help="Ranked review file (JSONL, Prodigy-style)"),
     k: int = typer.Option(3, help="Held-out predictions listed per candidate (supported and opposed; needs --dev)"),
@@ -263,7 +284,9 @@ def split_folds_command(
 @app.command("evaluate-errors")
 def evaluate_errors(
     ranking: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL written by find-errors"),
-    original: Path = typer.Argument(..., exists=True, dir_okay=False, help="The training JSONL the model was trained on"),
+    original: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="The training JSONL the model was trained on"
+    ),
     corrected: Path = typer.Argument(..., exists=True, dir_okay=False, help="The same sentences with corrected labels"),
     out: Optional[Path] = typer.Option(None, dir_okay=False, help="Write the metrics here (JSON)"),
 ) -> None:

@@ -1,5 +1,6 @@
 """`segment_influence`: indexes the training corpus once, then explains every predicted
 entity by the training spans that support and oppose it (DESIGN.md section 5)."""
+
 from pathlib import Path
 from typing import (
     Any,

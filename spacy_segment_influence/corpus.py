@@ -4,6 +4,7 @@ Each line holds one sentence: `{"id": str, "tokens": [str], "ner_tags": [str]}`
 with tags "O", "B-LABEL" or "I-LABEL". The ids travel into `doc.user_data["id"]`
 so that influence scores can always be traced back to a line of the source file.
 """
+
 import json
 import os
 import re
@@ -25,7 +26,15 @@ _TAG_RE = re.compile(r"^(?:O|([BI])-(\S+))$")
 _WHITESPACE_RE = re.compile(r"\s")
 _NO_SPACE_BEFORE = {",", ".", ")", "]", "}", ";", ":", "!", "?", "%", "'", "'s", "'S", "n't", "N'T"}
 _NO_SPACE_AFTER = {"(", "[", "{"}
-_JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+_JSON_TYPE_NAMES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
 
 SpanTriple = Tuple[int, int, str]
 
@@ -57,8 +66,7 @@ def read_jsonl_docs(path: Path, vocab: Vocab) -> Iterator[Doc]:
         yield _make_doc(vocab, record_id, tokens, spans)
     if n_repairs:
         warnings.warn(
-            f"{path}: {n_repairs} stray I- tag(s) read as entity starts "
-            f"(first on line {first_repair_line})",
+            f"{path}: {n_repairs} stray I- tag(s) read as entity starts (first on line {first_repair_line})",
             BIORepairWarning,
             stacklevel=2,
         )

@@ -15,6 +15,7 @@ what it needs of the training sentences (`statistics`, gathered batch by batch w
 index is built) and fits itself from that, the training segments' gradients and the
 damping (`fit`), so a new curvature is one class here.
 """
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Dict, List, Literal, Optional, Tuple, Type, Union
@@ -273,9 +274,7 @@ class ExactCurvature(Curvature):
     name = "exact"
     refinable = True
 
-    def __init__(
-        self, hessian: np.ndarray, damping: float, n_tags: int, width: int, n_sentences: Optional[int] = None
-    ):
+    def __init__(self, hessian: np.ndarray, damping: float, n_tags: int, width: int, n_sentences: Optional[int] = None):
         """`hessian`: of the mean sentence loss over `n_sentences` training sentences (the
         number `removal.removal_step` needs to weigh one segment against the rest), in the
         `HeadLayout` order with an emission block [`n_tags`, `width`]."""
@@ -347,16 +346,17 @@ class ExactCurvature(Curvature):
 
     def to_state(self) -> Tuple[dict, Dict[str, np.ndarray]]:
         config = {
-            "name": self.name, "damping": self.damping, "n_tags": self.n_tags, "width": self.width,
+            "name": self.name,
+            "damping": self.damping,
+            "n_tags": self.n_tags,
+            "width": self.width,
             "n_sentences": self.n_sentences,
         }
         return config, {"hessian": self.hessian}
 
     @classmethod
     def from_state(cls, config: dict, arrays: Dict[str, np.ndarray]) -> "ExactCurvature":
-        return cls(
-            arrays["hessian"], config["damping"], config["n_tags"], config["width"], config.get("n_sentences")
-        )
+        return cls(arrays["hessian"], config["damping"], config["n_tags"], config["width"], config.get("n_sentences"))
 
 
 class SentenceStatistics(TrainingStatistics):
@@ -376,9 +376,7 @@ class SentenceStatistics(TrainingStatistics):
         return LabelledBatch(self.features, self.tags)
 
 
-CURVATURES: Dict[str, Type[Curvature]] = {
-    cls.name: cls for cls in (IdentityCurvature, KFACCurvature, ExactCurvature)
-}
+CURVATURES: Dict[str, Type[Curvature]] = {cls.name: cls for cls in (IdentityCurvature, KFACCurvature, ExactCurvature)}
 
 
 def curvature_class(name: str) -> Type[Curvature]:

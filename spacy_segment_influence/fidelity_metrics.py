@@ -1,6 +1,7 @@
 """How `validate` compares predicted influence with retraining: which training segments
 are retrained, which (test, train) pairs are correlated, the correlations, the
 diagnostics of the first-order error, and a scatter plot."""
+
 import math
 import random
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
@@ -28,7 +29,11 @@ def compare(
         name: {group: correlations(*map(numpy.array, zip(*points))) for group, points in groups.items()}
         for name, groups in scatter.items()
     }
-    return {"methods": methods, "pairs": scatter, "diagnostics": _diagnostics(predicted["exact"], retrained, chosen, pairs, seed)}
+    return {
+        "methods": methods,
+        "pairs": scatter,
+        "diagnostics": _diagnostics(predicted["exact"], retrained, chosen, pairs, seed),
+    }
 
 
 def _diagnostics(
@@ -61,7 +66,6 @@ def _diagnostics(
             "rest_curvature_drop_max": float(numpy.max(drops)) if drops else math.nan,
         }
     return out
-
 
 
 def choose_segments(exact: numpy.ndarray, n_segments: int, seed: int) -> Dict[str, List[int]]:

@@ -13,6 +13,7 @@ and the inner product of two segments stays cheap:
 The flattened layout used by `FactoredGradients.to_dense` is vec(G_W) row-major
 ([C, E], index c * E + e) followed by x, so P = C * E + D.
 """
+
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence, Tuple, Union
 
@@ -46,8 +47,7 @@ class FactoredGradients:
             raise ValueError("every segment needs at least one token row")
         n_rows = int(self.offsets[-1])
         if self.h.shape[0] != n_rows or self.r.shape[0] != n_rows:
-            raise ValueError(f"offsets end at {n_rows} but h has {self.h.shape[0]} "
-                             f"rows and r has {self.r.shape[0]}")
+            raise ValueError(f"offsets end at {n_rows} but h has {self.h.shape[0]} rows and r has {self.r.shape[0]}")
         if self.dense.shape[0] != len(self):
             raise ValueError(f"dense has {self.dense.shape[0]} rows for {len(self)} segments")
 
@@ -98,9 +98,7 @@ class FactoredGradients:
         out = np.zeros((len(self), layout.n_params))
         if len(self):
             outer = np.einsum("nc,ne->nce", self.r.astype(np.float64), self.h.astype(np.float64))
-            out[:, layout.emission] = np.add.reduceat(
-                outer.reshape(-1, layout.n_emission), self.offsets[:-1], axis=0
-            )
+            out[:, layout.emission] = np.add.reduceat(outer.reshape(-1, layout.n_emission), self.offsets[:-1], axis=0)
         out[:, layout.dense] = self.dense
         return out
 
@@ -125,9 +123,7 @@ class FactoredGradients:
         return out
 
     def astype(self, dtype: Union[str, np.dtype]) -> "FactoredGradients":
-        return FactoredGradients(
-            self.h.astype(dtype), self.r.astype(dtype), self.offsets, self.dense.astype(dtype)
-        )
+        return FactoredGradients(self.h.astype(dtype), self.r.astype(dtype), self.offsets, self.dense.astype(dtype))
 
     @staticmethod
     def concat(parts: Sequence["FactoredGradients"]) -> "FactoredGradients":
@@ -167,5 +163,3 @@ def _segment_pairs(offsets: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndar
     group_start = np.repeat(np.cumsum(reps) - reps, reps)
     right = np.repeat(offsets[:-1][token_segment], reps) + np.arange(left.size) - group_start
     return left, right, np.repeat(token_segment, reps)
-
-

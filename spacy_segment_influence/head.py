@@ -1,6 +1,7 @@
 """The `crf_ner` model: an encoder (tok2vec or transformer listener) feeding a torch CRF
 head through thinc's PyTorchWrapper. The head holds the emission layer W h + b and the
 CRF's transition, start and end scores; the CRF math lives in `crf.py`."""
+
 from io import BytesIO
 from typing import Any, List, Optional
 

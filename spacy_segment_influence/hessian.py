@@ -3,6 +3,7 @@ order): the exact Hessian of the mean sentence NLL in closed form (what the exac
 curvature stores and `validate` refits with), its autograd reference, one segment's
 Hessian and the curvature along a direction.
 """
+
 from typing import Callable, List, Optional, Tuple
 
 import numpy
@@ -161,7 +162,6 @@ def head_hessian_autograd(
             # reverse-over-reverse, P rows in chunks to bound memory
             hessian += torch.func.jacrev(torch.func.grad(objective), chunk_size=chunk_size)(theta)
     return hessian.numpy()
-
 
 
 def segment_hessian(

@@ -7,6 +7,7 @@ gradients.py for the factored form that keeps the index small and search cheap).
 This module knows arrays only (numpy / torch), never spaCy objects; `index_storage`
 writes and reads what it stores.
 """
+
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ arrays and JSON (memory-mapped on load), or one msgpack blob.
 A directory is written into a temporary sibling first, flushed, and then swapped in for
 the old one, so a failed or interrupted write never leaves a partial index behind.
 """
+
 import os
 import shutil
 import tempfile
@@ -218,4 +219,3 @@ def _replace_dir(src: Path, dst: Path) -> None:
             raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
-

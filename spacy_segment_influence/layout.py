@@ -9,6 +9,7 @@ The emission block [W | b] comes first, so that a factored gradient sum_t r_t [h
 flattens in numpy.kron order (index c * (E + 1) + e); the rest is the "dense" block.
 Code that needs an offset into such a vector asks a `HeadLayout` for it.
 """
+
 from dataclasses import dataclass
 from typing import NamedTuple, Tuple
 

@@ -18,6 +18,7 @@ many steps. H_S enters only through Hessian-vector products of the segment's win
 `loss_changes` then evaluates the query's loss exactly at theta* + delta_S. `validate`
 measures both against retraining (method "refined"; BENCHMARKS.md, "Fidelity").
 """
+
 from typing import Callable, Optional, Protocol, Sequence, Tuple, cast
 
 import numpy
@@ -125,7 +126,7 @@ def _check_refinable(index: SegmentIndex) -> None:
         raise IndexFormatError(
             "Refined influence needs an index built with curvature 'exact' by this version "
             f"(this one: {curvature.name!r}{'' if index.windows is not None else ', no window labels'}): "
-            "rebuild the index with curvature = \"exact\""
+            'rebuild the index with curvature = "exact"'
         )
 
 

@@ -7,6 +7,7 @@ l_S = -log p(y_S | y_outside, x) (DESIGN.md section 4). By the Markov property i
 only on the window from the nearest known label left of S to the nearest known label
 right of it, which is what the gradients run the chain over.
 """
+
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, cast
 
 import numpy
@@ -159,7 +160,9 @@ def window_segment_loss(
     return crf.segment_nll(scores, tags.unsqueeze(0), torch.tensor([start]), torch.tensor([end]))[0]
 
 
-def _window_gradients(ner: CRFEntityRecognizer, batch: LabelledBatch, windows: List[_Window], theta: torch.Tensor) -> FactoredGradients:
+def _window_gradients(
+    ner: CRFEntityRecognizer, batch: LabelledBatch, windows: List[_Window], theta: torch.Tensor
+) -> FactoredGradients:
     n_rows = len(windows)
     n_tags = ner.head.n_tags
     features = [torch.as_tensor(batch.features[w.doc_index][w.lo : w.hi], dtype=theta.dtype) for w in windows]
@@ -314,5 +317,3 @@ def segment_losses(
             )
             out[rows] = losses.numpy()
     return out
-
-

@@ -3,6 +3,7 @@
 Unlike spaCy's transition-based `ner`, it has a proper probability over tag sequences,
 which is what segment influence differentiates (DESIGN.md section 3).
 """
+
 import warnings
 from itertools import islice
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, cast
@@ -207,9 +208,7 @@ class CRFEntityRecognizer(TrainablePipe):
             if not isinstance(eg, Example):
                 raise TypeError(f"crf_ner.update expects Example objects, got {type(eg).__name__}")
 
-    def get_loss(
-        self, examples: Iterable[Example], scores: List[Floats2d]
-    ) -> Tuple[float, List[Floats2d]]:
+    def get_loss(self, examples: Iterable[Example], scores: List[Floats2d]) -> Tuple[float, List[Floats2d]]:
         """CRF negative log-likelihood summed over docs (unknown gold tags marginalise),
         and its gradient with respect to each doc's emission scores."""
         examples = list(examples)

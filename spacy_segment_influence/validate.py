@@ -15,6 +15,7 @@ machine precision in a few steps because H_-S differs from H by O(1/N).
 curvatures), `retrain_segment` per chosen training segment, and the comparison in
 `fidelity_metrics`.
 """
+
 import math
 import time
 from dataclasses import dataclass
@@ -142,8 +143,17 @@ def validate(
     first-order error into its two sources per group (`fidelity_metrics`)."""
     timings: Dict[str, float] = {}
     setup = prepare(
-        nlp, train_docs, dev_docs, ner_name=ner_name, n_train=n_train, n_dev=n_dev, l2=l2,
-        kfac_damping=kfac_damping, hessian=hessian, show_progress=show_progress, timings=timings,
+        nlp,
+        train_docs,
+        dev_docs,
+        ner_name=ner_name,
+        n_train=n_train,
+        n_dev=n_dev,
+        l2=l2,
+        kfac_damping=kfac_damping,
+        hessian=hessian,
+        show_progress=show_progress,
+        timings=timings,
     )
     clock = time.perf_counter()
     predicted = estimates(setup)
@@ -231,8 +241,21 @@ def prepare(
         g_train = segment_gradients(ner, train, train_segments)
         kfac = KFACCurvature.from_tokens(*token_marginals(ner, train.features), g_train.dense, kfac_damping)
     return FidelitySetup(
-        ner, train, train_segments, test, test_segments, l2, theta, data_nll, objective, full_hessian, inverse,
-        g_train, g_test, kfac, segment_losses(ner, test, test_segments, theta),
+        ner,
+        train,
+        train_segments,
+        test,
+        test_segments,
+        l2,
+        theta,
+        data_nll,
+        objective,
+        full_hessian,
+        inverse,
+        g_train,
+        g_test,
+        kfac,
+        segment_losses(ner, test, test_segments, theta),
     )
 
 

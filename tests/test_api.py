@@ -1,5 +1,6 @@
 """The public API: what `__all__` promises exists and is documented, and every
 user-facing error shares one base class."""
+
 import inspect
 import pydoc
 
@@ -18,7 +19,9 @@ def test_public_names_exist_and_are_documented():
 
 
 def test_every_error_and_warning_has_one_base():
-    classes = [obj for _, obj in inspect.getmembers(exceptions, inspect.isclass) if obj.__module__ == exceptions.__name__]
+    classes = [
+        obj for _, obj in inspect.getmembers(exceptions, inspect.isclass) if obj.__module__ == exceptions.__name__
+    ]
     errors = [c for c in classes if issubclass(c, Exception) and not issubclass(c, Warning)]
     warnings = [c for c in classes if issubclass(c, Warning)]
     assert len(errors) + len(warnings) == len(classes) and errors and warnings

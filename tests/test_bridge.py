@@ -124,8 +124,10 @@ def test_closed_form_hessian_matches_autograd(scheme):
         closed_form = head_hessian(ner, batch, theta, max_pairs=max_pairs)
         numpy.testing.assert_allclose(closed_form, reference, rtol=0, atol=1e-10 * numpy.abs(reference).max())
     # and it is not trivially so: the clamped (partial-label) term matters
-    full = LabelledBatch(batch.features, [list(t) for t in segments.labelled_batch(
-        nlp, "crf_ner", [eg.reference for eg in make_examples(nlp)]).tags])
+    full = LabelledBatch(
+        batch.features,
+        [list(t) for t in segments.labelled_batch(nlp, "crf_ner", [eg.reference for eg in make_examples(nlp)]).tags],
+    )
     assert numpy.abs(head_hessian(ner, full, theta) - reference).max() > 1e-3
 
 

@@ -23,10 +23,22 @@ from spacy_segment_influence.corpus import (
 CONLL_TRAIN = Path("/work/shared/data/conll2003/train_original.jsonl")
 
 SAMPLE = [
-    {"id": "s1", "tokens": ["Peter", "Blackburn", "visited", "New", "York", "."], "ner_tags": ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"]},
+    {
+        "id": "s1",
+        "tokens": ["Peter", "Blackburn", "visited", "New", "York", "."],
+        "ner_tags": ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"],
+    },
     {"id": "s2", "tokens": ["No", "entities", "here", "."], "ner_tags": ["O", "O", "O", "O"]},
-    {"id": "s3", "tokens": ["EU", "rejects", "German", "British", "lamb"], "ner_tags": ["B-ORG", "O", "B-MISC", "B-MISC", "O"]},
-    {"id": "s4", "tokens": ["Real", "Madrid", "(", "Spain", ")", "does", "n't", "lose", "."], "ner_tags": ["B-ORG", "I-ORG", "O", "B-LOC", "O", "O", "O", "O", "O"]},
+    {
+        "id": "s3",
+        "tokens": ["EU", "rejects", "German", "British", "lamb"],
+        "ner_tags": ["B-ORG", "O", "B-MISC", "B-MISC", "O"],
+    },
+    {
+        "id": "s4",
+        "tokens": ["Real", "Madrid", "(", "Spain", ")", "does", "n't", "lose", "."],
+        "ner_tags": ["B-ORG", "I-ORG", "O", "B-LOC", "O", "O", "O", "O", "O"],
+    },
 ]
 
 

@@ -89,7 +89,12 @@ def test_metrics_on_a_hand_made_ranking():
         "conll_train_3_0": ["O", "B-ORG"],
     }
     corrected = {**original, "conll_train_2_0": ["B-ORG", "O"], "conll_train_3_0": ["O", "O"]}
-    ranked = [("conll_train_1_0", 0, 1), ("conll_train_3_0", 1, 2), ("conll_train_2_0", 1, 2), ("conll_train_2_0", 0, 1)]
+    ranked = [
+        ("conll_train_1_0", 0, 1),
+        ("conll_train_3_0", 1, 2),
+        ("conll_train_2_0", 1, 2),
+        ("conll_train_2_0", 0, 1),
+    ]
     metrics = evaluate_ranking(ranked, original, corrected)
     assert metrics["n_error_candidates"] == 2
     assert metrics["ap"] == pytest.approx((1 / 2 + 2 / 4) / 2)
@@ -110,7 +115,9 @@ def test_evaluation_rejects_mismatched_files():
 
 def test_every_method_ranks_the_injected_error_high(nlp):
     finder = ErrorFinder(nlp, noisy_docs(nlp), gold_docs(nlp))
-    target = next(i for i, c in enumerate(finder.candidates) if (c.doc_index, c.start, c.end) == (NOISY_DOC, *NOISY_SPAN))
+    target = next(
+        i for i, c in enumerate(finder.candidates) if (c.doc_index, c.start, c.end) == (NOISY_DOC, *NOISY_SPAN)
+    )
     assert finder.candidates[target].kind == "wrong_type"
     for method in METHODS:
         scores = finder.scores(method)
@@ -123,7 +130,9 @@ def test_losses_are_segment_nll(nlp):
     finder = ErrorFinder(nlp, noisy_docs(nlp))
     ner = nlp.get_pipe("crf_ner")
     head = ner.head
-    weight, bias, *chain = (p.detach().double() for p in (head.weight, head.bias, head.transitions, head.start, head.end))
+    weight, bias, *chain = (
+        p.detach().double() for p in (head.weight, head.bias, head.transitions, head.start, head.end)
+    )
     batch = finder.train.batch
     for candidate, loss in zip(finder.candidates, finder.losses()):
         features = torch.as_tensor(batch.features[candidate.doc_index], dtype=torch.float64)
@@ -216,13 +225,25 @@ def test_cli_round_trip(nlp, tmp_path):
     corrected = write_jsonl(gold_docs(nlp), tmp_path / "train_corrected.jsonl")
     runner = CliRunner()
     ranking = tmp_path / "ranking.jsonl"
-    args = ["find-errors", str(model), str(train_path), "--dev", str(dev_path), "--method", "influence", "--out", str(ranking)]
+    args = [
+        "find-errors",
+        str(model),
+        str(train_path),
+        "--dev",
+        str(dev_path),
+        "--method",
+        "influence",
+        "--out",
+        str(ranking),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     records = list(srsly.read_jsonl(ranking))
     assert records[0]["meta"]["doc_id"] == f"demo_train_{NOISY_DOC}_0"
     metrics_path = tmp_path / "metrics.json"
-    result = runner.invoke(app, ["evaluate-errors", str(ranking), str(original), str(corrected), "--out", str(metrics_path)])
+    result = runner.invoke(
+        app, ["evaluate-errors", str(ranking), str(original), str(corrected), "--out", str(metrics_path)]
+    )
     assert result.exit_code == 0, result.output
     metrics = srsly.read_json(metrics_path)
     assert metrics["ap"] == 1.0 and metrics["n_error_candidates"] == 1

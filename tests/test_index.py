@@ -1,4 +1,5 @@
 """SegmentIndex against brute force on explicit P x P curvature matrices."""
+
 import numpy as np
 import pytest
 import srsly
@@ -47,9 +48,7 @@ def explicit_kfac(train, marginals):
     KFACCurvature: per-token expectations, numpy.kron, block diagonal."""
     a = np.mean([np.outer(h, h) for h in train.h], axis=0)
     # E[r r^T] with the label drawn from the marginals, enumerated over labels.
-    b = np.mean(
-        [sum(q[y] * np.outer(q - np.eye(C)[y], q - np.eye(C)[y]) for y in range(C)) for q in marginals], axis=0
-    )
+    b = np.mean([sum(q[y] * np.outer(q - np.eye(C)[y], q - np.eye(C)[y]) for y in range(C)) for q in marginals], axis=0)
     dense_cov = np.mean([np.outer(x, x) for x in train.dense], axis=0)
     root = np.sqrt(DAMPING)
     matrix = np.zeros((P, P))

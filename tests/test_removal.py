@@ -1,5 +1,6 @@
 """Leverage-corrected removal estimates (`removal`) against dense linear algebra, and the
 component's `refine` option end to end."""
+
 import numpy
 import pytest
 import torch
@@ -51,7 +52,9 @@ def test_window_loss_equals_sentence_loss(nlp, hide_every):
     grads = segment_gradients(ner, batch, segments)
     labels = window_labels(batch, segments)
     generator = torch.Generator().manual_seed(0)
-    theta = bridge.flat_head(ner) + 0.1 * torch.randn(len(bridge.flat_head(ner)), generator=generator, dtype=torch.float64)
+    theta = bridge.flat_head(ner) + 0.1 * torch.randn(
+        len(bridge.flat_head(ner)), generator=generator, dtype=torch.float64
+    )
     expected = segment_losses(ner, batch, segments, theta)
     for i in range(len(segments)):
         window = removal.segment_window(grads.h, grads.offsets, labels, i)
@@ -107,7 +110,11 @@ def test_component_refined_scores_are_loss_changes_at_the_dense_step(nlp, tmp_pa
         hits = record["supporters"] + record["opposers"]
         assert hits and all("refined" in hit for hit in hits)
         for hit in hits:
-            j = next(i for i, s in enumerate(segments) if (s.doc_index, s.start, s.end) == (hit["doc_index"], hit["start"], hit["end"]))
+            j = next(
+                i
+                for i, s in enumerate(segments)
+                if (s.doc_index, s.start, s.end) == (hit["doc_index"], hit["start"], hit["end"])
+            )
             step = numpy.linalg.solve(damped - segment_hessian(ner, batch, segments[j], theta) / n, dense[j] / n)
             expected = removal.loss_changes(ner, query_batch, query, theta, [torch.as_tensor(step)])[0]
             assert hit["refined"] == pytest.approx(expected, rel=1e-4, abs=1e-9)

@@ -7,6 +7,7 @@ corrected labels (DESIGN.md section 6).
 - `records`: `rank`, the Prodigy-style review file.
 - `metrics`: `evaluate_ranking` against corrected labels.
 """
+
 from .candidates import Candidate, find_candidates
 from .crossfit import CrossFitFinder, document_of, held_out_indices, split_folds, write_folds
 from .finder import METHODS, ErrorFinder, neg_log_tail

@@ -1,6 +1,7 @@
 """Candidates for annotation errors: regions of training sentences where an error could
 sit (every gold entity, and every place where the model's prediction disagrees with gold),
 and the head's view of a corpus they are scored on."""
+
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -69,7 +70,6 @@ def _kind(gold: Tuple[Entity, ...], predicted: Tuple[Entity, ...]) -> str:
     return "wrong_boundary"
 
 
-
 class Annotated(NamedTuple):
     """Gold docs, the head's view of them (with gold tags), and their candidates."""
 
@@ -104,5 +104,3 @@ def annotate(
 def segments_of(candidates: Sequence[Candidate]) -> List[Segment]:
     """The candidates' regions as segments of their sentences."""
     return [Segment(c.doc_index, c.start, c.end) for c in candidates]
-
-

@@ -1,6 +1,7 @@
 """Cross-fitting (DESIGN.md section 6): split a training corpus into folds of whole
 documents, train one model per fold on the other folds, and score each document with the
 fold model that did not train on it (`CrossFitFinder`)."""
+
 import random
 from dataclasses import replace
 from functools import cached_property
@@ -55,6 +56,7 @@ def held_out_indices(train_docs: Sequence[Doc], fold_train_docs: Sequence[Sequen
     """Per fold model (given the corpus it was trained on), the indices of the training
     docs it did not see, matched by `user_data["id"]` (else by text). Every training doc
     must be unseen by exactly one fold model."""
+
     def key(doc: Doc) -> str:
         return doc.user_data.get("id") or doc.text
 
@@ -138,7 +140,13 @@ class CrossFitFinder:
         self, nlp: Language, docs: Sequence[Doc], candidates: Optional[Sequence[Candidate]] = None
     ) -> ErrorFinder:
         return ErrorFinder(
-            nlp, docs, self.dev_docs, ner=self.ner, curvature=self.curvature_name, damping=self.damping, seed=self.seed,
+            nlp,
+            docs,
+            self.dev_docs,
+            ner=self.ner,
+            curvature=self.curvature_name,
+            damping=self.damping,
+            seed=self.seed,
             candidates=candidates,
         )
 

@@ -22,6 +22,7 @@ suspicious:
 labels, wrong ones included; `crossfit.CrossFitFinder` scores each document with a fold
 model that did not train on it.
 """
+
 from functools import cached_property
 from typing import List, Optional, Sequence, Type
 

@@ -1,5 +1,6 @@
 """Score a ranking of candidates against corrected labels (`evaluate-errors`): which
 ranked regions hold a token whose tag the correction changed."""
+
 import math
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Set, Tuple
@@ -98,7 +99,9 @@ def ranked_regions(records: Iterable[dict]) -> List[Tuple[str, int, int]]:
     for line, record in enumerate(records, start=1):
         sentence_id = record.get("meta", {}).get("doc_id")
         if sentence_id is None or not record.get("spans"):
-            raise CorpusFormatError(f"Ranking line {line} has no meta.doc_id or no span: was it written by find-errors?")
+            raise CorpusFormatError(
+                f"Ranking line {line} has no meta.doc_id or no span: was it written by find-errors?"
+            )
         span = record["spans"][0]
         out.append((sentence_id, span["token_start"], span["token_end"] + 1))
     return out

@@ -1,4 +1,5 @@
 """Ranked candidates as Prodigy-style review records (the `find-errors` output)."""
+
 from typing import List, Union
 
 import numpy
