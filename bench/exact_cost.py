@@ -3,8 +3,8 @@
     python bench/exact_cost.py MODEL_DIR [--train TRAIN.jsonl] [--dev VALIDATION.jsonl]
         [--n-train 2000] [--n-hessian 200] [--n-autograd 16] [--n-queries 100]
 
-1. The exact head Hessian: closed form (`bridge.head_hessian`) over --n-hessian training
-   sentences vs reverse-over-reverse autograd (`bridge.head_hessian_autograd`) over the
+1. The exact head Hessian: closed form (`hessian.head_hessian`) over --n-hessian training
+   sentences vs reverse-over-reverse autograd (`hessian.head_hessian_autograd`) over the
    first --n-autograd of them, seconds per sentence, and their agreement on those.
 2. `segment_influence` over the first --n-train training sentences with each curvature:
    build time, index size, and single-query `top_k` CPU time over --n-queries predicted
@@ -13,6 +13,7 @@
    holding the first --n-refine predicted entities, refine off and on (k = 5: up to 10
    hits per entity, each a leverage-corrected removal step by CG; cold cache).
 """
+
 import argparse
 import sys
 import tempfile
@@ -27,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import load, load_docs, query_gradients, write_spacy  # noqa: E402
 
 from spacy_segment_influence import bridge  # noqa: E402
+from spacy_segment_influence.hessian import head_hessian, head_hessian_autograd  # noqa: E402
+from spacy_segment_influence.segments import LabelledBatch, labelled_batch  # noqa: E402
 
 CONLL = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"
 
@@ -48,18 +51,20 @@ def main() -> None:
     ner = nlp.get_pipe("crf_ner")
     print(f"model {args.model}; P = {len(bridge.flat_head(ner))}; {load()}")
 
-    batch = bridge.labelled_batch(nlp, "crf_ner", train_docs[: args.n_hessian])
+    batch = labelled_batch(nlp, "crf_ner", train_docs[: args.n_hessian])
     start = time.process_time()
-    bridge.head_hessian(ner, batch)  # timed only
+    head_hessian(ner, batch)  # timed only
     closed_s = time.process_time() - start
     print(f"1. Hessian CPU s per sentence: closed form {closed_s / args.n_hessian:.3f} ({args.n_hessian} sentences)")
     if args.n_autograd:  # P reverse-over-reverse passes: minutes for a MiniLM head, so optional
-        few = bridge.LabelledBatch(batch.features[: args.n_autograd], batch.tags[: args.n_autograd])
+        few = LabelledBatch(batch.features[: args.n_autograd], batch.tags[: args.n_autograd])
         start = time.process_time()
-        reference = bridge.head_hessian_autograd(ner, few)
+        reference = head_hessian_autograd(ner, few)
         autograd_s = time.process_time() - start
-        error = np.abs(bridge.head_hessian(ner, few) - reference).max() / np.abs(reference).max()
-        print(f"   autograd {autograd_s / args.n_autograd:.3f} ({args.n_autograd}); max relative difference {error:.1e}")
+        error = np.abs(head_hessian(ner, few) - reference).max() / np.abs(reference).max()
+        print(
+            f"   autograd {autograd_s / args.n_autograd:.3f} ({args.n_autograd}); max relative difference {error:.1e}"
+        )
 
     train_path = write_spacy(train_docs, Path(tempfile.mkdtemp()) / "train.spacy")
     indexes = {}
@@ -68,7 +73,10 @@ def main() -> None:
         component = nlp.add_pipe("segment_influence", name=name, config={"curvature": curvature})
         start = time.perf_counter()
         component.initialize(lambda: [], nlp=nlp, train_path=train_path, show_progress=False)
-        print(f"2. {curvature:5} build {time.perf_counter() - start:6.1f} s wall, index {component.index.nbytes / 1e6:.1f} MB")
+        print(
+            f"2. {curvature:5} build {time.perf_counter() - start:6.1f} s wall, "
+            f"index {component.index.nbytes / 1e6:.1f} MB"
+        )
         nlp.remove_pipe(name)
         indexes[curvature] = component
     dev = load_docs(args.dev, nlp.vocab)
@@ -98,8 +106,11 @@ def main() -> None:
         out = list(exact.pipe(refine_docs))
         seconds[refine] = time.process_time() - start
     n_hits = sum(len(r["supporters"]) + len(r["opposers"]) for doc in out for r in doc._.influences)
-    print(f"3. refine: {n_entities} entities, {n_hits} hits; pipe CPU s off {seconds[False]:.2f}, on {seconds[True]:.2f}: "
-          f"{(seconds[True] - seconds[False]) / n_hits * 1e3:.0f} ms per refined hit")
+    print(
+        f"3. refine: {n_entities} entities, {n_hits} hits; "
+        f"pipe CPU s off {seconds[False]:.2f}, on {seconds[True]:.2f}: "
+        f"{(seconds[True] - seconds[False]) / n_hits * 1e3:.0f} ms per refined hit"
+    )
     print(f"   {load()}")
 
 

@@ -18,6 +18,7 @@ the diagnostics of the first-order error, and the pairs' Pearson without their l
 With --out it writes the metrics and settings there and the (predicted, actual) pairs next to it
 (`*.pairs.json`); with --plot a scatter plot.
 """
+
 import argparse
 import json
 import sys
@@ -30,7 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spacy_segment_influence.validate import save_plot, validate  # noqa: E402
+from bench.fidelity_prototypes import prototype_estimates  # noqa: E402
+from spacy_segment_influence import validate  # noqa: E402
+from spacy_segment_influence.fidelity_metrics import save_plot  # noqa: E402
 
 
 def demo_pipeline(seed: int):
@@ -80,8 +83,10 @@ def print_result(result: dict) -> None:
     print("|---|---|---|---|---|---|---|")
     for method, groups in result["methods"].items():
         for group, m in groups.items():
-            print(f"| {method} | {group} | {m['pearson']:.3f} | {m['spearman']:.3f} | {m['kendall']:.3f} | "
-                  f"{m['sign_agreement']:.3f} | {m['n']} |")
+            print(
+                f"| {method} | {group} | {m['pearson']:.3f} | {m['spearman']:.3f} | {m['kendall']:.3f} | "
+                f"{m['sign_agreement']:.3f} | {m['n']} |"
+            )
     print("diagnostics (exact):", json.dumps(result["diagnostics"], indent=1))
     print("outliers (exact):", json.dumps({g: robust_pearson(p) for g, p in result["pairs"]["exact"].items()}))
 
@@ -116,9 +121,20 @@ def main() -> None:
     for n_train, l2 in sweep:
         start = time.perf_counter()
         result = validate(
-            nlp, train_docs[:n_train], dev_docs[: args.n_dev], ner_name=args.ner, n_train=n_train,
-            n_dev=args.n_dev, n_segments=args.n_segments, pairs=args.pairs, l2=l2,
-            kfac_damping=args.kfac_damping, seed=args.seed, show_progress=False, hessian=args.hessian,
+            nlp,
+            train_docs[:n_train],
+            dev_docs[: args.n_dev],
+            ner_name=args.ner,
+            n_train=n_train,
+            n_dev=args.n_dev,
+            n_segments=args.n_segments,
+            pairs=args.pairs,
+            l2=l2,
+            kfac_damping=args.kfac_damping,
+            seed=args.seed,
+            show_progress=False,
+            hessian=args.hessian,
+            extra_estimates=prototype_estimates,
         )
         seconds = time.perf_counter() - start
         result["settings"]["validate_s"] = round(seconds, 1)
@@ -139,13 +155,18 @@ def main() -> None:
             if why:
                 print(why)
     if len(sweep) > 1:
-        print("| n_train | l2 | exact top pearson | top spearman | random spearman | loss-at-step vs actual (top) | "
-              "linearised vs actual (top) | step error median (top) |")
+        print(
+            "| n_train | l2 | exact top pearson | top spearman | random spearman | loss-at-step vs actual (top) | "
+            "linearised vs actual (top) | step error median (top) |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for n_train, l2, exact, d in summary:
-            print(f"| {n_train} | {l2:g} | {exact['top']['pearson']:.3f} | {exact['top']['spearman']:.3f} | "
-                  f"{exact['random']['spearman']:.3f} | {d['top']['pearson_loss_at_step_actual']:.3f} | "
-                  f"{d['top']['pearson_linearised_actual']:.3f} | {d['top']['step_error_median']:.3f} |")
+            print(
+                f"| {n_train} | {l2:g} | {exact['top']['pearson']:.3f} | {exact['top']['spearman']:.3f} | "
+                f"{exact['random']['spearman']:.3f} | {d['top']['pearson_loss_at_step_actual']:.3f} | "
+                f"{d['top']['pearson_linearised_actual']:.3f} | {d['top']['step_error_median']:.3f} |"
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -39,6 +39,7 @@ document recall@100/200/400 and AUC) and writes all metrics to WORKDIR/metrics.j
 `influence` row against the best baseline row by a paired document bootstrap
 (WORKDIR/comparisons.json).
 """
+
 import argparse
 import json
 import random
@@ -53,27 +54,37 @@ import spacy
 import srsly
 from spacy.tokens import DocBin
 
-from spacy_segment_influence.corpus import bio_to_spans
-from spacy_segment_influence.errors import (
+from spacy_segment_influence.annotation_errors import (
     METHODS,
     CrossFitFinder,
     ErrorFinder,
-    _neg_log_tail,
     average_precision,
     changed_tokens,
     document_of,
     evaluate_ranking,
     held_out_indices,
+    neg_log_tail,
     read_tags,
     recall_auc,
     write_folds,
 )
+from spacy_segment_influence.corpus import bio_to_spans
 
 ROOT = Path(__file__).resolve().parents[1]
 CONLL = ROOT.parent / "shared" / "data" / "conll2003"
 DEMO = ROOT / "assets" / "demo"
 TOK2VEC_CONFIG, MINILM_CONFIG = "crf_ner_tok2vec.cfg", "crf_ner_trf.cfg"
-COLUMNS = ["ap", "p@100", "recall@1%", "recall@5%", "recall@10%", "doc_recall@100", "doc_recall@200", "doc_recall@400", "doc_auc"]
+COLUMNS = [
+    "ap",
+    "p@100",
+    "recall@1%",
+    "recall@5%",
+    "recall@10%",
+    "doc_recall@100",
+    "doc_recall@200",
+    "doc_recall@400",
+    "doc_auc",
+]
 
 
 def run(cmd: List[str]) -> None:
@@ -105,23 +116,47 @@ def trained_model(
     """model-best of configs/<config> trained on `train`, trained when missing. The MiniLM
     config warms up for a tenth of the steps, as bench/output/fidelity/minilm/train_cmd.sh."""
     if not (output / "model-best").exists():
-        warmup = ["--training.optimizer.learn_rate.warmup_steps", str(max_steps // 10)] if config == MINILM_CONFIG else []
-        run([
-            sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / config),
-            "--output", str(output), "--paths.train", str(train), "--paths.dev", str(dev),
-            "--training.max_steps", str(max_steps), "--training.eval_frequency", str(eval_frequency), "--gpu-id", str(gpu_id),
-            *warmup,
-        ])
+        warmup = (
+            ["--training.optimizer.learn_rate.warmup_steps", str(max_steps // 10)] if config == MINILM_CONFIG else []
+        )
+        run(
+            [
+                sys.executable,
+                "-m",
+                "spacy",
+                "train",
+                str(ROOT / "configs" / config),
+                "--output",
+                str(output),
+                "--paths.train",
+                str(train),
+                "--paths.dev",
+                str(dev),
+                "--training.max_steps",
+                str(max_steps),
+                "--training.eval_frequency",
+                str(eval_frequency),
+                "--gpu-id",
+                str(gpu_id),
+                *warmup,
+            ]
+        )
     return output / "model-best"
 
 
 def systematic_copy(corrected: Path, out: Path, n_docs: int = 20, seed: int = 0) -> Path:
     """train_corrected with ORG -> LOC for city-named clubs in `n_docs` seeded documents."""
     records = list(srsly.read_jsonl(corrected))
-    loc_texts = {_text(r, s, e).lower() for r in records for s, e, label in bio_to_spans(r["ner_tags"])[0] if label == "LOC"}
+    loc_texts = {
+        _text(r, s, e).lower() for r in records for s, e, label in bio_to_spans(r["ner_tags"])[0] if label == "LOC"
+    }
 
     def club_mentions(record) -> List[Tuple[int, int]]:
-        return [(s, e) for s, e, label in bio_to_spans(record["ner_tags"])[0] if label == "ORG" and _text(record, s, e).lower() in loc_texts]
+        return [
+            (s, e)
+            for s, e, label in bio_to_spans(record["ner_tags"])[0]
+            if label == "ORG" and _text(record, s, e).lower() in loc_texts
+        ]
 
     eligible = sorted({document_of(r["id"]) for r in records if club_mentions(r)})
     chosen = set(random.Random(seed).sample(eligible, n_docs))
@@ -133,7 +168,9 @@ def systematic_copy(corrected: Path, out: Path, n_docs: int = 20, seed: int = 0)
                     record["ner_tags"][s:e] = ["B-LOC"] + ["I-LOC"] * (e - s - 1)
                     n_mentions += 1
             file_.write(json.dumps(record) + "\n")
-    print(f"systematic noise: {n_mentions} ORG mentions relabelled LOC in {len(chosen)} docs: {', '.join(sorted(chosen))}")
+    print(
+        f"systematic noise: {n_mentions} ORG mentions relabelled LOC in {len(chosen)} docs: {', '.join(sorted(chosen))}"
+    )
     return out
 
 
@@ -152,7 +189,7 @@ def evaluate_methods(
     rankings["(held-out harm alone)"] = finder.harm
     if isinstance(finder, CrossFitFinder):
         rankings["(fold models' held-out harm)"] = finder.fold_harm
-        rankings["(Fisher: fold models' harm + loss)"] = lambda: finder.fold_harm() + _neg_log_tail(finder.losses())
+        rankings["(Fisher: fold models' harm + loss)"] = lambda: finder.fold_harm() + neg_log_tail(finder.losses())
     for method, scores_of in rankings.items():
         start = time.perf_counter()
         scores = scores_of()
@@ -287,7 +324,10 @@ def experiment(name: str, workdir: Path, args) -> Tuple[Dict[str, dict], Dict[st
     dev_docs = list(DocBin().from_disk(dev).get_docs(nlp.vocab))
     start = time.perf_counter()
     finder = ErrorFinder(nlp, train_docs, dev_docs)
-    print(f"{len(finder.candidates)} candidates from {len(train_docs)} sentences in {time.perf_counter() - start:.0f} s", flush=True)
+    print(
+        f"{len(finder.candidates)} candidates from {len(train_docs)} sentences in {time.perf_counter() - start:.0f} s",
+        flush=True,
+    )
     results, rankeds = evaluate_methods(finder, train_docs, original, corrected)
     if name == "minilm" and not args.minilm_crossfit:
         return results, comparisons(results, rankeds, original, corrected)
@@ -298,9 +338,17 @@ def experiment(name: str, workdir: Path, args) -> Tuple[Dict[str, dict], Dict[st
     config = MINILM_CONFIG if name == "minilm" else args.config
     suffix = "" if name == "minilm" else config_suffix(config)
     fold_models = [
-        spacy.load(trained_model(
-            folds_dir / (path.stem.replace("train", "model") + suffix), path, dev, fold_steps, frequency, config, args.gpu_id
-        ))
+        spacy.load(
+            trained_model(
+                folds_dir / (path.stem.replace("train", "model") + suffix),
+                path,
+                dev,
+                fold_steps,
+                frequency,
+                config,
+                args.gpu_id,
+            )
+        )
         for path in fold_paths
     ]
     seen = [list(DocBin().from_disk(path).get_docs(nlp.vocab)) for path in fold_paths]
@@ -319,17 +367,24 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "output" / "find_errors")
     parser.add_argument("--demo-steps", type=int, default=600)
     parser.add_argument("--conll-steps", type=int, default=3000)
-    parser.add_argument("--fold-steps", type=int, default=1500, help="max_steps of the CoNLL fold models (half the data)")
     parser.add_argument(
-        "--config", default=TOK2VEC_CONFIG, choices=[TOK2VEC_CONFIG, MINILM_CONFIG],
+        "--fold-steps", type=int, default=1500, help="max_steps of the CoNLL fold models (half the data)"
+    )
+    parser.add_argument(
+        "--config",
+        default=TOK2VEC_CONFIG,
+        choices=[TOK2VEC_CONFIG, MINILM_CONFIG],
         help="configs/ file of the demo, conll and systematic models (crf_ner_trf.cfg: MiniLM, wants a GPU)",
     )
-    parser.add_argument("--gpu-id", type=int, default=-1, help="spacy train --gpu-id (training only; scoring runs on CPU)")
+    parser.add_argument(
+        "--gpu-id", type=int, default=-1, help="spacy train --gpu-id (training only; scoring runs on CPU)"
+    )
     parser.add_argument(
         "--minilm-model", type=Path, default=ROOT / "bench" / "output" / "fidelity" / "minilm" / "model" / "model-best"
     )
     parser.add_argument(
-        "--minilm-crossfit", action="store_true",
+        "--minilm-crossfit",
+        action="store_true",
         help="minilm: also cross-fit (trains two MiniLM fold models, 300 steps each: ~20-40 min each on 2 CPU cores)",
     )
     args = parser.parse_args()

@@ -15,6 +15,7 @@ With --rss each phase runs once in its own subprocess and reports its peak RSS (
 --blas-threads sets numpy's OpenBLAS thread count at start (default: OpenBLAS's own,
 one per core); on a loaded machine 1 avoids oversubscription (see BENCHMARKS.md).
 """
+
 import argparse
 import cProfile
 import io
@@ -34,11 +35,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
-    Clock, blas_threads, instrumented, load, load_docs, maxrss_mb, set_blas_threads, timer, write_spacy,
+    Clock,
+    blas_threads,
+    instrumented,
+    load,
+    load_docs,
+    maxrss_mb,
+    set_blas_threads,
+    timer,
+    write_spacy,
 )
 
 import spacy_segment_influence.component as component_mod  # noqa: E402
-from spacy_segment_influence import bridge, curvature as curvature_mod, index as index_mod  # noqa: E402
+from spacy_segment_influence import bridge  # noqa: E402
+from spacy_segment_influence import curvature as curvature_mod
+from spacy_segment_influence import index as index_mod
+from spacy_segment_influence import segments as segments_mod
 
 
 def setup(args, read_corpus: bool = True):
@@ -84,9 +96,9 @@ def breakdown(build):
         (bridge, "head_features", "listener features"),
         (bridge, "gold_tags", "gold tags"),
         (component_mod.SegmentInfluence, "_training_segments", "segments + metadata"),
-        (bridge, "segment_gradients", "segment gradients (marginals)"),
-        (bridge, "token_marginals", "KFAC: token marginals"),
-        (curvature_mod.KFACStatistics, "add", "KFAC: accumulate factors"),
+        (component_mod, "segment_gradients", "segment gradients (marginals)"),
+        (segments_mod, "token_marginals", "KFAC: token marginals"),
+        (curvature_mod.KFACStatistics, "add_tokens", "KFAC: accumulate factors"),
         (curvature_mod.KFACStatistics, "curvature", "KFAC: fit factors"),
         (index_mod.SegmentIndex, "build", "SegmentIndex.build (whiten, norms, CSR)"),
         (bridge, "fingerprint", "fingerprint"),
@@ -128,10 +140,10 @@ def _rss_by_step(build, interval: float = 0.005):
 
     targets = [
         (bridge, "encode", "encode"),
-        (bridge, "segment_gradients", "segment gradients"),
-        (component_mod.SegmentInfluence, "_fit_curvature", "fit curvature (other)"),
-        (bridge, "token_marginals", "KFAC: token marginals"),
-        (curvature_mod.KFACStatistics, "add", "KFAC: accumulate factors"),
+        (component_mod, "segment_gradients", "segment gradients"),
+        (curvature_mod.ExactCurvature, "fit", "fit curvature (exact)"),
+        (segments_mod, "token_marginals", "KFAC: token marginals"),
+        (curvature_mod.KFACStatistics, "add_tokens", "KFAC: accumulate factors"),
         (curvature_mod.KFACStatistics, "curvature", "KFAC: fit factors"),
         (index_mod.SegmentIndex, "build", "SegmentIndex.build"),
     ]
@@ -170,8 +182,18 @@ def run_phase(args):
         extra = {"index_mb": component.index.nbytes / 1e6, "segments": len(component.index)}
         # a second build, sampled by step (the first index is still held meanwhile)
         extra["rss_by_step_mb"] = _rss_by_step(fn_profiled_build(nlp, train_path, component))
-    print(json.dumps({"phase": args.phase, "seconds": seconds, "rss_loaded_mb": rss_loaded,
-                      "peak_rss_mb": peak, "load": os.getloadavg()[0], **extra}))
+    print(
+        json.dumps(
+            {
+                "phase": args.phase,
+                "seconds": seconds,
+                "rss_loaded_mb": rss_loaded,
+                "peak_rss_mb": peak,
+                "load": os.getloadavg()[0],
+                **extra,
+            }
+        )
+    )
 
 
 def main():
@@ -198,9 +220,11 @@ def main():
     nlp, docs, train_path, component = setup(args)
     fns = phases(nlp, docs, train_path, component, args.batch_size)
     n_tokens = sum(len(d) for d in docs)
-    print(f"model {args.model}; {len(docs)} docs, {n_tokens} tokens; batch size {args.batch_size}; "
-          f"curvature {args.curvature}; {torch.get_num_threads()} torch threads; "
-          f"{blas_threads()} OpenBLAS threads; {os.cpu_count()} CPUs; {load()}")
+    print(
+        f"model {args.model}; {len(docs)} docs, {n_tokens} tokens; batch size {args.batch_size}; "
+        f"curvature {args.curvature}; {torch.get_num_threads()} torch threads; "
+        f"{blas_threads()} OpenBLAS threads; {os.cpu_count()} CPUs; {load()}"
+    )
     names = list(fns)
     if args.repeats > 0:
         timing(args, nlp, docs, train_path, component, fns, names)
@@ -215,18 +239,24 @@ def timing(args, nlp, docs, train_path, component, fns, names):
         for name in names if rep % 2 == 0 else names[::-1]:
             clock.run(name, fns[name])
             print(f"  repeat {rep}: {name:12} {clock.times[name][-1]:8.2f} s  ({load()})", flush=True)
-    print(f"\n{len(component.index)} segments, {component.index.stored.h.shape[0]} token rows, "
-          f"index {component.index.nbytes / 1e6:.1f} MB")
+    print(
+        f"\n{len(component.index)} segments, {component.index.stored.h.shape[0]} token rows, "
+        f"index {component.index.nbytes / 1e6:.1f} MB"
+    )
     print(f"{'phase':14}{'median s':>10}{'best s':>10}{'CPU s':>10}{'docs/s':>10}{'mean load':>11}")
     for name in names:
-        print(f"{name:14}{clock.median(name):10.2f}{clock.best(name):10.2f}{clock.cpu_median(name):10.2f}"
-              f"{len(docs) / clock.median(name):10.0f}{clock.mean_load(name):11.2f}")
+        print(
+            f"{name:14}{clock.median(name):10.2f}{clock.best(name):10.2f}{clock.cpu_median(name):10.2f}"
+            f"{len(docs) / clock.median(name):10.0f}{clock.mean_load(name):11.2f}"
+        )
     build = clock.times["index build"]
     for base in ("pipe(texts)", "pipe(docs)"):
         per_rep = [b / p for b, p in zip(build, clock.times[base])]
-        print(f"ratio index build / {base:11}: wall median {clock.median('index build') / clock.median(base):.2f} "
-              f"(per repeat {', '.join(f'{x:.2f}' for x in per_rep)}), CPU time "
-              f"{clock.cpu_median('index build') / clock.cpu_median(base):.2f}  (target <= 1.25)")
+        print(
+            f"ratio index build / {base:11}: wall median {clock.median('index build') / clock.median(base):.2f} "
+            f"(per repeat {', '.join(f'{x:.2f}' for x in per_rep)}), CPU time "
+            f"{clock.cpu_median('index build') / clock.cpu_median(base):.2f}  (target <= 1.25)"
+        )
 
     total, parts = breakdown(fns["index build"])
     print(f"\nbreakdown of one more build: {total:.2f} s ({load()}); inclusive times, nested entries overlap")
@@ -246,21 +276,42 @@ def timing(args, nlp, docs, train_path, component, fns, names):
 
 
 def rss(args, train_path, names):
-    print("\npeak RSS (VmHWM), each phase in a fresh subprocess; 'loaded' = after loading the model "
-          "(and, for the pipe phases, reading the corpus' docs; the index build reads them itself):")
+    print(
+        "\npeak RSS (VmHWM), each phase in a fresh subprocess; 'loaded' = after loading the model "
+        "(and, for the pipe phases, reading the corpus' docs; the index build reads them itself):"
+    )
     print(f"{'phase':14}{'loaded MB':>11}{'peak MB':>10}{'peak-loaded':>13}{'seconds':>9}{'load':>7}")
-    base_cmd = [sys.executable, __file__, args.model, "--train", str(train_path), "--n", "0",
-                "--batch-size", str(args.batch_size), "--curvature", args.curvature,
-                "--threads", str(args.threads), "--blas-threads", str(args.blas_threads)]
+    base_cmd = [
+        sys.executable,
+        __file__,
+        args.model,
+        "--train",
+        str(train_path),
+        "--n",
+        "0",
+        "--batch-size",
+        str(args.batch_size),
+        "--curvature",
+        args.curvature,
+        "--threads",
+        str(args.threads),
+        "--blas-threads",
+        str(args.blas_threads),
+    ]
     for phase in ["load"] + names:
         out = subprocess.run(base_cmd + ["--phase", phase], capture_output=True, text=True, check=True)
         rec = json.loads(out.stdout.strip().splitlines()[-1])
         note = f"  index {rec['index_mb']:.1f} MB" if "index_mb" in rec else ""
-        print(f"{phase:14}{rec['rss_loaded_mb']:11.0f}{rec['peak_rss_mb']:10.0f}"
-              f"{rec['peak_rss_mb'] - rec['rss_loaded_mb']:13.0f}{rec['seconds']:9.2f}{rec['load']:7.2f}{note}")
+        print(
+            f"{phase:14}{rec['rss_loaded_mb']:11.0f}{rec['peak_rss_mb']:10.0f}"
+            f"{rec['peak_rss_mb'] - rec['rss_loaded_mb']:13.0f}{rec['seconds']:9.2f}{rec['load']:7.2f}{note}"
+        )
         if "rss_by_step_mb" in rec:
             steps = ", ".join(f"{k} {v}" for k, v in rec["rss_by_step_mb"].items())
-            print(f"  max VmRSS (MB) while each step of a second build ran (sampled every 5 ms; the first index still held): {steps}")
+            print(
+                f"  max VmRSS (MB) while each step of a second build ran "
+                f"(sampled every 5 ms; the first index still held): {steps}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared helpers for the influence-engine benchmarks (issue 3): corpus loading,
 timing on a shared machine, and query gradients built exactly as the component's
 own query path builds them."""
+
 import functools
 import inspect
 import os
@@ -16,9 +17,9 @@ import torch
 from spacy.tokens import Doc, DocBin, Span
 
 from spacy_segment_influence import bridge
-from spacy_segment_influence.bridge import LabelledBatch, Segment
 from spacy_segment_influence.corpus import read_jsonl_docs
 from spacy_segment_influence.gradients import FactoredGradients
+from spacy_segment_influence.segments import LabelledBatch, Segment, segment_gradients
 
 
 def load_docs(path: Path, vocab, n: int = 0) -> List[Doc]:
@@ -141,7 +142,7 @@ def query_gradients(component, docs: Sequence[Doc], spans: Sequence[Tuple[int, S
     features = bridge.head_features(ner, list(docs))
     tags = [bridge.tag_ids(ner, doc, ents) for doc, ents in zip(docs, labellings)]
     segments = [Segment(i, span.start, span.end) for i, span in spans]
-    return bridge.segment_gradients(ner, LabelledBatch(features, tags), segments)
+    return segment_gradients(ner, LabelledBatch(features, tags), segments)
 
 
 def read_floor(arrays: Sequence[np.ndarray]) -> Callable[[], object]:
@@ -165,8 +166,10 @@ def _openblas():
     if not libs:
         return None
     lib = ctypes.CDLL(libs[0])
-    for setter, getter in (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-                           ("openblas_set_num_threads", "openblas_get_num_threads")):
+    for setter, getter in (
+        ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+        ("openblas_set_num_threads", "openblas_get_num_threads"),
+    ):
         if hasattr(lib, setter) and hasattr(lib, getter):
             return getattr(lib, setter), getattr(lib, getter)
     return None

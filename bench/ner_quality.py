@@ -5,6 +5,7 @@
 Trains both pipelines with `spacy train`, then reports dev/test ents_f and nlp.pipe
 words/s measured side by side (interleaved repeats) in one run.
 """
+
 import argparse
 import json
 import statistics
@@ -67,16 +68,45 @@ def main() -> None:
     for config in CONFIGS[args.encoder]:
         out = work / Path(config).stem
         start = time.perf_counter()
-        run([sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / config),
-             "--paths.train", str(train), "--paths.dev", str(dev), "-o", str(out),
-             "--training.max_steps", str(args.max_steps),
-             "--training.eval_frequency", str(args.eval_frequency), "--gpu-id", str(args.gpu_id)])
+        run(
+            [
+                sys.executable,
+                "-m",
+                "spacy",
+                "train",
+                str(ROOT / "configs" / config),
+                "--paths.train",
+                str(train),
+                "--paths.dev",
+                str(dev),
+                "-o",
+                str(out),
+                "--training.max_steps",
+                str(args.max_steps),
+                "--training.eval_frequency",
+                str(args.eval_frequency),
+                "--gpu-id",
+                str(args.gpu_id),
+            ]
+        )
         train_seconds = time.perf_counter() - start
         scores = {}
         for split, path in (("dev", dev), ("test", test)):
             metrics = out / f"{split}_metrics.json"
-            run([sys.executable, "-m", "spacy", "evaluate", str(out / "model-best"), str(path),
-                 "--output", str(metrics), "--gpu-id", str(args.gpu_id)])
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "spacy",
+                    "evaluate",
+                    str(out / "model-best"),
+                    str(path),
+                    "--output",
+                    str(metrics),
+                    "--gpu-id",
+                    str(args.gpu_id),
+                ]
+            )
             scores[split] = json.loads(metrics.read_text())["ents_f"]
         results[config] = {"train_seconds": train_seconds, **scores, "model": out / "model-best"}
     if args.gpu_id >= 0:
@@ -95,8 +125,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for config in results:
         r = results[config]
-        print(f"| {Path(config).stem} | {r['dev']:.4f} | {r['test']:.4f} | "
-              f"{statistics.median(speeds[config]):,.0f} | {r['train_seconds']:.0f} |")
+        print(
+            f"| {Path(config).stem} | {r['dev']:.4f} | {r['test']:.4f} | "
+            f"{statistics.median(speeds[config]):,.0f} | {r['train_seconds']:.0f} |"
+        )
     ratio = statistics.median(speeds[crf_cfg]) / statistics.median(speeds[ner_cfg])
     print(f"crf_ner / built-in ner speed: {ratio:.2f}x")
 

@@ -24,6 +24,7 @@ component's defaults), then:
     with and without segment_influence (interleaved repeats), and the component alone
     over already-annotated docs.
 """
+
 import argparse
 import os
 import random
@@ -39,8 +40,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
-    Clock, blas_threads, load, load_docs, maxrss_mb, query_gradients, read_floor,
-    set_blas_threads, write_spacy,
+    Clock,
+    blas_threads,
+    load,
+    load_docs,
+    maxrss_mb,
+    query_gradients,
+    read_floor,
+    set_blas_threads,
+    write_spacy,
 )
 
 from spacy_segment_influence import bridge  # noqa: E402
@@ -135,23 +143,31 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="query_latency_"))
     train_path = write_spacy(train_docs, tmp / "train.spacy")
     component = nlp.add_pipe("segment_influence", config={"k": args.k})
-    print(f"model {args.model}; torch threads {default_threads}; OpenBLAS threads {blas_threads()}; "
-          f"{os.cpu_count()} CPUs; {load()}")
+    print(
+        f"model {args.model}; torch threads {default_threads}; OpenBLAS threads {blas_threads()}; "
+        f"{os.cpu_count()} CPUs; {load()}"
+    )
     start = time.perf_counter()
     component.initialize(lambda: [], nlp=nlp, train_path=train_path, show_progress=False)
     build_s = time.perf_counter() - start
     index = component.index
     g = index.stored
     width, n_tags, n_dense = g.shape
-    print(f"indexed {len(train_docs)} train docs in {build_s:.1f} s ({load()}): {len(index)} segments, "
-          f"{g.h.shape[0]} token rows; E={width} (with bias), C={n_tags}, D={n_dense}; "
-          f"curvature {index.curvature.name}, normalize {index.normalize}, dtype {index.dtype}")
+    print(
+        f"indexed {len(train_docs)} train docs in {build_s:.1f} s ({load()}): {len(index)} segments, "
+        f"{g.h.shape[0]} token rows; E={width} (with bias), C={n_tags}, D={n_dense}; "
+        f"curvature {index.curvature.name}, normalize {index.normalize}, dtype {index.dtype}"
+    )
     nnz = g.dense.values.size
-    print(f"index arrays: h {g.h.nbytes / 1e6:.1f} MB, r {g.r.nbytes / 1e6:.1f} MB, dense block CSR "
-          f"{g.dense.nbytes / 1e6:.1f} MB ({nnz / len(index):.1f} nonzeros per segment of {n_dense}, "
-          f"{np.unique(g.dense.columns).size} columns used), offsets+norms "
-          f"{(g.offsets.nbytes + index.norms.nbytes) / 1e6:.1f} MB; total {index.nbytes / 1e6:.1f} MB")
-    component16 = nlp.add_pipe("segment_influence", name="segment_influence_f16", config={"k": args.k, "dtype": "float16"})
+    print(
+        f"index arrays: h {g.h.nbytes / 1e6:.1f} MB, r {g.r.nbytes / 1e6:.1f} MB, dense block CSR "
+        f"{g.dense.nbytes / 1e6:.1f} MB ({nnz / len(index):.1f} nonzeros per segment of {n_dense}, "
+        f"{np.unique(g.dense.columns).size} columns used), offsets+norms "
+        f"{(g.offsets.nbytes + index.norms.nbytes) / 1e6:.1f} MB; total {index.nbytes / 1e6:.1f} MB"
+    )
+    component16 = nlp.add_pipe(
+        "segment_influence", name="segment_influence_f16", config={"k": args.k, "dtype": "float16"}
+    )
     component16.initialize(lambda: [], nlp=nlp, train_path=train_path, show_progress=False)
     nlp.remove_pipe("segment_influence_f16")
     index16 = component16.index
@@ -168,8 +184,10 @@ def main():
     grads = query_gradients(component, [dev_docs[i] for i in doc_ids], [(position[i], s) for i, s in queries])
     prepared = index.curvature.prepare_queries(grads)
     dense_queries = dense_queries_of(index, prepared)
-    print(f"{len(all_ents)} predicted entities in {len(dev_docs)} validation docs; timing {len(queries)} of them "
-          f"(mean {np.mean(grads.lengths):.2f} query rows); k={args.k}")
+    print(
+        f"{len(all_ents)} predicted entities in {len(dev_docs)} validation docs; timing {len(queries)} of them "
+        f"(mean {np.mean(grads.lengths):.2f} query rows); k={args.k}"
+    )
 
     baseline = DenseBaseline(index)
     searched = [g.h, g.r, g.dense.values, g.dense.columns, g.dense.indptr]
@@ -187,8 +205,10 @@ def main():
         agree_ids += list(dense_top[: len(ours)]) == [i for i, _ in ours]
         theirs = baseline.scores_numpy(dense_queries[q])[dense_top[: len(ours)]]
         agree_scores += np.allclose([v for _, v in ours], theirs, rtol=1e-4, atol=1e-6)
-    print(f"dense baseline vs index top_k, first {n_check} queries: same top-{args.k} scores (rtol 1e-4) "
-          f"{agree_scores}/{n_check}, same ids in the same order {agree_ids}/{n_check} (ids differ on score ties)")
+    print(
+        f"dense baseline vs index top_k, first {n_check} queries: same top-{args.k} scores (rtol 1e-4) "
+        f"{agree_scores}/{n_check}, same ids in the same order {agree_ids}/{n_check} (ids differ on score ties)"
+    )
 
     def explain(q):
         i, span = queries[q]
@@ -207,7 +227,7 @@ def main():
     }
     variants = {f"T={default_threads}": default_threads, "T=1": 1}
     clock = Clock()
-    for name, fn in methods.items():  # warm-up
+    for fn in methods.values():  # warm-up
         fn(0)
     names = list(methods)
     for q in range(len(queries)):
@@ -216,34 +236,47 @@ def main():
             torch.set_num_threads(n_threads)
             rot = q % len(names)
             for name in names[rot:] + names[:rot]:
-                clock.run(f"{name} {vname}", lambda: methods[name](q))
+                clock.run(f"{name} {vname}", lambda name=name, q=q: methods[name](q))
     torch.set_num_threads(default_threads)
 
-    print(f"\n(b) single-entity latency, median over {len(queries)} queries (ms): wall clock and process CPU "
-          f"time; {load()}")
+    print(
+        f"\n(b) single-entity latency, median over {len(queries)} queries (ms): wall clock and process CPU "
+        f"time; {load()}"
+    )
     vs = list(variants)
     print(f"{'method':22}" + "".join(f"{'wall ' + v:>12}{'CPU ' + v:>12}" for v in vs) + f"{'memory MB':>12}")
-    memory = {"top_k": index.nbytes, "top_k f16": index16.nbytes, "dense numpy": baseline.nbytes,
-              "dense torch": baseline.nbytes}
+    memory = {
+        "top_k": index.nbytes,
+        "top_k f16": index16.nbytes,
+        "dense numpy": baseline.nbytes,
+        "dense torch": baseline.nbytes,
+    }
     for name in names:
         mem = f"{memory[name] / 1e6:12.1f}" if name in memory else ""
-        print(f"{name:22}" + "".join(ms(clock.median(f"{name} {v}")) + "   " + ms(clock.cpu_median(f"{name} {v}"))
-                                     + "   " for v in vs) + mem)
+        print(
+            f"{name:22}"
+            + "".join(ms(clock.median(f"{name} {v}")) + "   " + ms(clock.cpu_median(f"{name} {v}")) + "   " for v in vs)
+            + mem
+        )
     print("ratios (medians):")
     for v in vs:
         for kind, get in (("wall", clock.median), ("CPU ", clock.cpu_median)):
             t = {name: get(f"{name} {v}") for name in names}
             dense = min(t["dense numpy"], t["dense torch"])
             floor = min(t["floor (int64 pass)"], t["floor (float sum)"])
-            print(f"  {v} {kind}: dense (faster of numpy/torch) / top_k = {dense / t['top_k']:.1f}x (target >= 5); "
-                  f"dense / explain = {dense / t['explain']:.1f}x; top_k / floor = {t['top_k'] / floor:.2f}x "
-                  f"(target <= 2); top_k f16 / f16 floor = {t['top_k f16'] / t['floor f16 (int64)']:.2f}x; "
-                  f"dense numpy / floor = {t['dense numpy'] / floor:.1f}x")
-    print(f"  memory: dense / index = {baseline.nbytes / index.nbytes:.1f}x (target >= 10), "
-          f"dense / f16 index = {baseline.nbytes / index16.nbytes:.1f}x; "
-          f"W block alone: dense matrix / (h + r) = {baseline.matrix.nbytes / (g.h.nbytes + g.r.nbytes):.1f}x; "
-          f"dense block: [S, D] / CSR = {baseline.dense.nbytes / g.dense.nbytes:.1f}x")
-    print(f"  mean load during (b): {statistics.mean(l for ls in clock.loads.values() for l in ls):.2f}")
+            print(
+                f"  {v} {kind}: dense (faster of numpy/torch) / top_k = {dense / t['top_k']:.1f}x (target >= 5); "
+                f"dense / explain = {dense / t['explain']:.1f}x; top_k / floor = {t['top_k'] / floor:.2f}x "
+                f"(target <= 2); top_k f16 / f16 floor = {t['top_k f16'] / t['floor f16 (int64)']:.2f}x; "
+                f"dense numpy / floor = {t['dense numpy'] / floor:.1f}x"
+            )
+    print(
+        f"  memory: dense / index = {baseline.nbytes / index.nbytes:.1f}x (target >= 10), "
+        f"dense / f16 index = {baseline.nbytes / index16.nbytes:.1f}x; "
+        f"W block alone: dense matrix / (h + r) = {baseline.matrix.nbytes / (g.h.nbytes + g.r.nbytes):.1f}x; "
+        f"dense block: [S, D] / CSR = {baseline.dense.nbytes / g.dense.nbytes:.1f}x"
+    )
+    print(f"  mean load during (b): {statistics.mean(x for loads in clock.loads.values() for x in loads):.2f}")
 
     if args.skip_batched:
         print(f"\npeak RSS {maxrss_mb():.0f} MB")
@@ -260,8 +293,11 @@ def main():
     def component_alone():
         return sum(len(d.ents) for d in component.pipe(annotated, batch_size=args.batch_size))
 
-    batched = {"nlp.pipe without": lambda: pipe(False), "nlp.pipe with": lambda: pipe(True),
-               "component alone": component_alone}
+    batched = {
+        "nlp.pipe without": lambda: pipe(False),
+        "nlp.pipe with": lambda: pipe(True),
+        "component alone": component_alone,
+    }
     counts = {}
     bclock = Clock()
     for vname, n_threads in variants.items():
@@ -270,27 +306,38 @@ def main():
             order = list(batched) if rep % 2 == 0 else list(batched)[::-1]
             for name in order:
                 counts[name] = bclock.run(f"{name} {vname}", batched[name])
-                print(f"  {vname} repeat {rep}: {name:17} {bclock.times[f'{name} {vname}'][-1]:7.2f} s ({load()})",
-                      flush=True)
+                print(
+                    f"  {vname} repeat {rep}: {name:17} {bclock.times[f'{name} {vname}'][-1]:7.2f} s ({load()})",
+                    flush=True,
+                )
     torch.set_num_threads(default_threads)
     n_ents = counts["nlp.pipe with"]
-    print(f"\n(c) {len(texts)} validation texts, {n_ents} predicted entities (texts tokenised by nlp; "
-          f"{len(annotated)} gold-token docs with {counts['component alone']} entities for the component "
-          f"alone); batch size {args.batch_size}; median of {args.repeats}")
+    print(
+        f"\n(c) {len(texts)} validation texts, {n_ents} predicted entities (texts tokenised by nlp; "
+        f"{len(annotated)} gold-token docs with {counts['component alone']} entities for the component "
+        f"alone); batch size {args.batch_size}; median of {args.repeats}"
+    )
     print(f"{'':22}" + "".join(f"{'wall s ' + v:>12}{'ms/entity':>11}{'CPU s':>8}" for v in variants))
     for name in batched:
         n = counts[name] if name != "nlp.pipe without" else n_ents
-        print(f"{name:22}" + "".join(
-            f"{bclock.median(f'{name} {v}'):12.2f}{1e3 * bclock.median(f'{name} {v}') / n:11.3f}"
-            f"{bclock.cpu_median(f'{name} {v}'):8.2f}" for v in variants))
+        print(
+            f"{name:22}"
+            + "".join(
+                f"{bclock.median(f'{name} {v}'):12.2f}{1e3 * bclock.median(f'{name} {v}') / n:11.3f}"
+                f"{bclock.cpu_median(f'{name} {v}'):8.2f}"
+                for v in variants
+            )
+        )
     for v in variants:
         over = bclock.median(f"nlp.pipe with {v}") - bclock.median(f"nlp.pipe without {v}")
         over_cpu = bclock.cpu_median(f"nlp.pipe with {v}") - bclock.cpu_median(f"nlp.pipe without {v}")
-        print(f"  {v}: influence overhead {over:.2f} s wall = {1e3 * over / n_ents:.3f} ms/entity "
-              f"({over_cpu:.2f} s CPU = {1e3 * over_cpu / n_ents:.3f} ms/entity); with/without = "
-              f"{bclock.median(f'nlp.pipe with {v}') / bclock.median(f'nlp.pipe without {v}'):.2f}x wall, "
-              f"{bclock.cpu_median(f'nlp.pipe with {v}') / bclock.cpu_median(f'nlp.pipe without {v}'):.2f}x CPU; "
-              f"mean load {statistics.mean(bclock.loads[f'nlp.pipe with {v}']):.2f}")
+        print(
+            f"  {v}: influence overhead {over:.2f} s wall = {1e3 * over / n_ents:.3f} ms/entity "
+            f"({over_cpu:.2f} s CPU = {1e3 * over_cpu / n_ents:.3f} ms/entity); with/without = "
+            f"{bclock.median(f'nlp.pipe with {v}') / bclock.median(f'nlp.pipe without {v}'):.2f}x wall, "
+            f"{bclock.cpu_median(f'nlp.pipe with {v}') / bclock.cpu_median(f'nlp.pipe without {v}'):.2f}x CPU; "
+            f"mean load {statistics.mean(bclock.loads[f'nlp.pipe with {v}']):.2f}"
+        )
     print(f"\npeak RSS {maxrss_mb():.0f} MB")
 
 

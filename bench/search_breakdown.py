@@ -10,6 +10,7 @@ Builds the full-train index (kfac, normalised: the defaults), then, single-threa
   B. component.pipe over the annotated validation docs, timed by package function.
 Uses index internals (_device_tensors, chunk layout) for the parts: a diagnosis, not an API.
 """
+
 import argparse
 import statistics
 import sys
@@ -24,11 +25,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
-    blas_threads, instrumented, load, load_docs, query_gradients, read_floor, set_blas_threads, timer, write_spacy,
+    blas_threads,
+    instrumented,
+    load,
+    load_docs,
+    query_gradients,
+    read_floor,
+    set_blas_threads,
+    timer,
+    write_spacy,
 )
+from query_latency import DenseBaseline, dense_queries_of  # noqa: E402
 
 import spacy_segment_influence.component as component_mod  # noqa: E402
-from query_latency import DenseBaseline, dense_queries_of  # noqa: E402
 from spacy_segment_influence import bridge  # noqa: E402
 from spacy_segment_influence.index import SegmentIndex  # noqa: E402
 
@@ -65,8 +74,10 @@ def main():
     component.initialize(lambda: [], nlp=nlp, train_path=train_path, show_progress=False)
     index = component.index
     g = index.stored
-    print(f"model {args.model}; index {len(index)} segments, {g.h.shape[0]} rows, {index.nbytes / 1e6:.1f} MB; "
-          f"torch threads {torch.get_num_threads()}, OpenBLAS threads {blas_threads()}; {load()}")
+    print(
+        f"model {args.model}; index {len(index)} segments, {g.h.shape[0]} rows, {index.nbytes / 1e6:.1f} MB; "
+        f"torch threads {torch.get_num_threads()}, OpenBLAS threads {blas_threads()}; {load()}"
+    )
 
     dev = load_docs(args.dev, nlp.vocab)
     with nlp.select_pipes(disable=[component.name]):
@@ -118,7 +129,7 @@ def main():
         (bridge, "fingerprint", "fingerprint check"),
         (bridge, "head_features", "listener features"),
         (bridge, "tag_ids", "tag ids"),
-        (bridge, "segment_gradients", "segment gradients"),
+        (component_mod, "segment_gradients", "segment gradients"),
         (SegmentIndex, "top_k", "SegmentIndex.top_k"),
         (component_mod.SegmentInfluence, "_hit", "hit records"),
         (component_mod.srsly, "json_dumps", "json_dumps into user_data"),
@@ -129,8 +140,10 @@ def main():
         for _ in component.pipe(docs):
             pass
         total = time.perf_counter() - start
-    print(f"\nB. component.pipe over {len(docs)} annotated validation docs, {n_ents} entities: {total:.2f} s "
-          f"({1e3 * total / n_ents:.3f} ms/entity; {load()}); inclusive, nested entries overlap")
+    print(
+        f"\nB. component.pipe over {len(docs)} annotated validation docs, {n_ents} entities: {total:.2f} s "
+        f"({1e3 * total / n_ents:.3f} ms/entity; {load()}); inclusive, nested entries overlap"
+    )
     for label, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {label:30}{seconds:8.2f} s {100 * seconds / total:6.1f} %")
 

@@ -16,6 +16,7 @@ tie-aware    the own segment's score equals the top score (relative tolerance --
 Misses are split by cause: the query's gradient differs from the stored one (cosine
 < 1 - tol), an identical sentence elsewhere in the corpus, or neither.
 """
+
 import argparse
 import sys
 import tempfile
@@ -28,7 +29,12 @@ import spacy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
-    blas_threads, load, load_docs, query_gradients, set_blas_threads, write_spacy,
+    blas_threads,
+    load,
+    load_docs,
+    query_gradients,
+    set_blas_threads,
+    write_spacy,
 )
 
 from spacy_segment_influence import bridge  # noqa: E402
@@ -68,15 +74,18 @@ def main():
                 targets.append((i, e.start, e.end, e.label_))
     sentence_count = Counter(d.text for d in gold)
     dup_targets = sum(sentence_count[gold[i].text] > 1 for i, *_ in targets)
-    print(f"{n_gold} gold entities, {len(targets)} correctly predicted ({len(targets) / n_gold:.3f}); "
-          f"{dup_targets} of those in a sentence that occurs more than once among the {len(gold)}; "
-          f"{sum(c for c in sentence_count.values() if c > 1)} sentences have a duplicate")
+    print(
+        f"{n_gold} gold entities, {len(targets)} correctly predicted ({len(targets) / n_gold:.3f}); "
+        f"{dup_targets} of those in a sentence that occurs more than once among the {len(gold)}; "
+        f"{sum(c for c in sentence_count.values() if c > 1)} sentences have a duplicate"
+    )
 
     rows = []
     for curvature, normalize in CONFIGS:
         name = f"si_{curvature}_{'cos' if normalize else 'raw'}"
-        component = nlp.add_pipe("segment_influence", name=name,
-                                 config={"curvature": curvature, "normalize": normalize, "k": args.k})
+        component = nlp.add_pipe(
+            "segment_influence", name=name, config={"curvature": curvature, "normalize": normalize, "k": args.k}
+        )
         start = time.perf_counter()
         component.initialize(lambda: [], nlp=nlp, train_path=train_path, show_progress=False)
         build_s = time.perf_counter() - start
@@ -89,7 +98,7 @@ def main():
             docs = list(nlp.pipe(bridge.unannotated(d) for d in gold))
             query_s = time.perf_counter() - start
         strict = 0
-        for i, s, e, label in targets:
+        for i, s, e, _ in targets:
             span = next(ent for ent in docs[i].ents if (ent.start, ent.end) == (s, e))
             sup = span._.influences["supporters"]
             strict += bool(sup) and (sup[0]["doc_index"], sup[0]["start"], sup[0]["end"]) == (i, s, e)
@@ -118,36 +127,75 @@ def main():
         dup = np.array([sentence_count[gold[targets[m][0]].text] > 1 for m in misses], dtype=bool)
         n_ties = int(np.sum(np.isclose(scores, top[:, None], rtol=args.tol, atol=0).sum(axis=1) > 1))
         rank = (scores > (own_score + tol)[:, None]).sum(axis=1)
-        rows.append((curvature, normalize, strict / len(targets), strict_scores.mean(), tied.mean(),
-                     len(misses), int(changed.sum()), int((~changed & dup).sum()), int((~changed & ~dup).sum()),
-                     n_ties, float(np.median(rank[misses])) if len(misses) else 0.0, build_s, query_s))
+        rows.append(
+            (
+                curvature,
+                normalize,
+                strict / len(targets),
+                strict_scores.mean(),
+                tied.mean(),
+                len(misses),
+                int(changed.sum()),
+                int((~changed & dup).sum()),
+                int((~changed & ~dup).sum()),
+                n_ties,
+                float(np.median(rank[misses])) if len(misses) else 0.0,
+                build_s,
+                query_s,
+            )
+        )
         print(f"\n{name}: index {len(index)} segments, built in {build_s:.1f} s, queried in {query_s:.1f} s ({load()})")
-        print(f"  cosine(query, own stored segment): min {cos.min():.6f}, median {np.median(cos):.6f}; "
-              f"{int((cos < 1 - args.tol).sum())} below 1 - tol")
+        print(
+            f"  cosine(query, own stored segment): min {cos.min():.6f}, median {np.median(cos):.6f}; "
+            f"{int((cos < 1 - args.tol).sum())} below 1 - tol"
+        )
         for m in np.flatnonzero(tied & ~strict_scores)[: args.examples if normalize else 0]:
             i, s, e, label = targets[m]
             best = index.metadata[argmax[m]]
-            print(f"  tie, not own: doc {i} {gold[i].text[:60]!r} [{s}:{e}] {label} score {own_score[m]:.6f}; "
-                  f"top: doc {best['doc_index']} {best['context'][:60]!r} score {top[m]:.6f}")
+            print(
+                f"  tie, not own: doc {i} {gold[i].text[:60]!r} [{s}:{e}] {label} score {own_score[m]:.6f}; "
+                f"top: doc {best['doc_index']} {best['context'][:60]!r} score {top[m]:.6f}"
+            )
         for m in misses[: args.examples]:
             i, s, e, label = targets[m]
             best = index.metadata[argmax[m]]
-            print(f"  miss: doc {i} [{s}:{e}] {label} {gold[i][s:e].text!r} own score {own_score[m]:.4g} "
-                  f"(cos {cos[m]:.4f}, rank {rank[m]}) < top {top[m]:.4g}: doc {best['doc_index']} "
-                  f"{best['context']!r}")
+            print(
+                f"  miss: doc {i} [{s}:{e}] {label} {gold[i][s:e].text!r} own score {own_score[m]:.4g} "
+                f"(cos {cos[m]:.4f}, rank {rank[m]}) < top {top[m]:.4g}: doc {best['doc_index']} "
+                f"{best['context']!r}"
+            )
         nlp.remove_pipe(name)
 
-    print(f"\nself-retrieval over {len(targets)} correctly predicted gold entities of the first {len(gold)} "
-          f"train sentences (target >= 0.95); tie tolerance {args.tol:g} relative; {load()}")
-    head = ("curvature", "normalize", "strict", "strict(scores)", "tie-aware", "misses", "q!=stored",
-            "dup sent", "other", "tied tops", "med rank", "build s", "query s")
+    print(
+        f"\nself-retrieval over {len(targets)} correctly predicted gold entities of the first {len(gold)} "
+        f"train sentences (target >= 0.95); tie tolerance {args.tol:g} relative; {load()}"
+    )
+    head = (
+        "curvature",
+        "normalize",
+        "strict",
+        "strict(scores)",
+        "tie-aware",
+        "misses",
+        "q!=stored",
+        "dup sent",
+        "other",
+        "tied tops",
+        "med rank",
+        "build s",
+        "query s",
+    )
     print("".join(f"{h:>15}" for h in head))
     for r in rows:
-        print(f"{r[0]:>15}{str(r[1]):>15}{r[2]:15.4f}{r[3]:15.4f}{r[4]:15.4f}{r[5]:15d}{r[6]:15d}{r[7]:15d}"
-              f"{r[8]:15d}{r[9]:15d}{r[10]:15.0f}{r[11]:15.1f}{r[12]:15.1f}")
-    print("misses = not tie-aware; q!=stored: query gradient differs from the stored one (cosine < 1 - tol); "
-          "dup sent: otherwise, sentence occurs more than once; tied tops: queries whose top score is shared; "
-          "med rank: median number of segments strictly above the own one, over misses")
+        print(
+            f"{r[0]:>15}{str(r[1]):>15}{r[2]:15.4f}{r[3]:15.4f}{r[4]:15.4f}{r[5]:15d}{r[6]:15d}{r[7]:15d}"
+            f"{r[8]:15d}{r[9]:15d}{r[10]:15.0f}{r[11]:15.1f}{r[12]:15.1f}"
+        )
+    print(
+        "misses = not tie-aware; q!=stored: query gradient differs from the stored one (cosine < 1 - tol); "
+        "dup sent: otherwise, sentence occurs more than once; tied tops: queries whose top score is shared; "
+        "med rank: median number of segments strictly above the own one, over misses"
+    )
 
 
 if __name__ == "__main__":

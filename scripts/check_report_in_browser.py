@@ -12,6 +12,7 @@ test (tests/test_review_page_browser.py) uses too: Chrome's DevTools protocol ov
 descriptors 3 and 4; https://chromedevtools.github.io/devtools-protocol/), so it needs no
 driver binary and no Python package beyond the standard library.
 """
+
 import argparse
 import base64
 import fcntl
@@ -27,9 +28,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--remote-debugging-pipe",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--remote-debugging-pipe",
 )
 # Input.dispatchKeyEvent needs the DOM key, its code and, for keys without text, the key code
 _KEYS = {" ": ("Space", 32), "ArrowDown": ("ArrowDown", 40), "ArrowUp": ("ArrowUp", 38)}
@@ -60,7 +68,10 @@ class Chromium:
 
         self._process = subprocess.Popen(
             [binary, *FLAGS, f"--user-data-dir={self._profile.name}", f"--window-size={width},{height}", "about:blank"],
-            preexec_fn=wire, close_fds=False, stdout=subprocess.DEVNULL, stderr=self._log,
+            preexec_fn=wire,
+            close_fds=False,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
         )
         os.close(commands_in)
         os.close(replies_out)
@@ -71,10 +82,18 @@ class Chromium:
             target = next(t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
             self._session = self.send("Target.attachToTarget", targetId=target["targetId"], flatten=True)["sessionId"]
             self.send("Page.enable", session=True)
-            self.send("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height,
-                      deviceScaleFactor=1, mobile=False)
+            self.send(
+                "Emulation.setDeviceMetricsOverride",
+                session=True,
+                width=width,
+                height=height,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             if downloads is not None:
-                self.send("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads), eventsEnabled=True)
+                self.send(
+                    "Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads), eventsEnabled=True
+                )
         except BaseException:
             self.close()
             raise
@@ -149,16 +168,26 @@ class Chromium:
         code, number = _KEYS[key] if key in _KEYS else (f"Key{key.upper()}", ord(key.upper()))
         text = key if len(key) == 1 else ""
         for kind in ("keyDown", "keyUp"):
-            self.send("Input.dispatchKeyEvent", session=True, type=kind, key=key, code=code,
-                      text=text if kind == "keyDown" else "", windowsVirtualKeyCode=number, nativeVirtualKeyCode=number)
+            self.send(
+                "Input.dispatchKeyEvent",
+                session=True,
+                type=kind,
+                key=key,
+                code=code,
+                text=text if kind == "keyDown" else "",
+                windowsVirtualKeyCode=number,
+                nativeVirtualKeyCode=number,
+            )
 
     def screenshot(self, path: Path, full_page: bool = False) -> None:
         """A PNG of the viewport (or of the whole page, up to 8000 pixels high)."""
         options: Dict[str, Any] = {"format": "png"}
         if full_page:
             height = min(8000, self.js("document.documentElement.scrollHeight"))
-            options.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": self.js("innerWidth"),
-                                                             "height": height, "scale": 1})
+            options.update(
+                captureBeyondViewport=True,
+                clip={"x": 0, "y": 0, "width": self.js("innerWidth"), "height": height, "scale": 1},
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", session=True, **options)["data"]))
 

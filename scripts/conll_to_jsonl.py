@@ -8,6 +8,7 @@ Reads whitespace-separated columns (token first, NER tag last), documents separa
 follows one of the same type) are rewritten as BIO. Each sentence becomes
 `{"id": "conll_<split>_<doc>_<sent>", "tokens": [...], "ner_tags": [...]}`. Standard library only.
 """
+
 import argparse
 import io
 import json

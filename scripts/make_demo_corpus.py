@@ -16,6 +16,7 @@ demo can show them being found:
 `injected_errors.jsonl` lists every injected change. The output depends only
 on --seed. Standard library only.
 """
+
 import argparse
 import json
 import random
@@ -33,54 +34,130 @@ ENTITY_TYPES = ("PER", "ORG", "LOC", "MISC")
 FIRST_NAMES = """Peter Maria John Anna Michael Elena Thomas Sarah David Laura James Sofia Robert Claire
 Hans Ingrid Pierre Isabelle Carlos Lucia Marco Giulia Jan Katarina Ahmed Leila Yuri Olga Kenji
 Yuki Paul Helen Mark Monica Stefan Agnes Luis Carmen Alan Nadia""".split()
-LAST_NAMES = """Blackburn Hartmann Dubois Moretti Kowalski Fernandes Lindqvist Novak O'Brien Schneider
+LAST_NAMES = (
+    """Blackburn Hartmann Dubois Moretti Kowalski Fernandes Lindqvist Novak O'Brien Schneider
 Rossi Petrov Tanaka Haddad Jensen Murray Keller Lambert Costa Vidal Brennan Weber Marchetti Svensson
 Nakamura Okafor Horvath Bauer Delgado Fischer Gallagher Ivanova Larsen Mendes Quinn Richter Sato
-Walsh Zimmermann""".split() + ["Van der Berg", "De Luca", "Al Hassan"]
+Walsh Zimmermann""".split()
+    + ["Van der Berg", "De Luca", "Al Hassan"]
+)
 
 # Football clubs that share their name with their city: the source of the systematic error.
 CITY_CLUBS = """Liverpool Barcelona Valencia Newcastle Leeds Marseille Lyon Bordeaux Porto Hamburg
 Monaco Bologna Genoa Dortmund""".split()
 OTHER_CLUBS = [
-    "Manchester United", "Real Madrid", "Bayern Munich", "Ajax", "Juventus", "Inter Milan", "Celtic",
-    "Rangers", "Arsenal", "Tottenham", "Everton", "PSV Eindhoven", "Feyenoord", "Benfica",
-    "Sporting Lisbon", "Atletico Madrid", "Paris St Germain", "Werder Bremen", "Fiorentina", "Lazio",
+    "Manchester United",
+    "Real Madrid",
+    "Bayern Munich",
+    "Ajax",
+    "Juventus",
+    "Inter Milan",
+    "Celtic",
+    "Rangers",
+    "Arsenal",
+    "Tottenham",
+    "Everton",
+    "PSV Eindhoven",
+    "Feyenoord",
+    "Benfica",
+    "Sporting Lisbon",
+    "Atletico Madrid",
+    "Paris St Germain",
+    "Werder Bremen",
+    "Fiorentina",
+    "Lazio",
 ]
-CITIES = CITY_CLUBS + """London Paris Berlin Madrid Rome Vienna Brussels Geneva Warsaw Prague Moscow Tokyo
+CITIES = (
+    CITY_CLUBS
+    + """London Paris Berlin Madrid Rome Vienna Brussels Geneva Warsaw Prague Moscow Tokyo
 Cairo Nairobi Sydney Toronto Chicago Boston Lisbon Athens Dublin Oslo Stockholm Istanbul Seoul
-Manila Lagos Mumbai""".split() + ["New York", "Hong Kong", "Buenos Aires", "Rio de Janeiro", "Tel Aviv", "Sao Paulo"]
-COUNTRIES = """Germany France Italy Spain Portugal Britain Ireland Poland Russia Japan China Egypt Kenya
+Manila Lagos Mumbai""".split()
+    + ["New York", "Hong Kong", "Buenos Aires", "Rio de Janeiro", "Tel Aviv", "Sao Paulo"]
+)
+COUNTRIES = (
+    """Germany France Italy Spain Portugal Britain Ireland Poland Russia Japan China Egypt Kenya
 Nigeria Brazil Argentina Canada Australia India Turkey Greece Sweden Norway Austria Belgium Israel
-Mexico""".split() + ["South Africa", "South Korea", "Saudi Arabia", "New Zealand"]
+Mexico""".split()
+    + ["South Africa", "South Korea", "Saudi Arabia", "New Zealand"]
+)
 NATIONALITIES = """German French Italian Spanish Portuguese British Irish Polish Russian Japanese Chinese
 Egyptian Kenyan Nigerian Brazilian Argentine Canadian Australian Indian Turkish Greek Swedish
 Norwegian Austrian Belgian Israeli Mexican Dutch Scottish European""".split()
 # Organisations by topic; every name reads naturally after "the".
 ORGS_BY_TOPIC = {
     "politics": [
-        "European Commission", "United Nations", "European Union", "World Bank", "IMF", "OSCE",
-        "Social Democrats", "Labour Party", "Christian Democrats", "Green Party", "Supreme Court",
-        "Foreign Ministry", "Interior Ministry", "Finance Ministry", "Security Council",
-        "Council of Europe", "Arab League", "Organisation of African Unity",
+        "European Commission",
+        "United Nations",
+        "European Union",
+        "World Bank",
+        "IMF",
+        "OSCE",
+        "Social Democrats",
+        "Labour Party",
+        "Christian Democrats",
+        "Green Party",
+        "Supreme Court",
+        "Foreign Ministry",
+        "Interior Ministry",
+        "Finance Ministry",
+        "Security Council",
+        "Council of Europe",
+        "Arab League",
+        "Organisation of African Unity",
     ],
     "business": [
-        "Deutsche Bank", "Siemens", "General Motors", "Nestle", "Fiat", "Volvo", "Northfield Capital",
-        "Meridian Steel", "Atlas Airways", "Helix Pharmaceuticals", "Orion Telecom", "Baltic Shipping",
-        "Kestrel Motors", "Sunvale Foods", "Goldman Sachs", "Unilever", "Crestline Energy", "Philips",
+        "Deutsche Bank",
+        "Siemens",
+        "General Motors",
+        "Nestle",
+        "Fiat",
+        "Volvo",
+        "Northfield Capital",
+        "Meridian Steel",
+        "Atlas Airways",
+        "Helix Pharmaceuticals",
+        "Orion Telecom",
+        "Baltic Shipping",
+        "Kestrel Motors",
+        "Sunvale Foods",
+        "Goldman Sachs",
+        "Unilever",
+        "Crestline Energy",
+        "Philips",
     ],
     "sports": ["UEFA", "FIFA", "Football Association", "Scottish Football Association", "Italian Football Federation"],
     "general": [
-        "Red Cross", "United Nations", "World Health Organisation", "Salvation Army", "European Union",
-        "World Food Programme", "Civil Defence Agency", "Coast Guard",
+        "Red Cross",
+        "United Nations",
+        "World Health Organisation",
+        "Salvation Army",
+        "European Union",
+        "World Food Programme",
+        "Civil Defence Agency",
+        "Coast Guard",
     ],
 }
-CENTRAL_BANKS = ["Bundesbank", "Federal Reserve", "Bank of England", "Bank of Japan", "Bank of France", "Swiss National Bank"]
+CENTRAL_BANKS = [
+    "Bundesbank",
+    "Federal Reserve",
+    "Bank of England",
+    "Bank of Japan",
+    "Bank of France",
+    "Swiss National Bank",
+]
 # Named things other than people, organisations and places (CoNLL's MISC).
 MISC_POOLS = {
     "<NAT>": NATIONALITIES,
     "<CUP>": ["Champions League", "UEFA Cup", "Cup Winners ' Cup", "FA Cup", "German Cup", "Coppa Italia"],
     "<TOURNEY>": ["World Cup", "European Championship", "African Nations Cup", "Asian Cup", "Olympic"],
-    "<EVENT>": ["Olympic Games", "Cannes Film Festival", "Frankfurt Book Fair", "Edinburgh Festival", "Venice Biennale", "Expo 2000"],
+    "<EVENT>": [
+        "Olympic Games",
+        "Cannes Film Festival",
+        "Frankfurt Book Fair",
+        "Edinburgh Festival",
+        "Venice Biennale",
+        "Expo 2000",
+    ],
     "<PRIZE>": ["Nobel Prize for Literature", "Booker Prize", "Pulitzer Prize", "Goncourt Prize", "Nobel Peace Prize"],
 }
 
@@ -95,7 +172,7 @@ TEMPLATES = {
         "<COUNTRY> and <COUNTRY> agreed to resume negotiations in <MONTH> , officials said .",
         "The <ORG> said in a statement it would review the proposal before <MONTH> .",
         "Prime Minister <PER> told reporters in <CITY> that the government would not resign .",
-        "<PER> said the talks had been \" constructive \" but that no agreement was reached on <DAY> .",
+        '<PER> said the talks had been " constructive " but that no agreement was reached on <DAY> .',
         "Opposition leader <PER> accused the <ORG> of ignoring voters outside <CITY> .",
         "The <NAT> parliament voted <NUM> to <NUM> in favour of the bill on <DAY> .",
         "Thousands of people marched through <CITY> on <DAY> to protest against the new tax law .",
@@ -160,7 +237,15 @@ TEMPLATES = {
         "Rescue workers searched through the rubble for <NUM> hours .",
     ],
 }
-ENTITY_SLOTS = {"<PER>": "PER", "<ORG>": "ORG", "<BANK>": "ORG", "<CLUB>": "ORG", "<CITY>": "LOC", "<COUNTRY>": "LOC", **{slot: "MISC" for slot in MISC_POOLS}}
+ENTITY_SLOTS = {
+    "<PER>": "PER",
+    "<ORG>": "ORG",
+    "<BANK>": "ORG",
+    "<CLUB>": "ORG",
+    "<CITY>": "LOC",
+    "<COUNTRY>": "LOC",
+    **{slot: "MISC" for slot in MISC_POOLS},
+}
 
 Span = Tuple[int, int, str]
 
@@ -316,10 +401,7 @@ def inject_random(documents: List[List[Sentence]], rng: random.Random) -> List[d
     """One mistake in each of a few sentences outside the documents that carry
     the systematic error."""
     clean_docs = [doc for doc in documents if all(sent.noisy == sent.gold for sent in doc)]
-    pool = [
-        sent for doc in clean_docs for sent in doc
-        if len(sent.tokens) > 4 and len(sent.gold) > len(sent.club_city)
-    ]
+    pool = [sent for doc in clean_docs for sent in doc if len(sent.tokens) > 4 and len(sent.gold) > len(sent.club_city)]
     rng.shuffle(pool)
     changes = []
     for kind, count in RANDOM_ERRORS.items():
@@ -355,7 +437,7 @@ def _change(sent: Sentence, kind: str, gold: Span, noisy: Optional[Span]) -> dic
         "kind": kind,
         "gold": list(gold),
         "noisy": list(noisy) if noisy else None,
-        "text": " ".join(sent.tokens[gold[0]:gold[1]]),
+        "text": " ".join(sent.tokens[gold[0] : gold[1]]),
     }
 
 
@@ -378,7 +460,10 @@ def main(output_dir: Path, seed: int) -> None:
     changes = inject_systematic(splits["train"], rng) + inject_random(splits["train"], rng)
     train = [sent for doc in splits["train"] for sent in doc]
     outputs = {
-        **{f"{split}.jsonl": [sent.record(sent.noisy) for doc in docs for sent in doc] for split, docs in splits.items()},
+        **{
+            f"{split}.jsonl": [sent.record(sent.noisy) for doc in docs for sent in doc]
+            for split, docs in splits.items()
+        },
         "train_corrected.jsonl": [sent.record(sent.gold) for sent in train],
         "injected_errors.jsonl": changes,
     }
@@ -396,7 +481,10 @@ def print_error_summary(changes: List[dict]) -> None:
     doc_ids = {change["id"].rsplit("_", 1)[0] for change in changes if change["kind"] == "systematic_club_as_loc"}
     doc_ids = sorted(doc_ids, key=lambda doc_id: int(doc_id.rsplit("_", 1)[1]))
     print(f"injected into train: {len(changes)} wrong spans in {len({change['id'] for change in changes})} sentences")
-    print(f"  systematic_club_as_loc: {kinds['systematic_club_as_loc']} mentions in {len(doc_ids)} docs ({', '.join(doc_ids)})")
+    print(
+        f"  systematic_club_as_loc: {kinds['systematic_club_as_loc']} mentions "
+        f"in {len(doc_ids)} docs ({', '.join(doc_ids)})"
+    )
     for kind in RANDOM_ERRORS:
         print(f"  {kind}: {kinds[kind]} sentences")
 

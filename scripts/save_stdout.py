@@ -6,6 +6,7 @@ so project.yml cannot use `>`).
 A leading `python`/`python3` runs with this interpreter. The file is only written when the command
 succeeds, so a failed step leaves no output behind for the next run to mistake for a result.
 """
+
 import subprocess
 import sys
 from pathlib import Path

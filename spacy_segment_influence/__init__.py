@@ -1,3 +1,75 @@
-"""Segment influence for spaCy NER pipelines (Jain et al., Findings of EMNLP 2022)."""
+"""Segment influence for spaCy NER pipelines (Jain et al., "Influence Functions for
+Sequence Tagging Models", Findings of EMNLP 2022).
+
+Components (registered with spaCy by entry points, so `nlp.add_pipe` finds them without
+importing this package):
+
+- `crf_ner` (`CRFEntityRecognizer`): NER by a linear-chain CRF over a tok2vec or
+  transformer, trained with `spacy train`.
+- `segment_influence` (`SegmentInfluence`): indexes the training corpus (`SegmentIndex`)
+  and explains each predicted entity by the training spans that support and oppose it.
+
+Annotation errors: `ErrorFinder` and `CrossFitFinder` score candidate regions of a
+training corpus, `rank` writes them as review records, `evaluate_ranking` scores a ranking
+against corrected labels. `validate` measures how well predicted influence tracks
+retraining. Errors a user can cause derive from `SegmentInfluenceError`.
+"""
+
+from .annotation_errors import (
+    Candidate,
+    CrossFitFinder,
+    ErrorFinder,
+    evaluate_ranking,
+    held_out_indices,
+    rank,
+    split_folds,
+    write_folds,
+)
+from .component import SegmentInfluence
+from .exceptions import (
+    BIORepairWarning,
+    ConfigError,
+    CorpusFormatError,
+    CorpusNotFoundError,
+    DataError,
+    IndexFormatError,
+    IndexMissingError,
+    IndexOutOfDateError,
+    MisalignedEntityWarning,
+    PipelineError,
+    SegmentInfluenceError,
+    SegmentInfluenceWarning,
+)
+from .index import SegmentIndex
+from .tagger import CRFEntityRecognizer
+from .validate import validate
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BIORepairWarning",
+    "CRFEntityRecognizer",
+    "Candidate",
+    "ConfigError",
+    "CorpusFormatError",
+    "CorpusNotFoundError",
+    "CrossFitFinder",
+    "DataError",
+    "ErrorFinder",
+    "IndexFormatError",
+    "IndexMissingError",
+    "IndexOutOfDateError",
+    "MisalignedEntityWarning",
+    "PipelineError",
+    "SegmentIndex",
+    "SegmentInfluence",
+    "SegmentInfluenceError",
+    "SegmentInfluenceWarning",
+    "__version__",
+    "evaluate_ranking",
+    "held_out_indices",
+    "rank",
+    "split_folds",
+    "validate",
+    "write_folds",
+]

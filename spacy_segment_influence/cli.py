@@ -1,9 +1,18 @@
 """The `segment-influence` command line (also `python -m spacy_segment_influence`)."""
+
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional, Union, cast
 
 import typer
+
+from .curvature import CURVATURES
+from .exceptions import ConfigError, PipelineError, SegmentInfluenceError
+
+if TYPE_CHECKING:
+    from spacy.tokens import Doc
+
+    from .component import SegmentInfluence
 
 app = typer.Typer(
     name="segment-influence",
@@ -28,22 +37,21 @@ def convert(
     lang: str = typer.Option("en", help="Language of the blank tokenizer vocab"),
 ) -> None:
     """Convert `{"id","tokens","ner_tags"}` BIO JSONL into a .spacy corpus."""
-    from .corpus import CorpusFormatError, convert_jsonl
+    from .corpus import convert_jsonl
 
-    try:
+    with _user_errors():
         n_docs = convert_jsonl(input_path, output_path, lang=lang)
-    except CorpusFormatError as err:
-        typer.secho(str(err), err=True, fg="red")
-        raise typer.Exit(1)
     typer.echo(f"Wrote {n_docs} docs to {output_path}")
 
 
 @app.command()
 def index(
-    model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained pipeline with a crf_ner component"),
+    model_dir: Path = typer.Argument(
+        ..., exists=True, file_okay=False, help="Trained pipeline with a crf_ner component"
+    ),
     train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy) to index"),
     output_dir: Path = typer.Argument(..., file_okay=False, help="Where to write the pipeline plus its index"),
-    curvature: str = typer.Option("kfac", help="identity | kfac | exact (exact: small heads only)"),
+    curvature: str = typer.Option("kfac", help=f"{' | '.join(CURVATURES)} (exact: small heads only)"),
     damping: float = typer.Option(0.001, help="Damping added to the curvature"),
     normalize: bool = typer.Option(True, help="Cosine-normalise scores (a training entity ranks itself first)"),
     granularity: str = typer.Option("entities", help="entities (gold entity spans) | tokens (every token)"),
@@ -55,6 +63,8 @@ def index(
     """Index TRAIN_PATH's segments and save MODEL_DIR plus an indexed `segment_influence`
     component to OUTPUT_DIR (like `spacy assemble`)."""
     import spacy
+
+    from .component import check_settings
 
     nlp = spacy.load(model_dir)
     if "segment_influence" in nlp.pipe_names:
@@ -70,10 +80,12 @@ def index(
         "device": device,
     }
     with _user_errors():
-        component = nlp.add_pipe("segment_influence", config=config)
+        check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=False)
+        component = cast("SegmentInfluence", nlp.add_pipe("segment_influence", config=config))
         component.initialize(lambda: [], nlp=nlp, train_path=train_path)
+        index = component.check_index()
     nlp.to_disk(output_dir)
-    typer.echo(f"Indexed {len(component.index)} segments ({component.index.nbytes / 1e6:.1f} MB); saved to {output_dir}")
+    typer.echo(f"Indexed {len(index)} segments ({index.nbytes / 1e6:.1f} MB); saved to {output_dir}")
 
 
 @app.command()
@@ -96,23 +108,25 @@ def explain(
     from .corpus import read_docbin
     from .explain_table import format_influences
 
-    if (text is None) == (docs is None):
-        typer.secho("Give either TEXT or --docs X.spacy", err=True, fg="red")
-        raise typer.Exit(1)
-    nlp = spacy.load(model_dir)
-    if "segment_influence" not in nlp.pipe_names:
-        typer.secho(f"{model_dir} has no segment_influence component: run `segment-influence index` first", err=True, fg="red")
-        raise typer.Exit(1)
-    nlp.get_pipe("segment_influence").cfg.update(k=k, refine=refine)
     with _user_errors():
+        if (text is None) == (docs is None):
+            raise ConfigError("Give either TEXT or --docs X.spacy")
+        nlp = spacy.load(model_dir)
+        if "segment_influence" not in nlp.pipe_names:
+            raise PipelineError(f"{model_dir} has no segment_influence component: run `segment-influence index` first")
+        cast("SegmentInfluence", nlp.get_pipe("segment_influence")).cfg.update(k=k, refine=refine)
         if docs is not None:
             corpus = read_docbin(docs, nlp.vocab)
-            inputs = [bridge.unannotated(doc) for doc, _ in zip(corpus, range(limit or 10**12))]
+            inputs: List[Union[str, "Doc"]] = [
+                bridge.unannotated(doc) for doc, _ in zip(corpus, range(limit or 10**12))
+            ]
         else:
-            inputs = [text]
+            inputs = [cast(str, text)]
         for doc in nlp.pipe(inputs):
             if as_json:
-                typer.echo(srsly.json_dumps({"text": doc.text, "id": doc.user_data.get("id"), "entities": doc._.influences}))
+                typer.echo(
+                    srsly.json_dumps({"text": doc.text, "id": doc.user_data.get("id"), "entities": doc._.influences})
+                )
             else:
                 typer.echo(format_influences(doc))
 
@@ -121,7 +135,9 @@ def explain(
 def validate(
     model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained pipeline with crf_ner"),
     train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy)"),
-    dev_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Held-out corpus (.spacy) for test segments"),
+    dev_path: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Held-out corpus (.spacy) for test segments"
+    ),
     n_train: int = typer.Option(200, help="Training sentences the head is refit on"),
     n_dev: int = typer.Option(50, help="Dev sentences whose predicted entities are the test segments"),
     pairs: int = typer.Option(400, help="(test, train) pairs per group"),
@@ -138,21 +154,31 @@ def validate(
     import srsly
 
     from .corpus import read_docbin
-    from .validate import save_plot, validate as run_validation
+    from .fidelity_metrics import save_plot
+    from .validate import validate as run_validation
 
     nlp = spacy.load(model_dir)
     with _user_errors():
         train_docs = read_docbin(train_path, nlp.vocab)
         dev_docs = read_docbin(dev_path, nlp.vocab)
         result = run_validation(
-            nlp, train_docs, dev_docs, ner_name=ner, n_train=n_train, n_dev=n_dev,
-            pairs=pairs, n_segments=n_segments, l2=l2, seed=seed,
+            nlp,
+            train_docs,
+            dev_docs,
+            ner_name=ner,
+            n_train=n_train,
+            n_dev=n_dev,
+            pairs=pairs,
+            n_segments=n_segments,
+            l2=l2,
+            seed=seed,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     srsly.write_json(out, {key: result[key] for key in ("methods", "settings", "diagnostics")})
     for method, groups in result["methods"].items():
         cells = "  ".join(
-            f"{group}: pearson {m['pearson']:.3f} spearman {m['spearman']:.3f} sign {m['sign_agreement']:.2f} (n={m['n']})"
+            f"{group}: pearson {m['pearson']:.3f} spearman {m['spearman']:.3f} "
+            f"sign {m['sign_agreement']:.2f} (n={m['n']})"
             for group, m in groups.items()
         )
         typer.echo(f"{method:<9} {cells}")
@@ -162,26 +188,31 @@ def validate(
 
 
 @contextmanager
-def _user_errors():
-    """Report mistakes in the user's input as one red line and exit 1, not a traceback."""
-    from .component import IndexOutOfDateError
-
+def _user_errors() -> Iterator[None]:
+    """Report mistakes in the user's input (`SegmentInfluenceError`) as one red line and
+    exit 1. Anything else is a bug and keeps its traceback."""
     try:
         yield
-    except (ValueError, FileNotFoundError, IndexOutOfDateError) as err:
+    except SegmentInfluenceError as err:
         typer.secho(f"Error: {err}", err=True, fg="red")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 @app.command("find-errors")
 def find_errors(
-    model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained pipeline with a crf_ner component"),
+    model_dir: Path = typer.Argument(
+        ..., exists=True, file_okay=False, help="Trained pipeline with a crf_ner component"
+    ),
     train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy) to check"),
-    dev: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Held-out corpus (.spacy) with clean labels"),
+    dev: Optional[Path] = typer.Option(
+        None, exists=True, dir_okay=False, help="Held-out corpus (.spacy) with clean labels"
+    ),
     method: str = typer.Option("influence", help="influence | self-influence | loss | margin | confidence | random"),
     out: Path = typer.Option(..., dir_okay=False, help="Ranked review file (JSONL, Prodigy-style)"),
     k: int = typer.Option(3, help="Held-out predictions listed per candidate (supported and opposed; needs --dev)"),
-    curvature: str = typer.Option("kfac", help="identity | kfac; a pipeline written by `index` brings its own"),
+    curvature: str = typer.Option(
+        "kfac", help=f"{' | '.join(CURVATURES)}; a pipeline written by `index` brings its own"
+    ),
     damping: float = typer.Option(0.001, help="K-FAC damping"),
     seed: int = typer.Option(0, help="Seed of the random baseline"),
     ner: str = typer.Option("crf_ner", help="Name of the crf_ner component"),
@@ -196,29 +227,31 @@ def find_errors(
     them) by how likely they are wrong, most suspicious first. With --fold-model and
     --fold-train (cross-fitting, from `split-folds`), every training doc is annotated and
     scored by the fold model that did not train on it; `influence` then combines that
-    out-of-fold loss with MODEL_DIR's held-out harm (see errors.CrossFitFinder)."""
+    out-of-fold loss with MODEL_DIR's held-out harm (see annotation_errors.CrossFitFinder)."""
     import spacy
     import srsly
 
+    from .annotation_errors import CrossFitFinder, ErrorFinder, held_out_indices, rank
     from .corpus import read_docbin
-    from .errors import CrossFitFinder, ErrorFinder, held_out_indices, rank
 
     with _user_errors():
         if len(fold_model) != len(fold_train):
-            raise ValueError(f"{len(fold_model)} --fold-model but {len(fold_train)} --fold-train: give one per fold")
+            raise ConfigError(f"{len(fold_model)} --fold-model but {len(fold_train)} --fold-train: give one per fold")
         nlp = spacy.load(model_dir)
         train_docs = read_docbin(train_path, nlp.vocab)
         dev_docs = read_docbin(dev, nlp.vocab) if dev is not None else None
         if method == "influence" and dev_docs is None:
-            raise ValueError("--method influence needs held-out data: pass --dev DEV.spacy")
-        options = dict(ner=ner, curvature=curvature, damping=damping, seed=seed)
+            raise ConfigError("--method influence needs held-out data: pass --dev DEV.spacy")
+        finder: Union[ErrorFinder, CrossFitFinder]
         if fold_model:
             models = [spacy.load(path) for path in fold_model]
             seen = [read_docbin(path, nlp.vocab) for path in fold_train]
             folds = list(zip(models, held_out_indices(train_docs, seen)))
-            finder = CrossFitFinder(folds, train_docs, dev_docs, model=nlp, **options)
+            finder = CrossFitFinder(
+                folds, train_docs, dev_docs, model=nlp, ner=ner, curvature=curvature, damping=damping, seed=seed
+            )
         else:
-            finder = ErrorFinder(nlp, train_docs, dev_docs, **options)
+            finder = ErrorFinder(nlp, train_docs, dev_docs, ner=ner, curvature=curvature, damping=damping, seed=seed)
         records = rank(finder, method, k=k)
     out.parent.mkdir(parents=True, exist_ok=True)
     srsly.write_jsonl(out, records)
@@ -238,8 +271,8 @@ def split_folds_command(
     on it can score fold k."""
     import spacy
 
+    from .annotation_errors import write_folds
     from .corpus import read_docbin
-    from .errors import write_folds
 
     with _user_errors():
         docs = read_docbin(train_path, spacy.blank("en").vocab)
@@ -251,7 +284,9 @@ def split_folds_command(
 @app.command("evaluate-errors")
 def evaluate_errors(
     ranking: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL written by find-errors"),
-    original: Path = typer.Argument(..., exists=True, dir_okay=False, help="The training JSONL the model was trained on"),
+    original: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="The training JSONL the model was trained on"
+    ),
     corrected: Path = typer.Argument(..., exists=True, dir_okay=False, help="The same sentences with corrected labels"),
     out: Optional[Path] = typer.Option(None, dir_okay=False, help="Write the metrics here (JSON)"),
 ) -> None:
@@ -259,10 +294,12 @@ def evaluate_errors(
     candidates, and document-level recall@100/200/400 and AUC."""
     import srsly
 
-    from .errors import evaluate_ranking, ranked_regions, read_tags
+    from .annotation_errors import evaluate_ranking, ranked_regions, read_tags
+    from .corpus import read_jsonl_records
 
     with _user_errors():
-        metrics = evaluate_ranking(ranked_regions(srsly.read_jsonl(ranking)), read_tags(original), read_tags(corrected))
+        records = (record for _, record in read_jsonl_records(ranking))
+        metrics = evaluate_ranking(ranked_regions(records), read_tags(original), read_tags(corrected))
     for name, value in metrics.items():
         typer.echo(f"{name:<30} {value:.4f}" if isinstance(value, float) else f"{name:<30} {value}")
     if out is not None:

@@ -1,7 +1,22 @@
 """`segment_influence`: indexes the training corpus once, then explains every predicted
 entity by the training spans that support and oppose it (DESIGN.md section 5)."""
+
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Literal,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+    cast,
+    get_args,
+)
 
 import numpy
 import srsly
@@ -13,36 +28,42 @@ from spacy.util import minibatch
 from tqdm import tqdm
 
 from . import bridge, removal
-from .bridge import LabelledBatch, Segment
 from .corpus import read_docbin
-from .curvature import ExactCurvature, IdentityCurvature, KFACStatistics
+from .curvature import CURVATURES, CurvatureName, curvature_class
+from .exceptions import ConfigError, DataError, IndexMissingError, IndexOutOfDateError
 from .gradients import FactoredGradients, WindowLabels
-from .index import DTYPES, SegmentIndex
+from .index import DTYPES, IndexDtype, SegmentIndex
+from .segments import LabelledBatch, Segment, labelled_batch, segment_gradients, window_labels
+from .tagger import CRFEntityRecognizer
 
-CURVATURES = ("identity", "kfac", "exact")
 # Docs whose CRF work (segment windows, K-FAC marginals) runs together: few large
 # chain batches instead of many small ones, whose per-step overhead dominated.
 _CHAIN_GROUP = 1024
-GRANULARITIES = ("entities", "tokens")
+Granularity = Literal["entities", "tokens"]
+_GRANULARITIES = get_args(Granularity)
 
+
+def _user_data(doc: Doc) -> Dict[Any, Any]:
+    """doc.user_data, whose keys for extensions are tuples (spaCy's own convention)."""
+    return cast(Dict[Any, Any], doc.user_data)
 
 
 def _get_doc_influences(doc: Doc) -> Optional[List[dict]]:
-    raw = doc.user_data.get(("segment_influence", None, None))
+    raw = _user_data(doc).get(("segment_influence", None, None))
     return None if raw is None else srsly.json_loads(raw)
 
 
 def _set_doc_influences(doc: Doc, records: Optional[List[dict]]) -> None:
-    doc.user_data[("segment_influence", None, None)] = srsly.json_dumps(records)
+    _user_data(doc)[("segment_influence", None, None)] = srsly.json_dumps(records)
 
 
 def _get_span_influences(span: Span) -> Optional[dict]:
-    raw = span.doc.user_data.get(("segment_influence", span.start_char, span.end_char))
+    raw = _user_data(span.doc).get(("segment_influence", span.start_char, span.end_char))
     return None if raw is None else srsly.json_loads(raw)
 
 
 def _set_span_influences(span: Span, record: Optional[dict]) -> None:
-    span.doc.user_data[("segment_influence", span.start_char, span.end_char)] = srsly.json_dumps(record)
+    _user_data(span.doc)[("segment_influence", span.start_char, span.end_char)] = srsly.json_dumps(record)
 
 
 # Stored as JSON in doc.user_data so records come back from DocBin(store_user_data=True)
@@ -51,10 +72,6 @@ if not Doc.has_extension("influences"):
     Doc.set_extension("influences", getter=_get_doc_influences, setter=_set_doc_influences)
 if not Span.has_extension("influences"):
     Span.set_extension("influences", getter=_get_span_influences, setter=_set_span_influences)
-
-
-class IndexOutOfDateError(RuntimeError):
-    """The pipeline's weights changed after its training corpus was indexed."""
 
 
 @Language.factory(
@@ -79,12 +96,12 @@ def make_segment_influence(
     name: str,
     ner: str,
     k: int,
-    curvature: str,
+    curvature: CurvatureName,
     damping: float,
     normalize: bool,
-    granularity: str,
+    granularity: Granularity,
     device: str,
-    dtype: str,
+    dtype: IndexDtype,
     batch_size: int,
     refine: bool,
 ) -> "SegmentInfluence":
@@ -104,8 +121,24 @@ def make_segment_influence(
     )
 
 
+def check_settings(*, curvature: str, granularity: str, k: int, dtype: str, refine: bool) -> None:
+    """ConfigError for settings `segment_influence` does not accept, before any work is done
+    (spaCy's own validation of a config's Literal values gives a less readable message)."""
+    if curvature not in CURVATURES:
+        raise ConfigError(f"segment_influence: curvature must be one of {tuple(CURVATURES)}, got {curvature!r}")
+    if granularity not in _GRANULARITIES:
+        raise ConfigError(f"segment_influence: granularity must be one of {_GRANULARITIES}, got {granularity!r}")
+    if k < 1:
+        raise ConfigError(f"segment_influence: k must be >= 1, got {k}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"segment_influence: dtype must be one of {DTYPES}, got {dtype!r}")
+    if refine and not curvature_class(curvature).refinable:
+        raise ConfigError(f"segment_influence: refine needs curvature 'exact', got {curvature!r}")
+
+
 class SegmentInfluence(Pipe):
-    """Stores, for each predicted entity, its most influential training segments."""
+    """Stores, for each predicted entity, its most influential training segments
+    (`doc._.influences`, `span._.influences`); `explain` asks about any span."""
 
     def __init__(
         self,
@@ -114,30 +147,37 @@ class SegmentInfluence(Pipe):
         *,
         ner: str = "crf_ner",
         k: int = 5,
-        curvature: str = "kfac",
+        curvature: CurvatureName = "kfac",
         damping: float = 0.001,
         normalize: bool = True,
-        granularity: str = "entities",
+        granularity: Granularity = "entities",
         device: str = "cpu",
-        dtype: str = "float32",
+        dtype: IndexDtype = "float32",
         batch_size: int = 64,
         refine: bool = False,
     ) -> None:
-        """`refine`: also report, per hit, the leverage-corrected change of the entity's loss
-        when the segment's labels are removed (`removal`; needs curvature "exact")."""
-        if curvature not in CURVATURES:
-            raise ValueError(f"segment_influence: curvature must be one of {CURVATURES}, got {curvature!r}")
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"segment_influence: granularity must be one of {GRANULARITIES}, got {granularity!r}")
-        if k < 1:
-            raise ValueError(f"segment_influence: k must be >= 1, got {k}")
-        if dtype not in DTYPES:  # checked here, not after the whole corpus was processed
-            raise ValueError(f"segment_influence: dtype must be one of {DTYPES}, got {dtype!r}")
-        if refine and curvature != "exact":
-            raise ValueError(f"segment_influence: refine needs curvature 'exact', got {curvature!r}")
+        """
+        nlp: the pipeline, which must hold the `crf_ner` component named `ner`.
+        name: the component's name.
+        ner: the `crf_ner` component whose predictions are explained.
+        k: supporters and opposers stored per predicted entity.
+        curvature: how H^-1 enters the score (`curvature.CURVATURES`): "identity",
+            "kfac" (Kronecker-factored, fast search) or "exact" (the damped Hessian of the
+            head; small heads, needed by `refine`).
+        damping: added to the curvature.
+        normalize: cosine-normalise scores, so a training entity ranks itself first.
+        granularity: the training segments indexed: "entities" (gold entity spans) or
+            "tokens" (every annotated token).
+        device: torch device for search, e.g. "cpu" or "cuda:0".
+        dtype: storage precision of the index: "float16", "float32" or "float64".
+        batch_size: docs encoded at a time while indexing.
+        refine: also report, per hit, the leverage-corrected change of the entity's loss
+            when the segment's labels are removed (`removal`; needs curvature "exact").
+        """
+        check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=refine)
         self.nlp = nlp
         self.name = name
-        self.cfg = {
+        self.cfg: Dict[str, Any] = {
             "ner": ner,
             "k": k,
             "curvature": curvature,
@@ -154,9 +194,8 @@ class SegmentInfluence(Pipe):
         self.fingerprint: Optional[str] = None
 
     @property
-    def ner(self):
-        bridge.upstream_components(self.nlp, self.cfg["ner"])
-        return self.nlp.get_pipe(self.cfg["ner"])
+    def ner(self) -> CRFEntityRecognizer:
+        return bridge.crf_component(self.nlp, self.cfg["ner"])
 
     # -- indexing ------------------------------------------------------------------------
     def initialize(
@@ -172,23 +211,18 @@ class SegmentInfluence(Pipe):
         if nlp is not None:
             self.nlp = nlp
         if train_path is not None:
-            path = Path(train_path)
-            if not path.exists():
-                raise FileNotFoundError(f"segment_influence: training corpus {path} not found")
-            docs = read_docbin(path, self.nlp.vocab)
+            docs = read_docbin(Path(train_path), self.nlp.vocab)
         else:
             docs = [eg.reference for eg in get_examples()]
         if not docs:
-            raise ValueError("segment_influence: the training corpus is empty")
+            raise DataError(f"segment_influence {self.name!r}: the training corpus is empty")
         self.index = self._build_index(docs, show_progress)
         self.fingerprint = bridge.fingerprint(self.nlp, self.cfg["ner"])
 
     def _build_index(self, docs: Sequence[Doc], show_progress: bool) -> SegmentIndex:
         ner = self.ner
-        keep_sentences = self.cfg["curvature"] == "exact"  # only the exact Hessian needs them all
-        features: List[numpy.ndarray] = []
-        tags: List[List[int]] = []
-        statistics = KFACStatistics()
+        curvature_type = curvature_class(self.cfg["curvature"])
+        statistics = curvature_type.statistics()
         grads: List[FactoredGradients] = []
         windows: List[WindowLabels] = []
         metadata: List[dict] = []
@@ -196,19 +230,18 @@ class SegmentInfluence(Pipe):
         for first, batch_docs in _batches(docs, max(self.cfg["batch_size"], _CHAIN_GROUP)):
             batch = self._encode(batch_docs, progress)
             segments, meta = self._training_segments(batch_docs, first)
-            grads.append(bridge.segment_gradients(ner, batch, segments))
+            grads.append(segment_gradients(ner, batch, segments))
             metadata.extend(meta)
-            if self.cfg["curvature"] == "kfac":
-                statistics.add(*bridge.token_marginals(ner, batch.features))
-            if keep_sentences:
-                features.extend(batch.features)
-                tags.extend(batch.tags)
-                windows.append(bridge.window_labels(batch, segments))
+            statistics.add(ner, batch)
+            if curvature_type.refinable:
+                windows.append(window_labels(batch, segments))
         progress.close()
         if not metadata:
-            raise ValueError(f"segment_influence: no training segments found ({self.cfg['granularity']})")
+            raise DataError(
+                f"segment_influence {self.name!r}: no training segments found (granularity {self.cfg['granularity']!r})"
+            )
         all_grads = FactoredGradients.concat(grads)
-        curvature = self._fit_curvature(ner, LabelledBatch(features, tags), statistics, all_grads)
+        curvature = curvature_type.fit(ner, statistics, all_grads, self.cfg["damping"])
         # an exact index keeps the raw window features; with their labels, `removal` can refine
         labels = WindowLabels.concat(windows) if windows else None
         return SegmentIndex.build(all_grads, metadata, curvature, self.cfg["normalize"], self.cfg["dtype"], labels)
@@ -219,34 +252,29 @@ class SegmentInfluence(Pipe):
         features: List[numpy.ndarray] = []
         tags: List[List[int]] = []
         for _, batch_docs in _batches(docs, self.cfg["batch_size"]):
-            batch = bridge.labelled_batch(self.nlp, self.cfg["ner"], batch_docs, self.cfg["batch_size"])
+            batch = labelled_batch(self.nlp, self.cfg["ner"], batch_docs, self.cfg["batch_size"])
             features.extend(batch.features)
             tags.extend(batch.tags)
             progress.update(len(batch_docs))
         return LabelledBatch(features, tags)
 
-    def _training_segments(self, docs: Sequence[Doc], first: int):
+    def _training_segments(self, docs: Sequence[Doc], first: int) -> Tuple[List[Segment], List[dict]]:
         segments, metadata = [], []
         labels = self.ner.labels
         for offset, doc in enumerate(docs):
             if self.cfg["granularity"] == "entities":
                 spans = [ent for ent in doc.ents if ent.label_ in labels]
             else:
-                spans = [doc[i : i + 1] for i in range(len(doc)) if doc[i].ent_iob != 0]
+                # each annotated token, labelled as its gold tag is (outside the labels: "O")
+                spans = [
+                    Span(doc, i, i + 1, label=doc[i].ent_type_ if doc[i].ent_type_ in labels else "")
+                    for i in range(len(doc))
+                    if doc[i].ent_iob != 0
+                ]
             for span in spans:
                 segments.append(Segment(offset, span.start, span.end))
                 metadata.append(_segment_record(doc, span, first + offset))
         return segments, metadata
-
-    def _fit_curvature(self, ner, batch: LabelledBatch, statistics: KFACStatistics, grads: FactoredGradients):
-        name, damping = self.cfg["curvature"], self.cfg["damping"]
-        if name == "identity":
-            return IdentityCurvature()
-        if name == "kfac":
-            return statistics.curvature(grads.dense, damping)
-        return ExactCurvature(
-            bridge.head_hessian(ner, batch), damping, ner.head.n_tags, ner.head.n_features + 1, batch.n_sentences
-        )
 
     # -- querying ------------------------------------------------------------------------
     def __call__(self, doc: Doc) -> Doc:
@@ -301,7 +329,8 @@ class SegmentInfluence(Pipe):
         tags = [bridge.tag_ids(ner, doc, ents) for doc, ents in zip(docs, labellings)]
         segments = [Segment(i, span.start, span.end) for i, span in queries]
         batch = LabelledBatch(features, tags)
-        grads = bridge.segment_gradients(ner, batch, segments)
+        grads = segment_gradients(ner, batch, segments)
+        assert self.index is not None  # the callers checked it
         top = self.index.top_k(grads, k=k or self.cfg["k"], device=self.device)
         records = []
         for (_, span), segment, result in zip(queries, segments, top):
@@ -316,12 +345,14 @@ class SegmentInfluence(Pipe):
         return records
 
     def _hit(self, segment_id: int, score: float) -> dict:
+        assert self.index is not None
         return {**self.index.metadata[segment_id], "score": float(score)}
 
     def _refine(self, batch: LabelledBatch, query: Segment, found: List[Tuple[int, float]], hits: dict) -> None:
         """Add "refined" to each hit: the change of the query's loss (nats) when the hit's
         labels are removed, by a leverage-corrected Newton step evaluated exactly
         (`removal`); positive = it supported the prediction, like "score"."""
+        assert self.index is not None
         if self._removal_steps is None or self._removal_steps.index is not self.index:
             self._removal_steps = removal.RemovalSteps(self.ner, self.index)
         steps = [self._removal_steps(j) for j, _ in found]
@@ -329,52 +360,64 @@ class SegmentInfluence(Pipe):
         for hit, change in zip([*hits["supporters"], *hits["opposers"]], changes):
             hit["refined"] = float(change)
 
-    def check_index(self) -> None:
-        """Raise a clear error when there is no index, or it is out of date with the
+    def check_index(self) -> SegmentIndex:
+        """The index; a clear error when there is none, or it is out of date with the
         pipeline's weights."""
         if self.index is None:
-            raise ValueError(
-                f"segment_influence '{self.name}' has no index: call "
+            raise IndexMissingError(
+                f"segment_influence {self.name!r} has no index: call "
                 "nlp.get_pipe('segment_influence').initialize(..., train_path=TRAIN.spacy) "
                 "or use `segment-influence index`"
             )
         current = bridge.fingerprint(self.nlp, self.cfg["ner"])
         if current != self.fingerprint:
             raise IndexOutOfDateError(
-                f"segment_influence '{self.name}': the weights of '{self.cfg['ner']}' or its "
+                f"segment_influence {self.name!r}: the weights of {self.cfg['ner']!r} or its "
                 "encoder changed after the training corpus was indexed; influence scores would "
                 "be wrong. Re-index (initialize again or `segment-influence index`)."
             )
+        return self.index
 
     # -- serialization -------------------------------------------------------------------
+    # Two fields, as spaCy pipes name theirs for `exclude`: "cfg" (settings and the weights'
+    # fingerprint) and "index" (the stored gradients, the large part).
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        if self.index is not None:
+        if self.index is not None and "index" not in exclude:
             self.index.to_disk(path / "index")
-        srsly.write_json(path / "cfg", {**self.cfg, "fingerprint": self.fingerprint})
+        if "cfg" not in exclude:
+            srsly.write_json(path / "cfg", {**self.cfg, "fingerprint": self.fingerprint})
 
     def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "SegmentInfluence":
         path = Path(path)
-        cfg = srsly.read_json(path / "cfg")
-        self.fingerprint = cfg.pop("fingerprint")
-        self.cfg.update(cfg)
-        self.index = SegmentIndex.from_disk(path / "index") if (path / "index").exists() else None
+        if "cfg" not in exclude:
+            cfg = srsly.read_json(path / "cfg")
+            self.fingerprint = cfg.pop("fingerprint")
+            self.cfg.update(cfg)
+        if "index" not in exclude:
+            self.index = SegmentIndex.from_disk(path / "index") if (path / "index").exists() else None
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
-        index = self.index.to_bytes() if self.index is not None else None
-        return srsly.msgpack_dumps({"cfg": self.cfg, "fingerprint": self.fingerprint, "index": index})
+        msg: dict = {}
+        if "cfg" not in exclude:
+            msg.update(cfg=self.cfg, fingerprint=self.fingerprint)
+        if "index" not in exclude:
+            msg["index"] = self.index.to_bytes() if self.index is not None else None
+        return srsly.msgpack_dumps(msg)
 
     def from_bytes(self, data: bytes, *, exclude: Iterable[str] = tuple()) -> "SegmentInfluence":
         msg = srsly.msgpack_loads(data)
-        self.cfg.update(msg["cfg"])
-        self.fingerprint = msg["fingerprint"]
-        self.index = SegmentIndex.from_bytes(msg["index"]) if msg["index"] is not None else None
+        if "cfg" not in exclude and "cfg" in msg:
+            self.cfg.update(msg["cfg"])
+            self.fingerprint = msg["fingerprint"]
+        if "index" not in exclude and "index" in msg:
+            self.index = SegmentIndex.from_bytes(msg["index"]) if msg["index"] is not None else None
         return self
 
 
-def _batches(docs: Sequence[Doc], size: int):
+def _batches(docs: Sequence[Doc], size: int) -> Iterator[Tuple[int, Sequence[Doc]]]:
     for first in range(0, len(docs), size):
         yield first, docs[first : first + size]
 

@@ -4,6 +4,7 @@ Each line holds one sentence: `{"id": str, "tokens": [str], "ner_tags": [str]}`
 with tags "O", "B-LABEL" or "I-LABEL". The ids travel into `doc.user_data["id"]`
 so that influence scores can always be traced back to a line of the source file.
 """
+
 import json
 import os
 import re
@@ -15,23 +16,27 @@ from typing import Any, Dict, Iterable, Iterator, List, Tuple
 import spacy
 import srsly
 from spacy.tokens import Doc, DocBin, Span
+from spacy.training import biluo_to_iob
+from spacy.training.iob_utils import doc_to_biluo_tags
 from spacy.vocab import Vocab
+
+from .exceptions import BIORepairWarning, CorpusFormatError, CorpusNotFoundError
 
 _TAG_RE = re.compile(r"^(?:O|([BI])-(\S+))$")
 _WHITESPACE_RE = re.compile(r"\s")
 _NO_SPACE_BEFORE = {",", ".", ")", "]", "}", ";", ":", "!", "?", "%", "'", "'s", "'S", "n't", "N'T"}
 _NO_SPACE_AFTER = {"(", "[", "{"}
-_JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+_JSON_TYPE_NAMES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
 
 SpanTriple = Tuple[int, int, str]
-
-
-class CorpusFormatError(ValueError):
-    """A line of a JSONL corpus is malformed; the message starts with `path:line: `."""
-
-
-class BIORepairWarning(UserWarning):
-    """Some I- tags did not continue an entity and were read as entity starts."""
 
 
 class _RecordError(Exception):
@@ -49,27 +54,44 @@ def read_jsonl_docs(path: Path, vocab: Vocab) -> Iterator[Doc]:
     path = Path(path)
     n_repairs = 0
     first_repair_line = 0
-    # utf-8-sig: a byte order mark from an editor must not make line 1 invalid JSON.
-    with path.open(encoding="utf-8-sig") as file_:
-        for line_no, line in enumerate(file_, start=1):
-            if not line.strip():
-                continue
-            try:
-                record_id, tokens, tags = _parse_record(line)
-            except _RecordError as err:
-                raise CorpusFormatError(f"{path}:{line_no}: {err}") from None
-            spans, repairs = bio_to_spans(tags)
-            if repairs and not n_repairs:
-                first_repair_line = line_no
-            n_repairs += repairs
-            yield _make_doc(vocab, record_id, tokens, spans)
+    for line_no, line in _lines(path):
+        try:
+            record_id, tokens, tags = _parse_record(line)
+        except _RecordError as err:
+            raise CorpusFormatError(f"{path}:{line_no}: {err}") from None
+        spans, repairs = bio_to_spans(tags)
+        if repairs and not n_repairs:
+            first_repair_line = line_no
+        n_repairs += repairs
+        yield _make_doc(vocab, record_id, tokens, spans)
     if n_repairs:
         warnings.warn(
-            f"{path}: {n_repairs} stray I- tag(s) read as entity starts "
-            f"(first on line {first_repair_line})",
+            f"{path}: {n_repairs} stray I- tag(s) read as entity starts (first on line {first_repair_line})",
             BIORepairWarning,
             stacklevel=2,
         )
+
+
+def read_jsonl_records(path: Path) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """(line number, JSON object) for each non-blank line of a JSONL file; a line that is
+    not a JSON object raises CorpusFormatError naming the file and line."""
+    path = Path(path)
+    for line_no, line in _lines(path):
+        try:
+            yield line_no, _json_object(line)
+        except _RecordError as err:
+            raise CorpusFormatError(f"{path}:{line_no}: {err}") from None
+
+
+def _lines(path: Path) -> Iterator[Tuple[int, str]]:
+    """(line number, text) of the non-blank lines of a text file."""
+    if not path.is_file():
+        raise CorpusNotFoundError(f"{path}: no such file")
+    # utf-8-sig: a byte order mark from an editor must not make line 1 invalid JSON.
+    with path.open(encoding="utf-8-sig") as file_:
+        for line_no, line in enumerate(file_, start=1):
+            if line.strip():
+                yield line_no, line
 
 
 def read_docbin(path: Path, vocab: Vocab) -> List[Doc]:
@@ -77,13 +99,16 @@ def read_docbin(path: Path, vocab: Vocab) -> List[Doc]:
     user_data with srsly, which looks up its msgpack decoders (a catalogue scan of
     the installed packages' entry points) once per doc; that scan was 90 % of the
     read time for CoNLL train, so it is done once here."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusNotFoundError(f"{path}: no such .spacy file")
     decoders = srsly.msgpack.msgpack_decoders
     found = decoders.get_all()
     decoders.get_all = lambda: found  # instance attribute shadowing the method
     try:
         return list(DocBin().from_disk(path).get_docs(vocab))
     except ValueError as err:  # spaCy's E1014 does not say which file
-        raise ValueError(f"{path}: not a .spacy (DocBin) file ({err})") from err
+        raise CorpusFormatError(f"{path}: not a .spacy (DocBin) file ({err})") from err
     finally:
         del decoders.get_all
 
@@ -99,7 +124,7 @@ def write_jsonl_docs(docs: Iterable[Doc], path: Path) -> int:
             record = {
                 "id": doc.user_data.get("id", f"doc_{i}"),
                 "tokens": [token.text for token in doc],
-                "ner_tags": doc_to_bio(doc),
+                "ner_tags": _doc_to_bio(doc),
             }
             file_.write(json.dumps(record, ensure_ascii=False) + "\n")
             n_docs += 1
@@ -140,23 +165,23 @@ def bio_to_spans(tags: List[str]) -> Tuple[List[SpanTriple], int]:
     return spans, n_repairs
 
 
-def doc_to_bio(doc: Doc) -> List[str]:
+def _doc_to_bio(doc: Doc) -> List[str]:
     """BIO tags of `doc.ents`; tokens outside any entity are "O"."""
-    tags = ["O"] * len(doc)
-    for ent in doc.ents:
-        tags[ent.start] = f"B-{ent.label_}"
-        for i in range(ent.start + 1, ent.end):
-            tags[i] = f"I-{ent.label_}"
-    return tags
+    return biluo_to_iob(doc_to_biluo_tags(doc, missing="O"))
 
 
-def _parse_record(line: str) -> Tuple[str, List[str], List[str]]:
+def _json_object(line: str) -> Dict[str, Any]:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         raise _RecordError(f"invalid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(record, dict):
         raise _RecordError(f"expected a JSON object, got {_json_type(record)}")
+    return record
+
+
+def _parse_record(line: str) -> Tuple[str, List[str], List[str]]:
+    record = _json_object(line)
     missing = [key for key in ("id", "tokens", "ner_tags") if key not in record]
     if missing:
         raise _RecordError("missing key(s) " + ", ".join(repr(key) for key in missing))

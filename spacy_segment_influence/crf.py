@@ -7,6 +7,7 @@ A path y over a sentence of n tokens scores
 the score NEG everywhere: in the partition function, the marginals, the conditionals and
 Viterbi, so the model never spends probability mass on paths it can't output.
 """
+
 from contextlib import contextmanager
 from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -110,9 +111,7 @@ def constrain(scores: ChainScores, constraints: TagConstraints) -> ChainScores:
     )
 
 
-def _apply(
-    scores: ChainScores, constraints: Optional[TagConstraints], tag_mask: Optional[torch.Tensor]
-) -> ChainScores:
+def _apply(scores: ChainScores, constraints: Optional[TagConstraints], tag_mask: Optional[torch.Tensor]) -> ChainScores:
     if tag_mask is not None:
         scores = scores._replace(emissions=scores.emissions.masked_fill(~tag_mask, NEG))
     return constrain(scores, constraints) if constraints is not None else scores
@@ -210,7 +209,9 @@ def unary_marginals(scores: ChainScores, constraints: Optional[TagConstraints] =
             beta = torch.where((t < lengths - 1).unsqueeze(1), step / step.sum(dim=1, keepdim=True), beta)
             betas.append(beta)
         unary = torch.stack(alphas, dim=1) * torch.stack(betas[::-1], dim=1)
-        unary = torch.where(_in_chain(masked), unary / unary.sum(dim=2, keepdim=True), torch.zeros((), dtype=unary.dtype))
+        unary = torch.where(
+            _in_chain(masked), unary / unary.sum(dim=2, keepdim=True), torch.zeros((), dtype=unary.dtype)
+        )
     if not bool(torch.isfinite(unary).all()):
         in_float64 = ChainScores(*(x.double() if x.is_floating_point() else x for x in scores))
         _, unary, _ = marginals(in_float64, constraints)
@@ -245,9 +246,7 @@ def viterbi(scores: ChainScores, constraints: Optional[TagConstraints] = None) -
     return paths
 
 
-def nll(
-    scores: ChainScores, tags: torch.Tensor, constraints: Optional[TagConstraints] = None
-) -> torch.Tensor:
+def nll(scores: ChainScores, tags: torch.Tensor, constraints: Optional[TagConstraints] = None) -> torch.Tensor:
     """-log p(y_known | x) per sentence [B]; unknown tags (-1) are marginalised."""
     n_tags = scores.emissions.shape[-1]
     log_z = log_partition(scores, constraints)

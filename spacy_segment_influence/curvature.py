@@ -8,16 +8,31 @@ queries so that search stays an inner product. The dense block (transitions,
 start, end) of a training segment is left as it is, so the index can store it
 sparsely (a segment touches ~20 of the C^2 + 2C entries); queries carry that
 block's whole share of H^-1.
+
+`CURVATURES` is the one registry of curvatures, by name: the `segment_influence` config,
+the error finder and the index's storage all look names up there. Each curvature says
+what it needs of the training sentences (`statistics`, gathered batch by batch while an
+index is built) and fits itself from that, the training segments' gradients and the
+damping (`fit`), so a new curvature is one class here.
 """
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, ClassVar, Dict, List, Literal, Optional, Tuple, Type, Union
 
 import numpy as np
 import torch
 
 from .crf import one_thread
+from .exceptions import ConfigError, DataError
 from .gradients import FactoredGradients
+from .layout import HeadLayout
+
+if TYPE_CHECKING:
+    from .segments import LabelledBatch
+    from .tagger import CRFEntityRecognizer
+
+CurvatureName = Literal["identity", "kfac", "exact"]
 
 # Elements per dense [segments, P] block when exact norms are computed in chunks.
 _NORM_CHUNK_ELEMENTS = 2**20
@@ -58,6 +73,14 @@ class FactoredQueries:
 Queries = Union[FactoredQueries, PreconditionedQueries]
 
 
+class TrainingStatistics:
+    """What a curvature gathers from the training sentences while an index is built,
+    one batch at a time (nothing, for curvatures that need none)."""
+
+    def add(self, ner: "CRFEntityRecognizer", batch: "LabelledBatch") -> None:
+        """Take in one batch of labelled training sentences."""
+
+
 class Curvature(ABC):
     """How H^-1 enters the score g_q^T H^-1 g_s.
 
@@ -67,6 +90,26 @@ class Curvature(ABC):
     """
 
     name: ClassVar[str]
+    # whether an index keeps what `removal` needs to refine its hits (window labels)
+    refinable: ClassVar[bool] = False
+
+    @classmethod
+    def statistics(cls) -> TrainingStatistics:
+        """An empty accumulator of what `fit` needs of the training sentences."""
+        return TrainingStatistics()
+
+    @classmethod
+    @abstractmethod
+    def fit(
+        cls,
+        ner: "CRFEntityRecognizer",
+        statistics: TrainingStatistics,
+        grads: FactoredGradients,
+        damping: float,
+    ) -> "Curvature":
+        """The curvature of `ner`'s head from the training sentences' `statistics` (as
+        returned by `statistics()`, every training batch added) and the training
+        segments' gradients `grads`, with `damping`."""
 
     @abstractmethod
     def prepare_index(self, grads: FactoredGradients) -> FactoredGradients: ...
@@ -91,6 +134,12 @@ class IdentityCurvature(Curvature):
     """H = I: influence is the plain gradient inner product."""
 
     name = "identity"
+
+    @classmethod
+    def fit(
+        cls, ner: "CRFEntityRecognizer", statistics: TrainingStatistics, grads: FactoredGradients, damping: float
+    ) -> "IdentityCurvature":
+        return cls()
 
     def prepare_index(self, grads: FactoredGradients) -> FactoredGradients:
         return grads
@@ -126,7 +175,7 @@ class KFACCurvature(Curvature):
 
     def __init__(self, a: np.ndarray, b: np.ndarray, dense_cov: np.ndarray, damping: float):
         if damping <= 0:
-            raise ValueError("KFAC needs damping > 0: B is singular (its rows sum to 0)")
+            raise ConfigError(f"The kfac curvature needs damping > 0 (got {damping}): B is singular, its rows sum to 0")
         self.a = np.asarray(a, dtype=np.float64)
         self.b = np.asarray(b, dtype=np.float64)
         self.dense_cov = np.asarray(dense_cov, dtype=np.float64)
@@ -137,11 +186,22 @@ class KFACCurvature(Curvature):
         self._dense_inverse = _inverse_power(self.dense_cov + self.damping * np.eye(len(self.dense_cov)), 1.0)
 
     @classmethod
-    def fit(cls, h: np.ndarray, marginals: np.ndarray, dense: np.ndarray, damping: float) -> "KFACCurvature":
+    def statistics(cls) -> "KFACStatistics":
+        return KFACStatistics()
+
+    @classmethod
+    def fit(
+        cls, ner: "CRFEntityRecognizer", statistics: TrainingStatistics, grads: FactoredGradients, damping: float
+    ) -> "KFACCurvature":
+        assert isinstance(statistics, KFACStatistics)
+        return statistics.curvature(grads.dense, damping)
+
+    @classmethod
+    def from_tokens(cls, h: np.ndarray, marginals: np.ndarray, dense: np.ndarray, damping: float) -> "KFACCurvature":
         """Estimate the factors from training token features [N, E], token
         marginals [N, C] and per-segment dense gradients [S, D]."""
         statistics = KFACStatistics()
-        statistics.add(h, marginals)
+        statistics.add_tokens(h, marginals)
         return statistics.curvature(dense, damping)
 
     def _whiten(self, grads: FactoredGradients, dense: np.ndarray) -> FactoredGradients:
@@ -171,7 +231,7 @@ class KFACCurvature(Curvature):
         return cls(arrays["a"], arrays["b"], arrays["dense_cov"], config["damping"])
 
 
-class KFACStatistics:
+class KFACStatistics(TrainingStatistics):
     """Running sums of K-FAC's token factors, so an index build never holds every
     training token's features at once: A = mean h h^T, B = mean (diag(q) - q q^T)."""
 
@@ -180,20 +240,26 @@ class KFACStatistics:
         self.hh: Optional[np.ndarray] = None
         self.qq: Optional[np.ndarray] = None
 
-    def add(self, h: np.ndarray, marginals: np.ndarray) -> None:
-        """In torch on one thread: numpy's threaded BLAS crawled on a busy machine."""
-        h = torch.as_tensor(np.asarray(h), dtype=torch.float64)
+    def add(self, ner: "CRFEntityRecognizer", batch: "LabelledBatch") -> None:
+        from .segments import token_marginals
+
+        self.add_tokens(*token_marginals(ner, batch.features))
+
+    def add_tokens(self, h: np.ndarray, marginals: np.ndarray) -> None:
+        """Token features [N, E + 1] and marginals [N, C]. In torch on one thread: numpy's
+        threaded BLAS crawled on a busy machine."""
+        features = torch.as_tensor(np.asarray(h), dtype=torch.float64)
         q = torch.as_tensor(np.asarray(marginals), dtype=torch.float64)
         with one_thread():
-            hh = (h.T @ h).numpy()
+            hh = (features.T @ features).numpy()
             qq = (torch.diag(q.sum(dim=0)) - q.T @ q).numpy()
         self.hh = hh if self.hh is None else self.hh + hh
         self.qq = qq if self.qq is None else self.qq + qq
-        self.n_tokens += len(h)
+        self.n_tokens += len(features)
 
     def curvature(self, dense: np.ndarray, damping: float) -> KFACCurvature:
-        if self.n_tokens == 0 or len(dense) == 0:
-            raise ValueError("KFAC needs at least one training token and segment")
+        if self.hh is None or self.qq is None or len(dense) == 0:
+            raise DataError("The kfac curvature needs at least one training token and segment")
         x = torch.as_tensor(np.asarray(dense), dtype=torch.float64)
         with one_thread():
             dense_cov = (x.T @ x / len(x)).numpy()
@@ -206,23 +272,27 @@ class ExactCurvature(Curvature):
     densely (H^-1 g_q) and the index keeps the raw factors."""
 
     name = "exact"
+    refinable = True
 
-    def __init__(
-        self, hessian: np.ndarray, damping: float, n_tags: int, width: int, n_sentences: Optional[int] = None
-    ):
+    def __init__(self, hessian: np.ndarray, damping: float, n_tags: int, width: int, n_sentences: Optional[int] = None):
         """`hessian`: of the mean sentence loss over `n_sentences` training sentences (the
-        number `removal.removal_step` needs to weigh one segment against the rest)."""
+        number `removal.removal_step` needs to weigh one segment against the rest), in the
+        `HeadLayout` order with an emission block [`n_tags`, `width`]."""
         hessian = np.asarray(hessian, dtype=np.float64)
         n_params = hessian.shape[0]
-        if hessian.shape != (n_params, n_params) or n_params < n_tags * width:
-            raise ValueError(f"hessian must be [P, P] with P >= {n_tags} * {width}")
+        if hessian.shape != (n_params, n_params):
+            raise ValueError(f"hessian must be square, got {hessian.shape}")
+        self.layout = HeadLayout.spanning(n_tags, width, n_params)
         self.hessian = hessian
         self.damping = float(damping)
         self.n_tags = n_tags
         self.width = width
         values, self._vectors = np.linalg.eigh((hessian + hessian.T) / 2 + self.damping * np.eye(n_params))
         if values.min() <= 0:
-            raise ValueError("hessian + damping * I is not positive definite; raise the damping")
+            raise ConfigError(
+                f"The exact curvature's hessian + damping * I is not positive definite at damping {damping}: "
+                "raise the damping"
+            )
         self._values = values
         self.n_sentences = n_sentences
         self._torch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
@@ -233,10 +303,24 @@ class ExactCurvature(Curvature):
             self._torch = (torch.as_tensor(self._values), torch.as_tensor(self._vectors))
         return self._torch
 
+    @classmethod
+    def statistics(cls) -> "SentenceStatistics":
+        return SentenceStatistics()
+
+    @classmethod
+    def fit(
+        cls, ner: "CRFEntityRecognizer", statistics: TrainingStatistics, grads: FactoredGradients, damping: float
+    ) -> "ExactCurvature":
+        from .hessian import head_hessian
+
+        assert isinstance(statistics, SentenceStatistics)
+        batch = statistics.batch()
+        layout = HeadLayout.of(ner.head)
+        return cls(head_hessian(ner, batch), damping, layout.n_tags, layout.width, batch.n_sentences)
+
     def _check(self, grads: FactoredGradients) -> None:
-        if grads.n_tags * grads.width + grads.n_dense != len(self.hessian):
-            raise ValueError(f"gradients have {grads.n_tags} * {grads.width} + {grads.n_dense} "
-                             f"parameters, the hessian {len(self.hessian)}")
+        if grads.layout != self.layout:
+            raise ValueError(f"gradients in the layout {grads.layout}, the hessian in {self.layout}")
 
     def prepare_index(self, grads: FactoredGradients) -> FactoredGradients:
         self._check(grads)
@@ -246,10 +330,9 @@ class ExactCurvature(Curvature):
         self._check(grads)
         rotated = grads.to_dense() @ self._vectors
         solved = (rotated / self._values) @ self._vectors.T
-        n_weights = self.n_tags * self.width
         return PreconditionedQueries(
-            weights=solved[:, :n_weights].reshape(-1, self.n_tags, self.width),
-            dense=solved[:, n_weights:],
+            weights=self.layout.emission_rows(solved),
+            dense=solved[:, self.layout.dense],
             sq_norms=np.einsum("qp,qp->q", rotated, rotated / self._values),
         )
 
@@ -263,21 +346,44 @@ class ExactCurvature(Curvature):
 
     def to_state(self) -> Tuple[dict, Dict[str, np.ndarray]]:
         config = {
-            "name": self.name, "damping": self.damping, "n_tags": self.n_tags, "width": self.width,
+            "name": self.name,
+            "damping": self.damping,
+            "n_tags": self.n_tags,
+            "width": self.width,
             "n_sentences": self.n_sentences,
         }
         return config, {"hessian": self.hessian}
 
     @classmethod
     def from_state(cls, config: dict, arrays: Dict[str, np.ndarray]) -> "ExactCurvature":
-        return cls(
-            arrays["hessian"], config["damping"], config["n_tags"], config["width"], config.get("n_sentences")
-        )
+        return cls(arrays["hessian"], config["damping"], config["n_tags"], config["width"], config.get("n_sentences"))
 
 
-CURVATURES: Dict[str, Type[Curvature]] = {
-    cls.name: cls for cls in (IdentityCurvature, KFACCurvature, ExactCurvature)
-}
+class SentenceStatistics(TrainingStatistics):
+    """Every training sentence's features and tags, for curvatures that need them all."""
+
+    def __init__(self) -> None:
+        self.features: List[np.ndarray] = []
+        self.tags: List[List[int]] = []
+
+    def add(self, ner: "CRFEntityRecognizer", batch: "LabelledBatch") -> None:
+        self.features.extend(batch.features)
+        self.tags.extend(batch.tags)
+
+    def batch(self) -> "LabelledBatch":
+        from .segments import LabelledBatch
+
+        return LabelledBatch(self.features, self.tags)
+
+
+CURVATURES: Dict[str, Type[Curvature]] = {cls.name: cls for cls in (IdentityCurvature, KFACCurvature, ExactCurvature)}
+
+
+def curvature_class(name: str) -> Type[Curvature]:
+    """The registered curvature called `name`."""
+    if name not in CURVATURES:
+        raise ConfigError(f"Unknown curvature {name!r}: use one of {', '.join(CURVATURES)}")
+    return CURVATURES[name]
 
 
 def _inverse_power(matrix: np.ndarray, power: float) -> np.ndarray:
@@ -287,5 +393,5 @@ def _inverse_power(matrix: np.ndarray, power: float) -> np.ndarray:
     with one_thread():
         values, vectors = torch.linalg.eigh(symmetric)
     if float(values.min()) <= 0:
-        raise ValueError("matrix is not positive definite; raise the damping")
+        raise ConfigError("A damped curvature factor is not positive definite: raise the damping")
     return ((vectors * values.pow(-power)) @ vectors.T).numpy()

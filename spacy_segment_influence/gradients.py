@@ -13,10 +13,13 @@ and the inner product of two segments stays cheap:
 The flattened layout used by `FactoredGradients.to_dense` is vec(G_W) row-major
 ([C, E], index c * E + e) followed by x, so P = C * E + D.
 """
+
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
+
+from .layout import HeadLayout
 
 
 @dataclass
@@ -44,8 +47,7 @@ class FactoredGradients:
             raise ValueError("every segment needs at least one token row")
         n_rows = int(self.offsets[-1])
         if self.h.shape[0] != n_rows or self.r.shape[0] != n_rows:
-            raise ValueError(f"offsets end at {n_rows} but h has {self.h.shape[0]} "
-                             f"rows and r has {self.r.shape[0]}")
+            raise ValueError(f"offsets end at {n_rows} but h has {self.h.shape[0]} rows and r has {self.r.shape[0]}")
         if self.dense.shape[0] != len(self):
             raise ValueError(f"dense has {self.dense.shape[0]} rows for {len(self)} segments")
 
@@ -65,6 +67,11 @@ class FactoredGradients:
         return self.dense.shape[1]
 
     @property
+    def layout(self) -> HeadLayout:
+        """The flat layout of `to_dense`'s rows."""
+        return HeadLayout(self.n_tags, self.width, self.n_dense)
+
+    @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
@@ -75,26 +82,24 @@ class FactoredGradients:
             self.h[t0:t1], self.r[t0:t1], self.offsets[start : stop + 1] - t0, self.dense[start:stop]
         )
 
-    def take(self, order: Sequence[int]) -> "FactoredGradients":
+    def take(self, order: Union[Sequence[int], np.ndarray]) -> "FactoredGradients":
         """Segments in the given order (a copy)."""
-        order = np.asarray(order, dtype=np.int64)
-        lengths = self.lengths[order]
-        starts = np.repeat(self.offsets[order], lengths)
+        ids = np.asarray(order, dtype=np.int64)
+        lengths = self.lengths[ids]
+        starts = np.repeat(self.offsets[ids], lengths)
         rows = starts + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
-        return FactoredGradients(self.h[rows], self.r[rows], offsets, self.dense[order])
+        return FactoredGradients(self.h[rows], self.r[rows], offsets, self.dense[ids])
 
     def to_dense(self) -> np.ndarray:
         """Full flattened float64 gradients [S, C * E + D]; memory N * C * E, so
         for tests, exact curvature and small data only."""
-        n_tags, width = self.n_tags, self.width
-        out = np.zeros((len(self), n_tags * width + self.n_dense))
+        layout = self.layout
+        out = np.zeros((len(self), layout.n_params))
         if len(self):
             outer = np.einsum("nc,ne->nce", self.r.astype(np.float64), self.h.astype(np.float64))
-            out[:, : n_tags * width] = np.add.reduceat(
-                outer.reshape(-1, n_tags * width), self.offsets[:-1], axis=0
-            )
-        out[:, n_tags * width :] = self.dense
+            out[:, layout.emission] = np.add.reduceat(outer.reshape(-1, layout.n_emission), self.offsets[:-1], axis=0)
+        out[:, layout.dense] = self.dense
         return out
 
     def squared_norms(self) -> np.ndarray:
@@ -118,9 +123,7 @@ class FactoredGradients:
         return out
 
     def astype(self, dtype: Union[str, np.dtype]) -> "FactoredGradients":
-        return FactoredGradients(
-            self.h.astype(dtype), self.r.astype(dtype), self.offsets, self.dense.astype(dtype)
-        )
+        return FactoredGradients(self.h.astype(dtype), self.r.astype(dtype), self.offsets, self.dense.astype(dtype))
 
     @staticmethod
     def concat(parts: Sequence["FactoredGradients"]) -> "FactoredGradients":
@@ -160,5 +163,3 @@ def _segment_pairs(offsets: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndar
     group_start = np.repeat(np.cumsum(reps) - reps, reps)
     right = np.repeat(offsets[:-1][token_segment], reps) + np.arange(left.size) - group_start
     return left, right, np.repeat(token_segment, reps)
-
-

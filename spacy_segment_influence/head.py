@@ -1,6 +1,7 @@
 """The `crf_ner` model: an encoder (tok2vec or transformer listener) feeding a torch CRF
 head through thinc's PyTorchWrapper. The head holds the emission layer W h + b and the
 CRF's transition, start and end scores; the CRF math lives in `crf.py`."""
+
 from io import BytesIO
 from typing import Any, List, Optional
 
@@ -9,6 +10,8 @@ from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model, PyTorchWrapper_v3, chain
 from thinc.types import ArgsKwargs, Floats2d
+
+from .exceptions import PipelineError
 
 
 class CRFHead(torch.nn.Module):
@@ -66,14 +69,14 @@ def build_crf_tagger(
 ) -> Model[List[Doc], List[Floats2d]]:
     """Encoder -> per-token emission scores [n_tokens, n_tags] for each doc. The CRF scores
     that are not per token (transitions, start, end) live in the same torch module."""
-    head = build_crf_head(nO)
-    model = chain(tok2vec, head)
+    head = _build_crf_head(nO)
+    model: Model[List[Doc], List[Floats2d]] = chain(tok2vec, head)
     model.set_ref("tok2vec", tok2vec)
     model.set_ref("head", head)
     return model
 
 
-def build_crf_head(nO: Optional[int] = None) -> Model[List[Floats2d], List[Floats2d]]:
+def _build_crf_head(nO: Optional[int] = None) -> Model[List[Floats2d], List[Floats2d]]:
     wrapper = PyTorchWrapper_v3(
         CRFHead(),
         convert_inputs=_to_torch_features,
@@ -98,7 +101,7 @@ def _head_init(model: Model, X: Optional[List[Floats2d]] = None, Y: Any = None) 
     if X is not None and len(X):
         model.set_dim("nI", X[0].shape[1])
     if not model.has_dim("nI") or not model.has_dim("nO"):
-        raise ValueError("crf_head needs its input width (nI) and number of tags (nO)")
+        raise PipelineError("crf_head needs its input width (nI) and number of tags (nO)")
     torch_head(model).resize(model.get_dim("nI"), model.get_dim("nO"))
 
 

@@ -4,31 +4,32 @@ Influence of a training segment s on a query q is g_q^T H^-1 g_s, positive when
 the training segment supports the query (see curvature.py for H and
 gradients.py for the factored form that keeps the index small and search cheap).
 
-This module knows arrays only (numpy / torch), never spaCy objects.
+This module knows arrays only (numpy / torch), never spaCy objects; `index_storage`
+writes and reads what it stores.
 """
-import os
-import shutil
-import tempfile
+
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import numpy as np
-import srsly
 import torch
 
+from . import index_storage
 from .crf import one_thread
-from .curvature import CURVATURES, Curvature, FactoredQueries, PreconditionedQueries, Queries
+from .curvature import Curvature, FactoredQueries, PreconditionedQueries, Queries
+from .exceptions import ConfigError
 from .gradients import FactoredGradients, WindowLabels
+from .index_storage import StoredSegments
 
 # Elements per intermediate [chunk rows, width] tensor, which bounds search
 # memory whatever the index size: cache-sized on CPU, larger on accelerators
 # where each chunk costs kernel launches.
 _CHUNK_ELEMENTS = {"cpu": 2**20, "accelerator": 2**24}
-_FORMAT_VERSION = 2
-DTYPES = ("float16", "float32", "float64")
+IndexDtype = Literal["float16", "float32", "float64"]
+DTYPES = get_args(IndexDtype)
 
 
 @dataclass
@@ -38,72 +39,6 @@ class QueryResult:
 
     supporters: List[Tuple[int, float]]
     opposers: List[Tuple[int, float]]
-
-
-@dataclass
-class SparseRows:
-    """Rows in CSR form: row i holds values[indptr[i]:indptr[i + 1]] at those
-    columns. Stores each training segment's dense block, whose nonzeros are the
-    few transitions, starts and ends its Markov window allows."""
-
-    indptr: np.ndarray  # int64 [S + 1]
-    columns: np.ndarray  # int32 [nnz]
-    values: np.ndarray  # [nnz]
-    n_columns: int
-
-    @classmethod
-    def from_dense(cls, dense: np.ndarray) -> "SparseRows":
-        rows, columns = np.nonzero(dense)
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(dense)))])
-        return cls(indptr.astype(np.int64), columns.astype(np.int32), dense[rows, columns], dense.shape[1])
-
-    def __len__(self) -> int:
-        return self.indptr.size - 1
-
-    @property
-    def nbytes(self) -> int:
-        return self.indptr.nbytes + self.columns.nbytes + self.values.nbytes
-
-    def to_dense(self) -> np.ndarray:
-        out = np.zeros((len(self), self.n_columns), dtype=self.values.dtype)
-        out[self.row_ids(), self.columns] = self.values
-        return out
-
-    def row_ids(self) -> np.ndarray:
-        return np.repeat(np.arange(len(self)), np.diff(self.indptr))
-
-    def dot(self, vector: np.ndarray) -> np.ndarray:
-        """Per row, row . vector in float64."""
-        products = self.values.astype(np.float64) * vector[self.columns]
-        return np.bincount(self.row_ids(), products, minlength=len(self))
-
-
-@dataclass
-class StoredSegments:
-    """What the index keeps: the curvature-prepared token factors h [N, E] and
-    r [N, C] (segment s owns rows offsets[s]:offsets[s + 1]) and the raw dense
-    block as sparse rows."""
-
-    h: np.ndarray
-    r: np.ndarray
-    offsets: np.ndarray
-    dense: SparseRows
-
-    @classmethod
-    def from_gradients(cls, grads: FactoredGradients) -> "StoredSegments":
-        return cls(grads.h, grads.r, grads.offsets, SparseRows.from_dense(grads.dense))
-
-    def __len__(self) -> int:
-        return self.offsets.size - 1
-
-    @property
-    def shape(self) -> Tuple[int, int, int]:
-        """(E, C, D)."""
-        return self.h.shape[1], self.r.shape[1], self.dense.n_columns
-
-    @property
-    def nbytes(self) -> int:
-        return self.h.nbytes + self.r.nbytes + self.offsets.nbytes + self.dense.nbytes
 
 
 def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -264,13 +199,15 @@ class SegmentIndex:
         self,
         stored: StoredSegments,
         norms: np.ndarray,
-        metadata: List[dict],
+        metadata: Sequence[Any],
         curvature: Curvature,
         normalize: bool,
         windows: Optional[WindowLabels] = None,
     ):
-        """`windows`: the labels of each stored segment's window (`bridge.window_labels`),
-        kept for exact curvature so that `removal` can recompute a segment's loss."""
+        """`metadata`: one record per segment, returned with its hits (JSON-able dicts if
+        the index is saved). `windows`: the labels of each stored segment's window
+        (`segments.window_labels`), kept for exact curvature so that `removal` can
+        recompute a segment's loss."""
         if len(metadata) != len(stored) or len(norms) != len(stored):
             raise ValueError(f"{len(stored)} segments, {len(metadata)} metadata, {len(norms)} norms")
         if windows is not None and (len(windows.tags) != len(stored.h) or len(windows.bounds) != len(stored)):
@@ -278,7 +215,7 @@ class SegmentIndex:
         self.windows = windows
         self.stored = stored
         self.norms = norms
-        self.metadata = metadata
+        self.metadata = list(metadata)
         self.curvature = curvature
         self.normalize = normalize
         self._inv_norms = _inverse(np.asarray(norms, dtype=np.float64))
@@ -288,7 +225,7 @@ class SegmentIndex:
     def build(
         cls,
         grads: FactoredGradients,
-        metadata: List[dict],
+        metadata: Sequence[Any],
         curvature: Curvature,
         normalize: bool = True,
         dtype: str = "float32",
@@ -298,7 +235,7 @@ class SegmentIndex:
         computed from the stored (possibly float16) values, so a query equal
         to a stored segment scores 1 against it."""
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+            raise ConfigError(f"Index dtype must be one of {DTYPES}, got {dtype!r}")
         prepared = curvature.prepare_index(grads).astype(dtype)
         norms = _norms(curvature.index_sq_norms(prepared))
         return cls(StoredSegments.from_gradients(prepared), norms, list(metadata), curvature, normalize, windows)
@@ -338,7 +275,7 @@ class SegmentIndex:
         """Exact k most supporting and k most opposing segments per query,
         batching queries and streaming over index chunks."""
         if k < 0:
-            raise ValueError("k must be >= 0")
+            raise ConfigError(f"k must be >= 0, got {k}")
         results: List[QueryResult] = []
         with _search_threads(device):
             for _, batch, chunks in self._search(queries, device, batch_size, chunk_tokens):
@@ -374,7 +311,7 @@ class SegmentIndex:
         1 / norm, a positive factor per query that cannot change its ranking."""
         self._check_queries(queries)
         if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         tensors = self._device_tensors(torch.device(device))
         for q0 in range(0, len(queries), batch_size):
             prepared = self.curvature.prepare_queries(queries.select(q0, min(q0 + batch_size, len(queries))))
@@ -412,120 +349,20 @@ class SegmentIndex:
             raise ValueError(f"query (E, C, D) = {got} but the index has {want}")
 
     def to_disk(self, path: Union[str, Path]) -> None:
-        """Write a directory of .npy arrays and JSON. Everything goes into a
-        temporary sibling directory first, which then replaces `path`, so a
-        failed write never leaves a partial index behind."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
-            for name, array in self._arrays().items():
-                np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-            srsly.write_json(tmp / "metadata.json", self.metadata)
-            srsly.write_json(tmp / "settings.json", self._settings())
-            _fsync_files(tmp)
-            _replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        """Write a directory of .npy arrays and JSON, atomically (`index_storage`)."""
+        index_storage.write_dir(self, path)
 
     @classmethod
     def from_disk(cls, path: Union[str, Path], mmap: bool = True) -> "SegmentIndex":
-        path = Path(path)
-        settings = srsly.read_json(path / "settings.json")
-        mode = "r" if mmap else None
-        arrays = {name: np.load(path / f"{name}.npy", mmap_mode=mode) for name in settings["arrays"]}
-        return cls._from_parts(settings, arrays, srsly.read_json(path / "metadata.json"))
+        """Read a directory written by `to_disk`, its arrays memory-mapped if `mmap`."""
+        return cls(*index_storage.read_dir(path, mmap))
 
     def to_bytes(self) -> bytes:
-        arrays = {
-            name: {"dtype": array.dtype.str, "shape": list(array.shape), "data": np.ascontiguousarray(array).tobytes()}
-            for name, array in self._arrays().items()
-        }
-        return srsly.msgpack_dumps({"settings": self._settings(), "metadata": self.metadata, "arrays": arrays})
+        return index_storage.to_bytes(self)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "SegmentIndex":
-        msg = srsly.msgpack_loads(data)
-        arrays = {
-            name: np.frombuffer(a["data"], dtype=np.dtype(a["dtype"])).reshape(a["shape"])
-            for name, a in msg["arrays"].items()
-        }
-        return cls._from_parts(msg["settings"], arrays, msg["metadata"])
-
-    def _arrays(self) -> Dict[str, np.ndarray]:
-        g = self.stored
-        arrays = {
-            "h": g.h,
-            "r": g.r,
-            "offsets": g.offsets,
-            "dense_indptr": g.dense.indptr,
-            "dense_columns": g.dense.columns,
-            "dense_values": g.dense.values,
-            "norms": self.norms,
-        }
-        if self.windows is not None:
-            arrays.update({"window_tags": self.windows.tags, "window_bounds": self.windows.bounds})
-        _, curvature_arrays = self.curvature.to_state()
-        arrays.update({f"curvature.{name}": array for name, array in curvature_arrays.items()})
-        return arrays
-
-    def _settings(self) -> dict:
-        config, _ = self.curvature.to_state()
-        return {
-            "format": _FORMAT_VERSION,
-            "normalize": self.normalize,
-            "n_dense": self.stored.dense.n_columns,
-            "curvature": config,
-            "arrays": list(self._arrays()),
-        }
-
-    @classmethod
-    def _from_parts(cls, settings: dict, arrays: Dict[str, np.ndarray], metadata: List[dict]) -> "SegmentIndex":
-        if settings.get("format") != _FORMAT_VERSION:
-            raise ValueError(
-                f"unsupported index format {settings.get('format')!r} (this version reads {_FORMAT_VERSION}): "
-                "rebuild the index with `segment-influence index`"
-            )
-        config = settings["curvature"]
-        curvature_arrays = {
-            name.split(".", 1)[1]: np.asarray(array) for name, array in arrays.items() if name.startswith("curvature.")
-        }
-        curvature = CURVATURES[config["name"]].from_state(config, curvature_arrays)
-        dense = SparseRows(
-            np.asarray(arrays["dense_indptr"]), arrays["dense_columns"], arrays["dense_values"], settings["n_dense"]
-        )
-        stored = StoredSegments(arrays["h"], arrays["r"], np.asarray(arrays["offsets"]), dense)
-        windows = None
-        if "window_tags" in arrays:
-            windows = WindowLabels(np.asarray(arrays["window_tags"]), np.asarray(arrays["window_bounds"]))
-        return cls(stored, arrays["norms"], metadata, curvature, settings["normalize"], windows)
-
-
-def _fsync_files(directory: Path) -> None:
-    """Flush file contents before the rename publishes them: otherwise a crash
-    can leave a complete-looking index with truncated files."""
-    for file in directory.iterdir():
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move src to dst. POSIX cannot rename over a non-empty directory, so an
-    existing dst is first moved aside and deleted only after src is in place."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    try:
-        os.replace(dst, old / dst.name)
-        try:
-            os.replace(src, dst)
-        except BaseException:
-            os.replace(old / dst.name, dst)
-            raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+        return cls(*index_storage.from_bytes(data))
 
 
 _Batch = Union[_FactoredBatch, _PreconditionedBatch]

@@ -18,20 +18,25 @@ many steps. H_S enters only through Hessian-vector products of the segment's win
 `loss_changes` then evaluates the query's loss exactly at theta* + delta_S. `validate`
 measures both against retraining (method "refined"; BENCHMARKS.md, "Fidelity").
 """
-from typing import Callable, Optional, Protocol, Sequence, Tuple
+
+from typing import Callable, Optional, Protocol, Sequence, Tuple, cast
 
 import numpy
 import torch
 
 from . import bridge, crf
-from .bridge import LabelledBatch, Segment
+from .exceptions import IndexFormatError
 from .gradients import WindowLabels
 from .index import SegmentIndex
+from .segments import LabelledBatch, Segment, segment_losses, window_segment_loss
 from .tagger import CRFEntityRecognizer
 
 
 class EigenHessian(Protocol):
-    """H = the damped Hessian of the mean training loss, eigendecomposed (`ExactCurvature`)."""
+    """H = the damped Hessian of the mean training loss over `n_sentences` sentences,
+    eigendecomposed (`ExactCurvature`)."""
+
+    n_sentences: Optional[int]
 
     def eigen(self) -> Tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -55,7 +60,7 @@ def removal_step(
     features, tags, bounds = window
 
     def loss(flat: torch.Tensor) -> torch.Tensor:
-        return bridge.window_segment_loss(ner, features, tags, bounds, flat)
+        return window_segment_loss(ner, features, tags, bounds, flat)
 
     gradient_of = torch.func.grad(loss)
     values, vectors = hessian.eigen()
@@ -106,7 +111,7 @@ def _conjugate_gradients(
 
 def segment_window(h: numpy.ndarray, offsets: numpy.ndarray, labels: WindowLabels, i: int) -> Window:
     """Segment i's window from factored rows (`FactoredGradients` or an index's raw
-    `StoredSegments`: h with its bias column last) and its `bridge.window_labels`."""
+    `StoredSegments`: h with its bias column last) and its `segments.window_labels`."""
     rows = slice(int(offsets[i]), int(offsets[i + 1]))
     features = torch.as_tensor(numpy.asarray(h[rows, :-1], dtype="float64"))
     tags = torch.as_tensor(numpy.asarray(labels.tags[rows], dtype="int64"))
@@ -117,11 +122,11 @@ def _check_refinable(index: SegmentIndex) -> None:
     """Only an exact-curvature index keeps raw window features (and, from this version,
     their labels and N)."""
     curvature = index.curvature
-    if curvature.name != "exact" or getattr(curvature, "n_sentences", None) is None or index.windows is None:
-        raise ValueError(
+    if not curvature.refinable or getattr(curvature, "n_sentences", None) is None or index.windows is None:
+        raise IndexFormatError(
             "Refined influence needs an index built with curvature 'exact' by this version "
             f"(this one: {curvature.name!r}{'' if index.windows is not None else ', no window labels'}): "
-            "rebuild the index with curvature = \"exact\""
+            'rebuild the index with curvature = "exact"'
         )
 
 
@@ -135,8 +140,8 @@ def loss_changes(
     """l_q(theta + step) - l_q(theta) for the query segment `segment` of `batch`, per step:
     positive when removing the training segment would raise the query's loss (it
     supported the prediction), the sign convention of first-order influence."""
-    base = bridge.segment_losses(ner, batch, [segment], theta)[0]
-    return numpy.array([bridge.segment_losses(ner, batch, [segment], theta + step)[0] - base for step in steps])
+    base = segment_losses(ner, batch, [segment], theta)[0]
+    return numpy.array([segment_losses(ner, batch, [segment], theta + step)[0] - base for step in steps])
 
 
 class RemovalSteps:
@@ -154,7 +159,8 @@ class RemovalSteps:
     def __call__(self, segment_id: int) -> torch.Tensor:
         step: Optional[torch.Tensor] = self._cache.pop(segment_id, None)
         if step is None:
-            curvature = self.index.curvature
+            curvature = cast(EigenHessian, self.index.curvature)  # refinable: checked on creation
+            assert self.index.windows is not None and curvature.n_sentences is not None
             stored = self.index.stored
             window = segment_window(stored.h, stored.offsets, self.index.windows, segment_id)
             step = removal_step(self.ner, curvature, curvature.n_sentences, window, self.theta)

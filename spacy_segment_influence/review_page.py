@@ -24,14 +24,17 @@ and predicted entity is in one). Entities are drawn here, not by displaCy, which
 labels unescaped and cannot mark the differing tokens; its label colours are reused.
 Cards are laid out lazily by the browser (CSS content-visibility), so thousands stay usable.
 """
+
 import html
 import json
 import zlib
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-import srsly
 from spacy.displacy.render import DEFAULT_LABEL_COLORS
+
+from .corpus import read_jsonl_records
+from .exceptions import CorpusFormatError
 
 SentenceKey = Tuple[Optional[str], Optional[int]]  # meta.doc_id, meta.doc_index
 Entities = Tuple[List[dict], List[dict]]  # gold and predicted Prodigy spans of a sentence
@@ -44,8 +47,11 @@ KINDS = {
     "agreed": "the model agrees with the annotation; ranked only for its score",
 }
 METHODS = {  # method: (when it ranks a candidate high, in short)
-    "influence": ("its labels raise the loss of held-out (dev) predictions and the model fits them badly: "
-                  "-log p(harm) - log p(loss), each p the share of candidates scoring higher", "held-out harm and a poor fit"),
+    "influence": (
+        "its labels raise the loss of held-out (dev) predictions and the model fits them badly: "
+        "-log p(harm) - log p(loss), each p the share of candidates scoring higher",
+        "held-out harm and a poor fit",
+    ),
     "self-influence": ("its labels pull the model unusually hard (g^T H^-1 g of its own loss)", "self-influence"),
     "loss": ("the model fits its labels badly (-log p(labels | rest of the sentence))", "a poor fit"),
     "margin": ("the model prefers another tag over the annotated one (on the worst token)", "a low margin"),
@@ -66,8 +72,9 @@ def read_ranking(path: Path, limit: int = 0) -> Tuple[List[dict], Dict[SentenceK
 
     def checked() -> Iterable[dict]:
         nonlocal count
-        for count, record in enumerate(srsly.read_jsonl(path), start=1):
-            _check(record, f"{path} line {count}")
+        for line_no, record in read_jsonl_records(path):
+            count += 1
+            _check(record, f"{path}:{line_no}")
             if not limit or len(records) < limit:
                 records.append(record)
             yield record
@@ -90,9 +97,11 @@ def sentence_entities(records: Iterable[dict]) -> Dict[SentenceKey, Entities]:
 def _check(record: dict, where: str) -> None:
     fields = ("text", "tokens", "spans", "meta")
     if not isinstance(record, dict) or not all(key in record for key in fields) or not record["spans"]:
-        raise ValueError(f"{where}: no text, tokens, spans or meta: was it written by find-errors?")
+        raise CorpusFormatError(f"{where}: no text, tokens, spans or meta: was it written by find-errors?")
     if not all(key in record["spans"][0] for key in ("token_start", "token_end", "label")):
-        raise ValueError(f"{where}: its span lacks token_start, token_end or label: was it written by find-errors?")
+        raise CorpusFormatError(
+            f"{where}: its span lacks token_start, token_end or label: was it written by find-errors?"
+        )
 
 
 def render_review_page(
@@ -128,8 +137,8 @@ def _toolbar(title: str, records: Sequence[dict]) -> str:
         f'<header id="bar"><h1>{html.escape(title)}</h1><div class="controls">'
         f'<progress id="progress" max="{len(records)}" value="0"></progress> <span><b id="done">0</b> of '
         f'{len(records)} decided: <b id="n-accept">0</b> wrong, <b id="n-reject">0</b> right, <b id="n-ignore">0'
-        f'</b> skipped</span>{_select("f-kind", "kind", {k: f"{k} ({n})" for k, n in kinds.items()})}'
-        f'{_select("f-label", "label", {k: f"{k} ({n})" for k, n in labels.items()})}'
+        f"</b> skipped</span>{_select('f-kind', 'kind', {k: f'{k} ({n})' for k, n in kinds.items()})}"
+        f"{_select('f-label', 'label', {k: f'{k} ({n})' for k, n in labels.items()})}"
         f'{_select("f-answer", "decision", answers)}<span>showing <b id="shown">0</b></span>'
         '<button id="next">next undecided (n)</button><button id="export">export decisions</button>'
         '<button id="clear">clear decisions</button>'
@@ -217,13 +226,15 @@ def _card(i: int, record: dict, sentences: Dict[SentenceKey, Entities]) -> str:
         f'<div class="row"><span class="which">{which}</span><span>{_row(record, spans, differ, inside)}</span></div>'
         for which, spans in (("annotation", gold), ("model", predicted))
     )
-    buttons = "".join(f'<button data-answer="{a}"><kbd>{k}</kbd> {_ANSWER_TEXT[a]}</button>' for a, k in ANSWER_KEYS.items())
+    buttons = "".join(
+        f'<button data-answer="{a}"><kbd>{k}</kbd> {_ANSWER_TEXT[a]}</button>' for a, k in ANSWER_KEYS.items()
+    )
     return (
         f'<section class="candidate" id="rank-{rank}" data-i="{i}" tabindex="-1"><h2><span class="rank">#{rank}'
         f'</span> <span class="kind">{kind}</span> {_headline(record)}<span class="decision"></span></h2>'
         f'<p class="meta">score {score_text} by {esc(str(meta.get("method", "?")))}; {source}sentence '
         f'{esc(str(meta.get("doc_index")))}</p>{rows}<div class="answers">{buttons}</div>'
-        f'{_influenced(meta.get("influenced", []))}</section>'
+        f"{_influenced(meta.get('influenced', []))}</section>"
     )
 
 
@@ -247,7 +258,9 @@ def _headline(record: dict) -> str:
 
 def _describe(record: dict, spans: Sequence[dict]) -> str:
     text = record["text"]
-    return ", ".join(f'&ldquo;{html.escape(text[s["start"]:s["end"]])}&rdquo; {html.escape(s["label"])}' for s in spans)
+    return ", ".join(
+        f"&ldquo;{html.escape(text[s['start'] : s['end']])}&rdquo; {html.escape(s['label'])}" for s in spans
+    )
 
 
 def _sentence(record: dict, sentences: Dict[SentenceKey, Entities]) -> Entities:
@@ -255,8 +268,10 @@ def _sentence(record: dict, sentences: Dict[SentenceKey, Entities]) -> Entities:
     meta = record["meta"]
     gathered = sentences.get((meta.get("doc_id"), meta.get("doc_index")), ([], []))
     rows = []
-    for whole, known, own in (("sentence_gold_spans", gathered[0], "gold_spans"),
-                              ("sentence_predicted_spans", gathered[1], "suggested_spans")):
+    for whole, known, own in (
+        ("sentence_gold_spans", gathered[0], "gold_spans"),
+        ("sentence_predicted_spans", gathered[1], "suggested_spans"),
+    ):
         spans = list(meta[whole] if whole in meta else known)
         spans += [span for span in meta.get(own, []) if span not in spans]
         rows.append(sorted(spans, key=lambda s: (s["token_start"], s["token_end"])))
@@ -285,14 +300,18 @@ def _row(record: dict, spans: Sequence[dict], differ: Set[int], region: Tuple[in
     chunks: List[Tuple[int, int, str]] = []  # first and last token, markup
     t = 0
     while t < len(tokens):
-        span = starts.get(t)
-        last = min(span["token_end"], len(tokens) - 1) if span else t
+        mark = starts.get(t)
+        last = min(mark["token_end"], len(tokens) - 1) if mark else t
         words = "".join(
-            (f'<span class="d">{html.escape(tokens[u]["text"])}</span>' if u in differ else html.escape(tokens[u]["text"]))
+            (
+                f'<span class="d">{html.escape(tokens[u]["text"])}</span>'
+                if u in differ
+                else html.escape(tokens[u]["text"])
+            )
             + (" " if tokens[u].get("ws") and u < last else "")
             for u in range(t, last + 1)
         )
-        chunks.append((t, last, _mark(words, span["label"]) if span else words))
+        chunks.append((t, last, _mark(words, mark["label"]) if mark else words))
         t = last + 1
     inside = [i for i, (first, last, _) in enumerate(chunks) if first <= region[1] and last >= region[0]]
     parts = []
@@ -318,7 +337,8 @@ def _influenced(items: List[dict]) -> str:
         direction = "supports" if item["score"] > 0 else "opposes"
         rows.append(
             f'<li><span class="{direction}">{direction} {item["score"]:+.3f}</span> {esc(str(item.get("doc_id")))} '
-            f'({verdict}): {esc(item.get("left", ""))} {_mark(esc(item["text"]), item["label"])} {esc(item.get("right", ""))}</li>'
+            f"({verdict}): {esc(item.get('left', ''))} {_mark(esc(item['text']), item['label'])} "
+            f"{esc(item.get('right', ''))}</li>"
         )
     summary = f"held-out evidence ({len(items)})"
     return f'<details class="influenced"><summary>{summary}</summary><ul>{"".join(rows)}</ul></details>' if rows else ""
@@ -339,7 +359,8 @@ kbd { border: 1px solid #aaa; border-radius: 3px; padding: 0 .3em; font-size: .8
 .candidate { border: 1px solid #ccc; border-left: 6px solid #ccc; border-radius: 6px; padding: .3em 1em; margin: .8em 0;
   content-visibility: auto; contain-intrinsic-size: auto 200px; scroll-margin-top: 8em; }
 .candidate.current { outline: 3px solid #2463eb; } .decision { float: right; font-size: .9em; }
-.candidate[data-answer=accept] { border-left-color: #b42318; } .candidate[data-answer=reject] { border-left-color: #1a7f37; }
+.candidate[data-answer=accept] { border-left-color: #b42318; }
+.candidate[data-answer=reject] { border-left-color: #1a7f37; }
 .candidate[data-answer=ignore] { border-left-color: #999; }
 .candidate[data-answer=accept] .decision::after { content: "wrong (accepted)"; color: #b42318; }
 .candidate[data-answer=reject] .decision::after { content: "right (rejected)"; color: #1a7f37; }
@@ -436,7 +457,9 @@ $("summary").addEventListener("click", (e) => {
 $("next").addEventListener("click", () => go(step(current, 1, true) ?? step(-1, 1, true)));
 $("export").addEventListener("click", () => { download(); go(current, false); });
 $("clear").addEventListener("click", () => {
-  if (confirm("Forget the decisions on this page?")) { keys.forEach((k) => delete saved[k]); save(); progress(); filter(); }
+  if (confirm("Forget the decisions on this page?")) {
+    keys.forEach((k) => delete saved[k]); save(); progress(); filter();
+  }
   go(current, false);
 });
 progress();

@@ -3,20 +3,22 @@
 Unlike spaCy's transition-based `ner`, it has a proper probability over tag sequences,
 which is what segment influence differentiates (DESIGN.md section 3).
 """
+
 import warnings
 from itertools import islice
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, cast
 
 import torch
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc, Span
-from spacy.training import Example, biluo_tags_to_spans, validate_get_examples
+from spacy.training import Example, biluo_tags_to_spans, biluo_to_iob, iob_to_biluo, validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer, set_dropout_rate, torch2xp, xp2torch
 from thinc.types import Floats2d
 
 from . import crf
+from .exceptions import ConfigError, MisalignedEntityWarning, PipelineError
 from .head import CRFHead, torch_head
 
 DEFAULT_MODEL_CONFIG = """
@@ -68,7 +70,7 @@ class CRFEntityRecognizer(TrainablePipe):
     ) -> None:
         scheme = scheme.upper()
         if scheme not in SCHEMES:
-            raise ValueError(f"crf_ner: unknown tag scheme {scheme!r}; use 'BILUO' or 'BIO'")
+            raise ConfigError(f"crf_ner: unknown tag scheme {scheme!r}; use 'BILUO' or 'BIO'")
         self.vocab = vocab
         self.model = model
         self.name = name
@@ -104,11 +106,11 @@ class CRFEntityRecognizer(TrainablePipe):
 
     def add_label(self, label: str) -> int:
         if not isinstance(label, str) or not label or "-" in label:
-            raise ValueError(f"crf_ner: invalid entity label {label!r}")
+            raise ConfigError(f"crf_ner {self.name!r}: invalid entity label {label!r}")
         if label in self.labels:
             return 0
         if self.head.n_tags:
-            raise ValueError(
+            raise PipelineError(
                 f"crf_ner '{self.name}': cannot add label {label!r} after the model was sized; "
                 "pass all labels before nlp.initialize()"
             )
@@ -129,12 +131,11 @@ class CRFEntityRecognizer(TrainablePipe):
         labels: Optional[Sequence[str]] = None,
     ) -> None:
         validate_get_examples(get_examples, "CRFEntityRecognizer.initialize")
-        if labels is None:
-            labels = {ent.label_ for eg in get_examples() for ent in eg.reference.ents}
-        for label in sorted(labels):
+        found = labels if labels is not None else {ent.label_ for eg in get_examples() for ent in eg.reference.ents}
+        for label in sorted(found):
             self.add_label(label)
         if not self.labels:
-            raise ValueError(f"crf_ner '{self.name}': no entity labels found in the training data")
+            raise PipelineError(f"crf_ner {self.name!r}: no entity labels found in the training data")
         head = self.model.get_ref("head")
         head.set_dim("nO", len(self.tags), force=True)
         tok2vec = self.model.get_ref("tok2vec")
@@ -172,7 +173,7 @@ class CRFEntityRecognizer(TrainablePipe):
     def spans_from_tag_ids(self, doc: Doc, ids: Sequence[int]) -> List[Span]:
         tags = [self.tags[i] for i in ids]
         if self.scheme == "BIO":
-            tags = _bio_to_biluo(tags)
+            tags = iob_to_biluo(tags)
         return biluo_tags_to_spans(doc, tags)
 
     # -- training ------------------------------------------------------------------------
@@ -202,14 +203,12 @@ class CRFEntityRecognizer(TrainablePipe):
 
     def _validate_update(self, examples: List[Example]) -> None:
         if not self.labels:
-            raise ValueError(f"crf_ner '{self.name}' was not initialized: call nlp.initialize()")
+            raise PipelineError(f"crf_ner {self.name!r} was not initialized: call nlp.initialize()")
         for eg in examples:
             if not isinstance(eg, Example):
                 raise TypeError(f"crf_ner.update expects Example objects, got {type(eg).__name__}")
 
-    def get_loss(
-        self, examples: Iterable[Example], scores: List[Floats2d]
-    ) -> Tuple[float, List[Floats2d]]:
+    def get_loss(self, examples: Iterable[Example], scores: List[Floats2d]) -> Tuple[float, List[Floats2d]]:
         """CRF negative log-likelihood summed over docs (unknown gold tags marginalise),
         and its gradient with respect to each doc's emission scores."""
         examples = list(examples)
@@ -227,7 +226,8 @@ class CRFEntityRecognizer(TrainablePipe):
             loss = crf.nll(self.chain_scores(emissions), gold, self.constraints).sum()
             loss.backward()  # also leaves d(loss)/d(transitions, start, end) on the head
         for i, tensor in zip(rows, emissions):
-            d_scores[i] = torch2xp(tensor.grad)
+            assert tensor.grad is not None
+            d_scores[i] = cast(Floats2d, torch2xp(tensor.grad))
         return float(loss.item()), d_scores
 
     def gold_tag_ids(self, example: Example) -> List[int]:
@@ -238,15 +238,16 @@ class CRFEntityRecognizer(TrainablePipe):
         if not self._warned_misaligned:
             self._warn_misaligned(example)
         ids = []
-        for tag in example.get_aligned_ner():
+        tags = example.get_aligned_ner()  # BILUO; None or "-" where unknown
+        if self.scheme == "BIO":
+            tags = biluo_to_iob(tags)
+        for tag in tags:
             if tag is None or tag == "-":
                 ids.append(-1)
                 continue
-            if tag != "O" and self.scheme == "BIO":
-                tag = {"L": "I", "U": "B"}.get(tag[0], tag[0]) + tag[1:]
             if tag not in tag_index:
-                raise ValueError(
-                    f"crf_ner '{self.name}': doc {_doc_name(example)} has an entity "
+                raise PipelineError(
+                    f"crf_ner {self.name!r}: doc {_doc_name(example)} has an entity "
                     f"label {tag.split('-', 1)[-1]!r} unknown to the model (labels: "
                     f"{', '.join(self.labels)}); add it with add_label before training"
                 )
@@ -256,7 +257,7 @@ class CRFEntityRecognizer(TrainablePipe):
     def _warn_misaligned(self, example: Example) -> None:
         for ent in example.reference.ents:
             if example.predicted.char_span(ent.start_char, ent.end_char) is None:
-                warnings.warn(_misaligned_message(example, ent))
+                warnings.warn(_misaligned_message(example, ent), MisalignedEntityWarning, stacklevel=2)
                 self._warned_misaligned = True
                 return
 
@@ -275,20 +276,6 @@ class CRFEntityRecognizer(TrainablePipe):
         return self
 
 
-def _bio_to_biluo(tags: Sequence[str]) -> List[str]:
-    out = []
-    for i, tag in enumerate(tags):
-        following = tags[i + 1] if i + 1 < len(tags) else "O"
-        continues = following.startswith("I-") and following[2:] == tag[2:]
-        if tag.startswith("B-"):
-            out.append(("B-" if continues else "U-") + tag[2:])
-        elif tag.startswith("I-"):
-            out.append(("I-" if continues else "L-") + tag[2:])
-        else:
-            out.append(tag)
-    return out
-
-
 def _doc_name(example: Example) -> str:
     """The doc's id (user_data["id"], as `convert` sets it) or the start of its text."""
     for doc in (example.reference, example.predicted):
@@ -302,6 +289,6 @@ def _misaligned_message(example: Example, ent: Span) -> str:
     return (
         f"Entity {ent.text!r} ({ent.label_}, chars {ent.start_char}-{ent.end_char}) in doc "
         f"{_doc_name(example)} does not align with the predicted tokenization; "
-        "its tags are treated as unknown. Fix the offsets, or train with gold tokens "
+        "its tags are treated as unknown (spaCy's W030). Fix the offsets, or train with gold tokens "
         "([corpora.train] gold_preproc = true). Further misalignments are not reported."
     )

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny pipelines and a tiny random BERT built in a tmp dir (no hub)."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -136,9 +137,7 @@ def tok2vec_nlp(scheme: str = "BILUO"):
 
 
 def trf_nlp(model_dir: Path):
-    return spacy.util.load_model_from_config(
-        Config().from_str(TRF_CONFIG.format(name=model_dir)), auto_fill=True
-    )
+    return spacy.util.load_model_from_config(Config().from_str(TRF_CONFIG.format(name=model_dir)), auto_fill=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,11 @@ import pytest
 import spacy
 import torch
 from spacy.tokens import Doc, Span
-from spacy.training import offsets_to_biluo_tags
 
-from spacy_segment_influence import bridge, crf
-from spacy_segment_influence.bridge import LabelledBatch, Segment
+from spacy_segment_influence import bridge, crf, segments
+from spacy_segment_influence.hessian import head_hessian, head_hessian_autograd
+from spacy_segment_influence.layout import HeadLayout
+from spacy_segment_influence.segments import LabelledBatch, Segment, segment_gradients, segment_gradients_autograd
 
 from .conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train, trf_nlp
 
@@ -48,10 +49,10 @@ def assert_close(closed, reference, rtol=1e-5):
 def test_closed_form_equals_autograd_tok2vec(trained_tok2vec_nlp, with_unknown):
     ner = trained_tok2vec_nlp.get_pipe("crf_ner")
     batch = labelled_batch(trained_tok2vec_nlp, with_unknown)
-    closed = bridge.segment_gradients(ner, batch, SEGMENTS, batch_size=3, dtype=torch.float64)
-    reference = bridge.segment_gradients_autograd(ner, batch, SEGMENTS)
+    closed = segment_gradients(ner, batch, SEGMENTS, batch_size=3, dtype=torch.float64)
+    reference = segment_gradients_autograd(ner, batch, SEGMENTS)
     assert len(closed) == len(SEGMENTS)
-    for row, segment in enumerate(SEGMENTS):
+    for row in range(len(SEGMENTS)):
         assert_close(closed.to_dense()[row], reference[row])
     if not with_unknown:  # known labels: a segment only keeps its own rows
         assert list(closed.lengths) == [s.end - s.start for s in SEGMENTS]
@@ -62,8 +63,8 @@ def test_closed_form_equals_autograd_tiny_transformer(tiny_bert_dir):
     train(nlp, make_examples(nlp), steps=10)
     ner = nlp.get_pipe("crf_ner")
     batch = labelled_batch(nlp)
-    closed = bridge.segment_gradients(ner, batch, SEGMENTS, dtype=torch.float64)
-    reference = bridge.segment_gradients_autograd(ner, batch, SEGMENTS)
+    closed = segment_gradients(ner, batch, SEGMENTS, dtype=torch.float64)
+    reference = segment_gradients_autograd(ner, batch, SEGMENTS)
     for row in range(len(SEGMENTS)):
         assert_close(closed.to_dense()[row], reference[row])
 
@@ -109,23 +110,25 @@ def test_closed_form_hessian_matches_autograd(scheme):
     nlp = tok2vec_nlp(scheme)
     nlp = train(nlp, make_examples(nlp), steps=10)
     ner = nlp.get_pipe("crf_ner")
-    batch = bridge.labelled_batch(nlp, "crf_ner", [eg.reference for eg in make_examples(nlp)])
+    batch = segments.labelled_batch(nlp, "crf_ner", [eg.reference for eg in make_examples(nlp)])
     tags = [list(t) for t in batch.tags]
     tags[0][2] = -1  # inside "Peter Smith lives ...": after an entity
     tags[1][0] = tags[1][1] = -1  # sentence start, over an entity
     tags[3][-1] = -1  # sentence end
-    batch = bridge.LabelledBatch(batch.features, tags)
+    batch = LabelledBatch(batch.features, tags)
     generator = torch.Generator().manual_seed(0)
     theta = bridge.flat_head(ner)
     theta = theta + 0.3 * torch.randn(len(theta), generator=generator, dtype=torch.float64)
-    reference = bridge.head_hessian_autograd(ner, batch, flat=theta)
+    reference = head_hessian_autograd(ner, batch, flat=theta)
     for max_pairs in (60, 16384):  # many small chunks / one chunk
-        closed_form = bridge.head_hessian(ner, batch, theta, max_pairs=max_pairs)
+        closed_form = head_hessian(ner, batch, theta, max_pairs=max_pairs)
         numpy.testing.assert_allclose(closed_form, reference, rtol=0, atol=1e-10 * numpy.abs(reference).max())
     # and it is not trivially so: the clamped (partial-label) term matters
-    full = bridge.LabelledBatch(batch.features, [list(t) for t in bridge.labelled_batch(
-        nlp, "crf_ner", [eg.reference for eg in make_examples(nlp)]).tags])
-    assert numpy.abs(bridge.head_hessian(ner, full, theta) - reference).max() > 1e-3
+    full = LabelledBatch(
+        batch.features,
+        [list(t) for t in segments.labelled_batch(nlp, "crf_ner", [eg.reference for eg in make_examples(nlp)]).tags],
+    )
+    assert numpy.abs(head_hessian(ner, full, theta) - reference).max() > 1e-3
 
 
 def test_hessian_of_a_freshly_loaded_pipeline(trained_tok2vec_nlp, tmp_path):
@@ -134,15 +137,15 @@ def test_hessian_of_a_freshly_loaded_pipeline(trained_tok2vec_nlp, tmp_path):
     trained_tok2vec_nlp.to_disk(tmp_path / "model")
     fresh = spacy.load(tmp_path / "model")
     batch = labelled_batch(fresh)
-    expected = bridge.head_hessian_autograd(trained_tok2vec_nlp.get_pipe("crf_ner"), batch, batch_size=4)
-    numpy.testing.assert_allclose(bridge.head_hessian_autograd(fresh.get_pipe("crf_ner"), batch, batch_size=4), expected)
+    expected = head_hessian_autograd(trained_tok2vec_nlp.get_pipe("crf_ner"), batch, batch_size=4)
+    numpy.testing.assert_allclose(head_hessian_autograd(fresh.get_pipe("crf_ner"), batch, batch_size=4), expected)
 
 
 def test_hessian_layout_matches_gradient_differences(trained_tok2vec_nlp):
     """H v equals the central difference of the (flattened-layout) gradient along v."""
     ner = trained_tok2vec_nlp.get_pipe("crf_ner")
     batch = labelled_batch(trained_tok2vec_nlp)
-    hessian = bridge.head_hessian(ner, batch)
+    hessian = head_hessian(ner, batch)
     assert numpy.allclose(hessian, hessian.T, atol=1e-10)
     rng = numpy.random.default_rng(0)
     v = rng.normal(size=hessian.shape[0])
@@ -177,7 +180,7 @@ def test_hessian_layout_matches_gradient_differences(trained_tok2vec_nlp):
         )
         loss = crf.nll(scores, tags, ner.constraints).sum() / len(feats)
         grads = torch.autograd.grad(loss, [params[n] for n in names])
-        return bridge.flatten_gradient(grads).numpy()
+        return HeadLayout.of(ner.head).flatten_module(*grads).numpy()
 
     eps = 1e-5
     difference = (gradient(eps * v) - gradient(-eps * v)) / (2 * eps)
@@ -185,8 +188,9 @@ def test_hessian_layout_matches_gradient_differences(trained_tok2vec_nlp):
 
 
 @pytest.mark.parametrize("scheme", ["BILUO", "BIO"])
-def test_tag_ids_match_spacy_biluo(scheme):
-    """Against spaCy's offsets_to_biluo_tags (mapped to BIO), on random entity layouts."""
+def test_tag_ids_match_the_scheme_and_decode_back(scheme):
+    """Against the tags written out per span, and back through the tagger's decoding, on
+    random entity layouts."""
     nlp = tok2vec_nlp(scheme)
     nlp.initialize(lambda: make_examples(nlp))
     ner = nlp.get_pipe("crf_ner")
@@ -195,10 +199,18 @@ def test_tag_ids_match_spacy_biluo(scheme):
         doc = nlp.make_doc(" ".join(f"w{i}" for i in range(10)))
         cuts = sorted(rng.choice(11, size=6, replace=False))
         spans = [Span(doc, a, b, label=str(rng.choice(ner.labels))) for a, b in zip(cuts[::2], cuts[1::2])]
-        expected = offsets_to_biluo_tags(doc, [(s.start_char, s.end_char, s.label_) for s in spans])
-        if scheme == "BIO":
-            expected = [{"L": "I", "U": "B"}.get(t[0], t[0]) + t[1:] for t in expected]
-        assert [ner.tags[i] for i in bridge.tag_ids(ner, doc, spans[::-1])] == expected
+        expected = ["O"] * len(doc)  # written out per span, independently of spaCy's converters
+        for s in spans:
+            inside = ["I"] * (len(s) - 2)
+            if scheme == "BILUO":
+                prefixes = ["U"] if len(s) == 1 else ["B", *inside, "L"]
+            else:
+                prefixes = ["B"] + ["I"] * (len(s) - 1)
+            expected[s.start : s.end] = [f"{p}-{s.label_}" for p in prefixes]
+        ids = bridge.tag_ids(ner, doc, spans[::-1])
+        assert [ner.tags[i] for i in ids] == expected
+        decoded = ner.spans_from_tag_ids(doc, ids)  # and back, as predictions are written
+        assert [(e.start, e.end, e.label_) for e in decoded] == [(s.start, s.end, s.label_) for s in spans]
     with pytest.raises(ValueError, match="overlap"):
         bridge.tag_ids(ner, doc, [Span(doc, 0, 3, label=ner.labels[0]), Span(doc, 2, 4, label=ner.labels[0])])
 

@@ -23,10 +23,22 @@ from spacy_segment_influence.corpus import (
 CONLL_TRAIN = Path("/work/shared/data/conll2003/train_original.jsonl")
 
 SAMPLE = [
-    {"id": "s1", "tokens": ["Peter", "Blackburn", "visited", "New", "York", "."], "ner_tags": ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"]},
+    {
+        "id": "s1",
+        "tokens": ["Peter", "Blackburn", "visited", "New", "York", "."],
+        "ner_tags": ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"],
+    },
     {"id": "s2", "tokens": ["No", "entities", "here", "."], "ner_tags": ["O", "O", "O", "O"]},
-    {"id": "s3", "tokens": ["EU", "rejects", "German", "British", "lamb"], "ner_tags": ["B-ORG", "O", "B-MISC", "B-MISC", "O"]},
-    {"id": "s4", "tokens": ["Real", "Madrid", "(", "Spain", ")", "does", "n't", "lose", "."], "ner_tags": ["B-ORG", "I-ORG", "O", "B-LOC", "O", "O", "O", "O", "O"]},
+    {
+        "id": "s3",
+        "tokens": ["EU", "rejects", "German", "British", "lamb"],
+        "ner_tags": ["B-ORG", "O", "B-MISC", "B-MISC", "O"],
+    },
+    {
+        "id": "s4",
+        "tokens": ["Real", "Madrid", "(", "Spain", ")", "does", "n't", "lose", "."],
+        "ner_tags": ["B-ORG", "I-ORG", "O", "B-LOC", "O", "O", "O", "O", "O"],
+    },
 ]
 
 
@@ -186,8 +198,8 @@ def test_cli_convert_reports_format_error_cleanly(tmp_path):
     src = _write_lines(tmp_path / "bad.jsonl", [GOOD, '{"id": "x", "tokens": ["a"], "ner_tags": ["O", "O"]}'])
     result = _run_convert(src, tmp_path / "train.spacy")
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"{src}:2: 'tokens' has 1 items but 'ner_tags' has 2"
-    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # a clean exit, not a crash
+    assert result.stderr.strip() == f"Error: {src}:2: 'tokens' has 1 items but 'ner_tags' has 2"
     assert not (tmp_path / "train.spacy").exists()
 
 
@@ -210,3 +222,22 @@ def test_demo_train_differs_from_gold_only_at_injected_errors():
     changed = {n["id"] for n, g in zip(noisy, gold) if n["ner_tags"] != g["ner_tags"]}
     assert [(n["id"], n["tokens"]) for n in noisy] == [(g["id"], g["tokens"]) for g in gold]
     assert changed == {error["id"] for error in load("injected_errors.jsonl")}
+
+
+def test_cli_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, monkeypatch):
+    not_docbin = tmp_path / "bad.spacy"
+    not_docbin.write_text("not a DocBin")
+    result = CliRunner().invoke(app, ["split-folds", str(not_docbin), str(tmp_path / "folds")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert result.stderr.startswith(f"Error: {not_docbin}: not a .spacy (DocBin) file")
+    ranking = _write_lines(tmp_path / "ranking.jsonl", ["", "{not json"])
+    result = CliRunner().invoke(app, ["evaluate-errors", str(ranking), str(ranking), str(ranking)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert result.stderr.startswith(f"Error: {ranking}:2: invalid JSON")
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal invariant")
+
+    monkeypatch.setattr("spacy_segment_influence.corpus.convert_jsonl", broken)
+    result = _run_convert(_write_records(tmp_path / "in.jsonl", SAMPLE), tmp_path / "out.spacy")
+    assert isinstance(result.exception, ValueError) and "an internal invariant" in str(result.exception)

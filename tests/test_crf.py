@@ -9,6 +9,7 @@ specification only, independently of the implementation.
 
 All computations are in float64 and compared with tolerance ~1e-9.
 """
+
 import itertools
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -104,12 +105,12 @@ def entity_sequences(n: int, labels: Sequence[str]):
         return
     # token 0 is outside any entity
     for rest in entity_sequences(n - 1, labels):
-        yield [(s + 1, e + 1, l) for (s, e, l) in rest]
+        yield [(s + 1, e + 1, label) for (s, e, label) in rest]
     # an entity starts at token 0 with length k
     for k in range(1, n + 1):
         for label in labels:
             for rest in entity_sequences(n - k, labels):
-                yield [(0, k, label)] + [(s + k, e + k, l) for (s, e, l) in rest]
+                yield [(0, k, label)] + [(s + k, e + k, other) for (s, e, other) in rest]
 
 
 def encode(n: int, spans, scheme: str) -> List[str]:
@@ -140,9 +141,7 @@ _PATHS: Dict[Tuple[int, int], torch.Tensor] = {}
 def all_paths(n: int, C: int) -> torch.Tensor:
     key = (n, C)
     if key not in _PATHS:
-        _PATHS[key] = torch.tensor(
-            list(itertools.product(range(C), repeat=n)), dtype=torch.long
-        ).reshape(-1, n)
+        _PATHS[key] = torch.tensor(list(itertools.product(range(C), repeat=n)), dtype=torch.long).reshape(-1, n)
     return _PATHS[key]
 
 
@@ -430,18 +429,42 @@ def test_biluo_named_pairs():
     assert c.start.shape == (C,) and c.start.dtype == torch.bool
     assert c.end.shape == (C,) and c.end.dtype == torch.bool
     allowed = [
-        ("O", "O"), ("O", "B-PER"), ("O", "U-LOC"),
-        ("B-PER", "I-PER"), ("B-PER", "L-PER"), ("I-PER", "I-PER"), ("I-PER", "L-PER"),
-        ("L-PER", "O"), ("L-PER", "B-LOC"), ("L-PER", "U-PER"), ("L-LOC", "B-PER"),
-        ("U-PER", "U-PER"), ("U-PER", "B-LOC"), ("U-LOC", "O"),
-        ("B-LOC", "L-LOC"), ("I-LOC", "I-LOC"),
+        ("O", "O"),
+        ("O", "B-PER"),
+        ("O", "U-LOC"),
+        ("B-PER", "I-PER"),
+        ("B-PER", "L-PER"),
+        ("I-PER", "I-PER"),
+        ("I-PER", "L-PER"),
+        ("L-PER", "O"),
+        ("L-PER", "B-LOC"),
+        ("L-PER", "U-PER"),
+        ("L-LOC", "B-PER"),
+        ("U-PER", "U-PER"),
+        ("U-PER", "B-LOC"),
+        ("U-LOC", "O"),
+        ("B-LOC", "L-LOC"),
+        ("I-LOC", "I-LOC"),
     ]
     forbidden = [
-        ("O", "I-PER"), ("O", "L-PER"), ("O", "L-LOC"),
-        ("B-PER", "O"), ("B-PER", "B-PER"), ("B-PER", "U-PER"), ("B-PER", "B-LOC"),
-        ("B-PER", "I-LOC"), ("B-PER", "L-LOC"), ("I-PER", "O"), ("I-PER", "L-LOC"),
-        ("I-PER", "U-LOC"), ("L-PER", "I-PER"), ("L-PER", "L-PER"), ("U-PER", "I-PER"),
-        ("U-LOC", "L-LOC"), ("I-LOC", "I-PER"), ("B-LOC", "L-PER"),
+        ("O", "I-PER"),
+        ("O", "L-PER"),
+        ("O", "L-LOC"),
+        ("B-PER", "O"),
+        ("B-PER", "B-PER"),
+        ("B-PER", "U-PER"),
+        ("B-PER", "B-LOC"),
+        ("B-PER", "I-LOC"),
+        ("B-PER", "L-LOC"),
+        ("I-PER", "O"),
+        ("I-PER", "L-LOC"),
+        ("I-PER", "U-LOC"),
+        ("L-PER", "I-PER"),
+        ("L-PER", "L-PER"),
+        ("U-PER", "I-PER"),
+        ("U-LOC", "L-LOC"),
+        ("I-LOC", "I-PER"),
+        ("B-LOC", "L-PER"),
     ]
     for a, b in allowed:
         assert _pair(c, BILUO2, a, b), f"{a} -> {b} should be allowed"
@@ -456,13 +479,26 @@ def test_biluo_named_pairs():
 def test_bio_named_pairs():
     c = crf.tag_constraints(BIO2, "BIO")
     allowed = [
-        ("O", "O"), ("O", "B-PER"), ("B-PER", "I-PER"), ("I-PER", "I-PER"), ("I-PER", "O"),
-        ("I-PER", "B-LOC"), ("B-PER", "B-PER"), ("B-PER", "O"), ("I-LOC", "B-PER"),
-        ("B-LOC", "I-LOC"), ("I-LOC", "I-LOC"), ("B-LOC", "B-PER"),
+        ("O", "O"),
+        ("O", "B-PER"),
+        ("B-PER", "I-PER"),
+        ("I-PER", "I-PER"),
+        ("I-PER", "O"),
+        ("I-PER", "B-LOC"),
+        ("B-PER", "B-PER"),
+        ("B-PER", "O"),
+        ("I-LOC", "B-PER"),
+        ("B-LOC", "I-LOC"),
+        ("I-LOC", "I-LOC"),
+        ("B-LOC", "B-PER"),
     ]
     forbidden = [
-        ("O", "I-PER"), ("O", "I-LOC"), ("B-PER", "I-LOC"), ("I-PER", "I-LOC"),
-        ("B-LOC", "I-PER"), ("I-LOC", "I-PER"),
+        ("O", "I-PER"),
+        ("O", "I-LOC"),
+        ("B-PER", "I-LOC"),
+        ("I-PER", "I-LOC"),
+        ("B-LOC", "I-PER"),
+        ("I-LOC", "I-PER"),
     ]
     for a, b in allowed:
         assert _pair(c, BIO2, a, b), f"{a} -> {b} should be allowed"
@@ -488,8 +524,12 @@ def test_bio_named_pairs():
 def test_tag_constraints_full_matrix(tags, scheme):
     c = crf.tag_constraints(tags, scheme)
     trans, start, end = ref_constraint_tensors(tags, scheme)
-    bad = [(tags[i], tags[j]) for i in range(len(tags)) for j in range(len(tags))
-           if bool(c.transitions[i, j]) != bool(trans[i, j])]
+    bad = [
+        (tags[i], tags[j])
+        for i in range(len(tags))
+        for j in range(len(tags))
+        if bool(c.transitions[i, j]) != bool(trans[i, j])
+    ]
     assert not bad, f"transitions differ from spec for pairs {bad}"
     assert torch.equal(c.start.bool(), start), f"start: {c.start} vs {start}"
     assert torch.equal(c.end.bool(), end), f"end: {c.end} vs {end}"
@@ -497,8 +537,7 @@ def test_tag_constraints_full_matrix(tags, scheme):
 
 @pytest.mark.parametrize(
     "tags,scheme,max_n",
-    [(BILUO_TAGS, "BILUO", 6), (BIO2, "BIO", 6), (BILUO2, "BILUO", 4),
-     (["B-LOC", "O", "I-LOC"], "BIO", 6)],
+    [(BILUO_TAGS, "BILUO", 6), (BIO2, "BIO", 6), (BILUO2, "BILUO", 4), (["B-LOC", "O", "I-LOC"], "BIO", 6)],
 )
 def test_allowed_paths_are_exactly_entity_encodings(tags, scheme, max_n):
     """Every encoding of a valid entity sequence is allowed, and every allowed path
@@ -580,8 +619,11 @@ def test_log_partition_tag_mask(setting, seed):
     # the mask alone (no constraints) in the constrained settings
     if ref is not None:
         mask2 = sample_tag_mask(scores, None, gen)
-        close(crf.log_partition(scores, None, tag_mask=mask2),
-              bf_log_partition(scores, None, mask2), "log_partition+mask, no constraints")
+        close(
+            crf.log_partition(scores, None, tag_mask=mask2),
+            bf_log_partition(scores, None, mask2),
+            "log_partition+mask, no constraints",
+        )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -590,8 +632,9 @@ def test_log_partition_gradients(setting, seed):
     gen, C, cons, ref, scores = make_instance(setting, seed)
     mask = sample_tag_mask(scores, ref, gen) if seed % 2 else None
     s_c, s_b = with_grad(scores), with_grad(scores)
-    assert_same_grads(crf.log_partition(s_c, cons, tag_mask=mask),
-                      bf_log_partition(s_b, ref, mask), s_c, s_b, "log_partition")
+    assert_same_grads(
+        crf.log_partition(s_c, cons, tag_mask=mask), bf_log_partition(s_b, ref, mask), s_c, s_b, "log_partition"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -621,16 +664,19 @@ def _check_marginals(scores, cons, ref, mask, what):
     s = with_grad(scores)
     g_em, g_tr, g_st, g_en = (
         torch.zeros_like(x) if g is None else g
-        for g, x in zip(grads(crf.log_partition(s, cons, tag_mask=mask), s),
-                        (s.emissions, s.transitions, s.start, s.end))
+        for g, x in zip(
+            grads(crf.log_partition(s, cons, tag_mask=mask), s), (s.emissions, s.transitions, s.start, s.end)
+        )
     )
     close(g_em, bu, f"{what} autograd d logZ/d emissions vs brute-force unary")
     for b in range(B):
         n = int(scores.lengths[b])
         close(unary[b, :n], g_em[b, :n], f"{what} unary vs autograd")
-    real_pairs = torch.stack([
-        pairwise[b, t] for b in range(B) for t in range(int(scores.lengths[b]) - 1)
-    ]).sum(0) if int(scores.lengths.max()) > 1 else torch.zeros(C, C, dtype=DTYPE)
+    real_pairs = (
+        torch.stack([pairwise[b, t] for b in range(B) for t in range(int(scores.lengths[b]) - 1)]).sum(0)
+        if int(scores.lengths.max()) > 1
+        else torch.zeros(C, C, dtype=DTYPE)
+    )
     close(real_pairs, g_tr, f"{what} pairwise vs autograd")
     close(unary[:, 0].sum(0), g_st, f"{what} start vs autograd")
     last = scores.lengths - 1
@@ -837,8 +883,9 @@ def test_segment_nll_gradients(setting, seed):
     tags = sample_gold(scores, ref, gen)
     a, e = make_segments(scores.lengths, SEGMENT_KINDS[seed % len(SEGMENT_KINDS)], gen)
     s_c, s_b = with_grad(scores), with_grad(scores)
-    assert_same_grads(crf.segment_nll(s_c, tags, a, e, cons), bf_segment_nll(s_b, tags, a, e, ref),
-                      s_c, s_b, "segment_nll")
+    assert_same_grads(
+        crf.segment_nll(s_c, tags, a, e, cons), bf_segment_nll(s_b, tags, a, e, ref), s_c, s_b, "segment_nll"
+    )
 
 
 @pytest.mark.parametrize("seed", SEEDS[:2])
@@ -851,13 +898,17 @@ def test_segment_nll_every_segment_one_sentence(setting, seed):
     segs = [(a, e) for a in range(n) for e in range(a + 1, n + 1)]
     one = make_scores(C, [n], gen)
     B = len(segs)
-    scores = crf.ChainScores(one.emissions.expand(B, n, C).clone(), one.lengths.expand(B).clone(),
-                             one.transitions, one.start, one.end)
+    scores = crf.ChainScores(
+        one.emissions.expand(B, n, C).clone(), one.lengths.expand(B).clone(), one.transitions, one.start, one.end
+    )
     tags = sample_gold(one, ref, gen).expand(B, n).clone()
     a = torch.tensor([s[0] for s in segs])
     e = torch.tensor([s[1] for s in segs])
-    close(crf.segment_nll(scores, tags, a, e, cons), bf_segment_nll(scores, tags, a, e, ref),
-          f"segment_nll all segments[{setting}]")
+    close(
+        crf.segment_nll(scores, tags, a, e, cons),
+        bf_segment_nll(scores, tags, a, e, ref),
+        f"segment_nll all segments[{setting}]",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -879,8 +930,7 @@ def test_all_length_one(setting):
     tags = sample_gold(scores, ref, gen)
     close(crf.nll(scores, tags, cons), bf_nll(scores, tags, ref), "nll len1")
     a, e = torch.zeros(3, dtype=torch.long), torch.ones(3, dtype=torch.long)
-    close(crf.segment_nll(scores, tags, a, e, cons), bf_segment_nll(scores, tags, a, e, ref),
-          "segment_nll len1")
+    close(crf.segment_nll(scores, tags, a, e, cons), bf_segment_nll(scores, tags, a, e, ref), "segment_nll len1")
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -912,16 +962,24 @@ def test_batch_equals_individual(setting, seed):
     sg = crf.segment_nll(scores, full_tags, a, e, cons)
     for b in range(len(scores.lengths)):
         n = int(scores.lengths[b])
-        one = crf.ChainScores(scores.emissions[b : b + 1, :n].clone(), scores.lengths[b : b + 1].clone(),
-                              scores.transitions, scores.start, scores.end)
+        one = crf.ChainScores(
+            scores.emissions[b : b + 1, :n].clone(),
+            scores.lengths[b : b + 1].clone(),
+            scores.transitions,
+            scores.start,
+            scores.end,
+        )
         close(crf.log_partition(one, cons), lz[b : b + 1], "batch vs single log_partition")
         _, un1, pw1 = crf.marginals(one, cons)
         close(un1[0], un[b, :n], "batch vs single unary")
         close(pw1[0], pw[b, : n - 1], "batch vs single pairwise")
         assert crf.viterbi(one, cons) == [vit[b]]
         close(crf.nll(one, tags[b : b + 1, :n], cons), nl[b : b + 1], "batch vs single nll")
-        close(crf.segment_nll(one, full_tags[b : b + 1, :n], a[b : b + 1], e[b : b + 1], cons),
-              sg[b : b + 1], "batch vs single segment_nll")
+        close(
+            crf.segment_nll(one, full_tags[b : b + 1, :n], a[b : b + 1], e[b : b + 1], cons),
+            sg[b : b + 1],
+            "batch vs single segment_nll",
+        )
 
 
 def test_padding_values_do_not_matter():
@@ -938,8 +996,11 @@ def test_padding_values_do_not_matter():
     tags2[pad] = (tags2[pad] + 2) % C
     mask2 = mask.clone()
     mask2[pad] = ~mask2[pad]
-    close(crf.log_partition(scores, cons, tag_mask=mask), crf.log_partition(scores2, cons, tag_mask=mask2),
-          "log_partition padding")
+    close(
+        crf.log_partition(scores, cons, tag_mask=mask),
+        crf.log_partition(scores2, cons, tag_mask=mask2),
+        "log_partition padding",
+    )
     for x, y in zip(crf.marginals(scores, cons, tag_mask=mask), crf.marginals(scores2, cons, tag_mask=mask2)):
         close(x, y, "marginals padding")
     assert crf.viterbi(scores, cons) == crf.viterbi(scores2, cons)
@@ -959,8 +1020,11 @@ def test_float32_close_to_float64(setting):
     tags = sample_gold(scores, ref, gen)
     a, e = make_segments(scores.lengths, "multi", gen)
     tol = dict(atol=1e-4, rtol=1e-4)
-    for f in (lambda s: crf.log_partition(s, cons), lambda s: crf.nll(s, tags, cons),
-              lambda s: crf.segment_nll(s, tags, a, e, cons)):
+    for f in (
+        lambda s: crf.log_partition(s, cons),
+        lambda s: crf.nll(s, tags, cons),
+        lambda s: crf.segment_nll(s, tags, a, e, cons),
+    ):
         torch.testing.assert_close(f(s32).double(), f(scores), **tol)
     for x32, x64 in zip(crf.marginals(s32, cons), crf.marginals(scores, cons)):
         torch.testing.assert_close(x32.double(), x64, **tol)
@@ -971,8 +1035,13 @@ def test_marginals_padding_minimal():
     """Minimal case: large values in the padding must not leak into the marginals."""
     em = torch.zeros(2, 2, 3, dtype=DTYPE)
     em[1, 1] = 800.0  # padding of the length-1 sentence
-    s = crf.ChainScores(em, torch.tensor([2, 1]), torch.zeros(3, 3, dtype=DTYPE),
-                        torch.zeros(3, dtype=DTYPE), torch.zeros(3, dtype=DTYPE))
+    s = crf.ChainScores(
+        em,
+        torch.tensor([2, 1]),
+        torch.zeros(3, 3, dtype=DTYPE),
+        torch.zeros(3, dtype=DTYPE),
+        torch.zeros(3, dtype=DTYPE),
+    )
     log_z, unary, pairwise = crf.marginals(s)
     close(log_z, torch.log(torch.tensor([9.0, 3.0], dtype=DTYPE)), "log_z")
     assert torch.equal(unary[1, 1], torch.zeros(3, dtype=DTYPE)), unary[1, 1]

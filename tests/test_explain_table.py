@@ -1,5 +1,6 @@
 """The `explain` table: every hit's training span shown whole, centred in its context,
 within the width (in terminal columns)."""
+
 import random
 import unicodedata
 
@@ -24,15 +25,25 @@ def context(left, span, right):
 
 
 def hit(span, left="", right="", label="ORG", doc_id="train_1_2", score=0.5, **extra):
-    return {"doc_id": doc_id, "doc_index": 7, "start": 3, "end": 5, "label": label, "text": span,
-            "context": context(left, span, right), "score": score, **extra}
+    return {
+        "doc_id": doc_id,
+        "doc_index": 7,
+        "start": 3,
+        "end": 5,
+        "label": label,
+        "text": span,
+        "context": context(left, span, right),
+        "score": score,
+        **extra,
+    }
 
 
 def table(supporters, opposers=(), width=100, label="LOC", text="Leeds"):
     doc = Doc(spacy.blank("en").vocab, words=["Fans", "of", text, "cheered", "."], spaces=[True] * 4 + [False])
     doc.user_data["id"] = "dev_3_1"
-    doc._.influences = [{"start": 2, "end": 3, "label": label, "text": text,
-                         "supporters": list(supporters), "opposers": list(opposers)}]
+    doc._.influences = [
+        {"start": 2, "end": 3, "label": label, "text": text, "supporters": list(supporters), "opposers": list(opposers)}
+    ]
     return format_influences(doc, width=width)
 
 

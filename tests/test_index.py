@@ -1,13 +1,15 @@
 """SegmentIndex against brute force on explicit P x P curvature matrices."""
+
 import numpy as np
-import srsly
 import pytest
+import srsly
 import torch
 
-from spacy_segment_influence import index as index_module
+from spacy_segment_influence import index_storage
 from spacy_segment_influence.curvature import ExactCurvature, IdentityCurvature, KFACCurvature
 from spacy_segment_influence.gradients import FactoredGradients
-from spacy_segment_influence.index import SegmentIndex, SparseRows
+from spacy_segment_influence.index import SegmentIndex
+from spacy_segment_influence.index_storage import SparseRows
 
 E, C = 7, 5
 D = C * C + 2 * C
@@ -46,9 +48,7 @@ def explicit_kfac(train, marginals):
     KFACCurvature: per-token expectations, numpy.kron, block diagonal."""
     a = np.mean([np.outer(h, h) for h in train.h], axis=0)
     # E[r r^T] with the label drawn from the marginals, enumerated over labels.
-    b = np.mean(
-        [sum(q[y] * np.outer(q - np.eye(C)[y], q - np.eye(C)[y]) for y in range(C)) for q in marginals], axis=0
-    )
+    b = np.mean([sum(q[y] * np.outer(q - np.eye(C)[y], q - np.eye(C)[y]) for y in range(C)) for q in marginals], axis=0)
     dense_cov = np.mean([np.outer(x, x) for x in train.dense], axis=0)
     root = np.sqrt(DAMPING)
     matrix = np.zeros((P, P))
@@ -63,7 +63,7 @@ def curvatures(data):
     train, marginals, _, hessian = data
     return {
         "identity": (IdentityCurvature(), np.eye(P)),
-        "kfac": (KFACCurvature.fit(train.h, marginals, train.dense, DAMPING), explicit_kfac(train, marginals)),
+        "kfac": (KFACCurvature.from_tokens(train.h, marginals, train.dense, DAMPING), explicit_kfac(train, marginals)),
         "exact": (ExactCurvature(hessian, DAMPING, C, E), hessian + DAMPING * np.eye(P)),
     }
 
@@ -248,7 +248,7 @@ def test_failed_write_leaves_no_partial_index(data, tmp_path, monkeypatch, build
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(index_module.srsly, "write_json", fail)
+    monkeypatch.setattr(index_storage.srsly, "write_json", fail)
     new = build("kfac", dtype="float32")
     with pytest.raises(OSError):
         new.to_disk(tmp_path / "fresh")
@@ -263,7 +263,7 @@ def test_failed_swap_restores_old_index(data, tmp_path, monkeypatch, build):
     queries = data[2]
     old = build("identity", dtype="float32")
     old.to_disk(tmp_path / "index")
-    real_replace = index_module.os.replace
+    real_replace = index_storage.os.replace
     calls = []
 
     def replace_then_fail(src, dst):
@@ -272,7 +272,7 @@ def test_failed_swap_restores_old_index(data, tmp_path, monkeypatch, build):
             raise OSError("rename failed")
         real_replace(src, dst)
 
-    monkeypatch.setattr(index_module.os, "replace", replace_then_fail)
+    monkeypatch.setattr(index_storage.os, "replace", replace_then_fail)
     with pytest.raises(OSError):
         build("kfac", dtype="float32").to_disk(tmp_path / "index")
     monkeypatch.undo()
@@ -329,7 +329,7 @@ def test_mismatched_queries_rejected(data, build):
 def test_curvature_needs_positive_definite(data):
     train, marginals, _, _ = data
     with pytest.raises(ValueError):
-        KFACCurvature.fit(train.h, marginals, train.dense, damping=0.0)
+        KFACCurvature.from_tokens(train.h, marginals, train.dense, damping=0.0)
     with pytest.raises(ValueError):
         ExactCurvature(-np.eye(P), 0.5, C, E)
 

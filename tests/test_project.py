@@ -1,4 +1,5 @@
 """The spaCy project (project.yml): its structure (fast) and its workflows end to end (slow)."""
+
 import importlib.util
 import json
 import os
@@ -44,7 +45,14 @@ def test_workflow_steps_are_commands(project):
         missing = [step for step in steps if step not in commands]
         assert not missing, f"workflow {name} names undefined commands {missing}"
     assert project["workflows"]["all"] == [
-        "convert", "train", "evaluate", "index", "explain", "find-errors", "evaluate-errors", "report"
+        "convert",
+        "train",
+        "evaluate",
+        "index",
+        "explain",
+        "find-errors",
+        "evaluate-errors",
+        "report",
     ]
     assert project["workflows"]["conll"] == ["conll-" + step for step in project["workflows"]["all"]]
 
@@ -79,9 +87,7 @@ def test_conll_workflow_reads_conll_dir(project):
     commands = {cmd["name"]: cmd for cmd in project["commands"]}
     conll_dir = project["vars"]["conll_dir"]
     deps = {str(Path(dep)) for dep in commands["conll-convert"]["deps"]}
-    assert deps == {
-        str(Path(conll_dir) / project["vars"][key]) for key in ("conll_train", "conll_dev", "conll_test")
-    }
+    assert deps == {str(Path(conll_dir) / project["vars"][key]) for key in ("conll_train", "conll_dev", "conll_test")}
     # CoNLL outputs never overwrite the demo's.
     for step in project["workflows"]["conll"]:
         for out in commands[step]["outputs"]:
@@ -90,9 +96,7 @@ def test_conll_workflow_reads_conll_dir(project):
 
 def test_vars_override_paths():
     """`spacy project run all . --vars.train_jsonl ...` brings your own corpus."""
-    project = load_project_config(
-        ROOT, overrides={"vars.train_jsonl": "/data/mine/train.jsonl", "vars.max_steps": 7}
-    )
+    project = load_project_config(ROOT, overrides={"vars.train_jsonl": "/data/mine/train.jsonl", "vars.max_steps": 7})
     commands = {cmd["name"]: cmd for cmd in project["commands"]}
     assert Path(commands["convert"]["deps"][0]) == Path("/data/mine/train.jsonl")
     assert "convert /data/mine/train.jsonl corpus/train.spacy" in commands["convert"]["script"][0]
@@ -102,9 +106,7 @@ def test_vars_override_paths():
 
 def test_demo_assets_are_shipped_with_matching_checksums(project):
     local = [asset for asset in project["assets"] if not asset.get("url")]
-    assert {Path(a["dest"]).name for a in local} >= {
-        "train.jsonl", "dev.jsonl", "test.jsonl", "train_corrected.jsonl"
-    }
+    assert {Path(a["dest"]).name for a in local} >= {"train.jsonl", "dev.jsonl", "test.jsonl", "train_corrected.jsonl"}
     for asset in local:
         path = ROOT / asset["dest"]
         assert path.exists(), asset["dest"]
@@ -145,14 +147,16 @@ def test_save_stdout_writes_only_on_success(tmp_path):
     out = tmp_path / "sub" / "out.txt"
     ok = subprocess.run(
         [sys.executable, str(script), str(out), "python", "-c", "print('hello')"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert ok.returncode == 0 and ok.stdout == "hello\n"
     assert out.read_text() == "hello\n"
     out.unlink()
     failed = subprocess.run(
         [sys.executable, str(script), str(out), "python", "-c", "import sys; print('x'); sys.exit(3)"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert failed.returncode == 3 and not out.exists()
 
@@ -183,9 +187,21 @@ def _tiny_project(tmp_path: Path, tiny_bert_dir: Path) -> Path:
 
 def _run(project_dir: Path, workflow: str) -> str:
     cmd = [
-        sys.executable, "-m", "spacy", "project", "run", workflow, str(project_dir),
-        "--vars.config", "configs/tiny.cfg", "--vars.max_steps", "5", "--vars.eval_frequency", "5",
-        "--vars.explain_limit", "2",
+        sys.executable,
+        "-m",
+        "spacy",
+        "project",
+        "run",
+        workflow,
+        str(project_dir),
+        "--vars.config",
+        "configs/tiny.cfg",
+        "--vars.max_steps",
+        "5",
+        "--vars.eval_frequency",
+        "5",
+        "--vars.explain_limit",
+        "2",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=project_dir)
     assert result.returncode == 0, f"{workflow} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"

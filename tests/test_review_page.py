@@ -1,5 +1,6 @@
 """The review page's markup (without a browser; tests/test_review_page_browser.py clicks
 through it in Chromium)."""
+
 import json
 import re
 from collections import Counter
@@ -11,22 +12,40 @@ import srsly
 from spacy.tokens import Doc
 from typer.testing import CliRunner
 
+from spacy_segment_influence.annotation_errors import find_candidates, review_record
 from spacy_segment_influence.cli import app
-from spacy_segment_influence.errors import find_candidates, review_record
 from spacy_segment_influence.review_page import KINDS, read_ranking, render_review_page
 
 EVIL = "<img/src=x/onerror=alert(9)>"
 HELD_OUT = [
-    {"doc_id": "dev_3_1", "text": "Leeds", "left": "Fans of", "right": "cheered .", "label": "ORG",
-     "predicted": "LOC", "correct": False, "score": 0.42},
-    {"doc_id": "dev_4_0", "text": "Paris", "left": "", "right": "is big .", "label": "LOC",
-     "predicted": "LOC", "correct": True, "score": -0.9},
+    {
+        "doc_id": "dev_3_1",
+        "text": "Leeds",
+        "left": "Fans of",
+        "right": "cheered .",
+        "label": "ORG",
+        "predicted": "LOC",
+        "correct": False,
+        "score": 0.42,
+    },
+    {
+        "doc_id": "dev_4_0",
+        "text": "Paris",
+        "left": "",
+        "right": "is big .",
+        "label": "LOC",
+        "predicted": "LOC",
+        "correct": True,
+        "score": -0.9,
+    },
 ]
 SENTENCES = [
     # words, gold entities, predicted entities (token start, end exclusive, label)
-    ("Shares in Sunvale Foods rose in Leeds ; <Monaco> & Co hired Anna Berg .".split(),
-     [(3, 4, "ORG"), (6, 7, "LOC"), (8, 11, "ORG"), (12, 14, "PER")],
-     [(0, 1, "MISC"), (2, 4, "ORG"), (6, 7, "ORG"), (12, 14, "PER")]),
+    (
+        "Shares in Sunvale Foods rose in Leeds ; <Monaco> & Co hired Anna Berg .".split(),
+        [(3, 4, "ORG"), (6, 7, "LOC"), (8, 11, "ORG"), (12, 14, "PER")],
+        [(0, 1, "MISC"), (2, 4, "ORG"), (6, 7, "ORG"), (12, 14, "PER")],
+    ),
     ("Visit </script><script>alert(1)</script> Paris now".split(), [(1, 2, EVIL)], [(1, 2, "LOC")]),
 ]
 
@@ -106,7 +125,11 @@ def test_every_candidate_is_rendered_in_rank_order():
     page = render_review_page(records)
     assert [c["id"] for c in Cards(page).cards] == [f"rank-{n}" for n in range(1, 7)]
     assert Counter(r["meta"]["kind"] for r in records) == {
-        "missing": 1, "wrong_boundary": 1, "wrong_type": 2, "spurious": 1, "agreed": 1
+        "missing": 1,
+        "wrong_boundary": 1,
+        "wrong_type": 2,
+        "spurious": 1,
+        "agreed": 1,
     }
 
 
@@ -127,7 +150,12 @@ def test_every_entity_of_the_sentence_is_in_both_rows_with_its_label():
         if "demo_train_5_0" not in json.dumps(records[int(c["id"].split("-")[1]) - 1]["meta"]["doc_id"]):
             continue
         annotation, model = c["rows"]
-        assert entities(annotation) == [("Foods", "ORG"), ("Leeds", "LOC"), ("<Monaco> & Co", "ORG"), ("Anna Berg", "PER")]
+        assert entities(annotation) == [
+            ("Foods", "ORG"),
+            ("Leeds", "LOC"),
+            ("<Monaco> & Co", "ORG"),
+            ("Anna Berg", "PER"),
+        ]
         assert entities(model) == [("Shares", "MISC"), ("Sunvale Foods", "ORG"), ("Leeds", "ORG"), ("Anna Berg", "PER")]
 
 
@@ -226,7 +254,7 @@ def test_read_ranking_gathers_sentences_beyond_the_limit(tmp_path):
     first = card(render_review_page(records, sentences), 1)
     assert len(entities(first["rows"][0])) == 4
     path.write_text(path.read_text() + '{"text": "no spans"}\n')
-    with pytest.raises(ValueError, match=r"ranking.jsonl line 7: no text, tokens, spans or meta"):
+    with pytest.raises(ValueError, match=r"ranking.jsonl:7: no text, tokens, spans or meta"):
         read_ranking(path)
 
 
@@ -241,4 +269,4 @@ def test_cli_report(tmp_path):
     ranking_path.write_text('{"text": "x"}\n')
     result = CliRunner().invoke(app, ["report", str(ranking_path), "--out", str(out)])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
-    assert f"{ranking_path} line 1: no text" in result.output and "Traceback" not in result.output
+    assert f"{ranking_path}:1: no text" in result.output

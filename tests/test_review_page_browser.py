@@ -2,6 +2,7 @@
 reload, exported as Prodigy-style JSONL; filters; escaping; a page of 2,000 candidates.
 Screenshots go to artifacts/ (git-ignored). Skipped where no Chromium is installed
 (CI installs it: see the Makefile's test target)."""
+
 import copy
 import importlib.util
 import json
@@ -18,7 +19,9 @@ from .test_review_page import EVIL, ranking
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
-_spec = importlib.util.spec_from_file_location("check_report_in_browser", ROOT / "scripts" / "check_report_in_browser.py")
+_spec = importlib.util.spec_from_file_location(
+    "check_report_in_browser", ROOT / "scripts" / "check_report_in_browser.py"
+)
 chromium = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(chromium)
 
@@ -83,8 +86,14 @@ def test_keyboard_decisions_survive_a_reload_and_export_as_prodigy_jsonl(browser
     browser.press(" ")  # skip it
     now = state(browser)
     assert now["current"] == "rank-5" and now["counts"] == [3, 1, 1, 1]
-    assert now["answers"] == {"rank-1": "accept", "rank-2": "reject", "rank-3": "", "rank-4": "ignore",
-                              "rank-5": "", "rank-6": ""}
+    assert now["answers"] == {
+        "rank-1": "accept",
+        "rank-2": "reject",
+        "rank-3": "",
+        "rank-4": "ignore",
+        "rank-5": "",
+        "rank-6": "",
+    }
     browser.screenshot(ARTIFACTS / "review_page_decided.png")
     browser.reload()
     after = state(browser)
@@ -97,11 +106,17 @@ def test_keyboard_decisions_survive_a_reload_and_export_as_prodigy_jsonl(browser
     browser.press("a")
     exported = export(browser, "ranking.reviewed.jsonl")
     by_rank = {record["meta"]["rank"]: record for record in records}
-    assert [(line["meta"]["rank"], line["answer"]) for line in exported] == [(1, "accept"), (2, "reject"), (4, "ignore")]
+    assert [(line["meta"]["rank"], line["answer"]) for line in exported] == [
+        (1, "accept"),
+        (2, "reject"),
+        (4, "ignore"),
+    ]
     for line in exported:
         assert {k: v for k, v in line.items() if k != "answer"} == by_rank[line["meta"]["rank"]]
     assert {key(line): line["answer"] for line in exported} == {
-        key(by_rank[1]): "accept", key(by_rank[2]): "reject", key(by_rank[4]): "ignore"
+        key(by_rank[1]): "accept",
+        key(by_rank[2]): "reject",
+        key(by_rank[4]): "ignore",
     }
 
 

@@ -1,0 +1,45 @@
+"""Rank training annotations by how likely they are wrong, and score a ranking against
+corrected labels (DESIGN.md section 6).
+
+- `candidates`: the regions where an annotation error could sit.
+- `finder`: `ErrorFinder`, the scores of every method with the model trained on all data.
+- `crossfit`: folds of whole documents and `CrossFitFinder`, out-of-fold scores.
+- `records`: `rank`, the Prodigy-style review file.
+- `metrics`: `evaluate_ranking` against corrected labels.
+"""
+
+from .candidates import Candidate, find_candidates
+from .crossfit import CrossFitFinder, document_of, held_out_indices, split_folds, write_folds
+from .finder import METHODS, ErrorFinder, neg_log_tail
+from .metrics import (
+    average_precision,
+    changed_tokens,
+    evaluate_ranking,
+    ranked_regions,
+    read_tags,
+    recall_at,
+    recall_auc,
+)
+from .records import rank, review_record
+
+__all__ = [
+    "METHODS",
+    "Candidate",
+    "CrossFitFinder",
+    "ErrorFinder",
+    "average_precision",
+    "changed_tokens",
+    "document_of",
+    "evaluate_ranking",
+    "find_candidates",
+    "held_out_indices",
+    "neg_log_tail",
+    "rank",
+    "ranked_regions",
+    "read_tags",
+    "recall_at",
+    "recall_auc",
+    "review_record",
+    "split_folds",
+    "write_folds",
+]

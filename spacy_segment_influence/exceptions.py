@@ -1,0 +1,66 @@
+"""Errors and warnings for users of the package: one hierarchy, so that a caller (and the
+CLI) can tell a mistake in the input from a bug.
+
+Every error a user can cause derives from `SegmentInfluenceError`; the CLI reports those
+as one line and shows a traceback for anything else. Subclasses that used to be plain
+`ValueError`s still are, so existing `except ValueError` code keeps working. Internal
+invariants (shapes that cannot disagree unless the package is wrong) stay plain
+`ValueError`s or asserts and are not part of this hierarchy.
+"""
+
+
+class SegmentInfluenceError(Exception):
+    """Base class of every error caused by the user's input, settings or data."""
+
+
+class ConfigError(SegmentInfluenceError, ValueError):
+    """A setting or argument has a value the package does not accept (an unknown
+    curvature, k < 1, two options that exclude each other...)."""
+
+
+class PipelineError(SegmentInfluenceError, ValueError):
+    """The pipeline is not one the package supports: the named component is missing or
+    is not a `crf_ner`, a label is unknown to it, or it was never initialized."""
+
+
+class CorpusFormatError(SegmentInfluenceError, ValueError):
+    """A corpus or ranking file is malformed: the message starts with the file (and the
+    line, for JSONL)."""
+
+
+class CorpusNotFoundError(SegmentInfluenceError, FileNotFoundError):
+    """A corpus file the user named does not exist."""
+
+
+class DataError(SegmentInfluenceError, ValueError):
+    """The data cannot support the computation asked for: an empty corpus, no entities
+    to index, overlapping entity spans, a fold that covers nothing..."""
+
+
+class IndexMissingError(SegmentInfluenceError, ValueError):
+    """A `segment_influence` component was asked for influences before it indexed a
+    training corpus."""
+
+
+class IndexFormatError(SegmentInfluenceError, ValueError):
+    """A stored index was written by another version of the package, or lacks what an
+    option needs (e.g. `refine` needs an exact-curvature index with window labels)."""
+
+
+class IndexOutOfDateError(SegmentInfluenceError, RuntimeError):
+    """The pipeline's weights changed after its training corpus was indexed, so the
+    stored gradients no longer describe the model."""
+
+
+class SegmentInfluenceWarning(UserWarning):
+    """Base class of the package's warnings."""
+
+
+class MisalignedEntityWarning(SegmentInfluenceWarning):
+    """A gold entity does not align with the predicted tokenization, so its tags are
+    treated as unknown (what spaCy reports as W030 for its own components)."""
+
+
+class BIORepairWarning(SegmentInfluenceWarning):
+    """Some I- tags of a BIO corpus did not continue an entity and were read as entity
+    starts."""
