@@ -56,16 +56,14 @@ from spacy.tokens import DocBin
 
 from spacy_segment_influence.annotation_errors import (
     METHODS,
+    Corrections,
     CrossFitFinder,
     ErrorFinder,
-    average_precision,
-    changed_tokens,
+    compare_rankings,
     document_of,
     evaluate_ranking,
     held_out_indices,
     neg_log_tail,
-    read_tags,
-    recall_auc,
     write_folds,
 )
 from spacy_segment_influence.corpus import bio_to_spans
@@ -75,7 +73,9 @@ CONLL = ROOT.parent / "shared" / "data" / "conll2003"
 DEMO = ROOT / "assets" / "demo"
 TOK2VEC_CONFIG, MINILM_CONFIG = "crf_ner_tok2vec.cfg", "crf_ner_trf.cfg"
 COLUMNS = [
-    "ap",
+    "span_ap",
+    "sentence_ap",
+    "token_ap",
     "p@100",
     "recall@1%",
     "recall@5%",
@@ -183,7 +183,7 @@ def evaluate_methods(
 ) -> Tuple[Dict[str, dict], Dict[str, list]]:
     """Metrics per method, and the ranked (sentence id, start, end) regions behind them."""
     ids = [train_docs[c.doc_index].user_data["id"] for c in finder.candidates]
-    original_tags, corrected_tags = read_tags(original), read_tags(corrected)
+    corrections = Corrections.from_files(original, corrected)
     results, rankeds = {}, {}
     rankings = {method: lambda m=method: finder.scores(m) for method in METHODS}
     rankings["(held-out harm alone)"] = finder.harm
@@ -195,58 +195,23 @@ def evaluate_methods(
         scores = scores_of()
         order = numpy.argsort(-scores, kind="stable")
         ranked = [(ids[i], finder.candidates[i].start, finder.candidates[i].end) for i in order]
-        metrics = evaluate_ranking(ranked, original_tags, corrected_tags)
+        metrics = evaluate_ranking(ranked, corrections)
         results[method + suffix] = {**metrics, "seconds": time.perf_counter() - start}
         rankeds[method + suffix] = ranked
     return results, rankeds
 
 
-def paired_bootstrap(
-    ranked_a: list, ranked_b: list, original: Path, corrected: Path, n_boot: int = 1000, seed: int = 0
-) -> Dict[str, list]:
-    """Differences a - b in AP and doc AUC, with a 95 % interval from a paired cluster
-    bootstrap over documents: each resample draws the corpus's documents with replacement
-    and scores both rankings, restricted to (and repeated as) the drawn documents."""
-    original_tags = read_tags(original)
-    changed = changed_tokens(original_tags, read_tags(corrected))
-    documents = list(dict.fromkeys(document_of(sid) for sid in original_tags))
-    index = {d: i for i, d in enumerate(documents)}
-    is_error_doc = numpy.zeros(len(documents), dtype=bool)
-    is_error_doc[[index[document_of(sid)] for sid in changed]] = True
-
-    def parts(ranked):
-        docs = numpy.array([index[document_of(sid)] for sid, _, _ in ranked])
-        hits = numpy.array([any(t in changed.get(sid, ()) for t in range(s, e)) for sid, s, e in ranked])
-        first = list(dict.fromkeys(docs.tolist()))
-        doc_order = numpy.array(first + sorted(set(range(len(documents))) - set(first)))
-        return docs, hits, doc_order
-
-    def metrics(docs, hits, doc_order, weight):
-        candidates = numpy.repeat(numpy.arange(len(docs)), weight[docs])
-        return average_precision(hits[candidates]), recall_auc(numpy.repeat(is_error_doc[doc_order], weight[doc_order]))
-
-    a, b = parts(ranked_a), parts(ranked_b)
-    ones = numpy.ones(len(documents), dtype=int)
-    observed = numpy.subtract(metrics(*a, ones), metrics(*b, ones))
-    rng = numpy.random.default_rng(seed)
-    draws = []
-    for _ in range(n_boot):
-        weight = numpy.bincount(rng.integers(0, len(documents), len(documents)), minlength=len(documents))
-        draws.append(numpy.subtract(metrics(*a, weight), metrics(*b, weight)))
-    low, high = numpy.percentile(draws, [2.5, 97.5], axis=0)
-    return {name: [float(observed[i]), float(low[i]), float(high[i])] for i, name in enumerate(["ap", "doc_auc"])}
-
-
 def comparisons(results: Dict[str, dict], rankeds: Dict[str, list], original: Path, corrected: Path) -> Dict[str, dict]:
     """Each `influence` row against the best baseline row (loss, margin, confidence,
-    self-influence; in-sample or cross-fitted) by AP and by doc AUC."""
+    self-influence; in-sample or cross-fitted) by span AP, sentence AP and doc AUC."""
+    corrections = Corrections.from_files(original, corrected)
     baselines = [m for m in results if m.split(" (")[0] in ("self-influence", "loss", "margin", "confidence")]
     out = {}
     for method in (m for m in results if m.split(" (")[0] == "influence"):
-        for metric in ("ap", "doc_auc"):
+        for metric in ("span_ap", "sentence_ap", "doc_auc"):
             best = max(baselines, key=lambda m: results[m][metric])
-            diff = paired_bootstrap(rankeds[method], rankeds[best], original, corrected)[metric]
-            out[f"{method} vs {best}: {metric}"] = {"difference": diff[0], "ci95": diff[1:]}
+            diff = compare_rankings(rankeds[method], rankeds[best], corrections)[metric]
+            out[f"{method} vs {best}: {metric}"] = {"difference": diff[0], "ci95": list(diff[1:])}
     return out
 
 

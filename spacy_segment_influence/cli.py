@@ -288,22 +288,41 @@ def evaluate_errors(
         ..., exists=True, dir_okay=False, help="The training JSONL the model was trained on"
     ),
     corrected: Path = typer.Argument(..., exists=True, dir_okay=False, help="The same sentences with corrected labels"),
+    against: List[Path] = typer.Option(
+        [], exists=True, dir_okay=False, help="Another ranking to compare with (paired bootstrap); repeatable"
+    ),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples for --against"),
     out: Optional[Path] = typer.Option(None, dir_okay=False, help="Write the metrics here (JSON)"),
 ) -> None:
-    """Score a ranking against corrected labels: AP, P@100, recall at 1/5/10 % of the
-    candidates, and document-level recall@100/200/400 and AUC."""
+    """Score a ranking against corrected labels.
+
+    Span AP, P@100 and recall at 1/5/10 % of the candidates; sentence AP and token AP
+    (AUPRC), sentences and tokens ranked by the first candidate covering them, the rest last;
+    document recall@100/200/400 and AUC. With --against, the differences with another ranking
+    and their 95 % intervals from a paired bootstrap over documents."""
     import srsly
 
-    from .annotation_errors import evaluate_ranking, ranked_regions, read_tags
+    from .annotation_errors import Corrections, compare_rankings, evaluate_ranking, ranked_regions
     from .corpus import read_jsonl_records
 
+    def regions(path: Path) -> list:
+        return ranked_regions(record for _, record in read_jsonl_records(path))
+
     with _user_errors():
-        records = (record for _, record in read_jsonl_records(ranking))
-        metrics = evaluate_ranking(ranked_regions(records), read_tags(original), read_tags(corrected))
+        corrections = Corrections.from_files(original, corrected)
+        ranked = regions(ranking)
+        metrics: dict = evaluate_ranking(ranked, corrections)
+        comparisons = {str(other): compare_rankings(ranked, regions(other), corrections, n_boot) for other in against}
     for name, value in metrics.items():
-        typer.echo(f"{name:<30} {value:.4f}" if isinstance(value, float) else f"{name:<30} {value}")
+        typer.echo(f"{name:<34} {value:.4f}" if isinstance(value, float) else f"{name:<34} {value}")
+    for other, differences in comparisons.items():
+        typer.echo(f"minus {other} (95 % bootstrap interval over documents):")
+        for name, (diff, low, high) in differences.items():
+            typer.echo(f"  {name:<32} {diff:+.4f}  [{low:+.4f}, {high:+.4f}]")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
+        if comparisons:
+            metrics["against"] = {o: {k: list(v) for k, v in d.items()} for o, d in comparisons.items()}
         srsly.write_json(out, metrics)
 
 

@@ -12,8 +12,11 @@ from .candidates import Candidate, find_candidates
 from .crossfit import CrossFitFinder, document_of, held_out_indices, split_folds, write_folds
 from .finder import METHODS, ErrorFinder, neg_log_tail
 from .metrics import (
+    BOOTSTRAP_METRICS,
+    Corrections,
     average_precision,
     changed_tokens,
+    compare_rankings,
     evaluate_ranking,
     ranked_regions,
     read_tags,
@@ -23,7 +26,10 @@ from .metrics import (
 from .records import rank, review_record
 
 __all__ = [
+    "BOOTSTRAP_METRICS",
     "METHODS",
+    "Corrections",
+    "compare_rankings",
     "Candidate",
     "CrossFitFinder",
     "ErrorFinder",

@@ -1,15 +1,34 @@
-"""Score a ranking of candidates against corrected labels (`evaluate-errors`): which
-ranked regions hold a token whose tag the correction changed."""
+"""Score a ranking of candidates against corrected labels (`evaluate-errors`).
+
+A ranked region is an error when a token in it has a different tag in the corrected file.
+Besides the candidates' own average precision (span AP), the ranking is read at the
+levels the field reports (nessie, ActiveAED and cleanlab report sentences; cleanlab
+tokens too): sentences and tokens are ranked by the first candidate that covers them, and
+those no candidate covers come after all ranked ones in a random order. Their share of
+the average precision is its expectation over that order (`average_precision`), so a
+ranking is not rewarded or punished for the corpus order of what it did not rank.
+Documents (the paper's recall@K and AUC) are ranked the same way.
+
+`compare_rankings` gives the difference of two rankings' metrics with a paired bootstrap
+interval over documents (sentences of one document share names and errors, so they are
+resampled together).
+"""
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
 import numpy
+from numpy.typing import ArrayLike
 
 from ..corpus import read_jsonl_records
 from ..exceptions import CorpusFormatError, DataError
 from .crossfit import document_of
+
+Region = Tuple[str, int, int]  # sentence id, token start, token end (exclusive)
+# The metrics `compare_rankings` resamples: one value per ranking and resample.
+BOOTSTRAP_METRICS = ("span_ap", "sentence_ap", "token_ap", "doc_auc")
 
 
 def read_tags(path: Path) -> Dict[str, List[str]]:
@@ -37,63 +56,209 @@ def changed_tokens(original: Dict[str, List[str]], corrected: Dict[str, List[str
     return changed
 
 
-def evaluate_ranking(
-    ranked: Sequence[Tuple[str, int, int]], original: Dict[str, List[str]], corrected: Dict[str, List[str]]
-) -> Dict[str, float]:
-    """Metrics of a ranking of (sentence id, token start, token end exclusive) regions,
-    most suspicious first. A region is an error when any of its tokens' tags differ
-    between `original` and `corrected`."""
-    changed = changed_tokens(original, corrected)
-    unknown = next((sid for sid, _, _ in ranked if sid not in original), None)
+@dataclass
+class Corrections:
+    """A corpus' original labels and the tokens a correction changed, with the
+    sentences' documents (ids `<document>_<sentence>`, see `document_of`)."""
+
+    original: Dict[str, List[str]]
+    changed: Dict[str, Set[int]]
+
+    @classmethod
+    def from_tags(cls, original: Dict[str, List[str]], corrected: Dict[str, List[str]]) -> "Corrections":
+        return cls(original, changed_tokens(original, corrected))
+
+    @classmethod
+    def from_files(cls, original: Path, corrected: Path) -> "Corrections":
+        return cls.from_tags(read_tags(original), read_tags(corrected))
+
+    @property
+    def documents(self) -> List[str]:
+        return list(dict.fromkeys(document_of(sid) for sid in self.original))
+
+    def is_error(self, region: Region) -> bool:
+        sentence_id, start, end = region
+        changed = self.changed.get(sentence_id, ())
+        return any(t in changed for t in range(start, end))
+
+
+@dataclass
+class _Ranked:
+    """One level of a ranking (candidates, sentences, tokens or documents): whether each
+    item is an error and its document, ranked items first, then the `n - n_ranked` items
+    no candidate reached."""
+
+    hits: numpy.ndarray
+    docs: numpy.ndarray
+    n_ranked: int
+
+    def resampled(self, weight: numpy.ndarray) -> "_Ranked":
+        """Each item repeated as often as its document was drawn."""
+        repeats = weight[self.docs]
+        n_ranked = int(repeats[: self.n_ranked].sum())
+        return _Ranked(numpy.repeat(self.hits, repeats), numpy.repeat(self.docs, repeats), n_ranked)
+
+    def average_precision(self) -> float:
+        return average_precision(self.hits[: self.n_ranked], self.hits[self.n_ranked :].sum(), len(self.hits))
+
+    def recall_auc(self) -> float:
+        return recall_auc(self.hits[: self.n_ranked], self.hits[self.n_ranked :].sum(), len(self.hits))
+
+
+def _levels(ranked: Sequence[Region], corrections: Corrections) -> Dict[str, _Ranked]:
+    unknown = next((sid for sid, _, _ in ranked if sid not in corrections.original), None)
     if unknown is not None:
         raise DataError(f"Ranked sentence {unknown!r} is not in the original file")
-    is_error = [any(t in changed.get(sid, ()) for t in range(start, end)) for sid, start, end in ranked]
-    documents = list(dict.fromkeys(document_of(sid) for sid in original))
-    error_docs = {document_of(sid) for sid in changed}
-    ranked_docs = list(dict.fromkeys(document_of(sid) for sid, _, _ in ranked))
-    doc_order = ranked_docs + [d for d in documents if d not in set(ranked_docs)]
-    metrics = {
-        "n_candidates": len(ranked),
-        "n_error_candidates": int(sum(is_error)),
-        "ap": average_precision(is_error),
-        "p@100": sum(is_error[:100]) / 100,
-        **{f"recall@{p}%": recall_at(is_error, math.ceil(len(ranked) * p / 100)) for p in (1, 5, 10)},
-        "n_docs": len(documents),
-        "n_error_docs": len(error_docs),
-        "n_error_docs_with_candidates": len(error_docs & {document_of(sid) for sid, _, _ in ranked}),
+    doc_index = {d: i for i, d in enumerate(corrections.documents)}
+    sentence_doc = {sid: doc_index[document_of(sid)] for sid in corrections.original}
+    changed = corrections.changed
+    candidates = _Ranked(
+        numpy.array([corrections.is_error(region) for region in ranked], dtype=bool),
+        numpy.array([sentence_doc[sid] for sid, _, _ in ranked], dtype=numpy.int64),
+        len(ranked),
+    )
+    sentences = list(dict.fromkeys(sid for sid, _, _ in ranked))
+    tokens = list(dict.fromkeys((sid, t) for sid, start, end in ranked for t in range(start, end)))
+    covered = set(tokens)
+    n_sentences, n_tokens = len(sentences), len(tokens)
+    sentences += [sid for sid in corrections.original if sid not in set(sentences)]
+    tokens += [
+        (sid, t) for sid, tags in corrections.original.items() for t in range(len(tags)) if (sid, t) not in covered
+    ]
+    documents = list(dict.fromkeys(sentence_doc[sid] for sid in sentences[:n_sentences]))
+    n_documents = len(documents)
+    documents += [d for d in range(len(doc_index)) if d not in set(documents)]
+    error_docs = {sentence_doc[sid] for sid in changed}
+    return {
+        "candidates": candidates,
+        "sentences": _Ranked(
+            numpy.array([sid in changed for sid in sentences], dtype=bool),
+            numpy.array([sentence_doc[sid] for sid in sentences], dtype=numpy.int64),
+            n_sentences,
+        ),
+        "tokens": _Ranked(
+            numpy.array([t in changed.get(sid, ()) for sid, t in tokens], dtype=bool),
+            numpy.array([sentence_doc[sid] for sid, _ in tokens], dtype=numpy.int64),
+            n_tokens,
+        ),
+        "documents": _Ranked(
+            numpy.array([d in error_docs for d in documents], dtype=bool),
+            numpy.array(documents, dtype=numpy.int64),
+            n_documents,
+        ),
     }
-    doc_hits = [d in error_docs for d in doc_order]
+
+
+def evaluate_ranking(ranked: Sequence[Region], corrections: Corrections) -> Dict[str, float]:
+    """Metrics of a ranking of regions, most suspicious first: span AP, P@100 and recall at
+    1/5/10 % of the candidates; sentence AP, token AP (AUPRC) and document recall@100/200/400
+    and AUC, with what no candidate reaches ranked last (module docstring)."""
+    levels = _levels(ranked, corrections)
+    is_error = levels["candidates"].hits
+    documents = levels["documents"]
+    metrics: Dict[str, float] = {
+        "n_candidates": len(ranked),
+        "n_error_candidates": int(is_error.sum()),
+        "span_ap": levels["candidates"].average_precision(),
+        "sentence_ap": levels["sentences"].average_precision(),
+        "token_ap": levels["tokens"].average_precision(),
+        "p@100": float(is_error[:100].sum()) / 100,
+        **{f"recall@{p}%": recall_at(is_error, math.ceil(len(ranked) * p / 100)) for p in (1, 5, 10)},
+        "n_sentences": len(levels["sentences"].hits),
+        "n_error_sentences": int(levels["sentences"].hits.sum()),
+        "n_error_sentences_with_candidates": int(levels["sentences"].hits[: levels["sentences"].n_ranked].sum()),
+        "n_docs": len(documents.hits),
+        "n_error_docs": int(documents.hits.sum()),
+        "n_error_docs_with_candidates": int(documents.hits[: documents.n_ranked].sum()),
+    }
     for k in (100, 200, 400):
-        metrics[f"doc_recall@{k}"] = recall_at(doc_hits, k)
-    metrics["doc_auc"] = recall_auc(doc_hits)
+        metrics[f"doc_recall@{k}"] = recall_at(documents.hits, k)
+    metrics["doc_auc"] = documents.recall_auc()
     return metrics
 
 
-def average_precision(is_error: Sequence[bool]) -> float:
-    """Mean over the errors of the precision at their rank (0 without errors)."""
-    hits = numpy.asarray(is_error, dtype=bool)
-    if not hits.any():
+def compare_rankings(
+    ranked_a: Sequence[Region],
+    ranked_b: Sequence[Region],
+    corrections: Corrections,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Dict[str, Tuple[float, float, float]]:
+    """Per metric of `BOOTSTRAP_METRICS`: the difference a - b and its 95 % interval from a
+    paired cluster bootstrap over documents (each resample draws the documents with
+    replacement and scores both rankings on the same draw)."""
+    levels = [_levels(ranked, corrections) for ranked in (ranked_a, ranked_b)]
+    n_docs = len(corrections.documents)
+    observed = numpy.subtract(*(_bootstrap_values(lv, numpy.ones(n_docs, dtype=numpy.int64)) for lv in levels))
+    rng = numpy.random.default_rng(seed)
+    draws = numpy.empty((n_boot, len(BOOTSTRAP_METRICS)))
+    for i in range(n_boot):
+        weight = numpy.bincount(rng.integers(0, n_docs, n_docs), minlength=n_docs)
+        draws[i] = numpy.subtract(*(_bootstrap_values(lv, weight) for lv in levels))
+    low, high = numpy.percentile(draws, [2.5, 97.5], axis=0)
+    return {name: (float(observed[i]), float(low[i]), float(high[i])) for i, name in enumerate(BOOTSTRAP_METRICS)}
+
+
+def _bootstrap_values(levels: Dict[str, _Ranked], weight: numpy.ndarray) -> numpy.ndarray:
+    drawn = {name: level.resampled(weight) for name, level in levels.items()}
+    return numpy.array(
+        [
+            drawn["candidates"].average_precision(),
+            drawn["sentences"].average_precision(),
+            drawn["tokens"].average_precision(),
+            drawn["documents"].recall_auc(),
+        ]
+    )
+
+
+def average_precision(ranked_hits: ArrayLike, tail_hits: int = 0, n_items: int = 0) -> float:
+    """Mean over all errors of the precision at their rank (0 without errors). The items
+    after `ranked_hits` (`n_items` in all, `tail_hits` of them errors) come in a random
+    order: each tail error's precision is its expectation over that order. An error at
+    tail position J (uniform on 1..n) has (J - 1)(m - 1)/(n - 1) other tail errors before
+    it on average, so its expected precision is the mean over J of
+    (h + 1 + (J - 1)(m - 1)/(n - 1)) / (r + J), h errors among the r ranked items."""
+    hits = numpy.asarray(ranked_hits, dtype=bool)
+    rank, found = len(hits), int(hits.sum())
+    n_tail, m = max(n_items - rank, 0), int(tail_hits)
+    total = found + m
+    if total == 0:
         return 0.0
-    precision = numpy.cumsum(hits) / numpy.arange(1, len(hits) + 1)
-    return float(precision[hits].mean())
+    precision = numpy.cumsum(hits) / numpy.arange(1, rank + 1)
+    ranked_part = float(precision[hits].sum())
+    tail_part = 0.0
+    if m:
+        positions = numpy.arange(1, n_tail + 1)
+        before = (positions - 1) * (m - 1) / (n_tail - 1) if n_tail > 1 else numpy.zeros(1)
+        tail_part = m * float(((found + 1 + before) / (rank + positions)).mean())
+    return (ranked_part + tail_part) / total
 
 
-def recall_at(is_error: Sequence[bool], k: int) -> float:
+def recall_at(is_error: ArrayLike, k: int) -> float:
     """Share of all errors among the first k."""
-    total = sum(is_error)
-    return sum(is_error[:k]) / total if total else 0.0
-
-
-def recall_auc(is_error: Sequence[bool]) -> float:
-    """Area under recall@k against k / n for k = 1..n: 1 puts every error first, about
-    0.5 is a random order (the paper's document-level AUC)."""
     hits = numpy.asarray(is_error, dtype=bool)
-    if not hits.any():
+    total = hits.sum()
+    return float(hits[:k].sum() / total) if total else 0.0
+
+
+def recall_auc(ranked_hits: ArrayLike, tail_hits: int = 0, n_items: int = 0) -> float:
+    """Area under recall@k against k / n for k = 1..n: 1 puts every error first, about
+    0.5 is a random order (the paper's document-level AUC). Items after `ranked_hits`
+    (`n_items` in all, `tail_hits` errors) come in a random order, counted by the
+    expected recall, which grows linearly over the tail."""
+    hits = numpy.asarray(ranked_hits, dtype=bool)
+    rank = len(hits)
+    n_tail, m = max(n_items - rank, 0), int(tail_hits)
+    total = int(hits.sum()) + m
+    if total == 0:
         return 0.0
-    return float((numpy.cumsum(hits) / hits.sum()).mean())
+    found = numpy.cumsum(hits).astype(float)
+    base = found[-1] if rank else 0.0
+    tail = base + m * numpy.arange(1, n_tail + 1) / n_tail if n_tail else numpy.zeros(0)
+    return float(numpy.concatenate([found, tail]).sum() / (total * (rank + n_tail)))
 
 
-def ranked_regions(records: Iterable[dict]) -> List[Tuple[str, int, int]]:
+def ranked_regions(records: Iterable[dict]) -> List[Region]:
     """(sentence id, token start, token end exclusive) of review records, in file order."""
     out = []
     for line, record in enumerate(records, start=1):
