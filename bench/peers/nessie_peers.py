@@ -110,7 +110,8 @@ class NessieRunner:
             ("MajorityLabelBaseline", lambda: nd.MajorityLabelBaseline().score(texts=d.texts, labels=d.labels), True),
             ("MajorityLabelPerSurfaceFormBaseline", lambda: nd.MajorityLabelPerSurfaceFormBaseline().score(
                 texts=d.texts, labels=d.labels), True),
-            ("MaxEntProjectionEnsemble", lambda: d._projection_ensemble(), True),
+            ("MaxEntProjectionEnsemble", lambda: d._projection_ensemble(
+                d.data.features, d.data.gold, d.data.sentence_of_token), True),
         ]
         for name, call, is_flagger in token:
             yield f"nessie:{name}", lambda n=name, c=call, f=is_flagger: self._token_entry(n, c, f)
@@ -160,17 +161,16 @@ class NessieRunner:
         if m < 2:
             raise NotApplicable(f"needs the outputs of >= 2 models; the peer input has M = {m}")
 
-    def _projection_ensemble(self) -> np.ndarray:
-        """Reiss et al.'s ensemble, out of fold as nessie's CrossValidationHelper would (folds of sentences)."""
+    def _projection_ensemble(self, x: np.ndarray, y: np.ndarray, sentence: np.ndarray) -> np.ndarray:
+        """Reiss et al.'s ensemble of logistic regressions on random projections of the given features, each
+        instance flagged by models that did not train on its sentence (folds of sentences, as nessie's
+        CrossValidationHelper gives every model-based detector out-of-fold outputs)."""
         from nessie.detectors import MaxEntProjectionEnsemble
 
-        y = self.data.gold
-        flags = np.zeros(self.data.n_tokens, dtype=bool)
-        folds = GroupKFold(n_splits=self.pe_folds).split(self.data.features, y, groups=self.data.sentence_of_token)
-        for train, test in folds:
+        flags = np.zeros(len(y), dtype=bool)
+        for train, test in GroupKFold(n_splits=self.pe_folds).split(x, y, groups=sentence):
             _, _, fold_flags = MaxEntProjectionEnsemble(num_jobs=2).score(
-                X_train_embedded=self.data.features[train], y_train_encoded=y[train],
-                X_eval_embedded=self.data.features[test], y_eval_encoded=y[test],
+                X_train_embedded=x[train], y_train_encoded=y[train], X_eval_embedded=x[test], y_eval_encoded=y[test]
             )
             flags[test] = fold_flags
         return flags
@@ -212,6 +212,9 @@ class NessieRunner:
                 texts=d._span_texts(), labels=d.span.labels), True),
             ("MajorityLabelPerSurfaceFormBaseline", lambda: nd.MajorityLabelPerSurfaceFormBaseline().score(
                 texts=d._span_texts(), labels=d.span.labels), True),
+            ("MaxEntProjectionEnsemble", lambda: d._projection_ensemble(
+                d._span_embeddings(), d.span.le.transform(d.span.labels),
+                np.array([s.sentence for s in d.span.span_ids])), True),
         ]
         for name, call, is_flagger in span:
             yield f"nessie-span:{name}", lambda n=name, c=call, f=is_flagger: self._span_entry(n, c, f)
@@ -261,10 +264,11 @@ class NessieRunner:
             from nessie.task_support.span_labeling import embed_spans
 
             d = self.data
+            import awkward as ak
+
             ragged = embed_spans(d.tokens, d.ragged(self.labels), _GivenFeatures(d))
-            vectors = [np.asarray(v, dtype=np.float32) for sentence in ragged.to_list() for v in sentence]
-            assert len(vectors) == len(self.span.labels)
-            self._span_vectors = np.vstack(vectors)
+            self._span_vectors = ak.to_numpy(ak.flatten(ragged, axis=1)).astype(np.float32)
+            assert self._span_vectors.shape == (len(self.span.labels), d.features.shape[1])
         return self._span_vectors
 
     def _span_texts(self) -> np.ndarray:
@@ -306,9 +310,10 @@ class NessieRunner:
     def _span_to_candidates(self, name: str, span_scores: np.ndarray, info: Dict) -> Dict:
         d = self.data
         fallback_name = _TOKEN_TWIN.get(name, name)
-        if fallback_name not in self.token_scores:
+        if fallback_name not in self.token_scores:  # its token-level twin did not run (or does not exist)
             fallback_name = "ClassificationUncertainty"
-        fallback = self.token_scores[fallback_name] if fallback_name in self.token_scores else self._token_cu()
+            self._token_cu()
+        fallback = self.token_scores[fallback_name]
         index = {k: i for i, k in enumerate(_span_keys(self.span.span_ids))}
         pos = np.array([index.get(tuple(c), -1) for c in d.candidates.tolist()])
         has = pos >= 0
