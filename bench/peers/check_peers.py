@@ -5,6 +5,7 @@ Asserts that the scores file keeps the contract for every method (one finite sco
 failures listed under "_failed") and that detectors which see a confidently contradicted label put the planted
 span and its sentence first, alone. Prints the planted span's rank under every method.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 import make_peer_input
+import numpy as np
 import run_peers
 
 MUST_RANK_FIRST = [

@@ -9,15 +9,15 @@ them; a `cleanlab-bio:` copy of every method runs on the BIO tags themselves (se
   flagged tokens first in cleanlab's order, then every other token by the same method's token quality (lowest
   first); a span or sentence takes the rank of its best-placed token.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Iterator, Tuple
 
 import numpy as np
+import scores
 from cleanlab.token_classification.filter import find_label_issues
 from cleanlab.token_classification.rank import get_label_quality_scores
-
-import scores
 from peer_input import PeerInput
 
 TOKEN_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
@@ -36,12 +36,12 @@ def detectors(data: PeerInput) -> Iterator[Tuple[str, Callable[[], Dict]]]:
             for sentence_method in SENTENCE_METHODS:
                 yield (
                     f"{prefix}:{token_method}/{sentence_method}",
-                    lambda l=labels, p=probs, t=token_method, s=sentence_method: _quality(data, l, p, t, s),
+                    lambda given=labels, p=probs, t=token_method, s=sentence_method: _quality(data, given, p, t, s),
                 )
         for ranked_by in TOKEN_METHODS:
             yield (
                 f"{prefix}:find_label_issues/{ranked_by}",
-                lambda l=labels, p=probs, r=ranked_by: _issues(data, l, p, r),
+                lambda given=labels, p=probs, r=ranked_by: _issues(data, given, p, r),
             )
 
 

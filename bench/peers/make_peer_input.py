@@ -11,6 +11,7 @@ plus a tag vector plus noise. Two sources of sentences:
 
     python bench/peers/make_peer_input.py OUT_DIR [--sentences 300] [--members 3] [--plant 1] [--seed 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import List, Optional, Set, Tuple
 
 import numpy as np
-
 from peer_input import save_peer_input
 
 TYPES = ["PER", "LOC", "ORG", "MISC"]
@@ -81,9 +81,7 @@ def plant(rng: np.random.Generator, tags: List[List[str]], k: int) -> List[Tuple
     return planted
 
 
-def simulate_member(
-    rng: np.random.Generator, true: np.ndarray, model_error: float, sure: np.ndarray
-) -> np.ndarray:
+def simulate_member(rng: np.random.Generator, true: np.ndarray, model_error: float, sure: np.ndarray) -> np.ndarray:
     """One model's token probabilities [N, T]: peaked on the true tag, or on a wrong one for confused tokens."""
     n, t = len(true), len(TAGS)
     probs = rng.dirichlet(np.ones(t), size=n) * 0.5 + 1e-4
@@ -99,8 +97,15 @@ def simulate_member(
 
 
 def build(
-    tokens: List[List[str]], given: List[List[str]], true: List[List[str]], ids: List[str], members: int,
-    model_error: float, dim: int, rng: np.random.Generator, sure_spans: Optional[Set[Tuple[int, int, int]]] = None,
+    tokens: List[List[str]],
+    given: List[List[str]],
+    true: List[List[str]],
+    ids: List[str],
+    members: int,
+    model_error: float,
+    dim: int,
+    rng: np.random.Generator,
+    sure_spans: Optional[Set[Tuple[int, int, int]]] = None,
 ) -> Tuple[dict, dict]:
     tag_id = {t: i for i, t in enumerate(TAGS)}
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in tokens])]).astype(np.int64)
@@ -108,7 +113,7 @@ def build(
     truth = np.array([tag_id[t] for s in true for t in s], dtype=np.int64)
     sure = np.zeros(len(gold), dtype=bool)
     for i, a, b in sure_spans or ():
-        sure[offsets[i] + a: offsets[i] + b] = True
+        sure[offsets[i] + a : offsets[i] + b] = True
     member_probs = np.stack([simulate_member(rng, truth, model_error, sure) for _ in range(members)])
     probs = member_probs.mean(0)
     pred = probs.argmax(1)
@@ -116,11 +121,14 @@ def build(
     vocab = {w: i for i, w in enumerate(sorted(set(flat)))}
     word_vectors = rng.normal(size=(len(vocab), dim)).astype(np.float32)
     tag_vectors = rng.normal(size=(len(TAGS), dim)).astype(np.float32) * 2
-    features = (0.5 * word_vectors[[vocab[w] for w in flat]] + tag_vectors[truth]
-                + rng.normal(size=(len(flat), dim)).astype(np.float32))
+    features = (
+        0.5 * word_vectors[[vocab[w] for w in flat]]
+        + tag_vectors[truth]
+        + rng.normal(size=(len(flat), dim)).astype(np.float32)
+    )
     candidates = set()
     for i in range(len(tokens)):
-        pred_tags = [TAGS[p] for p in pred[offsets[i]:offsets[i + 1]]]
+        pred_tags = [TAGS[p] for p in pred[offsets[i] : offsets[i + 1]]]
         gold_spans = entities(given[i])
         candidates |= {(i, a, b) for a, b, _ in gold_spans}
         candidates |= {(i, a, b) for a, b, t in entities(pred_tags) if (a, b, t) not in gold_spans}
@@ -170,12 +178,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     meta, arrays = build(tokens, given, true, ids, args.members, args.model_error, args.dim, rng, set(planted))
     save_peer_input(args.out, meta, arrays)
     index = {tuple(c): i for i, c in enumerate(arrays["candidates"].tolist())}
-    (args.out / "planted.json").write_text(json.dumps({
-        "candidates": [index[p] for p in planted],
-        "sentences": sorted({p[0] for p in planted}),
-    }))
-    print(f"{args.out}: {len(tokens)} sentences, {len(arrays['gold'])} tokens, "
-          f"{len(arrays['candidates'])} candidates, {len(planted)} planted")
+    (args.out / "planted.json").write_text(
+        json.dumps(
+            {
+                "candidates": [index[p] for p in planted],
+                "sentences": sorted({p[0] for p in planted}),
+            }
+        )
+    )
+    print(
+        f"{args.out}: {len(tokens)} sentences, {len(arrays['gold'])} tokens, "
+        f"{len(arrays['candidates'])} candidates, {len(planted)} planted"
+    )
     return 0
 
 

@@ -17,16 +17,16 @@ Flaggers (booleans) rank flagged items first; inside each block items are ordere
 ClassificationUncertainty at the same level (1 - p(given label)), so that no ranking depends on an arbitrary tie
 order. The raw flags are kept in the `token` list (token level).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import numpy as np
-from sklearn.model_selection import GroupKFold
-from sklearn.preprocessing import LabelEncoder
-
 import scores
 from peer_input import PeerInput
+from sklearn.model_selection import GroupKFold
+from sklearn.preprocessing import LabelEncoder
 
 Thunk = Callable[[], Dict]
 
@@ -82,36 +82,83 @@ class NessieRunner:
         m = len(d.data.members)
         token: List[Tuple[str, Callable[[], np.ndarray], bool]] = [
             # (name, call returning the detector's per-token output, is_flagger)
-            ("ClassificationUncertainty", lambda: nd.ClassificationUncertainty().score(
-                labels=d.labels, probabilities=d.probabilities, le=d.le), False),
+            (
+                "ClassificationUncertainty",
+                lambda: nd.ClassificationUncertainty().score(labels=d.labels, probabilities=d.probabilities, le=d.le),
+                False,
+            ),
             ("ClassificationEntropy", lambda: nd.ClassificationEntropy().score(probabilities=d.probabilities), False),
             ("PredictionMargin", lambda: nd.PredictionMargin().score(probabilities=d.probabilities), False),
             ("Retag", lambda: nd.Retag().score(labels=d.labels, predictions=d.predictions), True),
-            ("ConfidentLearning", lambda: nd.ConfidentLearning().score(
-                labels=d.labels, probabilities=d.probabilities, le=d.le), True),
-            ("DropoutUncertainty", lambda: d._needs_members(m) or nd.DropoutUncertainty().score(
-                repeated_probabilities=d.repeated), False),
-            ("MajorityVotingEnsemble", lambda: d._needs_members(m) or nd.MajorityVotingEnsemble().score(
-                labels=d.data.gold, ensemble_predictions=d.data.member_pred), True),
-            ("LabelAggregation", lambda: d._needs_members(m) or nd.LabelAggregation().score(
-                labels=d.labels, repeated_probabilities=d.repeated, le=d.le), True),
-            ("ItemResponseTheoryFlagger", lambda: d._needs_members(m) or nd.ItemResponseTheoryFlagger(
-                num_iters=d.irt_iters).score(labels=d.data.gold, ensemble_predictions=d.data.member_pred), True),
-            ("KnnEntropy", lambda: nd.KnnEntropy(k=d.knn_k).score(
-                labels=d.labels, embedded_instances=d.data.features), False),
-            ("KnnFlagger", lambda: nd.KnnFlagger(k=d.knn_k).score(
-                labels=d.labels, embedded_instances=d.data.features), True),
-            ("MeanDistance", lambda: nd.MeanDistance().score(labels=d.labels, embedded_instances=d.data.features),
-             False),
+            (
+                "ConfidentLearning",
+                lambda: nd.ConfidentLearning().score(labels=d.labels, probabilities=d.probabilities, le=d.le),
+                True,
+            ),
+            (
+                "DropoutUncertainty",
+                lambda: d._needs_members(m) or nd.DropoutUncertainty().score(repeated_probabilities=d.repeated),
+                False,
+            ),
+            (
+                "MajorityVotingEnsemble",
+                lambda: (
+                    d._needs_members(m)
+                    or nd.MajorityVotingEnsemble().score(labels=d.data.gold, ensemble_predictions=d.data.member_pred)
+                ),
+                True,
+            ),
+            (
+                "LabelAggregation",
+                lambda: (
+                    d._needs_members(m)
+                    or nd.LabelAggregation().score(labels=d.labels, repeated_probabilities=d.repeated, le=d.le)
+                ),
+                True,
+            ),
+            (
+                "ItemResponseTheoryFlagger",
+                lambda: (
+                    d._needs_members(m)
+                    or nd.ItemResponseTheoryFlagger(num_iters=d.irt_iters).score(
+                        labels=d.data.gold, ensemble_predictions=d.data.member_pred
+                    )
+                ),
+                True,
+            ),
+            (
+                "KnnEntropy",
+                lambda: nd.KnnEntropy(k=d.knn_k).score(labels=d.labels, embedded_instances=d.data.features),
+                False,
+            ),
+            (
+                "KnnFlagger",
+                lambda: nd.KnnFlagger(k=d.knn_k).score(labels=d.labels, embedded_instances=d.data.features),
+                True,
+            ),
+            (
+                "MeanDistance",
+                lambda: nd.MeanDistance().score(labels=d.labels, embedded_instances=d.data.features),
+                False,
+            ),
             ("LabelEntropy", lambda: nd.LabelEntropy().score(texts=d.texts, labels=d.labels), False),
             ("WeightedDiscrepancy", lambda: nd.WeightedDiscrepancy().score(texts=d.texts, labels=d.labels), False),
-            ("VariationNGrams", lambda: _flat_ragged(nd.VariationNGrams().score(
-                sentences=d.data.tokens, tags=d.data.ragged(d.labels))), True),
+            (
+                "VariationNGrams",
+                lambda: _flat_ragged(nd.VariationNGrams().score(sentences=d.data.tokens, tags=d.data.ragged(d.labels))),
+                True,
+            ),
             ("MajorityLabelBaseline", lambda: nd.MajorityLabelBaseline().score(texts=d.texts, labels=d.labels), True),
-            ("MajorityLabelPerSurfaceFormBaseline", lambda: nd.MajorityLabelPerSurfaceFormBaseline().score(
-                texts=d.texts, labels=d.labels), True),
-            ("MaxEntProjectionEnsemble", lambda: d._projection_ensemble(
-                d.data.features, d.data.gold, d.data.sentence_of_token), True),
+            (
+                "MajorityLabelPerSurfaceFormBaseline",
+                lambda: nd.MajorityLabelPerSurfaceFormBaseline().score(texts=d.texts, labels=d.labels),
+                True,
+            ),
+            (
+                "MaxEntProjectionEnsemble",
+                lambda: d._projection_ensemble(d.data.features, d.data.gold, d.data.sentence_of_token),
+                True,
+            ),
         ]
         for name, call, is_flagger in token:
             yield f"nessie:{name}", lambda n=name, c=call, f=is_flagger: self._token_entry(n, c, f)
@@ -183,38 +230,99 @@ class NessieRunner:
         m = len(d.data.members)
         span: List[Tuple[str, Callable[[], np.ndarray], bool]] = [
             ("ClassificationUncertainty", lambda: d._span_cu(), False),
-            ("ClassificationEntropy", lambda: nd.ClassificationEntropy().score(
-                probabilities=d.span.probabilities), False),
+            (
+                "ClassificationEntropy",
+                lambda: nd.ClassificationEntropy().score(probabilities=d.span.probabilities),
+                False,
+            ),
             ("PredictionMargin", lambda: nd.PredictionMargin().score(probabilities=d.span.probabilities), False),
             ("Retag", lambda: nd.Retag().score(labels=d.span.labels, predictions=d.span.predictions), True),
-            ("ConfidentLearning", lambda: nd.ConfidentLearning().score(
-                labels=d.span.labels, probabilities=d.span.probabilities, le=d.span.le), True),
-            ("DropoutUncertainty", lambda: d._needs_members(m) or nd.DropoutUncertainty().score(
-                repeated_probabilities=d.span.repeated_probabilities), False),
-            ("MajorityVotingEnsemble", lambda: d._needs_members(m) or nd.MajorityVotingEnsemble().score(
-                labels=d.span.labels, ensemble_predictions=d._span_member_predictions()), True),
-            ("LabelAggregation", lambda: d._needs_members(m) or nd.LabelAggregation().score(
-                labels=d.span.labels, repeated_probabilities=d.span.repeated_probabilities, le=d.span.le), True),
-            ("ItemResponseTheoryFlagger", lambda: d._needs_members(m) or nd.ItemResponseTheoryFlagger(
-                num_iters=d.irt_iters).score(labels=d.span.labels, ensemble_predictions=d._span_member_predictions()),
-             True),
-            ("KnnEntropy", lambda: nd.KnnEntropy(k=d.knn_k).score(
-                labels=d.span.labels, embedded_instances=d._span_embeddings()), False),
-            ("KnnFlagger", lambda: nd.KnnFlagger(k=d.knn_k).score(
-                labels=d.span.labels, embedded_instances=d._span_embeddings()), True),
-            ("MeanDistance", lambda: nd.MeanDistance().score(
-                labels=d.span.labels, embedded_instances=d._span_embeddings()), False),
+            (
+                "ConfidentLearning",
+                lambda: nd.ConfidentLearning().score(
+                    labels=d.span.labels, probabilities=d.span.probabilities, le=d.span.le
+                ),
+                True,
+            ),
+            (
+                "DropoutUncertainty",
+                lambda: (
+                    d._needs_members(m)
+                    or nd.DropoutUncertainty().score(repeated_probabilities=d.span.repeated_probabilities)
+                ),
+                False,
+            ),
+            (
+                "MajorityVotingEnsemble",
+                lambda: (
+                    d._needs_members(m)
+                    or nd.MajorityVotingEnsemble().score(
+                        labels=d.span.labels, ensemble_predictions=d._span_member_predictions()
+                    )
+                ),
+                True,
+            ),
+            (
+                "LabelAggregation",
+                lambda: (
+                    d._needs_members(m)
+                    or nd.LabelAggregation().score(
+                        labels=d.span.labels, repeated_probabilities=d.span.repeated_probabilities, le=d.span.le
+                    )
+                ),
+                True,
+            ),
+            (
+                "ItemResponseTheoryFlagger",
+                lambda: (
+                    d._needs_members(m)
+                    or nd.ItemResponseTheoryFlagger(num_iters=d.irt_iters).score(
+                        labels=d.span.labels, ensemble_predictions=d._span_member_predictions()
+                    )
+                ),
+                True,
+            ),
+            (
+                "KnnEntropy",
+                lambda: nd.KnnEntropy(k=d.knn_k).score(labels=d.span.labels, embedded_instances=d._span_embeddings()),
+                False,
+            ),
+            (
+                "KnnFlagger",
+                lambda: nd.KnnFlagger(k=d.knn_k).score(labels=d.span.labels, embedded_instances=d._span_embeddings()),
+                True,
+            ),
+            (
+                "MeanDistance",
+                lambda: nd.MeanDistance().score(labels=d.span.labels, embedded_instances=d._span_embeddings()),
+                False,
+            ),
             ("LabelEntropy", lambda: nd.LabelEntropy().score(texts=d._span_texts(), labels=d.span.labels), False),
-            ("WeightedDiscrepancy", lambda: nd.WeightedDiscrepancy().score(
-                texts=d._span_texts(), labels=d.span.labels), False),
+            (
+                "WeightedDiscrepancy",
+                lambda: nd.WeightedDiscrepancy().score(texts=d._span_texts(), labels=d.span.labels),
+                False,
+            ),
             ("VariationNGramsSpan", lambda: d._variation_ngrams_span(), True),
-            ("MajorityLabelBaseline", lambda: nd.MajorityLabelBaseline().score(
-                texts=d._span_texts(), labels=d.span.labels), True),
-            ("MajorityLabelPerSurfaceFormBaseline", lambda: nd.MajorityLabelPerSurfaceFormBaseline().score(
-                texts=d._span_texts(), labels=d.span.labels), True),
-            ("MaxEntProjectionEnsemble", lambda: d._projection_ensemble(
-                d._span_embeddings(), d.span.le.transform(d.span.labels),
-                np.array([s.sentence for s in d.span.span_ids])), True),
+            (
+                "MajorityLabelBaseline",
+                lambda: nd.MajorityLabelBaseline().score(texts=d._span_texts(), labels=d.span.labels),
+                True,
+            ),
+            (
+                "MajorityLabelPerSurfaceFormBaseline",
+                lambda: nd.MajorityLabelPerSurfaceFormBaseline().score(texts=d._span_texts(), labels=d.span.labels),
+                True,
+            ),
+            (
+                "MaxEntProjectionEnsemble",
+                lambda: d._projection_ensemble(
+                    d._span_embeddings(),
+                    d.span.le.transform(d.span.labels),
+                    np.array([s.sentence for s in d.span.span_ids]),
+                ),
+                True,
+            ),
         ]
         for name, call, is_flagger in span:
             yield f"nessie-span:{name}", lambda n=name, c=call, f=is_flagger: self._span_entry(n, c, f)
@@ -228,8 +336,11 @@ class NessieRunner:
 
             d = self.data
             self._span = align_for_span_labeling(
-                d.ragged(self.labels), d.ragged(self.predictions), d.ragged(self.probabilities),
-                d.ragged(self.repeated), self.le,
+                d.ragged(self.labels),
+                d.ragged(self.predictions),
+                d.ragged(self.probabilities),
+                d.ragged(self.repeated),
+                self.le,
             )
         return self._span
 
@@ -251,8 +362,11 @@ class NessieRunner:
             rows = []
             for member in range(len(d.members)):
                 aligned = align_for_span_labeling(
-                    d.ragged(self.labels), d.ragged(self.member_tags[member]),
-                    d.ragged(d.member_probs[member][:, self.columns]), None, self.le,
+                    d.ragged(self.labels),
+                    d.ragged(self.member_tags[member]),
+                    d.ragged(d.member_probs[member][:, self.columns]),
+                    None,
+                    self.le,
                 )
                 assert _span_keys(aligned.span_ids) == _span_keys(self.span.span_ids)
                 rows.append(np.asarray(aligned.predictions, dtype=object))
@@ -273,7 +387,7 @@ class NessieRunner:
 
     def _span_texts(self) -> np.ndarray:
         toks = self.data.tokens
-        return np.asarray([" ".join(toks[s.sentence][s.start:s.end]) for s in self.span.span_ids], dtype=object)
+        return np.asarray([" ".join(toks[s.sentence][s.start : s.end]) for s in self.span.span_ids], dtype=object)
 
     def _variation_ngrams_span(self) -> np.ndarray:
         """VariationNGramsSpan flags the entities iobes parses from the given tags; matched to nessie's alignment."""

@@ -3,6 +3,7 @@
 Everything the detectors need is derived here once, so that each runner sees the same labels, probabilities and
 sentence boundaries: BIO tag strings, the class-level view (B-X and I-X summed), and per-sentence slices.
 """
+
 from __future__ import annotations
 
 import json

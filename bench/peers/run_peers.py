@@ -7,6 +7,7 @@ Runs in the peers' own environment (bench/peers/setup_env.sh), never imports spa
 Writes `peer_scores.json` ({method: {"span", "sentence", "token"?}}, "_failed": {method: error}) and, beside it,
 `peer_scores.info.json` (seconds per method, what each flagged, peer versions).
 """
+
 from __future__ import annotations
 
 import os
@@ -105,9 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     start = time.perf_counter()
     data = load_peer_input(args.input)
     log.info("loaded %s: %s", args.input, _shape(data))
-    results, info = run(
-        data, args.only, args.skip, knn_k=args.knn_k, irt_iters=args.irt_iters, pe_folds=args.pe_folds
-    )
+    results, info = run(data, args.only, args.skip, knn_k=args.knn_k, irt_iters=args.irt_iters, pe_folds=args.pe_folds)
     info["total_seconds"] = round(time.perf_counter() - start, 1)
     out = args.out or args.input / "peer_scores.json"
     out.write_text(json.dumps(results))

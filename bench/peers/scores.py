@@ -5,12 +5,12 @@ suspicion, i.e. min quality); a sentence's is the most suspicious of its tokens.
 rank only in two blocks; `flag_then` orders inside each block by a graded score, so that AP is defined without an
 arbitrary tie order.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional
 
 import numpy as np
-
 from peer_input import PeerInput
 
 
