@@ -222,16 +222,26 @@ def find_errors(
     fold_train: List[Path] = typer.Option(
         [], exists=True, dir_okay=False, help="Cross-fitting: the corpus the matching --fold-model was trained on"
     ),
+    reviewed: Optional[Path] = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="Review decisions (JSONL with answer accept = the label is wrong, reject = it is right): "
+        "the decided candidates are left out, the rest re-ranked by their similarity to them",
+    ),
+    similarity: str = typer.Option("gradient", help="With --reviewed: gradient | features"),
 ) -> None:
     """Rank the training annotations (gold entities and the model's disagreements with
     them) by how likely they are wrong, most suspicious first. With --fold-model and
     --fold-train (cross-fitting, from `split-folds`), every training doc is annotated and
     scored by the fold model that did not train on it; `influence` then combines that
-    out-of-fold loss with MODEL_DIR's held-out harm (see annotation_errors.CrossFitFinder)."""
+    out-of-fold loss with MODEL_DIR's held-out harm. With --reviewed, a confirmed error's
+    gradient lifts its siblings (the same systematic mistake elsewhere) and a rejected one
+    lowers its neighbours, weighted by what the decisions so far show."""
     import spacy
     import srsly
 
-    from .annotation_errors import CrossFitFinder, ErrorFinder, held_out_indices, rank
+    from .annotation_errors import CrossFitFinder, ErrorFinder, ReviewLoop, held_out_indices, rank, read_decisions
     from .corpus import read_docbin
 
     with _user_errors():
@@ -252,10 +262,20 @@ def find_errors(
             )
         else:
             finder = ErrorFinder(nlp, train_docs, dev_docs, ner=ner, curvature=curvature, damping=damping, seed=seed)
-        records = rank(finder, method, k=k)
+        decisions, loop = None, None
+        if reviewed is not None:
+            decisions = read_decisions(reviewed)
+            loop = ReviewLoop(finder.full if isinstance(finder, CrossFitFinder) else finder, similarity)
+            _, labels, unknown = loop.positions(decisions)
+            typer.echo(
+                f"{len(decisions)} decisions ({int(labels.sum())} accepted, {int((~labels).sum())} rejected)"
+                + (f"; {unknown} of them on regions that are no candidate now, not used" if unknown else "")
+            )
+        records = rank(finder, method, k=k, decisions=decisions, review_loop=loop)
     out.parent.mkdir(parents=True, exist_ok=True)
     srsly.write_jsonl(out, records)
     how = f", cross-fitted over {len(fold_model)} fold models" if fold_model else ""
+    how += f", re-ranked from {len(decisions)} decisions" if decisions else ""
     typer.echo(f"Ranked {len(records)} candidates by {method}{how}; wrote {out}")
 
 

@@ -117,8 +117,8 @@ def test_harm_is_the_sum_of_pairwise_influences(nlp, curvature):
         finder = ErrorFinder(nlp, noisy_docs(nlp), gold_docs(nlp))
         assert finder.curvature is component.index.curvature
         dev = finder.dev_index
-        cosine = finder._index.scores(finder.dev_grads)  # [Q, N], normalised both sides
-        expected = -(cosine * dev.norms[:, None] * finder._index.norms[None, :]).sum(axis=0)
+        cosine = finder.train_index.scores(finder.dev_grads)  # [Q, N], normalised both sides
+        expected = -(cosine * dev.norms[:, None] * finder.train_index.norms[None, :]).sum(axis=0)
         numpy.testing.assert_allclose(finder.harm(), expected, rtol=1e-4, atol=1e-6 * numpy.abs(expected).max())
         assert len(dev) == len(finder.dev.candidates)
     finally:

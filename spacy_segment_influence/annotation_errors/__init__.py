@@ -5,6 +5,7 @@ corrected labels (DESIGN.md section 6).
 - `finder`: `ErrorFinder`, the scores of every method with the model trained on all data.
 - `crossfit`: folds of whole documents and `CrossFitFinder`, out-of-fold scores.
 - `records`: `rank`, the Prodigy-style review file.
+- `review_loop`: `ReviewLoop`, re-ranking from a reviewer's decisions.
 - `metrics`: `evaluate_ranking` against corrected labels.
 """
 
@@ -24,6 +25,7 @@ from .metrics import (
     recall_auc,
 )
 from .records import rank, review_record
+from .review_loop import SIMILARITIES, ReviewLoop, read_decisions
 
 __all__ = [
     "BOOTSTRAP_METRICS",
@@ -46,6 +48,9 @@ __all__ = [
     "recall_at",
     "recall_auc",
     "review_record",
+    "ReviewLoop",
+    "SIMILARITIES",
+    "read_decisions",
     "split_folds",
     "write_folds",
 ]

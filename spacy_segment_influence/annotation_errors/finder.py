@@ -84,7 +84,8 @@ class ErrorFinder:
         self.dev = annotate(nlp, ner, dev_docs) if dev_docs else None
         self.grads = segment_gradients(self.ner, self.train.batch, segments_of(self.train.candidates))
         self.curvature = self._curvature(curvature_type, damping)
-        self._index = SegmentIndex.build(self.grads, self.train.candidates, self.curvature, normalize=True)
+        # the candidates, searchable by cosine like `explain` searches the index
+        self.train_index = SegmentIndex.build(self.grads, self.train.candidates, self.curvature, normalize=True)
 
     @property
     def candidates(self) -> List[Candidate]:
@@ -113,7 +114,7 @@ class ErrorFinder:
         if method == "influence":
             return self.influence()
         if method == "self-influence":
-            return self._index.norms.astype("float64") ** 2
+            return self.train_index.norms.astype("float64") ** 2
         if method == "loss":
             return self.losses()
         if method == "random":
@@ -161,7 +162,7 @@ class ErrorFinder:
         regions, under their dev gold labels): how much upweighting the candidate's
         labels would raise the held-out loss (I_up,loss of Koh & Liang 2017, eq. 2). Linear in
         the queries, so they are summed into one preconditioned direction first."""
-        return -self._index.total_influence(self.dev_grads)
+        return -self.train_index.total_influence(self.dev_grads)
 
     def influence(self) -> numpy.ndarray:
         """Held-out harm and the candidate's own segment loss, combined by Fisher's method

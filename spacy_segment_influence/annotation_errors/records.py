@@ -1,6 +1,6 @@
 """Ranked candidates as Prodigy-style review records (the `find-errors` output)."""
 
-from typing import List, Union
+from typing import List, Optional, Union
 
 import numpy
 from spacy.tokens import Doc
@@ -8,14 +8,31 @@ from spacy.tokens import Doc
 from .candidates import Candidate, Entity
 from .crossfit import CrossFitFinder
 from .finder import ErrorFinder
+from .review_loop import ReviewLoop
 
 
-def rank(finder: Union[ErrorFinder, CrossFitFinder], method: str, k: int = 3) -> List[dict]:
+def rank(
+    finder: Union[ErrorFinder, CrossFitFinder],
+    method: str,
+    k: int = 3,
+    decisions: Optional[dict] = None,
+    review_loop: Optional[ReviewLoop] = None,
+) -> List[dict]:
     """Prodigy-style review records of all candidates, most suspicious first. With dev
-    docs, each names the k held-out regions it supports and the k it opposes most."""
+    docs, each names the k held-out regions it supports and the k it opposes most. With
+    `decisions` (region -> accepted, `review_loop.read_decisions`), the decided
+    candidates are left out and the rest re-ranked by `review_loop`."""
     scores = finder.scores(method)
     influenced = finder.influenced(k) if finder.dev is not None and k > 0 else None
     order = numpy.argsort(-scores, kind="stable")
+    if decisions:
+        if review_loop is None:
+            raise ValueError("re-ranking from decisions needs the review loop")
+        indices, labels, _ = review_loop.positions(decisions)
+        scores = review_loop.rerank(scores, indices, labels)
+        decided = set(indices.tolist())
+        order = numpy.array([i for i in numpy.argsort(-scores, kind="stable") if i not in decided], dtype=int)
+        method = f"{method}+review ({review_loop.similarity})"
     return [
         review_record(
             finder.docs[finder.candidates[i].doc_index],
