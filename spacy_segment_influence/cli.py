@@ -32,15 +32,20 @@ def _root() -> None:
 
 @app.command()
 def convert(
-    input_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL with id, tokens, ner_tags (BIO)"),
+    input_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL with id, tokens, ner_tags"),
     output_path: Path = typer.Argument(..., dir_okay=False, help="Output .spacy file (DocBin)"),
     lang: str = typer.Option("en", help="Language of the blank tokenizer vocab"),
+    scheme: str = typer.Option(
+        "auto", help="Tag scheme: bio | biluo | io (bare labels, a run of one label is one entity) | auto (detected)"
+    ),
 ) -> None:
-    """Convert `{"id","tokens","ner_tags"}` BIO JSONL into a .spacy corpus."""
-    from .corpus import convert_jsonl
+    """Convert `{"id","tokens","ner_tags"}` JSONL (BIO, BILUO or IO tags) into a .spacy corpus."""
+    from .corpus import SCHEMES, convert_jsonl
 
     with _user_errors():
-        n_docs = convert_jsonl(input_path, output_path, lang=lang)
+        if scheme not in (*SCHEMES, "auto"):
+            raise ConfigError(f"Unknown --scheme {scheme!r}: use auto, {', '.join(SCHEMES)}")
+        n_docs = convert_jsonl(input_path, output_path, lang=lang, scheme=scheme)
     typer.echo(f"Wrote {n_docs} docs to {output_path}")
 
 

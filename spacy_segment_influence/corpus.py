@@ -1,8 +1,11 @@
-"""Read and write the BIO JSONL corpora used by the project.
+"""Read and write the JSONL corpora used by the project.
 
 Each line holds one sentence: `{"id": str, "tokens": [str], "ner_tags": [str]}`
-with tags "O", "B-LABEL" or "I-LABEL". The ids travel into `doc.user_data["id"]`
-so that influence scores can always be traced back to a line of the source file.
+with tags in one of three schemes (`SCHEMES`): BIO ("O", "B-LABEL", "I-LABEL"; IOB1's
+stray "I-" starts an entity), BILUO (also "L-LABEL", "U-LABEL"), or IO ("O" and bare
+labels, e.g. EBM-NLP's PICO spans: a maximal run of one label is one entity). The ids
+travel into `doc.user_data["id"]` so that influence scores can always be traced back to
+a line of the source file.
 """
 
 import json
@@ -17,12 +20,18 @@ import spacy
 import srsly
 from spacy.tokens import Doc, DocBin, Span
 from spacy.training import biluo_to_iob
-from spacy.training.iob_utils import doc_to_biluo_tags
+from spacy.training.iob_utils import doc_to_biluo_tags, tags_to_entities
 from spacy.vocab import Vocab
 
-from .exceptions import BIORepairWarning, CorpusFormatError, CorpusNotFoundError
+from .exceptions import BIORepairWarning, ConfigError, CorpusFormatError, CorpusNotFoundError
 
-_TAG_RE = re.compile(r"^(?:O|([BI])-(\S+))$")
+SCHEMES = ("bio", "biluo", "io")
+_TAG_RES = {
+    "bio": re.compile(r"^(?:O|[BI]-\S+)$"),
+    "biluo": re.compile(r"^(?:O|[BILU]-\S+)$"),
+    "io": re.compile(r"^(?:O|\S+)$"),
+}
+_EXPECTED = {"bio": "O, B-LABEL or I-LABEL", "biluo": "O, B-, I-, L- or U-LABEL", "io": "O or a label"}
 _WHITESPACE_RE = re.compile(r"\s")
 _NO_SPACE_BEFORE = {",", ".", ")", "]", "}", ";", ":", "!", "?", "%", "'", "'s", "'S", "n't", "N'T"}
 _NO_SPACE_AFTER = {"(", "[", "{"}
@@ -43,23 +52,43 @@ class _RecordError(Exception):
     """What is wrong with one record, before the file position is known."""
 
 
-def read_jsonl_docs(path: Path, vocab: Vocab) -> Iterator[Doc]:
+def detect_scheme(path: Path) -> str:
+    """The tag scheme of a JSONL corpus: "biluo" if any tag starts with L- or U-, "io"
+    if any tag other than O has no B-/I-/L-/U- prefix, else "bio"."""
+    found = "bio"
+    for _, record in read_jsonl_records(Path(path)):
+        tags = record.get("ner_tags")
+        if not isinstance(tags, list):
+            continue
+        for tag in tags:
+            if not isinstance(tag, str) or tag == "O":
+                continue
+            if re.match(r"^[LU]-\S", tag):
+                found = "biluo"
+            elif not re.match(r"^[BILU]-\S", tag):
+                return "io"
+    return found
+
+
+def read_jsonl_docs(path: Path, vocab: Vocab, scheme: str = "bio") -> Iterator[Doc]:
     """Yield one Doc per non-blank line, with entities and `user_data["id"]` set.
 
-    A stray "I-X" (after "O" or after another type) starts a new entity, as in
-    IOB1. Once the whole file has been read, the number of such repairs is
-    reported with a single BIORepairWarning. Raises CorpusFormatError on the
-    first malformed line.
+    `scheme`: "bio", "biluo" or "io" (module docstring). In BIO, a stray "I-X" (after
+    "O" or after another type) starts a new entity, as in IOB1. Once the whole file
+    has been read, the number of such repairs is reported with a single
+    BIORepairWarning. Raises CorpusFormatError on the first malformed line.
     """
     path = Path(path)
+    if scheme not in SCHEMES:
+        raise ConfigError(f"Unknown tag scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
     n_repairs = 0
     first_repair_line = 0
     for line_no, line in _lines(path):
         try:
-            record_id, tokens, tags = _parse_record(line)
+            record_id, tokens, tags = _parse_record(line, scheme)
+            spans, repairs = tags_to_spans(tags, scheme)
         except _RecordError as err:
             raise CorpusFormatError(f"{path}:{line_no}: {err}") from None
-        spans, repairs = bio_to_spans(tags)
         if repairs and not n_repairs:
             first_repair_line = line_no
         n_repairs += repairs
@@ -131,20 +160,68 @@ def write_jsonl_docs(docs: Iterable[Doc], path: Path) -> int:
     return n_docs
 
 
-def convert_jsonl(input_path: Path, output_path: Path, lang: str = "en") -> int:
-    """Convert BIO JSONL into a .spacy DocBin (user_data kept) and return the
-    number of docs. The whole input is validated before anything is written, and
-    the output appears atomically, so a failure never leaves a partial corpus.
-    Repaired stray I- tags are reported as a BIORepairWarning."""
+def convert_jsonl(input_path: Path, output_path: Path, lang: str = "en", scheme: str = "auto") -> int:
+    """Convert JSONL into a .spacy DocBin (user_data kept) and return the number of
+    docs. `scheme`: "bio", "biluo", "io" or "auto" (`detect_scheme`). The whole input
+    is validated before anything is written, and the output appears atomically, so a
+    failure never leaves a partial corpus. Repaired stray I- tags are reported as a
+    BIORepairWarning."""
+    if scheme == "auto":
+        scheme = detect_scheme(Path(input_path))
     vocab = spacy.blank(lang).vocab
     doc_bin = DocBin(store_user_data=True)
-    for doc in read_jsonl_docs(Path(input_path), vocab):
+    for doc in read_jsonl_docs(Path(input_path), vocab, scheme):
         doc_bin.add(doc)
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with _replaced_on_success(output_path) as tmp_path:
         doc_bin.to_disk(tmp_path)
     return len(doc_bin)
+
+
+def tags_to_spans(tags: List[str], scheme: str = "bio") -> Tuple[List[SpanTriple], int]:
+    """`(start, end, label)` spans of one sentence's tags in `scheme`, and the number of
+    stray BIO I- tags read as entity starts. BILUO goes through spaCy's `biluo_to_iob`;
+    a BILUO sequence that does not close its entities raises a _RecordError."""
+    if scheme == "io":
+        runs = [f"I-{tag}" if tag != "O" else "O" for tag in tags]
+        return bio_to_spans(runs)[0], 0
+    if scheme == "biluo":
+        entities = _biluo_entities(tags)
+        # spaCy's reader skips unclosed B- and mixed labels: the tags rebuilt must match
+        rebuilt = ["O"] * len(tags)
+        for start, end, label in entities:
+            inner = [f"I-{label}"] * (end - start - 2)
+            rebuilt[start:end] = [f"U-{label}"] if end - start == 1 else [f"B-{label}", *inner, f"L-{label}"]
+        wrong = next((i for i, (a, b) in enumerate(zip(tags, rebuilt)) if a != b), None)
+        if wrong is not None:
+            raise _invalid_biluo(tags, wrong)
+        return entities, 0
+    return bio_to_spans(tags)
+
+
+def _biluo_entities(tags: List[str]) -> List[SpanTriple]:
+    """spaCy's `tags_to_entities`, end exclusive; an I- or L- outside an entity raises
+    a _RecordError at the first such position."""
+    try:
+        return [(start, end + 1, label) for label, start, end in tags_to_entities(tags)]
+    except ValueError:
+        raise _invalid_biluo(tags, _first_failing(tags)) from None
+
+
+def _first_failing(tags: List[str]) -> int:
+    for k in range(1, len(tags) + 1):
+        try:
+            tags_to_entities(tags[:k])
+        except ValueError:
+            return k - 1
+    return len(tags) - 1
+
+
+def _invalid_biluo(tags: List[str], position: int) -> "_RecordError":
+    return _RecordError(
+        f"invalid BILUO sequence at position {position}: {tags[position]!r} does not open, continue or end an entity"
+    )
 
 
 def bio_to_spans(tags: List[str]) -> Tuple[List[SpanTriple], int]:
@@ -180,7 +257,7 @@ def _json_object(line: str) -> Dict[str, Any]:
     return record
 
 
-def _parse_record(line: str) -> Tuple[str, List[str], List[str]]:
+def _parse_record(line: str, scheme: str = "bio") -> Tuple[str, List[str], List[str]]:
     record = _json_object(line)
     missing = [key for key in ("id", "tokens", "ner_tags") if key not in record]
     if missing:
@@ -194,7 +271,7 @@ def _parse_record(line: str) -> Tuple[str, List[str], List[str]]:
     if len(tokens) != len(tags):
         raise _RecordError(f"'tokens' has {len(tokens)} items but 'ner_tags' has {len(tags)}")
     _check_tokens(tokens)
-    _check_tags(tags)
+    _check_tags(tags, scheme)
     return record["id"], tokens, tags
 
 
@@ -216,10 +293,12 @@ def _check_tokens(tokens: List[str]) -> None:
             raise _RecordError(f"token {i} ({token!r}) contains whitespace")
 
 
-def _check_tags(tags: List[str]) -> None:
+def _check_tags(tags: List[str], scheme: str) -> None:
     for i, tag in enumerate(tags):
-        if not _TAG_RE.match(tag):
-            raise _RecordError(f"invalid tag {tag!r} at position {i} (expected O, B-LABEL or I-LABEL)")
+        if not _TAG_RES[scheme].match(tag):
+            raise _RecordError(
+                f"invalid tag {tag!r} at position {i} (expected {_EXPECTED[scheme]} in the {scheme} scheme)"
+            )
 
 
 def _json_type(value: Any) -> str:

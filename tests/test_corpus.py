@@ -15,6 +15,7 @@ from spacy_segment_influence.corpus import (
     CorpusFormatError,
     bio_to_spans,
     convert_jsonl,
+    detect_scheme,
     read_docbin,
     read_jsonl_docs,
     write_jsonl_docs,
@@ -241,3 +242,71 @@ def test_cli_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, mo
     monkeypatch.setattr("spacy_segment_influence.corpus.convert_jsonl", broken)
     result = _run_convert(_write_records(tmp_path / "in.jsonl", SAMPLE), tmp_path / "out.spacy")
     assert isinstance(result.exception, ValueError) and "an internal invariant" in str(result.exception)
+
+
+def _random_sentence(rng, n_tokens: int, labels=("PER", "LOC", "ORG")):
+    """Random non-overlapping entities; no two entities of one label touch (IO can't
+    separate them)."""
+    spans, i, last = [], 0, None
+    while i < n_tokens:
+        if rng.random() < 0.3:
+            length = int(rng.integers(1, 4))
+            label = str(rng.choice([x for x in labels if not (last and last[1] == i and last[2] == x)]))
+            end = min(i + length, n_tokens)
+            spans.append((i, end, label))
+            last = (i, end, label)
+            i = end
+        else:
+            i += 1
+    return spans
+
+
+def _tags(spans, n_tokens, scheme):
+    tags = ["O"] * n_tokens
+    for start, end, label in spans:
+        for i in range(start, end):
+            if scheme == "io":
+                tags[i] = label
+            elif scheme == "bio":
+                tags[i] = ("B-" if i == start else "I-") + label
+            else:
+                first, last = i == start, i == end - 1
+                tags[i] = ("U-" if first and last else "B-" if first else "L-" if last else "I-") + label
+    return tags
+
+
+def test_every_scheme_reads_the_same_entities(tmp_path):
+    """BIO, BILUO and IO files of the same random entities convert to the same docs, and
+    auto-detection picks each file's scheme."""
+    import numpy
+
+    rng = numpy.random.default_rng(0)
+    sentences = [(n, _random_sentence(rng, n)) for n in rng.integers(1, 12, size=200)]
+    converted = {}
+    for scheme in ("bio", "biluo", "io"):
+        records = [
+            {"id": f"s{i}", "tokens": [f"w{j}" for j in range(n)], "ner_tags": _tags(spans, n, scheme)}
+            for i, (n, spans) in enumerate(sentences)
+        ]
+        src = _write_records(tmp_path / f"{scheme}.jsonl", records)
+        assert detect_scheme(src) == scheme
+        out = tmp_path / f"{scheme}.spacy"
+        result = CliRunner().invoke(app, ["convert", str(src), str(out)])
+        assert result.exception is None, result.output
+        converted[scheme] = [
+            [(e.start, e.end, e.label_) for e in doc.ents] for doc in read_docbin(out, spacy.blank("en").vocab)
+        ]
+    assert converted["bio"] == converted["biluo"] == converted["io"] == [spans for _, spans in sentences]
+
+
+@pytest.mark.parametrize(
+    "tags,position",
+    [(["B-PER", "O"], 0), (["B-PER", "L-LOC"], 0), (["I-PER"], 0), (["U-PER", "L-PER"], 1), (["B-PER", "I-PER"], 0)],
+)
+def test_invalid_biluo_names_the_line_and_position(tmp_path, tags, position):
+    src = _write_records(tmp_path / "bad.jsonl", [{"id": "x", "tokens": ["a"] * len(tags), "ner_tags": tags}])
+    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "o.spacy"), "--scheme", "biluo"])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1
+    assert f"{src}:1: invalid BILUO sequence at position {position}" in result.output
+    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "o.spacy"), "--scheme", "iob"])
+    assert result.exit_code == 1 and "Unknown --scheme 'iob'" in result.output
