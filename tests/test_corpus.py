@@ -20,7 +20,8 @@ from spacy_segment_influence.corpus import (
     write_jsonl_docs,
 )
 
-CONLL_TRAIN = Path("/work/shared/data/conll2003/train_original.jsonl")
+# The shared CoNLL-2003 copy next to the checkout (../shared/data/conll2003); the test skips without it.
+CONLL_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "conll2003" / "train_original.jsonl"
 
 SAMPLE = [
     {
@@ -86,7 +87,7 @@ def test_read_docbin_names_a_file_that_is_not_a_docbin(tmp_path):
     assert "get_all" not in vars(srsly.msgpack.msgpack_decoders)
 
 
-@pytest.mark.skipif(not CONLL_TRAIN.exists(), reason="CoNLL-2003 JSONL not available")
+@pytest.mark.skipif(not CONLL_TRAIN.exists(), reason=f"CoNLL-2003 JSONL not found at {CONLL_TRAIN}")
 def test_roundtrip_conll_head(tmp_path):
     with CONLL_TRAIN.open(encoding="utf8") as file_:
         records = [json.loads(line) for line in islice(file_, 200)]
