@@ -32,15 +32,22 @@ def _root() -> None:
 
 @app.command()
 def convert(
-    input_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL with id, tokens, ner_tags (BIO)"),
+    input_path: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="JSONL with id, tokens, ner_tags (BIO), or a CoNLL IOB file"
+    ),
     output_path: Path = typer.Argument(..., dir_okay=False, help="Output .spacy file (DocBin)"),
     lang: str = typer.Option("en", help="Language of the blank tokenizer vocab"),
+    file_format: str = typer.Option(
+        "auto",
+        "--format",
+        help="jsonl | iob (CoNLL columns: token first, IOB tag last) | auto (.jsonl; .iob .txt .conll)",
+    ),
 ) -> None:
-    """Convert `{"id","tokens","ner_tags"}` BIO JSONL into a .spacy corpus."""
-    from .corpus import convert_jsonl
+    """Convert BIO JSONL or CoNLL IOB (read by spaCy's ner converter) into a .spacy corpus."""
+    from .corpus import convert_corpus
 
     with _user_errors():
-        n_docs = convert_jsonl(input_path, output_path, lang=lang)
+        n_docs = convert_corpus(input_path, output_path, lang=lang, file_format=file_format)
     typer.echo(f"Wrote {n_docs} docs to {output_path}")
 
 
@@ -305,9 +312,11 @@ def split_folds_command(
 def evaluate_errors(
     ranking: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL written by find-errors"),
     original: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="The training JSONL the model was trained on"
+        ..., exists=True, dir_okay=False, help="The training corpus the model was trained on (JSONL or CoNLL IOB)"
     ),
-    corrected: Path = typer.Argument(..., exists=True, dir_okay=False, help="The same sentences with corrected labels"),
+    corrected: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="The same sentences with corrected labels (same format)"
+    ),
     against: List[Path] = typer.Option(
         [], exists=True, dir_okay=False, help="Another ranking to compare with (paired bootstrap); repeatable"
     ),
