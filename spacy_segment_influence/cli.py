@@ -92,7 +92,8 @@ def index(
         component.initialize(lambda: [], nlp=nlp, train_path=train_path)
         index = component.check_index()
     nlp.to_disk(output_dir)
-    typer.echo(f"Indexed {len(index)} segments ({index.nbytes / 1e6:.1f} MB); saved to {output_dir}")
+    written = sum(file.stat().st_size for file in (output_dir / component.name).rglob("*") if file.is_file())
+    typer.echo(f"Indexed {len(index)} segments ({written / 1e6:.1f} MB written); saved to {output_dir}")
 
 
 @app.command()
