@@ -6,7 +6,8 @@ INDEXED_DIR is MODEL_DIR plus a `segment_influence` component (`segment-influenc
 Loads alternate between the two (after one warm-up load of each, so imports and the page
 cache do not favour either), and the medians and their ratio are printed, in wall and
 process CPU seconds. With --text, also the first call of the loaded indexed pipeline on it
-(the first query reads the memory-mapped index).
+(the first query reads the memory-mapped index), and two `explain` calls on its first
+two tokens.
 """
 
 import argparse
@@ -51,6 +52,12 @@ def main() -> None:
         wall = time.perf_counter()
         doc = nlp(args.text)
         print(f"first call after load: {time.perf_counter() - wall:.2f} s wall ({len(doc.ents)} entities explained)")
+        influence = nlp.get_pipe("segment_influence")
+        label = nlp.get_pipe(influence.cfg["ner"]).labels[0]
+        for _ in range(2):
+            wall = time.perf_counter()
+            influence.explain(doc[0:2], label=label)
+            print(f"explain({doc[0:2].text!r}, label={label!r}): {time.perf_counter() - wall:.2f} s wall")
 
 
 if __name__ == "__main__":
