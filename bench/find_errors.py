@@ -297,8 +297,8 @@ def experiment(name: str, workdir: Path, args) -> Tuple[Dict[str, dict], Dict[st
     if name == "minilm" and not args.minilm_crossfit:
         return results, comparisons(results, rankeds, original, corrected)
     # cross-fitting: fold k is scored by the model trained on train_k.spacy (all other folds)
-    folds_dir = workdir / "folds"
-    fold_paths = sorted(folds_dir.glob("train_*.spacy")) or write_folds(train_docs, folds_dir, n_folds=2, seed=0)
+    folds_dir = workdir / ("folds" if args.folds == 2 else f"folds_k{args.folds}")
+    fold_paths = sorted(folds_dir.glob("train_*.spacy")) or write_folds(train_docs, folds_dir, args.folds, seed=0)
     fold_steps = {"demo": args.demo_steps, "minilm": 300}.get(name, args.fold_steps)
     config = MINILM_CONFIG if name == "minilm" else args.config
     suffix = "" if name == "minilm" else config_suffix(config)
@@ -331,6 +331,7 @@ def main() -> None:
     parser.add_argument("--experiment", action="append", choices=["demo", "conll", "systematic", "minilm"])
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "output" / "find_errors")
     parser.add_argument("--demo-steps", type=int, default=600)
+    parser.add_argument("--folds", type=int, default=2, help="folds of the cross-fitted rows (2, 5, 10 reported)")
     parser.add_argument("--conll-steps", type=int, default=3000)
     parser.add_argument(
         "--fold-steps", type=int, default=1500, help="max_steps of the CoNLL fold models (half the data)"
@@ -361,7 +362,7 @@ def main() -> None:
             print(f"{what}: {c['difference']:+.3f} (95 % CI {c['ci95'][0]:+.3f} .. {c['ci95'][1]:+.3f})", flush=True)
     # one file per set of experiments, so that a partial rerun keeps the others' figures
     suffix = "" if not args.experiment else "_" + "_".join(args.experiment)
-    suffix += config_suffix(args.config)
+    suffix += config_suffix(args.config) + ("" if args.folds == 2 else f"_k{args.folds}")
     srsly.write_json(args.workdir / f"metrics{suffix}.json", all_results)
     srsly.write_json(args.workdir / f"comparisons{suffix}.json", all_comparisons)
 

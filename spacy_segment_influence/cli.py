@@ -286,12 +286,26 @@ def find_errors(
     damping: float = typer.Option(0.001, help="K-FAC damping"),
     seed: int = typer.Option(0, help="Seed of the random baseline"),
     ner: str = typer.Option("crf_ner", help="Name of the crf_ner component"),
+    folds: int = typer.Option(
+        2,
+        help="Cross-fitting: train this many fold models (each on all documents but one fold) and score every "
+        "document with the one that did not see it; 0 = score in-sample with MODEL_DIR alone",
+    ),
+    seeds: int = typer.Option(1, help="Cross-fitting: fold models per fold (training seeds 0..N-1), scores averaged"),
+    fold_dir: Optional[Path] = typer.Option(
+        None, file_okay=False, help="Where fold models are trained and reused from [default: MODEL_DIR/../folds]"
+    ),
+    fold_config: Optional[Path] = typer.Option(
+        None, exists=True, dir_okay=False, help="Training config of the fold models [default: MODEL_DIR's own]"
+    ),
+    fold_steps: Optional[int] = typer.Option(None, help="max_steps of the fold models [default: the config's]"),
+    gpu_id: int = typer.Option(-1, help="GPU for training the fold models (-1 = CPU)"),
     fold_model: List[Path] = typer.Option(
         [],
         exists=True,
         file_okay=False,
         metavar="DIR",
-        help="Cross-fitting: a model trained on --fold-train (repeat per fold)",
+        help="Cross-fitting with models you trained: a model trained on --fold-train (repeat per fold)",
     ),
     fold_train: List[Path] = typer.Option(
         [],
@@ -312,16 +326,25 @@ def find_errors(
     """Rank training annotations by how likely they are wrong.
 
     Most suspicious first; the candidates are the gold entities and the model's
-    disagreements with them. With --fold-model and --fold-train (cross-fitting, from
-    `split-folds`), every training doc is annotated and scored by the fold model that did
-    not train on it; `influence` then combines that out-of-fold loss with MODEL_DIR's
-    held-out harm. With --reviewed, a confirmed error's gradient lifts its siblings (the
-    same systematic mistake elsewhere) and a rejected one lowers its neighbours, weighted
-    by what the decisions so far show."""
+    disagreements with them. By default cross-fitted: --folds fold models are trained with
+    MODEL_DIR's config, every training doc is annotated and scored by the fold model that
+    did not train on it, and `influence` combines that out-of-fold loss with MODEL_DIR's
+    held-out harm (--folds 0: in-sample; --fold-model/--fold-train: fold models you trained
+    on `split-folds` output). With --reviewed, a confirmed error's gradient lifts its
+    siblings (the same systematic mistake elsewhere) and a rejected one lowers its
+    neighbours, weighted by what the decisions so far show."""
     import spacy
     import srsly
 
-    from .annotation_errors import CrossFitFinder, ErrorFinder, ReviewLoop, held_out_indices, rank, read_decisions
+    from .annotation_errors import (
+        CrossFitFinder,
+        ErrorFinder,
+        ReviewLoop,
+        cross_fitted_finder,
+        held_out_indices,
+        rank,
+        read_decisions,
+    )
     from .corpus import read_docbin
 
     with _user_errors():
@@ -333,12 +356,34 @@ def find_errors(
         if method == "influence" and dev_docs is None:
             raise ConfigError("--method influence needs held-out data: pass --dev DEV.spacy")
         finder: Union[ErrorFinder, CrossFitFinder]
+        if folds == 1 or folds < 0:
+            raise ConfigError(f"--folds must be 0 (in-sample) or at least 2, got {folds}")
         if fold_model:
             models = [spacy.load(path) for path in fold_model]
             seen = [read_docbin(path, nlp.vocab) for path in fold_train]
-            folds = list(zip(models, held_out_indices(train_docs, seen)))
+            given = list(zip(models, held_out_indices(train_docs, seen)))
             finder = CrossFitFinder(
-                folds, train_docs, dev_docs, model=nlp, ner=ner, curvature=curvature, damping=damping, seed=seed
+                given, train_docs, dev_docs, model=nlp, ner=ner, curvature=curvature, damping=damping, seed=seed
+            )
+        elif folds:
+            if dev is None or dev_docs is None:
+                raise ConfigError("Cross-fitting trains fold models, which need --dev DEV.spacy (or pass --folds 0)")
+            finder = cross_fitted_finder(
+                nlp,
+                train_docs,
+                dev_docs,
+                dev,
+                fold_dir if fold_dir is not None else model_dir.parent / "folds",
+                n_folds=folds,
+                n_seeds=seeds,
+                fold_config=fold_config,
+                max_steps=fold_steps,
+                gpu_id=gpu_id,
+                ner=ner,
+                curvature=curvature,
+                damping=damping,
+                seed=seed,
+                log=typer.echo,
             )
         else:
             finder = ErrorFinder(nlp, train_docs, dev_docs, ner=ner, curvature=curvature, damping=damping, seed=seed)
@@ -354,7 +399,7 @@ def find_errors(
         records = rank(finder, method, k=k, decisions=decisions, review_loop=loop)
     out.parent.mkdir(parents=True, exist_ok=True)
     srsly.write_jsonl(out, records)
-    how = f", cross-fitted over {len(fold_model)} fold models" if fold_model else ""
+    how = f", cross-fitted over {finder.n_models} fold models" if isinstance(finder, CrossFitFinder) else ""
     how += f", re-ranked from {len(decisions)} decisions" if decisions else ""
     typer.echo(f"Ranked {len(records)} candidates by {method}{how}; wrote {out}")
 

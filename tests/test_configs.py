@@ -1,4 +1,5 @@
-"""The shipped configs: a pipeline trained with them can be trained further."""
+"""The shipped configs: a pipeline trained with them can be trained further, and fold
+models trained from its config follow their own number of steps."""
 
 from pathlib import Path
 
@@ -7,6 +8,8 @@ import spacy
 from spacy.cli.train import train
 from spacy.tokens import DocBin
 from thinc.api import Config
+
+from spacy_segment_influence.annotation_errors.fold_training import train_fold_models, training_config
 
 from .conftest import TRAIN_DATA, make_examples
 
@@ -44,3 +47,8 @@ def test_trained_pipeline_resumes_training(tmp_path, tiny_bert_dir, name):
     trained.update(make_examples(trained), sgd=optimizer, losses=losses)
     optimizer.step_schedules()
     assert optimizer.learn_rate > 0 and losses
+
+    fold_config = training_config(trained.config)
+    folds = train_fold_models(fold_config, docs, tmp_path / "train.spacy", tmp_path / "folds", max_steps=2, log=str)
+    for fold in folds:
+        assert spacy.load(fold.path).config["training"]["optimizer"]["learn_rate"]["total_steps"] == 2

@@ -196,6 +196,8 @@ def test_cli_round_trip(nlp, tmp_path):
         "influence",
         "--out",
         str(ranking),
+        "--folds",
+        "0",
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -362,3 +364,58 @@ def test_cli_cross_fitted_round_trip(nlp, other_nlp, tmp_path):
     assert result.exit_code == 1 and "2 --fold-model but 1 --fold-train" in result.output
     result = runner.invoke(app, args + fold_0)  # fold 1's docs are seen by every model
     assert result.exit_code == 1 and "not exactly 1" in result.output
+
+
+def test_seed_ensemble_averages_the_fold_models(nlp, other_nlp):
+    docs, dev = noisy_docs(nlp), gold_docs(nlp)
+    held_out = split_folds(docs, n_folds=2, seed=0)
+    ensemble = CrossFitFinder([([nlp, other_nlp], held_out[0]), ([other_nlp, nlp], held_out[1])], docs, dev)
+    assert ensemble.n_models == 4
+    for k, (first, second) in enumerate([(nlp, other_nlp), (other_nlp, nlp)]):
+        fold = [docs[i] for i in held_out[k]]
+        own = ErrorFinder(first, fold, dev)
+        other = ErrorFinder(second, fold, dev, candidates=own.candidates)
+        mine = [i for i, c in enumerate(ensemble.candidates) if c.doc_index in held_out[k]]
+        expected = {
+            (held_out[k][c.doc_index], c.start, c.end): (a + b) / 2
+            for c, a, b in zip(own.candidates, own.losses(), other.losses())
+        }
+        got = {
+            (
+                ensemble.candidates[i].doc_index,
+                ensemble.candidates[i].start,
+                ensemble.candidates[i].end,
+            ): ensemble.losses()[i]
+            for i in mine
+        }
+        assert got.keys() == expected.keys()
+        assert [got[key] for key in expected] == pytest.approx(list(expected.values()), rel=1e-6)
+
+
+def test_cli_trains_fold_models_with_the_pipelines_config(nlp, tmp_path):
+    """The default recipe: fold models trained by spaCy from MODEL_DIR's config, reused on
+    a rerun, and each doc scored by the fold model that did not see it."""
+    import spacy
+
+    docs, dev = noisy_docs(nlp), gold_docs(nlp)
+    train_path, dev_path = write_corpus(docs, tmp_path / "train.spacy"), write_corpus(dev, tmp_path / "dev.spacy")
+    nlp.to_disk(tmp_path / "model")
+    ranking = tmp_path / "ranking.jsonl"
+    args = ["find-errors", str(tmp_path / "model"), str(train_path), "--dev", str(dev_path), "--out", str(ranking)]
+    args += ["--method", "loss", "--k", "0", "--fold-steps", "4"]
+    result = CliRunner().invoke(app, args)
+    assert result.exception is None, result.output
+    assert "[1/2] fold 0 seed 0: training" in result.output and "cross-fitted over 2 fold models" in result.output
+    fold_dir = tmp_path / "folds"
+    models = [spacy.load(fold_dir / f"fold-{k}-seed-0" / "model-best") for k in (0, 1)]
+    assert models[0].config["training"]["max_steps"] == 4
+    crossfit = CrossFitFinder(list(zip(models, split_folds(docs, n_folds=2, seed=0))), docs, dev)
+    scores = [r["meta"]["score"] for r in srsly.read_jsonl(ranking)]
+    assert scores == pytest.approx(sorted(crossfit.losses(), reverse=True), rel=1e-5)
+    result = CliRunner().invoke(app, args)
+    assert result.exception is None, result.output
+    assert "[2/2] fold 1 seed 0: reusing" in result.output and "training" not in result.output
+    result = CliRunner().invoke(app, args[:-2] + ["--fold-steps", "3", "--folds", "1"])
+    assert result.exit_code == 1 and "--folds must be 0 (in-sample) or at least 2" in result.output
+    result = CliRunner().invoke(app, [a for a in args if a not in ("--dev", str(dev_path))])
+    assert result.exit_code == 1 and "need --dev" in result.output

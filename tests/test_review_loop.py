@@ -115,7 +115,7 @@ def test_decisions_file_and_cli_rerank(nlp, tmp_path):  # noqa: F811
     train_path = write_corpus(noisy_docs(nlp), tmp_path / "train.spacy")
     ranking = tmp_path / "ranking.jsonl"
     runner = CliRunner()
-    base = ["find-errors", str(model), str(train_path), "--method", "loss"]
+    base = ["find-errors", str(model), str(train_path), "--method", "loss", "--folds", "0"]
     result = runner.invoke(app, base + ["--out", str(ranking)])
     assert result.exception is None, result.output
     records = list(srsly.read_jsonl(ranking))

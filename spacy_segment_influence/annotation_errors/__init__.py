@@ -4,14 +4,17 @@ corrected labels (DESIGN.md section 6).
 - `candidates`: the regions where an annotation error could sit.
 - `finder`: `ErrorFinder`, the scores of every method with the model trained on all data.
 - `crossfit`: folds of whole documents and `CrossFitFinder`, out-of-fold scores.
+- `fold_training`: the fold models, trained with the user's config (`cross_fitted_finder`,
+  the default recipe of `find-errors`).
 - `records`: `rank`, the Prodigy-style review file.
 - `review_loop`: `ReviewLoop`, re-ranking from a reviewer's decisions.
 - `metrics`: `evaluate_ranking` against corrected labels.
 """
 
 from .candidates import Candidate, find_candidates
-from .crossfit import CrossFitFinder, document_of, held_out_indices, split_folds, write_folds
+from .crossfit import CrossFitFinder, SeedEnsemble, document_of, held_out_indices, split_folds, write_folds
 from .finder import METHODS, ErrorFinder, neg_log_tail
+from .fold_training import FoldModel, cross_fitted_finder, train_fold_models, training_config
 from .metrics import (
     BOOTSTRAP_METRICS,
     Corrections,
@@ -34,6 +37,11 @@ __all__ = [
     "compare_rankings",
     "Candidate",
     "CrossFitFinder",
+    "FoldModel",
+    "SeedEnsemble",
+    "cross_fitted_finder",
+    "train_fold_models",
+    "training_config",
     "ErrorFinder",
     "average_precision",
     "changed_tokens",

@@ -6,7 +6,7 @@ import random
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy
 from spacy.language import Language
@@ -73,6 +73,32 @@ def held_out_indices(train_docs: Sequence[Doc], fold_train_docs: Sequence[Sequen
     return held_out
 
 
+class SeedEnsemble:
+    """One fold's models trained with different seeds, scoring the candidates the first of
+    them found: every score is the models' mean (as nessie's ensembles average their
+    members' scores; Klie et al. 2023)."""
+
+    def __init__(self, finders: Sequence[ErrorFinder]) -> None:
+        self.finders = list(finders)
+        self.dev = self.finders[0].dev
+
+    @property
+    def candidates(self) -> List[Candidate]:
+        return self.finders[0].candidates
+
+    def scores(self, method: str) -> numpy.ndarray:
+        return numpy.mean([f.scores(method) for f in self.finders], axis=0)
+
+    def losses(self) -> numpy.ndarray:
+        return numpy.mean([f.losses() for f in self.finders], axis=0)
+
+    def harm(self) -> numpy.ndarray:
+        return numpy.mean([f.harm() for f in self.finders], axis=0)
+
+    def influenced(self, k: int = 3) -> List[List[dict]]:
+        return self.finders[0].influenced(k)
+
+
 class CrossFitFinder:
     """Cross-fitted (out-of-fold) scores, as cleanlab computes its predicted
     probabilities (Northcutt, Jiang & Chuang 2021): each training doc is annotated and
@@ -94,7 +120,7 @@ class CrossFitFinder:
 
     def __init__(
         self,
-        folds: Sequence[Tuple[Language, Sequence[int]]],
+        folds: Sequence[Tuple[Union[Language, Sequence[Language]], Sequence[int]]],
         train_docs: Sequence[Doc],
         dev_docs: Optional[Sequence[Doc]] = None,
         *,
@@ -107,7 +133,9 @@ class CrossFitFinder:
         """
         folds: (fold model, indices of the `train_docs` it did not see) per fold, e.g.
             from `split_folds` or `held_out_indices`; every doc must be held out by
-            exactly one fold.
+            exactly one fold. Several models for one fold (trained with different
+            seeds) make an ensemble: the first finds the fold's candidates, every one
+            scores them, and their scores are averaged.
         train_docs: the training corpus whose annotations are checked.
         dev_docs: held-out docs with trusted labels (for `influence` and `influenced`).
         model: the model trained on all of `train_docs`, whose held-out harm `influence`
@@ -123,18 +151,22 @@ class CrossFitFinder:
         self.model = model
         self.seed = seed
         self.ner, self.curvature_name, self.damping = ner, curvature, damping
-        self.finders: List[ErrorFinder] = []
+        self.finders: List[Union[ErrorFinder, SeedEnsemble]] = []
         candidates: List[Candidate] = []
-        for nlp, indices in folds:
+        for models, indices in folds:
             if not indices:
                 continue
-            finder = self._finder(nlp, [train_docs[i] for i in indices])
+            first, *others = [models] if isinstance(models, Language) else list(models)
+            docs = [train_docs[i] for i in indices]
+            own = self._finder(first, docs)
+            finder = SeedEnsemble([own] + [self._finder(m, docs, own.candidates) for m in others]) if others else own
             self.finders.append(finder)
             candidates += [replace(c, doc_index=indices[c.doc_index]) for c in finder.candidates]
         # candidates in corpus order, whichever fold found them
         self._order = sorted(range(len(candidates)), key=lambda i: (candidates[i].doc_index, candidates[i].start))
         self.candidates = [candidates[i] for i in self._order]
         self.dev = self.finders[0].dev
+        self.n_models = sum(1 if isinstance(m, Language) else len(m) for m, _ in folds)
 
     def _finder(
         self, nlp: Language, docs: Sequence[Doc], candidates: Optional[Sequence[Candidate]] = None

@@ -1,0 +1,193 @@
+"""Train the fold models of cross-fitted error finding with the user's own training
+config, through spaCy's training API (`spacy.cli.train.train`), so that a fold model is
+the user's model trained on less data, not a different one.
+
+`train_fold_models` writes, per fold k and seed s, `fold-<k>-seed-<s>/` under the fold
+directory: the fold's training corpus (every document but fold k's, `split_folds`), the
+config, and spaCy's `model-best` / `model-last`. A fold model whose config, corpus, dev
+corpus, steps and seed are unchanged is reused (a `key.json` records their hash), so a
+rerun of `find-errors` or of the project workflow trains nothing twice.
+"""
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import spacy
+from spacy.language import Language
+from spacy.tokens import Doc, DocBin
+from thinc.api import Config
+
+from ..exceptions import ConfigError
+from .crossfit import CrossFitFinder, split_folds
+
+INFLUENCE_FACTORY = "segment_influence"
+
+
+@dataclass
+class FoldModel:
+    """A trained fold model: the path of its pipeline and the indices of the training docs
+    it did not see (the docs it scores)."""
+
+    fold: int
+    seed: int
+    path: Path
+    held_out: List[int]
+
+
+def training_config(config: Config) -> Config:
+    """A trained pipeline's config as a training config: the `segment_influence`
+    components (they index a training corpus at initialization, which fold training does
+    not need) left out."""
+    config = Config(config).copy()
+    components = config.get("components", {})
+    dropped = [name for name, block in components.items() if block.get("factory") == INFLUENCE_FACTORY]
+    for name in dropped:
+        del components[name]
+    config["nlp"]["pipeline"] = [name for name in config["nlp"]["pipeline"] if name not in dropped]
+    init_components = config.get("initialize", {}).get("components", {})
+    for name in dropped:
+        init_components.pop(name, None)
+    if "training" not in config:
+        raise ConfigError("The pipeline's config has no [training] section: pass a training config (--fold-config)")
+    frozen = config["training"].get("frozen_components", [])
+    annotating = config["training"].get("annotating_components", [])
+    config["training"]["frozen_components"] = [name for name in frozen if name not in dropped]
+    config["training"]["annotating_components"] = [name for name in annotating if name not in dropped]
+    return config
+
+
+def train_fold_models(
+    config: Config,
+    train_docs: Sequence[Doc],
+    dev_path: Path,
+    fold_dir: Path,
+    *,
+    n_folds: int = 2,
+    n_seeds: int = 1,
+    max_steps: Optional[int] = None,
+    split_seed: int = 0,
+    gpu_id: int = -1,
+    log: Callable[[str], None] = print,
+) -> List[FoldModel]:
+    """Train (or reuse) one model per fold and seed: fold k's models train on every
+    document outside fold k (`split_folds(train_docs, n_folds, split_seed)`) with
+    `config` (a training config, see `training_config`), the dev corpus `dev_path` for
+    spaCy's model selection, `training.seed` = s for s in range(n_seeds), and
+    `training.max_steps` = `max_steps` when given. Returns the models, fold by fold."""
+    from spacy.cli.train import train as spacy_train
+
+    if n_seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {n_seeds}")
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"--fold-steps must be at least 1, got {max_steps}")
+    fold_dir = Path(fold_dir)
+    folds = split_folds(train_docs, n_folds, split_seed)
+    config_text = config.to_str()
+    dev_hash = _file_hash(Path(dev_path))
+    models: List[FoldModel] = []
+    total = n_folds * n_seeds
+    for k, held_out in enumerate(folds):
+        skip = set(held_out)
+        corpus = DocBin(docs=[doc for i, doc in enumerate(train_docs) if i not in skip], store_user_data=True)
+        corpus_bytes = corpus.to_bytes()
+        for seed in range(n_seeds):
+            out = fold_dir / f"fold-{k}-seed-{seed}"
+            key = {
+                "config": hashlib.sha256(config_text.encode()).hexdigest(),
+                "train": hashlib.sha256(corpus_bytes).hexdigest(),
+                "dev": dev_hash,
+                "max_steps": max_steps,
+                "seed": seed,
+            }
+            model = FoldModel(k, seed, out / "model-best", list(held_out))
+            models.append(model)
+            done = len(models)
+            if _reusable(out, key):
+                log(f"[{done}/{total}] fold {k} seed {seed}: reusing {model.path}")
+                continue
+            log(
+                f"[{done}/{total}] fold {k} seed {seed}: training on {len(train_docs) - len(held_out)} docs "
+                f"(fold {k}'s {len(held_out)} held out) -> {out}"
+            )
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            (out / "train.spacy").write_bytes(corpus_bytes)
+            config_path = out / "config.cfg"
+            config.to_disk(config_path)
+            overrides = {
+                "paths.train": str(out / "train.spacy"),
+                "paths.dev": str(dev_path),
+                "training.seed": seed,
+            }
+            if max_steps is not None:
+                overrides["training.max_steps"] = max_steps
+                schedule = config["training"].get("optimizer", {}).get("learn_rate")
+                if isinstance(schedule, dict) and "total_steps" in schedule:
+                    # a pipeline saves its schedule's total_steps as a number (callbacks.resolved_optimizer)
+                    overrides["training.optimizer.learn_rate.total_steps"] = max_steps
+            spacy_train(config_path, out, use_gpu=gpu_id, overrides=overrides)
+            (out / "key.json").write_text(json.dumps(key))
+    return models
+
+
+def _reusable(out: Path, key: dict) -> bool:
+    try:
+        return json.loads((out / "key.json").read_text()) == key and (out / "model-best" / "config.cfg").is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cross_fitted_finder(
+    nlp: Language,
+    train_docs: Sequence[Doc],
+    dev_docs: Sequence[Doc],
+    dev_path: Path,
+    fold_dir: Path,
+    *,
+    n_folds: int = 2,
+    n_seeds: int = 1,
+    fold_config: Optional[Path] = None,
+    max_steps: Optional[int] = None,
+    gpu_id: int = -1,
+    ner: str = "crf_ner",
+    curvature: str = "kfac",
+    damping: float = 0.001,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> CrossFitFinder:
+    """The default error-finding recipe (measured in BENCHMARKS.md, "Annotation
+    errors"): train `n_folds` x `n_seeds` fold models with `fold_config` (default: the
+    config `nlp` was trained with), then score every training doc with the fold models
+    that did not see it, `influence` combining their loss with `nlp`'s held-out harm."""
+    config = Config().from_disk(fold_config) if fold_config is not None else training_config(nlp.config)
+    trained = train_fold_models(
+        config,
+        train_docs,
+        dev_path,
+        fold_dir,
+        n_folds=n_folds,
+        n_seeds=n_seeds,
+        max_steps=max_steps,
+        gpu_id=gpu_id,
+        log=log,
+    )
+    folds = [
+        ([spacy.load(m.path) for m in trained if m.fold == k], next(m.held_out for m in trained if m.fold == k))
+        for k in range(n_folds)
+    ]
+    return CrossFitFinder(
+        folds, train_docs, dev_docs, model=nlp, ner=ner, curvature=curvature, damping=damping, seed=seed
+    )
