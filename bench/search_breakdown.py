@@ -41,7 +41,7 @@ import spacy_segment_influence.component as component_mod  # noqa: E402
 from spacy_segment_influence import bridge  # noqa: E402
 from spacy_segment_influence.index import SegmentIndex  # noqa: E402
 
-CONLL = Path("/work/shared/data/conll2003")
+CONLL = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"  # ../shared next to the checkout
 
 
 def median_ms(fn, items, warm=3):

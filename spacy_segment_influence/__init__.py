@@ -15,6 +15,7 @@ against corrected labels. `validate` measures how well predicted influence track
 retraining. Errors a user can cause derive from `SegmentInfluenceError`.
 """
 
+from . import callbacks  # noqa: F401  (registers the callbacks the shipped configs name)
 from .annotation_errors import (
     Candidate,
     CrossFitFinder,

@@ -2,19 +2,49 @@
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Union, cast
 
 import typer
+from typer.core import TyperCommand
 
 from .curvature import CURVATURES
 from .exceptions import ConfigError, PipelineError, SegmentInfluenceError
+from .fidelity_metrics import METHODS, PLOT_INSTALL
 
 if TYPE_CHECKING:
     from spacy.tokens import Doc
 
     from .component import SegmentInfluence
 
-app = typer.Typer(
+
+class _Command(TyperCommand):
+    """A command whose arguments read as in click's usage lines (MODEL_DIR, [TEXT]) rather
+    than typer's {model_dir}."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.param_type_name == "argument" and param.metavar is None and param.name:
+                param.metavar = param.name.upper()
+
+    def collect_usage_pieces(self, ctx: Any) -> List[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                pieces.append(str(param.metavar) if param.required else f"[{param.metavar}]")
+        return pieces
+
+
+class _App(typer.Typer):
+    def command(self, *args: Any, **kwargs: Any) -> Callable:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+# rich_markup_mode=None: click's plain help, whose command list shows each command's first
+# sentence on one line and whose flags carry no <bool>
+app = _App(
+    rich_markup_mode=None,
     name="segment-influence",
     help=(
         "Segment influence for spaCy NER: explain predictions by the training spans that "
@@ -32,20 +62,29 @@ def _root() -> None:
 
 @app.command()
 def convert(
-    input_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL with id, tokens, ner_tags"),
+    input_path: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="JSONL with id, tokens, ner_tags, or a CoNLL IOB file"
+    ),
     output_path: Path = typer.Argument(..., dir_okay=False, help="Output .spacy file (DocBin)"),
     lang: str = typer.Option("en", help="Language of the blank tokenizer vocab"),
+    file_format: str = typer.Option(
+        "auto",
+        "--format",
+        help="jsonl | iob (CoNLL columns: token first, IOB tag last) | auto (.jsonl; .iob .txt .conll)",
+    ),
     scheme: str = typer.Option(
-        "auto", help="Tag scheme: bio | biluo | io (bare labels, a run of one label is one entity) | auto (detected)"
+        "auto", help="JSONL tag scheme: bio | biluo | io (bare labels: a run of one label is one entity) | auto"
     ),
 ) -> None:
-    """Convert `{"id","tokens","ner_tags"}` JSONL (BIO, BILUO or IO tags) into a .spacy corpus."""
-    from .corpus import SCHEMES, convert_jsonl
+    """Convert JSONL (BIO, BILUO or IO tags) or CoNLL IOB into a .spacy corpus.
+
+    CoNLL IOB files are read by spaCy's ner converter, one doc per sentence."""
+    from .corpus import SCHEMES, convert_corpus
 
     with _user_errors():
         if scheme not in (*SCHEMES, "auto"):
             raise ConfigError(f"Unknown --scheme {scheme!r}: use auto, {', '.join(SCHEMES)}")
-        n_docs = convert_jsonl(input_path, output_path, lang=lang, scheme=scheme)
+        n_docs = convert_corpus(input_path, output_path, lang=lang, file_format=file_format, scheme=scheme)
     typer.echo(f"Wrote {n_docs} docs to {output_path}")
 
 
@@ -65,8 +104,10 @@ def index(
     dtype: str = typer.Option("float32", help="Storage precision of the index: float32 | float16"),
     device: str = typer.Option("cpu", help="Torch device for search, e.g. cpu or cuda:0"),
 ) -> None:
-    """Index TRAIN_PATH's segments and save MODEL_DIR plus an indexed `segment_influence`
-    component to OUTPUT_DIR (like `spacy assemble`)."""
+    """Index a training corpus into a copy of the pipeline.
+
+    Writes MODEL_DIR plus an indexed segment_influence component to OUTPUT_DIR, like
+    `spacy assemble`: a pipeline that explains its entities."""
     import spacy
 
     from .component import check_settings
@@ -90,7 +131,8 @@ def index(
         component.initialize(lambda: [], nlp=nlp, train_path=train_path)
         index = component.check_index()
     nlp.to_disk(output_dir)
-    typer.echo(f"Indexed {len(index)} segments ({index.nbytes / 1e6:.1f} MB); saved to {output_dir}")
+    written = sum(file.stat().st_size for file in (output_dir / component.name).rglob("*") if file.is_file())
+    typer.echo(f"Indexed {len(index)} segments ({written / 1e6:.1f} MB written); saved to {output_dir}")
 
 
 @app.command()
@@ -105,7 +147,9 @@ def explain(
         False, help="Also estimate each hit's removal effect on the entity's loss, leverage-corrected (exact index)"
     ),
 ) -> None:
-    """Show, for every predicted entity, the training spans that support and oppose it."""
+    """Show the training spans behind each predicted entity.
+
+    For every predicted entity, the training spans that support and oppose it most."""
     import spacy
     import srsly
 
@@ -136,7 +180,20 @@ def explain(
                 typer.echo(format_influences(doc))
 
 
-@app.command()
+_VALIDATE_HELP = """Check predicted influence against retraining.
+
+Refits the CRF head on the first --n-train training sentences, retrains it without each of
+2 x --n-segments training segments (`top`: those with the largest predicted effect;
+`random`: others) and correlates the actual change of the test segments' losses (the
+entities predicted on the first --n-dev dev sentences) with each method's prediction.
+Per method and group it prints Pearson, Spearman and `sign` (the share of pairs whose
+signs agree). Each retraining takes about half a minute on 2 CPU cores. The methods:
+
+\b
+""" + "\n".join(f"{name:<9} {line}" for name, line in METHODS.items())
+
+
+@app.command(help=_VALIDATE_HELP)
 def validate(
     model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained pipeline with crf_ner"),
     train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy)"),
@@ -151,17 +208,30 @@ def validate(
     seed: int = typer.Option(0),
     ner: str = typer.Option("crf_ner", help="Name of the crf_ner component"),
     out: Path = typer.Option(..., dir_okay=False, help="metrics.json to write"),
-    plot: Optional[Path] = typer.Option(None, dir_okay=False, help="Optional scatter plot (PNG, needs matplotlib)"),
+    plot: Optional[Path] = typer.Option(
+        None, dir_okay=False, help=f"Also a scatter plot (PNG; needs matplotlib: {PLOT_INSTALL})"
+    ),
 ) -> None:
-    """Retrain the CRF head without each chosen training segment and correlate the actual
-    change of test-segment losses with predicted influence (exact, kfac, identity, token)."""
+    """Check predicted influence against retraining (help: `_VALIDATE_HELP`)."""
+    import importlib.util
+
     import spacy
     import srsly
 
     from .corpus import read_docbin
     from .fidelity_metrics import save_plot
+    from .validate import estimated_seconds
     from .validate import validate as run_validation
 
+    with _user_errors():
+        if plot is not None and importlib.util.find_spec("matplotlib") is None:
+            raise ConfigError(f"--plot needs matplotlib: {PLOT_INSTALL}")
+    typer.echo(
+        f"validate refits the head on {n_train} training sentences and retrains it {2 * n_segments} times: "
+        f"about {estimated_seconds(n_train, n_segments) / 60:.0f} min on 2 CPU cores (a rough estimate; "
+        "the progress bar shows the time left)",
+        err=True,
+    )
     nlp = spacy.load(model_dir)
     with _user_errors():
         train_docs = read_docbin(train_path, nlp.vocab)
@@ -239,10 +309,15 @@ def find_errors(
         [],
         exists=True,
         file_okay=False,
+        metavar="DIR",
         help="Cross-fitting with models you trained: a model trained on --fold-train (repeat per fold)",
     ),
     fold_train: List[Path] = typer.Option(
-        [], exists=True, dir_okay=False, help="Cross-fitting: the corpus the matching --fold-model was trained on"
+        [],
+        exists=True,
+        dir_okay=False,
+        metavar="FILE",
+        help="Cross-fitting: the corpus the matching --fold-model was trained on",
     ),
     reviewed: Optional[Path] = typer.Option(
         None,
@@ -253,14 +328,16 @@ def find_errors(
     ),
     similarity: str = typer.Option("gradient", help="With --reviewed: gradient | features"),
 ) -> None:
-    """Rank the training annotations (gold entities and the model's disagreements with
-    them) by how likely they are wrong, most suspicious first. By default cross-fitted:
-    --folds fold models are trained with MODEL_DIR's config, every training doc is
-    annotated and scored by the fold model that did not train on it, and `influence`
-    combines that out-of-fold loss with MODEL_DIR's held-out harm (--folds 0: in-sample;
-    --fold-model/--fold-train: fold models you trained on `split-folds` output). With --reviewed, a confirmed error's
-    gradient lifts its siblings (the same systematic mistake elsewhere) and a rejected one
-    lowers its neighbours, weighted by what the decisions so far show."""
+    """Rank training annotations by how likely they are wrong.
+
+    Most suspicious first; the candidates are the gold entities and the model's
+    disagreements with them. By default cross-fitted: --folds fold models are trained with
+    MODEL_DIR's config, every training doc is annotated and scored by the fold model that
+    did not train on it, and `influence` combines that out-of-fold loss with MODEL_DIR's
+    held-out harm (--folds 0: in-sample; --fold-model/--fold-train: fold models you trained
+    on `split-folds` output). With --reviewed, a confirmed error's gradient lifts its
+    siblings (the same systematic mistake elsewhere) and a rejected one lowers its
+    neighbours, weighted by what the decisions so far show."""
     import spacy
     import srsly
 
@@ -339,9 +416,10 @@ def split_folds_command(
     folds: int = typer.Option(2, help="Number of folds"),
     seed: int = typer.Option(0, help="Seed of the document shuffle"),
 ) -> None:
-    """Split a training corpus into folds of whole documents for cross-fitted
-    `find-errors`: train_<k>.spacy holds every doc except fold k's, so the model trained
-    on it can score fold k."""
+    """Split a training corpus into folds for cross-fitting.
+
+    The folds hold whole documents, for cross-fitted find-errors: train_<k>.spacy holds
+    every doc except fold k's, so the model trained on it can score fold k."""
     import spacy
 
     from .annotation_errors import write_folds
@@ -358,11 +436,17 @@ def split_folds_command(
 def evaluate_errors(
     ranking: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL written by find-errors"),
     original: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="The training JSONL the model was trained on"
+        ..., exists=True, dir_okay=False, help="The training corpus the model was trained on (JSONL or CoNLL IOB)"
     ),
-    corrected: Path = typer.Argument(..., exists=True, dir_okay=False, help="The same sentences with corrected labels"),
+    corrected: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="The same sentences with corrected labels (same format)"
+    ),
     against: List[Path] = typer.Option(
-        [], exists=True, dir_okay=False, help="Another ranking to compare with (paired bootstrap); repeatable"
+        [],
+        exists=True,
+        dir_okay=False,
+        metavar="FILE",
+        help="Another ranking to compare with (paired bootstrap); repeatable",
     ),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for --against"),
     out: Optional[Path] = typer.Option(None, dir_okay=False, help="Write the metrics here (JSON)"),
@@ -405,9 +489,10 @@ def report(
     out: Path = typer.Option(..., dir_okay=False, help="HTML file to write"),
     limit: int = typer.Option(100, help="Show the first N candidates (0 = all)"),
 ) -> None:
-    """Write the review page: one self-contained HTML file of the top candidates.
+    """Write the review page of the top candidates (HTML).
 
-    Accept (the annotation is wrong), reject (it is right) or skip each; export for `find-errors --reviewed`."""
+    One self-contained HTML file: accept (the annotation is wrong), reject (it is right)
+    or skip each; export for `find-errors --reviewed`."""
     from .review_page import read_ranking, render_review_page
 
     with _user_errors():

@@ -5,7 +5,8 @@ with tags in one of three schemes (`SCHEMES`): BIO ("O", "B-LABEL", "I-LABEL"; I
 stray "I-" starts an entity), BILUO (also "L-LABEL", "U-LABEL"), or IO ("O" and bare
 labels, e.g. EBM-NLP's PICO spans: a maximal run of one label is one entity). The ids
 travel into `doc.user_data["id"]` so that influence scores can always be traced back to
-a line of the source file.
+a line of the source file. CoNLL IOB files (`.iob`, `.txt`, `.conll`) are read by spaCy's
+own `ner` converter.
 """
 
 import json
@@ -20,6 +21,7 @@ import spacy
 import srsly
 from spacy.tokens import Doc, DocBin, Span
 from spacy.training import biluo_to_iob
+from spacy.training.converters import conll_ner_to_docs
 from spacy.training.iob_utils import doc_to_biluo_tags, tags_to_entities
 from spacy.vocab import Vocab
 
@@ -46,6 +48,10 @@ _JSON_TYPE_NAMES = {
 }
 
 SpanTriple = Tuple[int, int, str]
+FORMATS = ("auto", "jsonl", "iob")
+IOB_SUFFIXES = (".iob", ".txt", ".conll")
+_DOCSTART_RE = re.compile(r"^-DOCSTART-.*$", re.MULTILINE)
+_SPACY_DOCSTART = "-DOCSTART- -X- O O"  # the only form spaCy's converter splits on
 
 
 class _RecordError(Exception):
@@ -101,6 +107,51 @@ def read_jsonl_docs(path: Path, vocab: Vocab, scheme: str = "bio") -> Iterator[D
         )
 
 
+def corpus_format(path: Path, file_format: str = "auto") -> str:
+    """ "jsonl" or "iob": `file_format`, or with "auto" the one `path`'s suffix names."""
+    if file_format not in FORMATS:
+        raise ConfigError(f"Unknown corpus format {file_format!r}: use one of {', '.join(FORMATS)}")
+    if file_format != "auto":
+        return file_format
+    if path.suffix == ".jsonl":
+        return "jsonl"
+    if path.suffix in IOB_SUFFIXES:
+        return "iob"
+    raise ConfigError(
+        f"{path}: cannot tell the format from the suffix {path.suffix!r} "
+        f"(.jsonl, or {' '.join(IOB_SUFFIXES)} for CoNLL IOB): pass --format jsonl or --format iob"
+    )
+
+
+def read_docs(path: Path, vocab: Vocab, file_format: str = "auto", scheme: str = "auto") -> Iterator[Doc]:
+    """The sentences of a JSONL (tags in `scheme`, "auto" = `detect_scheme`) or CoNLL IOB
+    file (see `corpus_format`)."""
+    path = Path(path)
+    if corpus_format(path, file_format) == "iob":
+        return read_iob_docs(path, vocab)
+    return read_jsonl_docs(path, vocab, detect_scheme(path) if scheme == "auto" else scheme)
+
+
+def read_iob_docs(path: Path, vocab: Vocab) -> Iterator[Doc]:
+    """One Doc per sentence of a CoNLL column file (token first, IOB1 or IOB2 tag last,
+    sentences separated by blank lines, documents by `-DOCSTART-` lines), read by spaCy's
+    `ner` converter (`spacy convert --converter ner`), which groups the sentences of a file
+    without `-DOCSTART-` lines ten to a document. The id of the s-th sentence of the d-th
+    document is `doc<d>_<s>`, so a corrected copy of the file gets the same ids."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusNotFoundError(f"{path}: no such file")
+    text = _DOCSTART_RE.sub(_SPACY_DOCSTART, path.read_text(encoding="utf-8-sig"))
+    try:
+        documents = list(conll_ner_to_docs(text, n_sents=10, no_print=True))
+    except (ValueError, KeyError) as err:
+        raise CorpusFormatError(f"{path}: not a CoNLL IOB file ({err})") from None
+    for d, document in enumerate(documents):
+        for s, sentence in enumerate(document.sents):
+            spans = [(ent.start - sentence.start, ent.end - sentence.start, ent.label_) for ent in sentence.ents]
+            yield _make_doc(vocab, f"doc{d}_{s}", [token.text for token in sentence], spans)
+
+
 def read_jsonl_records(path: Path) -> Iterator[Tuple[int, Dict[str, Any]]]:
     """(line number, JSON object) for each non-blank line of a JSONL file; a line that is
     not a JSON object raises CorpusFormatError naming the file and line."""
@@ -153,24 +204,24 @@ def write_jsonl_docs(docs: Iterable[Doc], path: Path) -> int:
             record = {
                 "id": doc.user_data.get("id", f"doc_{i}"),
                 "tokens": [token.text for token in doc],
-                "ner_tags": _doc_to_bio(doc),
+                "ner_tags": doc_to_bio(doc),
             }
             file_.write(json.dumps(record, ensure_ascii=False) + "\n")
             n_docs += 1
     return n_docs
 
 
-def convert_jsonl(input_path: Path, output_path: Path, lang: str = "en", scheme: str = "auto") -> int:
-    """Convert JSONL into a .spacy DocBin (user_data kept) and return the number of
-    docs. `scheme`: "bio", "biluo", "io" or "auto" (`detect_scheme`). The whole input
+def convert_corpus(
+    input_path: Path, output_path: Path, lang: str = "en", file_format: str = "auto", scheme: str = "auto"
+) -> int:
+    """Convert JSONL (BIO, BILUO or IO tags, `scheme`) or CoNLL IOB (see `corpus_format`)
+    into a .spacy DocBin (user_data kept) and return the number of docs. The whole input
     is validated before anything is written, and the output appears atomically, so a
-    failure never leaves a partial corpus. Repaired stray I- tags are reported as a
-    BIORepairWarning."""
-    if scheme == "auto":
-        scheme = detect_scheme(Path(input_path))
+    failure never leaves a partial corpus. Repaired stray I- tags of JSONL are reported
+    as a BIORepairWarning."""
     vocab = spacy.blank(lang).vocab
     doc_bin = DocBin(store_user_data=True)
-    for doc in read_jsonl_docs(Path(input_path), vocab, scheme):
+    for doc in read_docs(Path(input_path), vocab, file_format, scheme):
         doc_bin.add(doc)
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +293,7 @@ def bio_to_spans(tags: List[str]) -> Tuple[List[SpanTriple], int]:
     return spans, n_repairs
 
 
-def _doc_to_bio(doc: Doc) -> List[str]:
+def doc_to_bio(doc: Doc) -> List[str]:
     """BIO tags of `doc.ents`; tokens outside any entity are "O"."""
     return biluo_to_iob(doc_to_biluo_tags(doc, missing="O"))
 

@@ -13,6 +13,15 @@ if TYPE_CHECKING:
 
 Pairs = Dict[str, Dict[str, List[Tuple[float, float]]]]
 
+# What `validate` compares with retraining, one line each (`segment-influence validate --help`).
+METHODS = {
+    "exact": "first-order influence (1/N) g_test' H^-1 g_segment with the exact Hessian H of the head",
+    "kfac": "the same with H approximated by K-FAC (the index's default curvature)",
+    "identity": "the same with H = I: the plain gradient dot product",
+    "token": "exact H, a segment's gradient summed over its tokens (the paper's token approximation)",
+    "refined": "the test loss at the leverage-corrected removal step, as refine = true reports it",
+}
+
 
 def compare(
     predicted: Dict[str, numpy.ndarray],
@@ -153,6 +162,9 @@ def _kendall_tau_b(x: numpy.ndarray, y: numpy.ndarray) -> float:
     return concordance / denominator if denominator > 0 else math.nan
 
 
+PLOT_INSTALL = "pip install spacy-segment-influence[plot]"
+
+
 def save_plot(result: dict, path: str) -> Optional[str]:
     """Scatter of actual vs predicted per method; returns why not, if matplotlib is missing."""
     try:
@@ -161,7 +173,7 @@ def save_plot(result: dict, path: str) -> Optional[str]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib is not installed (pip install matplotlib)"
+        return f"matplotlib is not installed ({PLOT_INSTALL})"
     scatter = result["pairs"]
     fig, axes = plt.subplots(1, len(scatter), figsize=(4 * len(scatter), 4))
     for ax, (name, groups) in zip(numpy.atleast_1d(axes), scatter.items()):

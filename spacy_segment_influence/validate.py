@@ -48,6 +48,11 @@ from .segments import (
 from .tagger import CRFEntityRecognizer
 
 HessianMethod = Literal["covariance", "autograd"]
+
+# Rough costs on this project's 2 shared CPU cores, from the runs in BENCHMARKS.md (tok2vec
+# and MiniLM heads; within about 2x of each): the refit per training sentence, and one retraining.
+_REFIT_S_PER_SENTENCE = 0.4
+_RETRAIN_S = 30.0
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -191,6 +196,12 @@ def validate(
     return {**comparison, "settings": settings}
 
 
+def estimated_seconds(n_train: int, n_segments: int) -> float:
+    """A rough wall time of `validate` on 2 CPU cores: the refit grows with the training
+    sample, and each of the 2 x `n_segments` retrainings costs about the same."""
+    return _REFIT_S_PER_SENTENCE * n_train + _RETRAIN_S * 2 * n_segments
+
+
 def prepare(
     nlp: Language,
     train_docs: Sequence[Doc],
@@ -223,6 +234,8 @@ def prepare(
     def objective(theta: torch.Tensor) -> torch.Tensor:
         return data_nll(theta) + 0.5 * l2 * (theta * theta).sum()
 
+    if show_progress:
+        print(f"Refitting the head on {train.n_sentences} training sentences...")
     theta = _refit(objective, bridge.flat_head(ner), show_progress)
     timings["refit_s"] = time.perf_counter() - clock
     clock = time.perf_counter()

@@ -248,3 +248,25 @@ def test_cli_index_rejects_bad_settings_in_one_line(nlp, tmp_path, option, value
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert f"{option[2:]} must be one of" in result.output and not (tmp_path / "out").exists()
+
+
+def test_cli_index_reports_the_size_it_wrote(nlp, tmp_path):
+    """The exact curvature's P x P eigenvectors are most of what `index` writes."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from spacy_segment_influence.cli import app
+
+    nlp.to_disk(tmp_path / "model")
+    train_path = tmp_path / "train.spacy"
+    DocBin(docs=[eg.reference for eg in make_examples(nlp)]).to_disk(train_path)
+    args = ["index", str(tmp_path / "model"), str(train_path), str(tmp_path / "out"), "--curvature", "exact"]
+    result = CliRunner().invoke(app, args)
+    assert result.exception is None, result.output
+    reported = float(re.search(r"\(([\d.]+) MB written\)", result.output).group(1))
+    written = sum(f.stat().st_size for f in (tmp_path / "out" / "segment_influence").rglob("*") if f.is_file())
+    assert (
+        reported == round(written / 1e6, 1)
+        and written > 10 * spacy.load(tmp_path / "out").get_pipe("segment_influence").index.nbytes
+    )

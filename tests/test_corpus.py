@@ -9,19 +9,22 @@ import srsly
 from spacy.tokens import DocBin
 from typer.testing import CliRunner
 
+from spacy_segment_influence.annotation_errors import read_tags
 from spacy_segment_influence.cli import app
 from spacy_segment_influence.corpus import (
     BIORepairWarning,
     CorpusFormatError,
     bio_to_spans,
-    convert_jsonl,
+    convert_corpus,
     detect_scheme,
     read_docbin,
+    read_docs,
     read_jsonl_docs,
     write_jsonl_docs,
 )
 
-CONLL_TRAIN = Path("/work/shared/data/conll2003/train_original.jsonl")
+# The shared CoNLL-2003 copy next to the checkout (../shared/data/conll2003); the test skips without it.
+CONLL_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "conll2003" / "train_original.jsonl"
 
 SAMPLE = [
     {
@@ -65,13 +68,13 @@ def _run_convert(*args: Path):
 
 def test_roundtrip_sample(tmp_path):
     src = _write_records(tmp_path / "in.jsonl", SAMPLE)
-    assert convert_jsonl(src, tmp_path / "out" / "train.spacy") == len(SAMPLE)
+    assert convert_corpus(src, tmp_path / "out" / "train.spacy") == len(SAMPLE)
     assert _records_from_spacy(tmp_path / "out" / "train.spacy") == SAMPLE
 
 
 def test_read_docbin_matches_docbin_and_restores_srsly(tmp_path):
     src = _write_records(tmp_path / "in.jsonl", SAMPLE)
-    convert_jsonl(src, tmp_path / "train.spacy")
+    convert_corpus(src, tmp_path / "train.spacy")
     vocab = spacy.blank("en").vocab
     expected = list(DocBin().from_disk(tmp_path / "train.spacy").get_docs(vocab))
     got = read_docbin(tmp_path / "train.spacy", vocab)
@@ -87,15 +90,77 @@ def test_read_docbin_names_a_file_that_is_not_a_docbin(tmp_path):
     assert "get_all" not in vars(srsly.msgpack.msgpack_decoders)
 
 
-@pytest.mark.skipif(not CONLL_TRAIN.exists(), reason="CoNLL-2003 JSONL not available")
+@pytest.mark.skipif(not CONLL_TRAIN.exists(), reason=f"CoNLL-2003 JSONL not found at {CONLL_TRAIN}")
 def test_roundtrip_conll_head(tmp_path):
     with CONLL_TRAIN.open(encoding="utf8") as file_:
         records = [json.loads(line) for line in islice(file_, 200)]
     src = _write_records(tmp_path / "conll.jsonl", records)
     with warnings.catch_warnings():
         warnings.simplefilter("error", BIORepairWarning)
-        assert convert_jsonl(src, tmp_path / "conll.spacy") == 200
+        assert convert_corpus(src, tmp_path / "conll.spacy") == 200
     assert _records_from_spacy(tmp_path / "conll.spacy") == records
+
+
+# SAMPLE in CoNLL-2003's four columns and IOB1 tags (an entity starts with I- unless it
+# follows one of the same type), two documents
+SAMPLE_IOB = """-DOCSTART- -X- -X- O
+
+Peter NNP B-NP I-PER
+Blackburn NNP I-NP I-PER
+visited VBD B-VP O
+New NNP B-NP I-LOC
+York NNP I-NP I-LOC
+. . O O
+
+No DT B-NP O
+entities NNS I-NP O
+here RB B-ADVP O
+. . O O
+
+-DOCSTART- -X- -X- O
+
+EU NNP B-NP I-ORG
+rejects VBZ B-VP O
+German JJ B-NP I-MISC
+British JJ I-NP B-MISC
+lamb NN I-NP O
+
+Real NNP B-NP I-ORG
+Madrid NNP I-NP I-ORG
+( ( O O
+Spain NNP B-NP I-LOC
+) ) O O
+does VBZ B-VP O
+n't RB I-VP O
+lose VB I-VP O
+. . O O
+"""
+
+
+def test_conll_iob_reads_like_the_jsonl(tmp_path):
+    """spaCy's ner converter reads IOB1 and -DOCSTART- lines; ids are doc<d>_<s>."""
+    iob = _write_lines(tmp_path / "train.iob", SAMPLE_IOB.splitlines())
+    result = _run_convert(iob, tmp_path / "iob.spacy")
+    assert result.exception is None, result.output
+    assert "Wrote 4 docs" in result.output
+    expected = [{**record, "id": id_} for record, id_ in zip(SAMPLE, ["doc0_0", "doc0_1", "doc1_0", "doc1_1"])]
+    assert _records_from_spacy(tmp_path / "iob.spacy") == expected
+    assert read_tags(iob) == {record["id"]: record["ner_tags"] for record in expected}
+    as_text = _write_lines(tmp_path / "train.tsv", SAMPLE_IOB.splitlines())
+    docs = list(read_docs(as_text, spacy.blank("en").vocab, file_format="iob"))
+    assert [doc.text for doc in docs] == [doc.text for doc in read_docs(iob, spacy.blank("en").vocab)]
+
+
+def test_conll_iob_errors_are_one_line(tmp_path):
+    unknown = _write_lines(tmp_path / "train.tsv", SAMPLE_IOB.splitlines())
+    result = _run_convert(unknown, tmp_path / "out.spacy")
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.exception
+    assert result.stderr.startswith(f"Error: {unknown}: cannot tell the format") and "--format" in result.stderr
+    one_column = _write_lines(tmp_path / "bad.iob", ["Peter", "Smith"])
+    result = _run_convert(one_column, tmp_path / "out.spacy")
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.exception
+    assert result.stderr.startswith(f"Error: {one_column}: not a CoNLL IOB file")
+    assert not (tmp_path / "out.spacy").exists()
 
 
 def test_read_sets_text_ents_and_id(tmp_path):
@@ -133,7 +198,7 @@ def test_stray_inside_tags_are_repaired_and_counted(tmp_path):
     ]
     src = _write_records(tmp_path / "in.jsonl", records)
     with pytest.warns(BIORepairWarning, match=r"2 stray I- tag\(s\).*line 1"):
-        convert_jsonl(src, tmp_path / "out.spacy")
+        convert_corpus(src, tmp_path / "out.spacy")
     assert _records_from_spacy(tmp_path / "out.spacy") == [
         {"id": "a", "tokens": ["x", "y", "z"], "ner_tags": ["O", "B-PER", "I-PER"]},
         {"id": "b", "tokens": ["x", "y"], "ner_tags": ["B-ORG", "B-LOC"]},
@@ -183,7 +248,7 @@ def test_malformed_line_reports_file_and_line(tmp_path, bad_line, message):
 def test_failed_convert_writes_nothing(tmp_path):
     src = _write_lines(tmp_path / "bad.jsonl", [GOOD, "not json"])
     with pytest.raises(CorpusFormatError):
-        convert_jsonl(src, tmp_path / "out" / "train.spacy")
+        convert_corpus(src, tmp_path / "out" / "train.spacy")
     assert not (tmp_path / "out").exists()
 
 
@@ -239,7 +304,7 @@ def test_cli_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, mo
     def broken(*args, **kwargs):
         raise ValueError("an internal invariant")
 
-    monkeypatch.setattr("spacy_segment_influence.corpus.convert_jsonl", broken)
+    monkeypatch.setattr("spacy_segment_influence.corpus.convert_corpus", broken)
     result = _run_convert(_write_records(tmp_path / "in.jsonl", SAMPLE), tmp_path / "out.spacy")
     assert isinstance(result.exception, ValueError) and "an internal invariant" in str(result.exception)
 

@@ -224,6 +224,26 @@ def test_disk_round_trip(data, name, mmap, tmp_path, build):
     np.testing.assert_array_equal(loaded.scores(data[2]), index.scores(data[2]))
 
 
+def test_exact_index_loads_without_factorising(data, tmp_path, build, monkeypatch):
+    """Loading keeps the saved eigendecomposition (memory-mapped) instead of factorising
+    the P x P hessian again, which took minutes for a MiniLM head."""
+    index = build("exact", dtype="float32")
+    index.to_disk(tmp_path / "index")
+    assert not (tmp_path / "index" / "curvature.hessian.npy").exists()
+
+    def no_factorising(*args, **kwargs):
+        raise AssertionError("the hessian was factorised on load")
+
+    monkeypatch.setattr(np.linalg, "eigh", no_factorising)
+    monkeypatch.setattr(torch.linalg, "eigh", no_factorising)
+    loaded = SegmentIndex.from_disk(tmp_path / "index")
+    vectors = loaded.curvature._vectors
+    assert isinstance(vectors, np.memmap) or isinstance(vectors.base, np.memmap)
+    np.testing.assert_array_equal(loaded.scores(data[2]), index.scores(data[2]))
+    for mine, theirs in zip(loaded.curvature.eigen(), index.curvature.eigen()):
+        torch.testing.assert_close(mine, theirs)
+
+
 def test_index_of_an_older_format_asks_for_a_rebuild(data, tmp_path, build):
     build("identity").to_disk(tmp_path / "index")
     settings = srsly.read_json(tmp_path / "index" / "settings.json")

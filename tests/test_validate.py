@@ -9,7 +9,7 @@ from thinc.api import fix_random_seed
 from bench.fidelity_prototypes import kronecker_diagonal, kronecker_eigen_solve
 from spacy_segment_influence import bridge, crf, validate
 from spacy_segment_influence.corpus import read_jsonl_docs
-from spacy_segment_influence.fidelity_metrics import correlations
+from spacy_segment_influence.fidelity_metrics import METHODS, correlations
 from spacy_segment_influence.hessian import curvature_along, head_hessian, segment_hessian
 from spacy_segment_influence.segments import Segment, labelled_batch, mean_nll
 
@@ -111,7 +111,7 @@ def test_exact_influence_tracks_retraining():
     # the leverage-corrected estimate tracks the top pairs' magnitudes too (first order: ~0.78)
     refined = result["methods"]["refined"]
     assert refined["top"]["pearson"] >= 0.95 and refined["top"]["spearman"] >= 0.97, refined
-    assert set(result["methods"]) == {"exact", "kfac", "identity", "token", "refined"}
+    assert set(result["methods"]) == set(METHODS)  # each explained by `validate --help`
     assert result["settings"]["max_retrain_gradient"] < 1e-6
     # the loss at the retrained parameters is what is correlated, not a rewording of the prediction
     assert result["diagnostics"]["top"]["pearson_predicted_actual"] == pytest.approx(exact["top"]["pearson"])
@@ -119,3 +119,26 @@ def test_exact_influence_tracks_retraining():
     for group in ("top", "random"):
         drops = result["diagnostics"][group]
         assert 0 < drops["rest_curvature_drop_median"] <= drops["rest_curvature_drop_max"] < numpy.inf, drops
+
+
+def test_cli_validate_names_the_plot_extra_and_warns_of_its_cost(tmp_path, monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from spacy_segment_influence.cli import app
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "matplotlib" else find_spec(name, *args)
+    )
+    corpora = [tmp_path / "train.spacy", tmp_path / "dev.spacy"]
+    for path in corpora:
+        path.write_bytes(b"")
+    args = ["validate", str(tmp_path), *map(str, corpora), "--out", str(tmp_path / "metrics.json")]
+    result = CliRunner().invoke(app, [*args, "--plot", str(tmp_path / "fig.png")])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.exception
+    assert result.stderr == "Error: --plot needs matplotlib: pip install spacy-segment-influence[plot]\n"
+    # the estimate comes before any work (here loading tmp_path, which is no pipeline, fails)
+    result = CliRunner().invoke(app, [*args, "--n-train", "100", "--n-segments", "20"])
+    assert "retrains it 40 times: about 21 min" in result.stderr and result.exception is not None

@@ -126,6 +126,10 @@ def train_fold_models(
             }
             if max_steps is not None:
                 overrides["training.max_steps"] = max_steps
+                schedule = config["training"].get("optimizer", {}).get("learn_rate")
+                if isinstance(schedule, dict) and "total_steps" in schedule:
+                    # a pipeline saves its schedule's total_steps as a number (callbacks.resolved_optimizer)
+                    overrides["training.optimizer.learn_rate.total_steps"] = max_steps
             spacy_train(config_path, out, use_gpu=gpu_id, overrides=overrides)
             (out / "key.json").write_text(json.dumps(key))
     return models

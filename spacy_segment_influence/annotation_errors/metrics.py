@@ -21,8 +21,9 @@ from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
 import numpy
 from numpy.typing import ArrayLike
+from spacy.vocab import Vocab
 
-from ..corpus import read_jsonl_records
+from ..corpus import corpus_format, doc_to_bio, read_iob_docs, read_jsonl_records
 from ..exceptions import CorpusFormatError, DataError
 from .crossfit import document_of
 
@@ -32,7 +33,9 @@ BOOTSTRAP_METRICS = ("span_ap", "sentence_ap", "token_ap", "doc_auc")
 
 
 def read_tags(path: Path) -> Dict[str, List[str]]:
-    """Sentence id -> BIO tags of a JSONL corpus."""
+    """Sentence id -> BIO tags of a JSONL or CoNLL IOB corpus (`corpus.corpus_format`)."""
+    if corpus_format(Path(path)) == "iob":
+        return {doc.user_data["id"]: doc_to_bio(doc) for doc in read_iob_docs(path, Vocab())}
     tags = {}
     for line, record in read_jsonl_records(path):
         if not isinstance(record.get("id"), str) or not isinstance(record.get("ner_tags"), list):
