@@ -8,7 +8,8 @@ a single process builds. Actors that die are restarted and their shard retried b
 
 import math
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from types import ModuleType
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import spacy
 from spacy.language import Language
@@ -18,9 +19,6 @@ from tqdm import tqdm
 from .exceptions import ConfigError, MissingExtraError
 from .index_build import IndexShard, build_shard
 
-if TYPE_CHECKING:
-    import ray as ray_module
-
 # Shards per worker: enough for the progress bar to move and for a fast worker to pick
 # up a slow one's slack, few enough that per-shard overhead (a DocBin, one result) is noise.
 _SHARDS_PER_WORKER = 4
@@ -28,7 +26,7 @@ _SHARDS_PER_WORKER = 4
 _RETRIES = 3
 
 
-def import_ray() -> "ray_module":
+def import_ray() -> ModuleType:
     """The `ray` module, or a one-line error naming the extra that installs it."""
     try:
         import ray
@@ -38,7 +36,7 @@ def import_ray() -> "ray_module":
 
 
 @contextmanager
-def ray_cluster(address: str, runtime_env: Optional[Dict[str, Any]] = None) -> Iterator["ray_module"]:
+def ray_cluster(address: str, runtime_env: Optional[Dict[str, Any]] = None) -> Iterator[ModuleType]:
     """Ray, connected to the cluster at `address` ("local" starts one on this machine and
     stops it afterwards). An already connected session is used as it is."""
     ray = import_ray()
