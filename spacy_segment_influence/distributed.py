@@ -1,9 +1,10 @@
 """Index builds on a Ray cluster (`pip install spacy-segment-influence[ray]`).
 
-The corpus is cut into shards of consecutive docs; Ray actors each load the pipeline
-once and turn shards into `index_build.IndexShard`s (the encoder pass, the slow part);
-the driver merges them in corpus order and fits the index, so the result is the index
-a single process builds. Actors that die are restarted and their shard retried by Ray.
+The corpus is cut into shards of consecutive docs; Ray actors (`ShardWorkers`) each load
+the pipeline once and turn shards into `index_build.IndexShard`s (the encoder pass, the
+slow part); the driver merges them in corpus order and fits the index, so the result is
+the index a single process builds. Actors that die are restarted and their shard
+retried by Ray.
 """
 
 import math
@@ -58,10 +59,65 @@ class ShardWorker:
         self.nlp.from_bytes(pipeline)
         self.settings = settings
 
+    def ready(self) -> bool:
+        return True
+
     def shard(self, docs: bytes, first: int) -> Tuple[int, int, IndexShard]:
         """The shard of the DocBin `docs`, the corpus' docs from `first` on."""
         batch = list(DocBin().from_bytes(docs).get_docs(self.nlp.vocab))
         return first, len(batch), build_shard(self.nlp, self.settings, batch, first)
+
+
+class ShardWorkers:
+    """`n` Ray actors, each with the pipeline loaded, ready to index corpora (several in
+    a row, without loading the pipeline again). Connect to Ray first (`ray_cluster`)."""
+
+    def __init__(self, nlp: Language, settings: Dict[str, Any], n_workers: Optional[int] = None):
+        """`n_workers`: default one per CPU of the cluster. Returns once every actor has
+        loaded the pipeline."""
+        if n_workers is not None and n_workers < 1:
+            raise ConfigError(f"n_workers must be >= 1, got {n_workers}")
+        self._ray = import_ray()
+        self.batch_size: int = settings["batch_size"]
+        n = n_workers or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+        # kept referenced: a restarted actor reads its constructor's arguments again
+        self._pipeline = self._ray.put(nlp.to_bytes())
+        actor = self._ray.remote(num_cpus=1, max_restarts=_RETRIES, max_task_retries=_RETRIES)(ShardWorker)
+        self._actors = [actor.remote(nlp.config, self._pipeline, settings) for _ in range(n)]
+        self._ray.get([a.ready.remote() for a in self._actors])
+
+    def __enter__(self) -> "ShardWorkers":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def build(self, docs: Sequence[Doc], shard_docs: Optional[int] = None, show_progress: bool = True) -> IndexShard:
+        """The merged shard of `docs`, as `index_build.build_shard` computes it in one
+        process, from shards of `shard_docs` docs (default: about 4 per worker)."""
+        from ray.util import ActorPool
+
+        size = shard_docs or max(self.batch_size, math.ceil(len(docs) / (len(self._actors) * _SHARDS_PER_WORKER)))
+        if size < 1:
+            raise ConfigError(f"shard_docs must be >= 1, got {size}")
+        jobs = [
+            (DocBin(docs=docs[first : first + size], store_user_data=True).to_bytes(), first)
+            for first in range(0, len(docs), size)
+        ]
+        results: List[Tuple[int, IndexShard]] = []
+        bar = tqdm(total=len(docs), desc="Indexing training segments (Ray)", unit="doc", disable=not show_progress)
+        with bar:
+            pool = ActorPool(self._actors)
+            for first, n_docs, shard in pool.map_unordered(lambda a, job: a.shard.remote(*job), jobs):
+                results.append((first, shard))
+                bar.update(n_docs)
+        return IndexShard.merge([shard for _, shard in sorted(results, key=lambda item: item[0])])
+
+    def close(self) -> None:
+        """Stop the actors now (not when their handles are collected), freeing their CPUs."""
+        for handle in self._actors:
+            self._ray.kill(handle)
+        self._actors = []
 
 
 def build_shards(
@@ -75,34 +131,7 @@ def build_shards(
     runtime_env: Optional[Dict[str, Any]] = None,
 ) -> IndexShard:
     """The merged shard of `docs` (as `index_build.build_shard` computes it in one
-    process), computed by `n_workers` Ray actors (default: one per CPU of the cluster) in
-    shards of `shard_docs` docs. `runtime_env` is passed to `ray.init` when a cluster is
-    started or joined here."""
-    if n_workers is not None and n_workers < 1:
-        raise ConfigError(f"n_workers must be >= 1, got {n_workers}")
-    with ray_cluster(address, runtime_env) as ray:
-        from ray.util import ActorPool
-
-        workers = n_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        size = shard_docs or max(settings["batch_size"], math.ceil(len(docs) / (workers * _SHARDS_PER_WORKER)))
-        if size < 1:
-            raise ConfigError(f"shard_docs must be >= 1, got {size}")
-        pipeline = ray.put(nlp.to_bytes())
-        actor = ray.remote(num_cpus=1, max_restarts=_RETRIES, max_task_retries=_RETRIES)(ShardWorker)
-        actors = [actor.remote(nlp.config, pipeline, settings) for _ in range(workers)]
-        pool = ActorPool(actors)
-        shards = [
-            (DocBin(docs=docs[first : first + size], store_user_data=True).to_bytes(), first)
-            for first in range(0, len(docs), size)
-        ]
-        results: List[Tuple[int, IndexShard]] = []
-        bar = tqdm(total=len(docs), desc="Indexing training segments (Ray)", unit="doc", disable=not show_progress)
-        try:
-            with bar:
-                for first, n_docs, shard in pool.map_unordered(lambda a, job: a.shard.remote(*job), shards):
-                    results.append((first, shard))
-                    bar.update(n_docs)
-        finally:  # free the workers' CPUs now, not when the handles are collected
-            for handle in actors:
-                ray.kill(handle)
-    return IndexShard.merge([shard for _, shard in sorted(results, key=lambda item: item[0])])
+    process), computed on the Ray cluster at `address` by `ShardWorkers`. `runtime_env`
+    is passed to `ray.init` when a cluster is started or joined here."""
+    with ray_cluster(address, runtime_env), ShardWorkers(nlp, settings, n_workers) as workers:
+        return workers.build(docs, shard_docs, show_progress)
