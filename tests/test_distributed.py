@@ -121,3 +121,24 @@ def test_missing_ray_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingExtraError, match=r"spacy-segment-influence\[ray\]"):
         distributed.import_ray()
+
+
+def test_failed_index_write_leaves_nothing(nlp, tmp_path, monkeypatch):
+    """`segment-influence index` writes beside OUT_DIR and swaps it in: a write that fails
+    half-way leaves neither OUT_DIR nor a temporary directory (no Ray needed)."""
+    from spacy.language import Language
+    from spacy.tokens import DocBin
+
+    nlp.to_disk(tmp_path / "model")
+    DocBin(docs=[eg.reference for eg in make_examples(nlp, corpus())]).to_disk(tmp_path / "train.spacy")
+    to_disk = Language.to_disk
+
+    def fail_half_way(self, path, **kwargs):
+        to_disk(self, path, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Language, "to_disk", fail_half_way)
+    args = ["index", str(tmp_path / "model"), str(tmp_path / "train.spacy"), str(tmp_path / "out")]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, OSError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "train.spacy"]
