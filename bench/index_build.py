@@ -47,6 +47,7 @@ from influence_common import (  # noqa: E402
 )
 
 import spacy_segment_influence.component as component_mod  # noqa: E402
+import spacy_segment_influence.index_build as build_mod  # noqa: E402
 from spacy_segment_influence import bridge  # noqa: E402
 from spacy_segment_influence import curvature as curvature_mod
 from spacy_segment_influence import index as index_mod
@@ -95,8 +96,8 @@ def breakdown(build):
         (bridge, "encode", "encode (tok2vec via nlp.pipe)"),
         (bridge, "head_features", "listener features"),
         (bridge, "gold_tags", "gold tags"),
-        (component_mod.SegmentInfluence, "_training_segments", "segments + metadata"),
-        (component_mod, "segment_gradients", "segment gradients (marginals)"),
+        (build_mod, "training_segments", "segments + metadata"),
+        (build_mod, "segment_gradients", "segment gradients (marginals)"),
         (segments_mod, "token_marginals", "KFAC: token marginals"),
         (curvature_mod.KFACStatistics, "add_tokens", "KFAC: accumulate factors"),
         (curvature_mod.KFACStatistics, "curvature", "KFAC: fit factors"),
@@ -140,7 +141,7 @@ def _rss_by_step(build, interval: float = 0.005):
 
     targets = [
         (bridge, "encode", "encode"),
-        (component_mod, "segment_gradients", "segment gradients"),
+        (build_mod, "segment_gradients", "segment gradients"),
         (curvature_mod.ExactCurvature, "fit", "fit curvature (exact)"),
         (segments_mod, "token_marginals", "KFAC: token marginals"),
         (curvature_mod.KFACStatistics, "add_tokens", "KFAC: accumulate factors"),

@@ -103,11 +103,15 @@ def index(
     ner: str = typer.Option("crf_ner", help="Name of the crf_ner component"),
     dtype: str = typer.Option("float32", help="Storage precision of the index: float32 | float16"),
     device: str = typer.Option("cpu", help="Torch device for search, e.g. cpu or cuda:0"),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Encode on a Ray cluster at this address ('local' starts one here); needs the ray extra"
+    ),
+    ray_workers: Optional[int] = typer.Option(None, help="With --ray: Ray workers (default one per cluster CPU)"),
 ) -> None:
     """Index a training corpus into a copy of the pipeline.
 
     Writes MODEL_DIR plus an indexed segment_influence component to OUTPUT_DIR, like
-    `spacy assemble`: a pipeline that explains its entities."""
+    `spacy assemble`, all at once or not at all: a pipeline that explains its entities."""
     import spacy
 
     from .component import check_settings
@@ -128,11 +132,29 @@ def index(
     with _user_errors():
         check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=False)
         component = cast("SegmentInfluence", nlp.add_pipe("segment_influence", config=config))
-        component.initialize(lambda: [], nlp=nlp, train_path=train_path)
+        component.initialize(lambda: [], nlp=nlp, train_path=train_path, ray_address=ray, ray_workers=ray_workers)
         index = component.check_index()
-    nlp.to_disk(output_dir)
+    _write_atomically(nlp, output_dir)
     written = sum(file.stat().st_size for file in (output_dir / component.name).rglob("*") if file.is_file())
     typer.echo(f"Indexed {len(index)} segments ({written / 1e6:.1f} MB written); saved to {output_dir}")
+
+
+def _write_atomically(nlp, output_dir: Path) -> None:
+    """nlp.to_disk into a sibling temporary directory, then swapped in: an interrupted
+    write leaves no half-written pipeline."""
+    import shutil
+    import tempfile
+
+    from .index_storage import replace_dir
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        nlp.to_disk(tmp)
+        replace_dir(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @app.command()

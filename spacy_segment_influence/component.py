@@ -31,14 +31,11 @@ from . import bridge, removal
 from .corpus import read_docbin
 from .curvature import CURVATURES, CurvatureName, curvature_class
 from .exceptions import ConfigError, DataError, IndexMissingError, IndexOutOfDateError
-from .gradients import FactoredGradients, WindowLabels
 from .index import DTYPES, IndexDtype, SegmentIndex
-from .segments import LabelledBatch, Segment, labelled_batch, segment_gradients, window_labels
+from .index_build import build_shard, fit_index
+from .segments import LabelledBatch, Segment, segment_gradients
 from .tagger import CRFEntityRecognizer
 
-# Docs whose CRF work (segment windows, K-FAC marginals) runs together: few large
-# chain batches instead of many small ones, whose per-step overhead dominated.
-_CHAIN_GROUP = 1024
 Granularity = Literal["entities", "tokens"]
 _GRANULARITIES = get_args(Granularity)
 
@@ -205,9 +202,12 @@ class SegmentInfluence(Pipe):
         nlp: Optional[Language] = None,
         train_path: Optional[Union[str, Path]] = None,
         show_progress: bool = True,
+        ray_address: Optional[str] = None,
+        ray_workers: Optional[int] = None,
     ) -> None:
         """Index the training corpus: `train_path` (a .spacy file) if given, else the
-        reference docs of `get_examples()`."""
+        reference docs of `get_examples()`. With `ray_address` (a Ray cluster's address,
+        or "local" to start one here), `ray_workers` Ray actors encode it (`distributed`)."""
         if nlp is not None:
             self.nlp = nlp
         if train_path is not None:
@@ -216,65 +216,21 @@ class SegmentInfluence(Pipe):
             docs = [eg.reference for eg in get_examples()]
         if not docs:
             raise DataError(f"segment_influence {self.name!r}: the training corpus is empty")
-        self.index = self._build_index(docs, show_progress)
+        self.index = self._build_index(docs, show_progress, ray_address, ray_workers)
         self.fingerprint = bridge.fingerprint(self.nlp, self.cfg["ner"])
 
-    def _build_index(self, docs: Sequence[Doc], show_progress: bool) -> SegmentIndex:
-        ner = self.ner
-        curvature_type = curvature_class(self.cfg["curvature"])
-        statistics = curvature_type.statistics()
-        grads: List[FactoredGradients] = []
-        windows: List[WindowLabels] = []
-        metadata: List[dict] = []
-        progress = tqdm(total=len(docs), desc="Indexing training segments", unit="doc", disable=not show_progress)
-        for first, batch_docs in _batches(docs, max(self.cfg["batch_size"], _CHAIN_GROUP)):
-            batch = self._encode(batch_docs, progress)
-            segments, meta = self._training_segments(batch_docs, first)
-            grads.append(segment_gradients(ner, batch, segments))
-            metadata.extend(meta)
-            statistics.add(ner, batch)
-            if curvature_type.refinable:
-                windows.append(window_labels(batch, segments))
-        progress.close()
-        if not metadata:
-            raise DataError(
-                f"segment_influence {self.name!r}: no training segments found (granularity {self.cfg['granularity']!r})"
-            )
-        all_grads = FactoredGradients.concat(grads)
-        curvature = curvature_type.fit(ner, statistics, all_grads, self.cfg["damping"])
-        # an exact index keeps the raw window features; with their labels, `removal` can refine
-        labels = WindowLabels.concat(windows) if windows else None
-        return SegmentIndex.build(all_grads, metadata, curvature, self.cfg["normalize"], self.cfg["dtype"], labels)
+    def _build_index(
+        self, docs: Sequence[Doc], show_progress: bool, ray_address: Optional[str], ray_workers: Optional[int]
+    ) -> SegmentIndex:
+        if ray_address is not None:
+            from .distributed import build_shards
 
-    def _encode(self, docs: Sequence[Doc], progress: tqdm) -> LabelledBatch:
-        """Features and gold tags of `docs`, encoded batch by batch so that the progress
-        bar moves with the encoder, the slow part."""
-        features: List[numpy.ndarray] = []
-        tags: List[List[int]] = []
-        for _, batch_docs in _batches(docs, self.cfg["batch_size"]):
-            batch = labelled_batch(self.nlp, self.cfg["ner"], batch_docs, self.cfg["batch_size"])
-            features.extend(batch.features)
-            tags.extend(batch.tags)
-            progress.update(len(batch_docs))
-        return LabelledBatch(features, tags)
-
-    def _training_segments(self, docs: Sequence[Doc], first: int) -> Tuple[List[Segment], List[dict]]:
-        segments, metadata = [], []
-        labels = self.ner.labels
-        for offset, doc in enumerate(docs):
-            if self.cfg["granularity"] == "entities":
-                spans = [ent for ent in doc.ents if ent.label_ in labels]
-            else:
-                # each annotated token, labelled as its gold tag is (outside the labels: "O")
-                spans = [
-                    Span(doc, i, i + 1, label=doc[i].ent_type_ if doc[i].ent_type_ in labels else "")
-                    for i in range(len(doc))
-                    if doc[i].ent_iob != 0
-                ]
-            for span in spans:
-                segments.append(Segment(offset, span.start, span.end))
-                metadata.append(_segment_record(doc, span, first + offset))
-        return segments, metadata
+            shard = build_shards(self.nlp, self.cfg, docs, ray_address, ray_workers, show_progress=show_progress)
+        else:
+            progress = tqdm(total=len(docs), desc="Indexing training segments", unit="doc", disable=not show_progress)
+            with progress:
+                shard = build_shard(self.nlp, self.cfg, docs, progress=progress.update)
+        return fit_index(self.nlp, self.cfg, shard, self.name)
 
     # -- querying ------------------------------------------------------------------------
     def __call__(self, doc: Doc) -> Doc:
@@ -415,22 +371,3 @@ class SegmentInfluence(Pipe):
         if "index" not in exclude and "index" in msg:
             self.index = SegmentIndex.from_bytes(msg["index"]) if msg["index"] is not None else None
         return self
-
-
-def _batches(docs: Sequence[Doc], size: int) -> Iterator[Tuple[int, Sequence[Doc]]]:
-    for first in range(0, len(docs), size):
-        yield first, docs[first : first + size]
-
-
-def _segment_record(doc: Doc, span: Span, doc_index: int, window: int = 10) -> dict:
-    left = doc[max(0, span.start - window) : span.start].text
-    right = doc[span.end : span.end + window].text
-    return {
-        "doc_id": doc.user_data.get("id") if doc.user_data else None,
-        "doc_index": doc_index,
-        "start": span.start,
-        "end": span.end,
-        "label": span.label_ or "O",
-        "text": span.text,
-        "context": " ".join(part for part in (left, f"[{span.text}]", right) if part),
-    }

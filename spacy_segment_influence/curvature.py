@@ -18,7 +18,7 @@ damping (`fit`), so a new curvature is one class here.
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Dict, List, Literal, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, ClassVar, Dict, Literal, Optional, Tuple, Type, Union
 
 import numpy as np
 import torch
@@ -79,6 +79,10 @@ class TrainingStatistics:
 
     def add(self, ner: "CRFEntityRecognizer", batch: "LabelledBatch") -> None:
         """Take in one batch of labelled training sentences."""
+
+    def merge(self, other: "TrainingStatistics") -> None:
+        """Take in another accumulator's sentences (a shard's, in a distributed build):
+        statistics are sums over sentences, so any split of a corpus merges exactly."""
 
 
 class Curvature(ABC):
@@ -253,9 +257,17 @@ class KFACStatistics(TrainingStatistics):
         with one_thread():
             hh = (features.T @ features).numpy()
             qq = (torch.diag(q.sum(dim=0)) - q.T @ q).numpy()
+        self._add_sums(hh, qq, len(features))
+
+    def merge(self, other: TrainingStatistics) -> None:
+        assert isinstance(other, KFACStatistics)
+        if other.hh is not None and other.qq is not None:
+            self._add_sums(other.hh, other.qq, other.n_tokens)
+
+    def _add_sums(self, hh: np.ndarray, qq: np.ndarray, n_tokens: int) -> None:
         self.hh = hh if self.hh is None else self.hh + hh
         self.qq = qq if self.qq is None else self.qq + qq
-        self.n_tokens += len(features)
+        self.n_tokens += n_tokens
 
     def curvature(self, dense: np.ndarray, damping: float) -> KFACCurvature:
         if self.hh is None or self.qq is None or len(dense) == 0:
@@ -334,19 +346,16 @@ class ExactCurvature(Curvature):
         return self._torch
 
     @classmethod
-    def statistics(cls) -> "SentenceStatistics":
-        return SentenceStatistics()
+    def statistics(cls) -> "HessianStatistics":
+        return HessianStatistics()
 
     @classmethod
     def fit(
         cls, ner: "CRFEntityRecognizer", statistics: TrainingStatistics, grads: FactoredGradients, damping: float
     ) -> "ExactCurvature":
-        from .hessian import head_hessian
-
-        assert isinstance(statistics, SentenceStatistics)
-        batch = statistics.batch()
+        assert isinstance(statistics, HessianStatistics)
         layout = HeadLayout.of(ner.head)
-        return cls(head_hessian(ner, batch), damping, layout.n_tags, layout.width, batch.n_sentences)
+        return cls(statistics.mean(layout), damping, layout.n_tags, layout.width, statistics.n_sentences)
 
     def _check(self, grads: FactoredGradients) -> None:
         if grads.layout != self.layout:
@@ -392,21 +401,34 @@ class ExactCurvature(Curvature):
         return cls.from_eigen(arrays["values"], arrays["vectors"], *settings)
 
 
-class SentenceStatistics(TrainingStatistics):
-    """Every training sentence's features and tags, for curvatures that need them all."""
+class HessianStatistics(TrainingStatistics):
+    """The running sum of the training sentences' exact head Hessians (each batch's in
+    closed form, `hessian.head_hessian`), so a build never holds every sentence."""
 
     def __init__(self) -> None:
-        self.features: List[np.ndarray] = []
-        self.tags: List[List[int]] = []
+        self.n_sentences = 0
+        self.total: Optional[np.ndarray] = None
 
     def add(self, ner: "CRFEntityRecognizer", batch: "LabelledBatch") -> None:
-        self.features.extend(batch.features)
-        self.tags.extend(batch.tags)
+        from .hessian import head_hessian
 
-    def batch(self) -> "LabelledBatch":
-        from .segments import LabelledBatch
+        if batch.n_sentences:  # head_hessian is the mean over the batch's sentences
+            self._add_sum(head_hessian(ner, batch) * batch.n_sentences, batch.n_sentences)
 
-        return LabelledBatch(self.features, self.tags)
+    def merge(self, other: TrainingStatistics) -> None:
+        assert isinstance(other, HessianStatistics)
+        if other.total is not None:
+            self._add_sum(other.total, other.n_sentences)
+
+    def _add_sum(self, total: np.ndarray, n_sentences: int) -> None:
+        self.total = total if self.total is None else self.total + total
+        self.n_sentences += n_sentences
+
+    def mean(self, layout: HeadLayout) -> np.ndarray:
+        """The Hessian of the mean sentence loss (zero without sentences)."""
+        if self.total is None:
+            return np.zeros((layout.n_params, layout.n_params))
+        return self.total / self.n_sentences
 
 
 CURVATURES: Dict[str, Type[Curvature]] = {cls.name: cls for cls in (IdentityCurvature, KFACCurvature, ExactCurvature)}

@@ -52,6 +52,11 @@ class IndexOutOfDateError(SegmentInfluenceError, RuntimeError):
     stored gradients no longer describe the model."""
 
 
+class MissingExtraError(SegmentInfluenceError, ImportError):
+    """An option needs a package from one of the optional extras (e.g. `--ray` needs
+    `pip install spacy-segment-influence[ray]`)."""
+
+
 class SegmentInfluenceWarning(UserWarning):
     """Base class of the package's warnings."""
 

@@ -243,6 +243,22 @@ class SegmentIndex:
     def __len__(self) -> int:
         return len(self.stored)
 
+    def select(self, start: int, stop: int) -> "SegmentIndex":
+        """Segments start:stop as an index of their own (the same curvature and
+        settings), sharing memory with self: a shard that scores as this index does."""
+        windows = None
+        if self.windows is not None:
+            t0, t1 = int(self.stored.offsets[start]), int(self.stored.offsets[stop])
+            windows = WindowLabels(self.windows.tags[t0:t1], self.windows.bounds[start:stop])
+        return SegmentIndex(
+            self.stored.select(start, stop),
+            self.norms[start:stop],
+            self.metadata[start:stop],
+            self.curvature,
+            self.normalize,
+            windows,
+        )
+
     @property
     def dtype(self) -> str:
         return str(self.stored.h.dtype)

@@ -45,6 +45,12 @@ class SparseRows:
     def __len__(self) -> int:
         return self.indptr.size - 1
 
+    def select(self, start: int, stop: int) -> "SparseRows":
+        """Rows start:stop, sharing memory with self."""
+        n0, n1 = int(self.indptr[start]), int(self.indptr[stop])
+        indptr = self.indptr[start : stop + 1] - n0
+        return SparseRows(indptr, self.columns[n0:n1], self.values[n0:n1], self.n_columns)
+
     @property
     def nbytes(self) -> int:
         return self.indptr.nbytes + self.columns.nbytes + self.values.nbytes
@@ -81,6 +87,12 @@ class StoredSegments:
     def __len__(self) -> int:
         return self.offsets.size - 1
 
+    def select(self, start: int, stop: int) -> "StoredSegments":
+        """Segments start:stop, sharing memory with self (but for their offsets)."""
+        t0, t1 = int(self.offsets[start]), int(self.offsets[stop])
+        offsets = np.asarray(self.offsets[start : stop + 1]) - t0
+        return StoredSegments(self.h[t0:t1], self.r[t0:t1], offsets, self.dense.select(start, stop))
+
     @property
     def shape(self) -> Tuple[int, int, int]:
         """(E, C, D)."""
@@ -113,7 +125,7 @@ def write_dir(index: "SegmentIndex", path: Union[str, Path]) -> None:
         srsly.write_json(tmp / "metadata.json", index.metadata)
         srsly.write_json(tmp / "settings.json", _settings(index))
         _fsync_files(tmp)
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -203,8 +215,8 @@ def _fsync_files(directory: Path) -> None:
             os.fsync(f.fileno())
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move src to dst. POSIX cannot rename over a non-empty directory, so an
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move src to dst (a directory written in full beside it). POSIX cannot rename over a non-empty directory, so an
     existing dst is first moved aside and deleted only after src is in place."""
     if not dst.exists():
         os.replace(src, dst)

@@ -1,0 +1,144 @@
+"""A Ray-built index and a sharded Ray search equal the single-process ones, on a local
+Ray cluster that the tests start and stop (no network)."""
+
+import sys
+from pathlib import Path
+
+import numpy
+import pytest
+from typer.testing import CliRunner
+
+from spacy_segment_influence import MissingExtraError, distributed
+from spacy_segment_influence.cli import app
+from spacy_segment_influence.gradients import FactoredGradients
+from spacy_segment_influence.index import SegmentIndex
+from spacy_segment_influence.sharded_index import ShardedIndex, write_sharded
+
+from .conftest import make_examples, tok2vec_nlp, train
+
+ROOT = Path(__file__).resolve().parents[1]
+PEOPLE = ["Peter Smith", "Anna Berg", "Tom Hale", "Maria Lopez", "Ken Ito", "Olga Petrova"]
+PLACES = ["Paris", "New York City", "Rome", "Lagos", "Oslo", "Lima", "Kyoto"]
+ORGS = ["Apple", "IBM", "the United Nations", "Siemens", "FIFA"]
+
+
+def corpus():
+    """Varied sentences (few exact duplicates, so top-k has no ties to break)."""
+    data = []
+    for i in range(36):
+        person, place, org = PEOPLE[i % 6], PLACES[i % 7], ORGS[i % 5]
+        text = f"{person} met {org} in {place} ." if i % 3 else f"{org} hired {person} ."
+        spans = [(person, "PER"), (org, "ORG")] + ([(place, "LOC")] if i % 3 else [])
+        data.append((text, [(text.index(s), text.index(s) + len(s), label) for s, label in spans]))
+    return data
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def nlp():
+    nlp = tok2vec_nlp()
+    return train(nlp, make_examples(nlp, corpus()), steps=20)
+
+
+def indexed(nlp, curvature, **ray):
+    """The index of `corpus()`, built in this process or with `ray_address`, `ray_workers`."""
+    component = nlp.add_pipe("segment_influence", name="si", config={"curvature": curvature, "k": 5})
+    try:
+        examples = make_examples(nlp, corpus())
+        component.initialize(lambda: examples, nlp=nlp, show_progress=False, **ray)
+        return component.index
+    finally:
+        nlp.remove_pipe("si")
+
+
+def some_queries(index: SegmentIndex, n: int = 40) -> FactoredGradients:
+    """Gradient-shaped queries: the first n stored segments' factors, read as raw."""
+    stored = index.stored
+    grads = FactoredGradients(numpy.asarray(stored.h), numpy.asarray(stored.r), stored.offsets, stored.dense.to_dense())
+    return grads.select(0, min(n, len(index)))
+
+
+def assert_same_search(one: SegmentIndex, other, queries, k=5):
+    """`other` finds the top-k of `one`: the same scores, each hit's score being its
+    score in `one` (ids may differ only among tied scores: a tiny tok2vec has many)."""
+    full = one.scores(queries)
+    for q, (a, b) in enumerate(zip(one.top_k(queries, k=k), other.top_k(queries, k=k))):
+        for hits, theirs in ((a.supporters, b.supporters), (a.opposers, b.opposers)):
+            assert len(hits) == len(theirs)
+            numpy.testing.assert_allclose([s for _, s in theirs], [s for _, s in hits], atol=1e-5)
+            numpy.testing.assert_allclose([full[q, i] for i, _ in theirs], [s for _, s in theirs], atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("curvature", ["kfac", "exact"])
+def test_ray_build_equals_single_process(cluster, nlp, curvature):
+    single = indexed(nlp, curvature)
+    on_ray = indexed(nlp, curvature, ray_address="local", ray_workers=2)
+    assert on_ray.metadata == single.metadata
+    numpy.testing.assert_allclose(on_ray.norms, single.norms, rtol=1e-5)
+    assert_same_search(single, on_ray, some_queries(single))
+
+
+@pytest.mark.slow
+def test_sharded_ray_search_equals_one_index(cluster, nlp, tmp_path):
+    index = indexed(nlp, "kfac")
+    write_sharded(index, tmp_path / "sharded", n_shards=3)
+    sharded = ShardedIndex(tmp_path / "sharded", on_ray=True, cpus_per_shard=0.5)
+    try:
+        assert_same_search(index, sharded, some_queries(index))
+        ids = [0, len(index) // 2, len(index) - 1]
+        assert sharded.records(ids) == [index.metadata[i] for i in ids]
+    finally:
+        sharded.close()
+
+
+@pytest.mark.slow
+def test_cli_index_on_ray(cluster, nlp, tmp_path):
+    from spacy.tokens import DocBin
+
+    model, out = tmp_path / "model", tmp_path / "out"
+    nlp.to_disk(model)
+    docs = [eg.reference for eg in make_examples(nlp, corpus())]
+    DocBin(docs=docs).to_disk(tmp_path / "train.spacy")
+    result = CliRunner().invoke(app, ["index", str(model), str(tmp_path / "train.spacy"), str(out), "--ray", "local"])
+    assert result.exit_code == 0, result.output
+    assert SegmentIndex.from_disk(out / "segment_influence" / "index").metadata == indexed(nlp, "kfac").metadata
+
+
+def test_missing_ray_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(MissingExtraError, match=r"spacy-segment-influence\[ray\]"):
+        distributed.import_ray()
+
+
+def test_failed_index_write_leaves_nothing(nlp, tmp_path, monkeypatch):
+    """`segment-influence index` writes beside OUT_DIR and swaps it in: a write that fails
+    half-way leaves neither OUT_DIR nor a temporary directory (no Ray needed)."""
+    from spacy.language import Language
+    from spacy.tokens import DocBin
+
+    nlp.to_disk(tmp_path / "model")
+    DocBin(docs=[eg.reference for eg in make_examples(nlp, corpus())]).to_disk(tmp_path / "train.spacy")
+    to_disk = Language.to_disk
+
+    def fail_half_way(self, path, **kwargs):
+        to_disk(self, path, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Language, "to_disk", fail_half_way)
+    args = ["index", str(tmp_path / "model"), str(tmp_path / "train.spacy"), str(tmp_path / "out")]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, OSError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "train.spacy"]

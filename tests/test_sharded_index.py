@@ -1,0 +1,55 @@
+"""A sharded index searched shard by shard (in process) answers as the whole index."""
+
+import numpy as np
+import pytest
+
+from spacy_segment_influence.curvature import ExactCurvature, KFACCurvature
+from spacy_segment_influence.exceptions import ConfigError, IndexFormatError
+from spacy_segment_influence.gradients import WindowLabels
+from spacy_segment_influence.index import SegmentIndex
+from spacy_segment_influence.sharded_index import MANIFEST, ShardedIndex, write_sharded
+
+from .test_index import DAMPING, C, E, P, make_grads
+
+
+def build(curvature, dtype="float32"):
+    rng = np.random.default_rng(3)
+    train, marginals = make_grads(rng, 50)
+    queries, _ = make_grads(rng, 9)
+    if curvature == "exact":
+        root = rng.normal(size=(P, P))
+        fitted = ExactCurvature(root @ root.T / P, DAMPING, C, E)
+        windows = WindowLabels(rng.integers(-1, C, len(train.h)).astype(np.int16), rng.integers(0, 9, (50, 4)))
+    else:
+        fitted, windows = KFACCurvature.from_tokens(train.h, marginals, train.dense, DAMPING), None
+    metadata = [{"segment": i} for i in range(len(train))]
+    return SegmentIndex.build(train, metadata, fitted, True, dtype, windows), queries
+
+
+@pytest.mark.parametrize("curvature,dtype", [("kfac", "float32"), ("kfac", "float16"), ("exact", "float32")])
+@pytest.mark.parametrize("n_shards", [1, 3, 7])
+def test_sharded_search_equals_the_whole_index(tmp_path, curvature, dtype, n_shards):
+    index, queries = build(curvature, dtype)
+    write_sharded(index, tmp_path / "sharded", n_shards)
+    sharded = ShardedIndex(tmp_path / "sharded")
+    assert len(sharded) == len(index)
+    for whole, merged in zip(index.top_k(queries, k=6), sharded.top_k(queries, k=6, batch_size=4)):
+        assert [i for i, _ in merged.supporters] == [i for i, _ in whole.supporters]
+        assert [i for i, _ in merged.opposers] == [i for i, _ in whole.opposers]
+        np.testing.assert_allclose([s for _, s in merged.supporters], [s for _, s in whole.supporters], rtol=1e-6)
+    ids = [0, 17, 49, 3]
+    assert sharded.records(ids) == [{"segment": i} for i in ids]
+    if curvature == "exact":
+        shard = SegmentIndex.from_disk(tmp_path / "sharded" / "shard-00000")
+        np.testing.assert_array_equal(shard.windows.tags, index.windows.tags[: len(shard.stored.h)])
+
+
+def test_bad_shard_counts_and_missing_manifest(tmp_path):
+    index, _ = build("kfac")
+    with pytest.raises(ConfigError):
+        write_sharded(index, tmp_path / "sharded", 0)
+    write_sharded(index, tmp_path / "sharded", 2)
+    (tmp_path / "sharded" / MANIFEST).unlink()
+    with pytest.raises(IndexFormatError, match="no manifest.json"):
+        ShardedIndex(tmp_path / "sharded")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
