@@ -64,11 +64,9 @@ def index(
     component to OUTPUT_DIR (like `spacy assemble`)."""
     import spacy
 
+    from .atomic_dir import replaced_dir
     from .component import check_settings
 
-    nlp = spacy.load(model_dir)
-    if "segment_influence" in nlp.pipe_names:
-        nlp.remove_pipe("segment_influence")
     config = {
         "curvature": curvature,
         "damping": damping,
@@ -79,12 +77,16 @@ def index(
         "dtype": dtype,
         "device": device,
     }
-    with _user_errors():
+    # the whole of OUTPUT_DIR is replaced at once, and only when everything succeeded
+    with _user_errors(), replaced_dir(output_dir) as building:
         check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=False)
+        nlp = spacy.load(model_dir)
+        if "segment_influence" in nlp.pipe_names:
+            nlp.remove_pipe("segment_influence")
         component = cast("SegmentInfluence", nlp.add_pipe("segment_influence", config=config))
         component.initialize(lambda: [], nlp=nlp, train_path=train_path)
         index = component.check_index()
-    nlp.to_disk(output_dir)
+        nlp.to_disk(building)
     typer.echo(f"Indexed {len(index)} segments ({index.nbytes / 1e6:.1f} MB); saved to {output_dir}")
 
 
