@@ -30,7 +30,7 @@ from tqdm import tqdm
 from . import bridge, removal
 from .corpus import read_docbin
 from .curvature import CURVATURES, CurvatureName, curvature_class
-from .exceptions import ConfigError, DataError, IndexMissingError, IndexOutOfDateError
+from .exceptions import ConfigError, DataError, IndexFormatError, IndexMissingError, IndexOutOfDateError
 from .gradients import FactoredGradients, WindowLabels
 from .index import DTYPES, IndexDtype, SegmentIndex
 from .segments import LabelledBatch, Segment, labelled_batch, segment_gradients, window_labels
@@ -281,8 +281,9 @@ class SegmentInfluence(Pipe):
         return next(self.pipe([doc]))
 
     def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
-        for docs in minibatch(stream, size=batch_size):
-            self.check_index()
+        for i, docs in enumerate(minibatch(stream, size=batch_size)):
+            if i == 0:  # digesting every weight costs ~0.1 s for MiniLM: once per call
+                self.check_index()
             labels = self.ner.labels
             labellings = [[ent for ent in doc.ents if ent.label_ in labels] for doc in docs]
             queries = [(i, ent) for i, ents in enumerate(labellings) for ent in ents]
@@ -369,12 +370,17 @@ class SegmentInfluence(Pipe):
                 "nlp.get_pipe('segment_influence').initialize(..., train_path=TRAIN.spacy) "
                 "or use `segment-influence index`"
             )
-        current = bridge.fingerprint(self.nlp, self.cfg["ner"])
-        if current != self.fingerprint:
+        if not str(self.fingerprint).startswith(f"{bridge.FINGERPRINT_SCHEME}:"):
+            raise IndexFormatError(
+                f"segment_influence {self.name!r}: the index was written by an older version, whose "
+                "weight fingerprint this version cannot check; re-index (`segment-influence index`)"
+            )
+        if bridge.fingerprint(self.nlp, self.cfg["ner"]) != self.fingerprint:
             raise IndexOutOfDateError(
-                f"segment_influence {self.name!r}: the weights of {self.cfg['ner']!r} or its "
-                "encoder changed after the training corpus was indexed; influence scores would "
-                "be wrong. Re-index (initialize again or `segment-influence index`)."
+                f"segment_influence {self.name!r}: the weights of {self.cfg['ner']!r} or its encoder "
+                "differ from those the training corpus was indexed with (they changed after indexing: "
+                "further training, an edit, or files from another pipeline or run); influence scores "
+                "would be wrong. Re-index (initialize again or `segment-influence index`)."
             )
         return self.index
 
