@@ -27,7 +27,7 @@ from spacy.training import Example
 from spacy.util import minibatch
 from tqdm import tqdm
 
-from . import bridge, removal
+from . import bridge, checksums, removal
 from .corpus import read_docbin
 from .curvature import CURVATURES, CurvatureName, curvature_class
 from .exceptions import ConfigError, DataError, IndexFormatError, IndexMissingError, IndexOutOfDateError
@@ -398,7 +398,7 @@ class SegmentInfluence(Pipe):
     def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "SegmentInfluence":
         path = Path(path)
         if "cfg" not in exclude:
-            cfg = srsly.read_json(path / "cfg")
+            cfg = checksums.read_json(path / "cfg")
             self.fingerprint = cfg.pop("fingerprint")
             self.cfg.update(cfg)
         if "index" not in exclude:

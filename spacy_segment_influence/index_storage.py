@@ -1,8 +1,9 @@
 """What a `SegmentIndex` stores, and how it is written and read: a directory of .npy
 arrays and JSON (memory-mapped on load), or one msgpack blob.
 
-A directory is written into a temporary sibling first, flushed, and then swapped in for
-the old one, so a failed or interrupted write never leaves a partial index behind.
+A directory is written into a temporary sibling first, with a checksum of every file
+(`checksums`), flushed, and then swapped in for the old one, so a failed or interrupted
+write never leaves a partial index behind, and a file damaged later is named on load.
 """
 
 import os
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Dict, List, Literal, NamedTuple, Optional, Tup
 import numpy as np
 import srsly
 
+from . import checksums
 from .curvature import CURVATURES, Curvature
 from .exceptions import IndexFormatError
 from .gradients import FactoredGradients, WindowLabels
@@ -22,7 +24,7 @@ from .gradients import FactoredGradients, WindowLabels
 if TYPE_CHECKING:
     from .index import SegmentIndex
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: checksums.json
 
 
 @dataclass
@@ -112,6 +114,7 @@ def write_dir(index: "SegmentIndex", path: Union[str, Path]) -> None:
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
         srsly.write_json(tmp / "metadata.json", index.metadata)
         srsly.write_json(tmp / "settings.json", _settings(index))
+        checksums.write_manifest(tmp)
         _fsync_files(tmp)
         _replace_dir(tmp, path)
     except BaseException:
@@ -120,12 +123,16 @@ def write_dir(index: "SegmentIndex", path: Union[str, Path]) -> None:
 
 
 def read_dir(path: Union[str, Path], mmap: bool = True) -> IndexParts:
-    """The parts of an index written by `write_dir`, its arrays memory-mapped if `mmap`."""
+    """The parts of an index written by `write_dir`, its arrays memory-mapped if `mmap`,
+    after checking every file against its checksum (IndexCorruptError naming the file)."""
     path = Path(path)
-    settings = srsly.read_json(path / "settings.json")
+    settings = checksums.read_json(path / "settings.json")
+    if not (path / checksums.MANIFEST).exists():
+        _check_format(settings)  # written before checksums: ask for a rebuild, not blame damage
+    checksums.verify(path)
     mode: Optional[Literal["r"]] = "r" if mmap else None
     arrays = {name: np.load(path / f"{name}.npy", mmap_mode=mode) for name in settings["arrays"]}
-    return _parts(settings, arrays, srsly.read_json(path / "metadata.json"))
+    return _parts(settings, arrays, checksums.read_json(path / "metadata.json"))
 
 
 def to_bytes(index: "SegmentIndex") -> bytes:
@@ -174,12 +181,17 @@ def _settings(index: "SegmentIndex") -> dict:
     }
 
 
-def _parts(settings: dict, arrays: Dict[str, np.ndarray], metadata: List[dict]) -> IndexParts:
-    if settings.get("format") != FORMAT_VERSION:
+def _check_format(settings: dict) -> None:
+    found = settings.get("format") if isinstance(settings, dict) else None
+    if found != FORMAT_VERSION:
         raise IndexFormatError(
-            f"Unsupported index format {settings.get('format')!r} (this version reads {FORMAT_VERSION}): "
+            f"Unsupported index format {found!r} (this version reads {FORMAT_VERSION}): "
             "rebuild the index with `segment-influence index`"
         )
+
+
+def _parts(settings: dict, arrays: Dict[str, np.ndarray], metadata: List[dict]) -> IndexParts:
+    _check_format(settings)
     config = settings["curvature"]
     curvature_arrays = {
         name.split(".", 1)[1]: np.asarray(array) for name, array in arrays.items() if name.startswith("curvature.")

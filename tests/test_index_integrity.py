@@ -1,10 +1,15 @@
 """A stale or corrupt index is refused with one clear error, never answered from."""
 
+import re
+import shutil
+
 import pytest
 import spacy
 from thinc.api import Config
+from typer.testing import CliRunner
 
-from spacy_segment_influence import IndexFormatError, IndexOutOfDateError
+from spacy_segment_influence import IndexCorruptError, IndexFormatError, IndexOutOfDateError
+from spacy_segment_influence.cli import app
 
 from .conftest import TOK2VEC_CONFIG, TRAIN_DATA, make_examples, train
 
@@ -49,3 +54,67 @@ def test_a_fingerprint_of_an_older_scheme_asks_for_a_rebuild(indexed):
     component.fingerprint = component.fingerprint.split(":", 1)[1]  # as earlier versions stored it
     with pytest.raises(IndexFormatError, match="older version"):
         nlp(TEXTS[0])
+
+
+def damage(path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "flip":  # 64 bytes inverted in place: same size, still parseable for most files
+        middle = len(data) // 2
+        data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+        path.write_bytes(bytes(data))
+    elif how == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        path.unlink()
+
+
+INDEX_FILES = [
+    "h.npy",
+    "r.npy",
+    "offsets.npy",
+    "dense_indptr.npy",
+    "dense_columns.npy",
+    "dense_values.npy",
+    "norms.npy",
+    "curvature.a.npy",
+    "curvature.b.npy",
+    "curvature.dense_cov.npy",
+    "metadata.json",
+    "settings.json",
+    "checksums.json",
+]
+
+
+def test_every_index_file_is_covered(indexed):
+    stored = {path.name for path in (indexed / "segment_influence" / "index").iterdir()}
+    assert stored == set(INDEX_FILES)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "delete"])
+@pytest.mark.parametrize("name", INDEX_FILES)
+def test_a_damaged_index_file_is_named(indexed, tmp_path, name, how):
+    copy = tmp_path / "model"
+    shutil.copytree(indexed, copy)
+    target = copy / "segment_influence" / "index" / name
+    damage(target, how)
+    with pytest.raises(IndexCorruptError, match=re.escape(str(target.parent))) as err:
+        spacy.load(copy)
+    assert name in str(err.value) or "checksum table" in str(err.value)
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete"])
+def test_a_damaged_component_cfg_is_named(indexed, tmp_path, how):
+    copy = tmp_path / "model"
+    shutil.copytree(indexed, copy)
+    damage(copy / "segment_influence" / "cfg", how)
+    with pytest.raises(IndexCorruptError, match=re.escape(str(copy / "segment_influence" / "cfg"))):
+        spacy.load(copy)
+
+
+def test_cli_reports_a_corrupt_index_in_one_line(indexed, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(indexed, copy)
+    damage(copy / "segment_influence" / "index" / "h.npy", "flip")
+    result = CliRunner().invoke(app, ["explain", str(copy), TEXTS[0]])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1
+    assert "h.npy" in result.output and len(result.output.strip().splitlines()) == 1
