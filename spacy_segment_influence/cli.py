@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional, Union, cast
 import typer
 
 from .curvature import CURVATURES
-from .exceptions import ConfigError, PipelineError, SegmentInfluenceError
+from .exceptions import ConfigError, DataError, PipelineError, SegmentInfluenceError
 
 if TYPE_CHECKING:
     from spacy.tokens import Doc
@@ -328,7 +328,10 @@ def evaluate_errors(
     from .corpus import read_jsonl_records
 
     def regions(path: Path) -> list:
-        return ranked_regions(record for _, record in read_jsonl_records(path))
+        ranked = ranked_regions(record for _, record in read_jsonl_records(path))
+        if not ranked:
+            raise DataError(f"{path}: the ranking is empty, there is nothing to evaluate")
+        return ranked
 
     with _user_errors():
         corrections = Corrections.from_files(original, corrected)

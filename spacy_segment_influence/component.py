@@ -33,6 +33,7 @@ from .curvature import CURVATURES, CurvatureName, curvature_class
 from .exceptions import ConfigError, DataError, IndexFormatError, IndexMissingError, IndexOutOfDateError
 from .gradients import FactoredGradients, WindowLabels
 from .index import DTYPES, IndexDtype, SegmentIndex
+from .known_labels import check_known_labels
 from .segments import LabelledBatch, Segment, labelled_batch, segment_gradients, window_labels
 from .tagger import CRFEntityRecognizer
 
@@ -216,6 +217,7 @@ class SegmentInfluence(Pipe):
             docs = [eg.reference for eg in get_examples()]
         if not docs:
             raise DataError(f"segment_influence {self.name!r}: the training corpus is empty")
+        check_known_labels(docs, self.ner.labels, str(train_path or "the training examples"))
         self.index = self._build_index(docs, show_progress)
         self.fingerprint = bridge.fingerprint(self.nlp, self.cfg["ner"])
 
@@ -302,6 +304,10 @@ class SegmentInfluence(Pipe):
         about (default: the span's label, else that of the predicted entity with the same
         boundaries, else "O"); "O" asks "why is this NOT an entity?". The doc's other
         predicted entities keep their labels."""
+        if k is not None and k < 1:
+            raise ConfigError(f"segment_influence.explain: k must be >= 1, got {k}")
+        if len(span) == 0:
+            raise DataError(f"segment_influence.explain: the span at token {span.start} is empty; ask about >= 1 token")
         self.check_index()
         doc = span.doc
         if label is None:

@@ -20,7 +20,7 @@ from spacy.training import biluo_to_iob
 from spacy.training.iob_utils import doc_to_biluo_tags
 from spacy.vocab import Vocab
 
-from .exceptions import BIORepairWarning, CorpusFormatError, CorpusNotFoundError
+from .exceptions import BIORepairWarning, CorpusFormatError, CorpusNotFoundError, DataError
 
 _TAG_RE = re.compile(r"^(?:O|([BI])-(\S+))$")
 _WHITESPACE_RE = re.compile(r"\s")
@@ -54,12 +54,16 @@ def read_jsonl_docs(path: Path, vocab: Vocab) -> Iterator[Doc]:
     path = Path(path)
     n_repairs = 0
     first_repair_line = 0
+    id_lines: Dict[str, int] = {}
     for line_no, line in _lines(path):
         try:
             record_id, tokens, tags = _parse_record(line)
+            spans, repairs = _bio_spans(tags)
+            if record_id in id_lines:
+                raise _RecordError(f"id {record_id!r} repeats line {id_lines[record_id]}; ids must be unique")
         except _RecordError as err:
             raise CorpusFormatError(f"{path}:{line_no}: {err}") from None
-        spans, repairs = bio_to_spans(tags)
+        id_lines[record_id] = line_no
         if repairs and not n_repairs:
             first_repair_line = line_no
         n_repairs += repairs
@@ -87,9 +91,18 @@ def _lines(path: Path) -> Iterator[Tuple[int, str]]:
     """(line number, text) of the non-blank lines of a text file."""
     if not path.is_file():
         raise CorpusNotFoundError(f"{path}: no such file")
-    # utf-8-sig: a byte order mark from an editor must not make line 1 invalid JSON.
-    with path.open(encoding="utf-8-sig") as file_:
-        for line_no, line in enumerate(file_, start=1):
+    offset = 0
+    with path.open("rb") as file_:
+        for line_no, raw in enumerate(file_, start=1):
+            try:
+                # utf-8-sig: a byte order mark from an editor must not make line 1 invalid JSON
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise CorpusFormatError(
+                    f"{path}:{line_no}: not UTF-8 text (byte offset {offset + err.start} in the file: "
+                    f"{raw[err.start : err.start + 1]!r}); re-save it as UTF-8"
+                ) from None
+            offset += len(raw)
             if line.strip():
                 yield line_no, line
 
@@ -140,6 +153,8 @@ def convert_jsonl(input_path: Path, output_path: Path, lang: str = "en") -> int:
     doc_bin = DocBin(store_user_data=True)
     for doc in read_jsonl_docs(Path(input_path), vocab):
         doc_bin.add(doc)
+    if not len(doc_bin):
+        raise DataError(f"{input_path}: no sentences to convert (the file is empty or blank)")
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with _replaced_on_success(output_path) as tmp_path:
@@ -148,8 +163,17 @@ def convert_jsonl(input_path: Path, output_path: Path, lang: str = "en") -> int:
 
 
 def bio_to_spans(tags: List[str]) -> Tuple[List[SpanTriple], int]:
-    """Turn valid BIO tags into `(start, end, label)` spans, also returning how
-    many stray I- tags had to be read as entity starts."""
+    """Turn BIO tags into `(start, end, label)` spans, also returning how many stray I-
+    tags had to be read as entity starts. CorpusFormatError for anything but a list of
+    "O", "B-LABEL" and "I-LABEL" strings."""
+    try:
+        return _bio_spans(tags)
+    except _RecordError as err:
+        raise CorpusFormatError(str(err)) from None
+
+
+def _bio_spans(tags: List[str]) -> Tuple[List[SpanTriple], int]:
+    _check_tags(tags)
     spans: List[SpanTriple] = []
     n_repairs = 0
     start, label = -1, ""
@@ -177,6 +201,10 @@ def _json_object(line: str) -> Dict[str, Any]:
         raise _RecordError(f"invalid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(record, dict):
         raise _RecordError(f"expected a JSON object, got {_json_type(record)}")
+    try:  # a \ud800-style escape decodes to a lone surrogate, which no later step can encode
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise _RecordError(f"invalid Unicode: a lone surrogate escape ({err.object[err.start]!r})") from None
     return record
 
 
@@ -194,7 +222,6 @@ def _parse_record(line: str) -> Tuple[str, List[str], List[str]]:
     if len(tokens) != len(tags):
         raise _RecordError(f"'tokens' has {len(tokens)} items but 'ner_tags' has {len(tags)}")
     _check_tokens(tokens)
-    _check_tags(tags)
     return record["id"], tokens, tags
 
 
@@ -217,8 +244,10 @@ def _check_tokens(tokens: List[str]) -> None:
 
 
 def _check_tags(tags: List[str]) -> None:
+    if not isinstance(tags, list):
+        raise _RecordError(f"tags must be a list of strings, got {_json_type(tags)}")
     for i, tag in enumerate(tags):
-        if not _TAG_RE.match(tag):
+        if not isinstance(tag, str) or not _TAG_RE.fullmatch(tag):
             raise _RecordError(f"invalid tag {tag!r} at position {i} (expected O, B-LABEL or I-LABEL)")
 
 

@@ -33,12 +33,22 @@ BOOTSTRAP_METRICS = ("span_ap", "sentence_ap", "token_ap", "doc_auc")
 
 def read_tags(path: Path) -> Dict[str, List[str]]:
     """Sentence id -> BIO tags of a JSONL corpus."""
-    tags = {}
+    return {sid: tags for sid, (_, tags) in read_sentences(path).items()}
+
+
+def read_sentences(path: Path) -> Dict[str, Tuple[List[str], List[str]]]:
+    """Sentence id -> (tokens, BIO tags) of a JSONL corpus; a repeated id is an error,
+    since a ranking names its sentences by id."""
+    sentences: Dict[str, Tuple[List[str], List[str]]] = {}
+    first_line: Dict[str, int] = {}
     for line, record in read_jsonl_records(path):
-        if not isinstance(record.get("id"), str) or not isinstance(record.get("ner_tags"), list):
-            raise CorpusFormatError(f"{path}:{line}: expected a string 'id' and a list 'ner_tags'")
-        tags[record["id"]] = record["ner_tags"]
-    return tags
+        sid, tokens, tags = record.get("id"), record.get("tokens"), record.get("ner_tags")
+        if not isinstance(sid, str) or not isinstance(tokens, list) or not isinstance(tags, list):
+            raise CorpusFormatError(f"{path}:{line}: expected a string 'id' and lists 'tokens' and 'ner_tags'")
+        if sid in sentences:
+            raise CorpusFormatError(f"{path}:{line}: id {sid!r} repeats line {first_line[sid]}; ids must be unique")
+        sentences[sid], first_line[sid] = (tokens, tags), line
+    return sentences
 
 
 def changed_tokens(original: Dict[str, List[str]], corrected: Dict[str, List[str]]) -> Dict[str, Set[int]]:
@@ -70,7 +80,16 @@ class Corrections:
 
     @classmethod
     def from_files(cls, original: Path, corrected: Path) -> "Corrections":
-        return cls.from_tags(read_tags(original), read_tags(corrected))
+        """From two JSONL corpora of the same sentences (ids and tokens must agree)."""
+        before, after = read_sentences(original), read_sentences(corrected)
+        for sid, (tokens, _) in before.items():
+            if sid in after and after[sid][0] != tokens:
+                raise DataError(
+                    f"Sentence {sid!r} has other tokens in {corrected} than in {original} "
+                    f"({' '.join(map(str, after[sid][0][:8]))!r}... vs {' '.join(map(str, tokens[:8]))!r}...): "
+                    "the corrected file must hold the same sentences"
+                )
+        return cls.from_tags({k: v[1] for k, v in before.items()}, {k: v[1] for k, v in after.items()})
 
     @property
     def documents(self) -> List[str]:
@@ -106,6 +125,8 @@ class _Ranked:
 
 
 def _levels(ranked: Sequence[Region], corrections: Corrections) -> Dict[str, _Ranked]:
+    if not ranked:  # every metric would read the corpus order as a ranking (document recall 1.0)
+        raise DataError("The ranking is empty: there is nothing to evaluate")
     unknown = next((sid for sid, _, _ in ranked if sid not in corrections.original), None)
     if unknown is not None:
         raise DataError(f"Ranked sentence {unknown!r} is not in the original file")
