@@ -283,11 +283,19 @@ def ranked_regions(records: Iterable[dict]) -> List[Region]:
     """(sentence id, token start, token end exclusive) of review records, in file order."""
     out = []
     for line, record in enumerate(records, start=1):
-        sentence_id = record.get("meta", {}).get("doc_id")
-        if sentence_id is None or not record.get("spans"):
+        meta, spans = record.get("meta"), record.get("spans")
+        sentence_id = meta.get("doc_id") if isinstance(meta, dict) else None
+        span = spans[0] if isinstance(spans, list) and spans else None
+        if not isinstance(sentence_id, str) or not isinstance(span, dict):
             raise CorpusFormatError(
                 f"Ranking line {line} has no meta.doc_id or no span: was it written by find-errors?"
             )
-        span = record["spans"][0]
-        out.append((sentence_id, span["token_start"], span["token_end"] + 1))
+        start, end = span.get("token_start"), span.get("token_end")
+        if not (_is_count(start) and _is_count(end) and start <= end):
+            raise CorpusFormatError(f"Ranking line {line}: its span needs token numbers token_start <= token_end")
+        out.append((sentence_id, start, end + 1))
     return out
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
