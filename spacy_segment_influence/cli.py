@@ -113,6 +113,8 @@ def explain(
     with _user_errors():
         if (text is None) == (docs is None):
             raise ConfigError("Give either TEXT or --docs X.spacy")
+        if k < 1:
+            raise ConfigError(f"--k must be >= 1, got {k}")
         nlp = spacy.load(model_dir)
         if "segment_influence" not in nlp.pipe_names:
             raise PipelineError(f"{model_dir} has no segment_influence component: run `segment-influence index` first")

@@ -3,7 +3,7 @@ indexed or scored, and their tokens count as outside any entity ("O")."""
 
 import warnings
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Iterable, List, Sequence
 
 from spacy.tokens import Doc
 
@@ -17,7 +17,7 @@ def check_known_labels(docs: Sequence[Doc], labels: Iterable[str], source: str) 
     label outside `labels`; DataError when all of them do (a corpus of another label set)."""
     known = set(labels)
     unknown: Counter = Counter()
-    examples = []
+    examples: List[str] = []
     n_entities = 0
     for i, doc in enumerate(docs):
         for ent in doc.ents:

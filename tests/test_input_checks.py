@@ -143,6 +143,11 @@ def test_explain_refuses_k_below_one(explained):
     assert len(component.explain(doc[0:2], k=1)["supporters"]) == 1
 
 
+def test_cli_explain_refuses_k_below_one(tmp_path):
+    result = CliRunner().invoke(app, ["explain", str(tmp_path), "Anna", "--k", "0"])
+    one_line_error(result, "--k must be >= 1, got 0")
+
+
 def test_labels_are_escaped_wherever_they_reach_the_page():
     records = ranking()
     for record in records:

@@ -291,11 +291,7 @@ def ranked_regions(records: Iterable[dict]) -> List[Region]:
                 f"Ranking line {line} has no meta.doc_id or no span: was it written by find-errors?"
             )
         start, end = span.get("token_start"), span.get("token_end")
-        if not (_is_count(start) and _is_count(end) and start <= end):
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
             raise CorpusFormatError(f"Ranking line {line}: its span needs token numbers token_start <= token_end")
         out.append((sentence_id, start, end + 1))
     return out
-
-
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
