@@ -105,7 +105,7 @@ def _swap(src: Path, dst: Path) -> None:
         return
     if _exchange(src, dst):
         return
-    old = src.with_name(src.name.replace(".tmp-", ".old-", 1))
+    old = src.with_name(f".{dst.name}.old-{src.name.rsplit('.tmp-', 1)[1]}")
     os.replace(dst, old)
     os.replace(src, dst)
     os.replace(old, src)

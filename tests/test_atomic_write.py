@@ -193,3 +193,12 @@ def test_fallback_swap_recovers_the_previous_directory(tmp_path, monkeypatch):
     with replaced_dir(out) as building:
         (building / "config.cfg").write_text("new")
     assert (out / "config.cfg").read_text() == "new" and leftovers(out) == []
+
+
+def test_fallback_swap_replaces_a_directory_whose_name_looks_temporary(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic_dir, "_exchange", lambda a, b: False)
+    out = tmp_path / "run.tmp-1"
+    for text in ("old", "new"):
+        with replaced_dir(out) as building:
+            (building / "config.cfg").write_text(text)
+    assert (out / "config.cfg").read_text() == "new" and leftovers(out) == []
