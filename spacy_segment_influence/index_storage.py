@@ -6,6 +6,7 @@ A directory is written into a temporary sibling first, with a checksum of every 
 write never leaves a partial index behind, and a file damaged later is named on load.
 """
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ import srsly
 
 from . import checksums
 from .curvature import CURVATURES, Curvature
-from .exceptions import IndexFormatError
+from .exceptions import IndexCorruptError, IndexFormatError
 from .gradients import FactoredGradients, WindowLabels
 
 if TYPE_CHECKING:
@@ -140,11 +141,21 @@ def to_bytes(index: "SegmentIndex") -> bytes:
         name: {"dtype": array.dtype.str, "shape": list(array.shape), "data": np.ascontiguousarray(array).tobytes()}
         for name, array in _arrays(index).items()
     }
-    return srsly.msgpack_dumps({"settings": _settings(index), "metadata": index.metadata, "arrays": arrays})
+    payload = srsly.msgpack_dumps({"settings": _settings(index), "metadata": index.metadata, "arrays": arrays})
+    return srsly.msgpack_dumps({"payload": payload, "sha256": hashlib.sha256(payload).hexdigest()})
 
 
 def from_bytes(data: bytes) -> IndexParts:
-    msg = srsly.msgpack_loads(data)
+    """The parts of an index serialized by `to_bytes`, after checking its checksum."""
+    try:
+        outer = srsly.msgpack_loads(data)
+        payload = outer["payload"]
+        intact = hashlib.sha256(payload).hexdigest() == outer["sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise IndexCorruptError("The serialized index is damaged (not the message to_bytes writes)") from None
+    if not intact:
+        raise IndexCorruptError("The serialized index is damaged (checksum mismatch)")
+    msg = srsly.msgpack_loads(payload)
     arrays = {
         name: np.frombuffer(a["data"], dtype=np.dtype(a["dtype"])).reshape(a["shape"])
         for name, a in msg["arrays"].items()

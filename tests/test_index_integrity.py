@@ -118,3 +118,15 @@ def test_cli_reports_a_corrupt_index_in_one_line(indexed, tmp_path):
     result = CliRunner().invoke(app, ["explain", str(copy), TEXTS[0]])
     assert isinstance(result.exception, SystemExit) and result.exit_code == 1
     assert "h.npy" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_damaged_index_bytes_are_refused(indexed):
+    from spacy_segment_influence import SegmentIndex
+
+    data = bytearray(spacy.load(indexed).get_pipe("segment_influence").index.to_bytes())
+    middle = len(data) // 2
+    flipped = bytes(data[:middle]) + bytes(b ^ 0xFF for b in data[middle : middle + 8]) + bytes(data[middle + 8 :])
+    for damaged in (flipped, bytes(data[: len(data) // 2])):
+        with pytest.raises(IndexCorruptError, match="serialized index is damaged"):
+            SegmentIndex.from_bytes(damaged)
+    assert len(SegmentIndex.from_bytes(bytes(data))) > 0
