@@ -92,8 +92,8 @@ FINGERPRINT_SCHEME = "sha256-full"
 
 def fingerprint(nlp: Language, ner_name: str) -> str:
     """Digest of every byte of the CRF head's and its encoder's weights: an edit of any
-    single entry changes it (a strided sample missed edits between its samples). About
-    0.1 s for MiniLM's 91 MB, so callers check it once per call, not per batch."""
+    single entry changes it (a strided sample missed edits between its samples). 0.1-0.4 s
+    for MiniLM's 91 MB (BENCHMARKS.md), so callers check it once per call, not per batch."""
     digest = hashlib.sha256()
     models = [cast(Any, nlp.get_pipe(name)).model for name in [*upstream_components(nlp, ner_name), ner_name]]
     for model in models:
