@@ -61,6 +61,14 @@ def test_index_and_find_errors_say_when_no_label_is_known(trained_tok2vec_nlp, t
     one_line_error(CliRunner().invoke(app, args), "the training corpus: none of its 8 entities")
 
 
+def test_validate_says_when_no_label_is_known(trained_tok2vec_nlp):
+    from spacy_segment_influence import validate
+
+    docs = relabelled(trained_tok2vec_nlp, str.lower)
+    with pytest.raises(DataError, match="validate: the training sample: none of its 8 entities"):
+        validate(trained_tok2vec_nlp, docs, docs)
+
+
 def write_jsonl(path, records):
     srsly.write_jsonl(path, records)
     return path
