@@ -80,9 +80,8 @@ def index(
     # the whole of OUTPUT_DIR is replaced at once, and only when everything succeeded
     with _user_errors(), replaced_dir(output_dir) as building:
         check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=False)
-        nlp = spacy.load(model_dir)
-        if "segment_influence" in nlp.pipe_names:
-            nlp.remove_pipe("segment_influence")
+        # an index MODEL_DIR already has is replaced, so it is not read: it may be damaged or outdated
+        nlp = spacy.load(model_dir, exclude=["segment_influence"])
         component = cast("SegmentInfluence", nlp.add_pipe("segment_influence", config=config))
         component.initialize(lambda: [], nlp=nlp, train_path=train_path)
         index = component.check_index()

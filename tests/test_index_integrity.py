@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import spacy
+from spacy.tokens import DocBin
 from thinc.api import Config
 from typer.testing import CliRunner
 
@@ -130,3 +131,15 @@ def test_damaged_index_bytes_are_refused(indexed):
         with pytest.raises(IndexCorruptError, match="serialized index is damaged"):
             SegmentIndex.from_bytes(damaged)
     assert len(SegmentIndex.from_bytes(bytes(data))) > 0
+
+
+def test_index_rebuilds_a_pipeline_whose_index_is_damaged(indexed, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(indexed, copy)
+    damage(copy / "segment_influence" / "index" / "h.npy", "truncate")
+    train = tmp_path / "train.spacy"
+    nlp = spacy.load(indexed)
+    DocBin(docs=[eg.reference for eg in make_examples(nlp)]).to_disk(train)
+    result = CliRunner().invoke(app, ["index", str(copy), str(train), str(copy), "--k", "3"])  # in place
+    assert result.exception is None, result.output
+    assert [doc._.influences for doc in spacy.load(copy).pipe(TEXTS)] == [doc._.influences for doc in nlp.pipe(TEXTS)]
