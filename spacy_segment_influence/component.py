@@ -283,8 +283,8 @@ class SegmentInfluence(Pipe):
         return next(self.pipe([doc]))
 
     def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
-        for i, docs in enumerate(minibatch(stream, size=batch_size)):
-            if i == 0:  # digesting every weight costs 0.1-0.4 s for MiniLM: once per call
+        for batch_number, docs in enumerate(minibatch(stream, size=batch_size)):
+            if batch_number == 0:  # digesting every weight costs 0.1-0.4 s for MiniLM: once per call
                 self.check_index()
             labels = self.ner.labels
             labellings = [[ent for ent in doc.ents if ent.label_ in labels] for doc in docs]
