@@ -8,7 +8,7 @@ import typer
 from typer.core import TyperCommand
 
 from .curvature import CURVATURES
-from .exceptions import ConfigError, PipelineError, SegmentInfluenceError
+from .exceptions import ConfigError, DataError, PipelineError, SegmentInfluenceError
 from .fidelity_metrics import METHODS, PLOT_INSTALL
 
 if TYPE_CHECKING:
@@ -114,11 +114,9 @@ def index(
     `spacy assemble`, all at once or not at all: a pipeline that explains its entities."""
     import spacy
 
+    from .atomic_dir import replaced_dir
     from .component import check_settings
 
-    nlp = spacy.load(model_dir)
-    if "segment_influence" in nlp.pipe_names:
-        nlp.remove_pipe("segment_influence")
     config = {
         "curvature": curvature,
         "damping": damping,
@@ -129,32 +127,17 @@ def index(
         "dtype": dtype,
         "device": device,
     }
-    with _user_errors():
+    # the whole of OUTPUT_DIR is replaced at once, and only when everything succeeded
+    with _user_errors(), replaced_dir(output_dir) as building:
         check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=False)
+        # an index MODEL_DIR already has is replaced, so it is not read: it may be damaged or outdated
+        nlp = spacy.load(model_dir, exclude=["segment_influence"])
         component = cast("SegmentInfluence", nlp.add_pipe("segment_influence", config=config))
         component.initialize(lambda: [], nlp=nlp, train_path=train_path, ray_address=ray, ray_workers=ray_workers)
         index = component.check_index()
-    _write_atomically(nlp, output_dir)
+        nlp.to_disk(building)
     written = sum(file.stat().st_size for file in (output_dir / component.name).rglob("*") if file.is_file())
     typer.echo(f"Indexed {len(index)} segments ({written / 1e6:.1f} MB written); saved to {output_dir}")
-
-
-def _write_atomically(nlp, output_dir: Path) -> None:
-    """nlp.to_disk into a sibling temporary directory, then swapped in: an interrupted
-    write leaves no half-written pipeline."""
-    import shutil
-    import tempfile
-
-    from .index_storage import replace_dir
-
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
-        nlp.to_disk(tmp)
-        replace_dir(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @app.command()
@@ -182,6 +165,8 @@ def explain(
     with _user_errors():
         if (text is None) == (docs is None):
             raise ConfigError("Give either TEXT or --docs X.spacy")
+        if k < 1:
+            raise ConfigError(f"--k must be >= 1, got {k}")
         nlp = spacy.load(model_dir)
         if "segment_influence" not in nlp.pipe_names:
             raise PipelineError(f"{model_dir} has no segment_influence component: run `segment-influence index` first")
@@ -485,7 +470,10 @@ def evaluate_errors(
     from .corpus import read_jsonl_records
 
     def regions(path: Path) -> list:
-        return ranked_regions(record for _, record in read_jsonl_records(path))
+        ranked = ranked_regions(record for _, record in read_jsonl_records(path))
+        if not ranked:
+            raise DataError(f"{path}: the ranking is empty, there is nothing to evaluate")
+        return ranked
 
     with _user_errors():
         corrections = Corrections.from_files(original, corrected)

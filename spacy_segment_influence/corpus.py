@@ -25,13 +25,13 @@ from spacy.training.converters import conll_ner_to_docs
 from spacy.training.iob_utils import doc_to_biluo_tags, tags_to_entities
 from spacy.vocab import Vocab
 
-from .exceptions import BIORepairWarning, ConfigError, CorpusFormatError, CorpusNotFoundError
+from .exceptions import BIORepairWarning, ConfigError, CorpusFormatError, CorpusNotFoundError, DataError
 
 SCHEMES = ("bio", "biluo", "io")
 _TAG_RES = {
-    "bio": re.compile(r"^(?:O|[BI]-\S+)$"),
-    "biluo": re.compile(r"^(?:O|[BILU]-\S+)$"),
-    "io": re.compile(r"^(?:O|\S+)$"),
+    "bio": re.compile(r"O|[BI]-\S+"),
+    "biluo": re.compile(r"O|[BILU]-\S+"),
+    "io": re.compile(r"O|\S+"),
 }
 _EXPECTED = {"bio": "O, B-LABEL or I-LABEL", "biluo": "O, B-, I-, L- or U-LABEL", "io": "O or a label"}
 _WHITESPACE_RE = re.compile(r"\s")
@@ -89,12 +89,16 @@ def read_jsonl_docs(path: Path, vocab: Vocab, scheme: str = "bio") -> Iterator[D
         raise ConfigError(f"Unknown tag scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
     n_repairs = 0
     first_repair_line = 0
+    id_lines: Dict[str, int] = {}
     for line_no, line in _lines(path):
         try:
             record_id, tokens, tags = _parse_record(line, scheme)
             spans, repairs = tags_to_spans(tags, scheme)
+            if record_id in id_lines:
+                raise _RecordError(f"id {record_id!r} repeats line {id_lines[record_id]}; ids must be unique")
         except _RecordError as err:
             raise CorpusFormatError(f"{path}:{line_no}: {err}") from None
+        id_lines[record_id] = line_no
         if repairs and not n_repairs:
             first_repair_line = line_no
         n_repairs += repairs
@@ -167,9 +171,18 @@ def _lines(path: Path) -> Iterator[Tuple[int, str]]:
     """(line number, text) of the non-blank lines of a text file."""
     if not path.is_file():
         raise CorpusNotFoundError(f"{path}: no such file")
-    # utf-8-sig: a byte order mark from an editor must not make line 1 invalid JSON.
-    with path.open(encoding="utf-8-sig") as file_:
-        for line_no, line in enumerate(file_, start=1):
+    offset = 0
+    with path.open("rb") as file_:
+        for line_no, raw in enumerate(file_, start=1):
+            try:
+                # utf-8-sig: a byte order mark from an editor must not make line 1 invalid JSON
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise CorpusFormatError(
+                    f"{path}:{line_no}: not UTF-8 text (byte offset {offset + err.start} in the file: "
+                    f"{raw[err.start : err.start + 1]!r}); re-save it as UTF-8"
+                ) from None
+            offset += len(raw)
             if line.strip():
                 yield line_no, line
 
@@ -223,6 +236,8 @@ def convert_corpus(
     doc_bin = DocBin(store_user_data=True)
     for doc in read_docs(Path(input_path), vocab, file_format, scheme):
         doc_bin.add(doc)
+    if not len(doc_bin):
+        raise DataError(f"{input_path}: no sentences to convert (the file is empty or blank)")
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with _replaced_on_success(output_path) as tmp_path:
@@ -236,7 +251,7 @@ def tags_to_spans(tags: List[str], scheme: str = "bio") -> Tuple[List[SpanTriple
     a BILUO sequence that does not close its entities raises a _RecordError."""
     if scheme == "io":
         runs = [f"I-{tag}" if tag != "O" else "O" for tag in tags]
-        return bio_to_spans(runs)[0], 0
+        return _bio_spans(runs)[0], 0
     if scheme == "biluo":
         entities = _biluo_entities(tags)
         # spaCy's reader skips unclosed B- and mixed labels: the tags rebuilt must match
@@ -248,7 +263,7 @@ def tags_to_spans(tags: List[str], scheme: str = "bio") -> Tuple[List[SpanTriple
         if wrong is not None:
             raise _invalid_biluo(tags, wrong)
         return entities, 0
-    return bio_to_spans(tags)
+    return _bio_spans(tags)
 
 
 def _biluo_entities(tags: List[str]) -> List[SpanTriple]:
@@ -276,8 +291,17 @@ def _invalid_biluo(tags: List[str], position: int) -> "_RecordError":
 
 
 def bio_to_spans(tags: List[str]) -> Tuple[List[SpanTriple], int]:
-    """Turn valid BIO tags into `(start, end, label)` spans, also returning how
-    many stray I- tags had to be read as entity starts."""
+    """Turn BIO tags into `(start, end, label)` spans, also returning how many stray I-
+    tags had to be read as entity starts. CorpusFormatError for anything but a list of
+    "O", "B-LABEL" and "I-LABEL" strings."""
+    try:
+        return _bio_spans(tags)
+    except _RecordError as err:
+        raise CorpusFormatError(str(err)) from None
+
+
+def _bio_spans(tags: List[str]) -> Tuple[List[SpanTriple], int]:
+    _check_tags(tags)
     spans: List[SpanTriple] = []
     n_repairs = 0
     start, label = -1, ""
@@ -305,6 +329,10 @@ def _json_object(line: str) -> Dict[str, Any]:
         raise _RecordError(f"invalid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(record, dict):
         raise _RecordError(f"expected a JSON object, got {_json_type(record)}")
+    try:  # a \ud800-style escape decodes to a lone surrogate, which no later step can encode
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise _RecordError(f"invalid Unicode: a lone surrogate escape ({err.object[err.start]!r})") from None
     return record
 
 
@@ -344,9 +372,11 @@ def _check_tokens(tokens: List[str]) -> None:
             raise _RecordError(f"token {i} ({token!r}) contains whitespace")
 
 
-def _check_tags(tags: List[str], scheme: str) -> None:
+def _check_tags(tags: List[str], scheme: str = "bio") -> None:
+    if not isinstance(tags, list):
+        raise _RecordError(f"tags must be a list of strings, got {_json_type(tags)}")
     for i, tag in enumerate(tags):
-        if not _TAG_RES[scheme].match(tag):
+        if not isinstance(tag, str) or not _TAG_RES[scheme].fullmatch(tag):
             raise _RecordError(
                 f"invalid tag {tag!r} at position {i} (expected {_EXPECTED[scheme]} in the {scheme} scheme)"
             )

@@ -48,8 +48,18 @@ class IndexFormatError(SegmentInfluenceError, ValueError):
 
 
 class IndexOutOfDateError(SegmentInfluenceError, RuntimeError):
-    """The pipeline's weights changed after its training corpus was indexed, so the
-    stored gradients no longer describe the model."""
+    """The pipeline's weights differ from those its training corpus was indexed with
+    (trained further, edited, or loaded from another pipeline's files), so the stored
+    gradients no longer describe the model."""
+
+
+class IndexCorruptError(SegmentInfluenceError, ValueError):
+    """A stored index file is missing, truncated or does not match the checksum written
+    with it: the message names the file."""
+
+
+class OutputInUseError(SegmentInfluenceError, RuntimeError):
+    """Another process is writing the same output directory."""
 
 
 class MissingExtraError(SegmentInfluenceError, ImportError):
@@ -64,6 +74,11 @@ class SegmentInfluenceWarning(UserWarning):
 class MisalignedEntityWarning(SegmentInfluenceWarning):
     """A gold entity does not align with the predicted tokenization, so its tags are
     treated as unknown (what spaCy reports as W030 for its own components)."""
+
+
+class UnknownLabelWarning(SegmentInfluenceWarning):
+    """Gold entities whose label the model does not know are left out of an index or a
+    ranking (their tokens count as outside any entity)."""
 
 
 class BIORepairWarning(SegmentInfluenceWarning):

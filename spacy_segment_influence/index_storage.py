@@ -1,10 +1,12 @@
 """What a `SegmentIndex` stores, and how it is written and read: a directory of .npy
 arrays and JSON (memory-mapped on load), or one msgpack blob.
 
-A directory is written into a temporary sibling first, flushed, and then swapped in for
-the old one, so a failed or interrupted write never leaves a partial index behind.
+A directory is written into a temporary sibling first, with a checksum of every file
+(`checksums`), flushed, and then swapped in for the old one, so a failed or interrupted
+write never leaves a partial index behind, and a file damaged later is named on load.
 """
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -15,14 +17,15 @@ from typing import TYPE_CHECKING, Dict, List, Literal, NamedTuple, Optional, Tup
 import numpy as np
 import srsly
 
+from . import checksums
 from .curvature import CURVATURES, Curvature
-from .exceptions import IndexFormatError
+from .exceptions import IndexCorruptError, IndexFormatError
 from .gradients import FactoredGradients, WindowLabels
 
 if TYPE_CHECKING:
     from .index import SegmentIndex
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: checksums.json
 
 
 @dataclass
@@ -124,6 +127,7 @@ def write_dir(index: "SegmentIndex", path: Union[str, Path]) -> None:
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
         srsly.write_json(tmp / "metadata.json", index.metadata)
         srsly.write_json(tmp / "settings.json", _settings(index))
+        checksums.write_manifest(tmp)
         _fsync_files(tmp)
         replace_dir(tmp, path)
     except BaseException:
@@ -132,12 +136,16 @@ def write_dir(index: "SegmentIndex", path: Union[str, Path]) -> None:
 
 
 def read_dir(path: Union[str, Path], mmap: bool = True) -> IndexParts:
-    """The parts of an index written by `write_dir`, its arrays memory-mapped if `mmap`."""
+    """The parts of an index written by `write_dir`, its arrays memory-mapped if `mmap`,
+    after checking every file against its checksum (IndexCorruptError naming the file)."""
     path = Path(path)
-    settings = srsly.read_json(path / "settings.json")
+    settings = checksums.read_json(path / "settings.json")
+    if not (path / checksums.MANIFEST).exists():
+        _check_format(settings)  # written before checksums: ask for a rebuild, not blame damage
+    checksums.verify(path)
     mode: Optional[Literal["r"]] = "r" if mmap else None
     arrays = {name: np.load(path / f"{name}.npy", mmap_mode=mode) for name in settings["arrays"]}
-    return _parts(settings, arrays, srsly.read_json(path / "metadata.json"))
+    return _parts(settings, arrays, checksums.read_json(path / "metadata.json"))
 
 
 def to_bytes(index: "SegmentIndex") -> bytes:
@@ -145,11 +153,21 @@ def to_bytes(index: "SegmentIndex") -> bytes:
         name: {"dtype": array.dtype.str, "shape": list(array.shape), "data": np.ascontiguousarray(array).tobytes()}
         for name, array in _arrays(index).items()
     }
-    return srsly.msgpack_dumps({"settings": _settings(index), "metadata": index.metadata, "arrays": arrays})
+    payload = srsly.msgpack_dumps({"settings": _settings(index), "metadata": index.metadata, "arrays": arrays})
+    return srsly.msgpack_dumps({"payload": payload, "sha256": hashlib.sha256(payload).hexdigest()})
 
 
 def from_bytes(data: bytes) -> IndexParts:
-    msg = srsly.msgpack_loads(data)
+    """The parts of an index serialized by `to_bytes`, after checking its checksum."""
+    try:
+        outer = srsly.msgpack_loads(data)
+        payload = outer["payload"]
+        intact = hashlib.sha256(payload).hexdigest() == outer["sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise IndexCorruptError("The serialized index is damaged (not the message to_bytes writes)") from None
+    if not intact:
+        raise IndexCorruptError("The serialized index is damaged (checksum mismatch)")
+    msg = srsly.msgpack_loads(payload)
     arrays = {
         name: np.frombuffer(a["data"], dtype=np.dtype(a["dtype"])).reshape(a["shape"])
         for name, a in msg["arrays"].items()
@@ -186,12 +204,17 @@ def _settings(index: "SegmentIndex") -> dict:
     }
 
 
-def _parts(settings: dict, arrays: Dict[str, np.ndarray], metadata: List[dict]) -> IndexParts:
-    if settings.get("format") != FORMAT_VERSION:
+def _check_format(settings: dict) -> None:
+    found = settings.get("format") if isinstance(settings, dict) else None
+    if found != FORMAT_VERSION:
         raise IndexFormatError(
-            f"Unsupported index format {settings.get('format')!r} (this version reads {FORMAT_VERSION}): "
+            f"Unsupported index format {found!r} (this version reads {FORMAT_VERSION}): "
             "rebuild the index with `segment-influence index`"
         )
+
+
+def _parts(settings: dict, arrays: Dict[str, np.ndarray], metadata: List[dict]) -> IndexParts:
+    _check_format(settings)
     config = settings["curvature"]
     curvature_arrays = {
         name.split(".", 1)[1]: np.asarray(array) for name, array in arrays.items() if name.startswith("curvature.")

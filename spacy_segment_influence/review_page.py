@@ -59,6 +59,7 @@ METHODS = {  # method: (when it ranks a candidate high, in short)
     "random": ("a random order, the baseline every method must beat", "chance (random order)"),
 }
 ANSWER_KEYS = {"accept": "a", "reject": "r", "ignore": "s"}
+_SPAN_LISTS = ("gold_spans", "suggested_spans", "sentence_gold_spans", "sentence_predicted_spans")
 _ANSWER_TEXT = {"accept": "wrong", "reject": "right", "ignore": "skip"}
 _COLORS = {**DEFAULT_LABEL_COLORS, "PER": DEFAULT_LABEL_COLORS["PERSON"], "MISC": "#ffeb80", "O": "#e4e4e4"}
 _PALETTE = ("#aa9cfc", "#7aecec", "#feca74", "#ff9561", "#bfeeb7", "#c887fb", "#9cc9cc", "#ff8197")
@@ -98,9 +99,22 @@ def _check(record: dict, where: str) -> None:
     fields = ("text", "tokens", "spans", "meta")
     if not isinstance(record, dict) or not all(key in record for key in fields) or not record["spans"]:
         raise CorpusFormatError(f"{where}: no text, tokens, spans or meta: was it written by find-errors?")
-    if not all(key in record["spans"][0] for key in ("token_start", "token_end", "label")):
+    span, meta = record["spans"][0] if isinstance(record["spans"], list) else None, record["meta"]
+    if not isinstance(span, dict) or not all(key in span for key in ("token_start", "token_end", "label")):
         raise CorpusFormatError(
             f"{where}: its span lacks token_start, token_end or label: was it written by find-errors?"
+        )
+    sentence = (meta.get("doc_id"), meta.get("doc_index")) if isinstance(meta, dict) else ([],)
+    span_lists = [meta.get(key, []) for key in _SPAN_LISTS] if isinstance(meta, dict) else [None]
+    if (
+        not isinstance(record["text"], str)
+        or not isinstance(record["tokens"], list)
+        or not all(isinstance(value, (str, int, type(None))) for value in sentence)
+        or not all(isinstance(spans, list) for spans in span_lists)
+    ):
+        raise CorpusFormatError(
+            f"{where}: expected a string text, a list of tokens and a meta object (doc_id, doc_index, span "
+            "lists): was it written by find-errors?"
         )
 
 

@@ -35,6 +35,7 @@ from .fidelity_metrics import choose_segments, compare
 from .gradients import FactoredGradients, WindowLabels
 from .hessian import curvature_along, head_hessian, head_hessian_autograd, segment_hessian
 from .index import SegmentIndex
+from .known_labels import check_known_labels
 from .segments import (
     LabelledBatch,
     Segment,
@@ -222,6 +223,7 @@ def prepare(
         raise ConfigError(f"validate: hessian must be 'covariance' or 'autograd', not {hessian!r}")
     timings = {} if timings is None else timings
     ner = bridge.crf_component(nlp, ner_name)
+    check_known_labels(list(train_docs)[:n_train], ner.labels, "validate: the training sample")
     clock = time.perf_counter()
     train = labelled_batch(nlp, ner_name, list(train_docs)[:n_train])
     dev_features = labelled_batch(nlp, ner_name, list(dev_docs)[:n_dev]).features

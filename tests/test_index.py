@@ -5,7 +5,7 @@ import pytest
 import srsly
 import torch
 
-from spacy_segment_influence import index_storage
+from spacy_segment_influence import IndexFormatError, index_storage
 from spacy_segment_influence.curvature import ExactCurvature, IdentityCurvature, KFACCurvature
 from spacy_segment_influence.gradients import FactoredGradients
 from spacy_segment_influence.index import SegmentIndex
@@ -248,7 +248,8 @@ def test_index_of_an_older_format_asks_for_a_rebuild(data, tmp_path, build):
     build("identity").to_disk(tmp_path / "index")
     settings = srsly.read_json(tmp_path / "index" / "settings.json")
     srsly.write_json(tmp_path / "index" / "settings.json", {**settings, "format": 1})
-    with pytest.raises(ValueError, match="rebuild the index"):
+    (tmp_path / "index" / "checksums.json").unlink()  # format 1 had none
+    with pytest.raises(IndexFormatError, match="Unsupported index format 1.*rebuild the index"):
         SegmentIndex.from_disk(tmp_path / "index")
 
 

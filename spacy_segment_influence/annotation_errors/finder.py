@@ -36,6 +36,7 @@ from ..curvature import Curvature, curvature_class
 from ..exceptions import ConfigError, DataError
 from ..gradients import FactoredGradients
 from ..index import SegmentIndex
+from ..known_labels import check_known_labels
 from ..segments import segment_gradients, segment_losses, token_marginals
 from .candidates import Annotated, Candidate, annotate, segments_of
 
@@ -78,6 +79,9 @@ class ErrorFinder:
         self.ner_name = ner
         self.ner = bridge.crf_component(nlp, ner)
         self.seed = seed
+        check_known_labels(train_docs, self.ner.labels, "the training corpus")
+        if dev_docs:
+            check_known_labels(dev_docs, self.ner.labels, "the held-out corpus")
         self.train = annotate(nlp, ner, train_docs, regions=candidates)
         if not self.train.candidates:
             raise DataError("No candidates: the training docs have no gold or predicted entities")

@@ -33,15 +33,25 @@ BOOTSTRAP_METRICS = ("span_ap", "sentence_ap", "token_ap", "doc_auc")
 
 
 def read_tags(path: Path) -> Dict[str, List[str]]:
-    """Sentence id -> BIO tags of a JSONL or CoNLL IOB corpus (`corpus.corpus_format`)."""
+    """Sentence id -> tags of a JSONL or CoNLL IOB corpus (`corpus.corpus_format`)."""
+    return {sid: tags for sid, (_, tags) in read_sentences(path).items()}
+
+
+def read_sentences(path: Path) -> Dict[str, Tuple[List[str], List[str]]]:
+    """Sentence id -> (tokens, tags) of a JSONL or CoNLL IOB corpus (IOB: as BIO); a
+    repeated id is an error, since a ranking names its sentences by id."""
     if corpus_format(Path(path)) == "iob":
-        return {doc.user_data["id"]: doc_to_bio(doc) for doc in read_iob_docs(path, Vocab())}
-    tags = {}
+        return {doc.user_data["id"]: ([t.text for t in doc], doc_to_bio(doc)) for doc in read_iob_docs(path, Vocab())}
+    sentences: Dict[str, Tuple[List[str], List[str]]] = {}
+    first_line: Dict[str, int] = {}
     for line, record in read_jsonl_records(path):
-        if not isinstance(record.get("id"), str) or not isinstance(record.get("ner_tags"), list):
-            raise CorpusFormatError(f"{path}:{line}: expected a string 'id' and a list 'ner_tags'")
-        tags[record["id"]] = record["ner_tags"]
-    return tags
+        sid, tokens, tags = record.get("id"), record.get("tokens"), record.get("ner_tags")
+        if not isinstance(sid, str) or not isinstance(tokens, list) or not isinstance(tags, list):
+            raise CorpusFormatError(f"{path}:{line}: expected a string 'id' and lists 'tokens' and 'ner_tags'")
+        if sid in sentences:
+            raise CorpusFormatError(f"{path}:{line}: id {sid!r} repeats line {first_line[sid]}; ids must be unique")
+        sentences[sid], first_line[sid] = (tokens, tags), line
+    return sentences
 
 
 def changed_tokens(original: Dict[str, List[str]], corrected: Dict[str, List[str]]) -> Dict[str, Set[int]]:
@@ -73,7 +83,16 @@ class Corrections:
 
     @classmethod
     def from_files(cls, original: Path, corrected: Path) -> "Corrections":
-        return cls.from_tags(read_tags(original), read_tags(corrected))
+        """From two JSONL corpora of the same sentences (ids and tokens must agree)."""
+        before, after = read_sentences(original), read_sentences(corrected)
+        for sid, (tokens, _) in before.items():
+            if sid in after and after[sid][0] != tokens:
+                raise DataError(
+                    f"Sentence {sid!r} has other tokens in {corrected} than in {original} "
+                    f"({' '.join(map(str, after[sid][0][:8]))!r}... vs {' '.join(map(str, tokens[:8]))!r}...): "
+                    "the corrected file must hold the same sentences"
+                )
+        return cls.from_tags({k: v[1] for k, v in before.items()}, {k: v[1] for k, v in after.items()})
 
     @property
     def documents(self) -> List[str]:
@@ -109,6 +128,8 @@ class _Ranked:
 
 
 def _levels(ranked: Sequence[Region], corrections: Corrections) -> Dict[str, _Ranked]:
+    if not ranked:  # every metric would read the corpus order as a ranking (document recall 1.0)
+        raise DataError("The ranking is empty: there is nothing to evaluate")
     unknown = next((sid for sid, _, _ in ranked if sid not in corrections.original), None)
     if unknown is not None:
         raise DataError(f"Ranked sentence {unknown!r} is not in the original file")
@@ -265,11 +286,15 @@ def ranked_regions(records: Iterable[dict]) -> List[Region]:
     """(sentence id, token start, token end exclusive) of review records, in file order."""
     out = []
     for line, record in enumerate(records, start=1):
-        sentence_id = record.get("meta", {}).get("doc_id")
-        if sentence_id is None or not record.get("spans"):
+        meta, spans = record.get("meta"), record.get("spans")
+        sentence_id = meta.get("doc_id") if isinstance(meta, dict) else None
+        span = spans[0] if isinstance(spans, list) and spans else None
+        if not isinstance(sentence_id, str) or not isinstance(span, dict):
             raise CorpusFormatError(
                 f"Ranking line {line} has no meta.doc_id or no span: was it written by find-errors?"
             )
-        span = record["spans"][0]
-        out.append((sentence_id, span["token_start"], span["token_end"] + 1))
+        start, end = span.get("token_start"), span.get("token_end")
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
+            raise CorpusFormatError(f"Ranking line {line}: its span needs token numbers token_start <= token_end")
+        out.append((sentence_id, start, end + 1))
     return out

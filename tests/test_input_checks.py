@@ -1,0 +1,174 @@
+"""Input that used to be dropped, changed or accepted without a word: each case of issue 15
+now warns with counts and examples, or stops with one line naming the file."""
+
+import warnings
+
+import pytest
+import srsly
+from spacy.tokens import DocBin, Span
+from typer.testing import CliRunner
+
+from spacy_segment_influence import ConfigError, DataError, UnknownLabelWarning
+from spacy_segment_influence.annotation_errors import Corrections, evaluate_ranking
+from spacy_segment_influence.cli import app
+from spacy_segment_influence.review_page import render_review_page
+
+from .conftest import TRAIN_DATA, make_examples
+from .test_review_page import EVIL, HELD_OUT, ranking
+
+
+def relabelled(nlp, label_of):
+    """The training docs, each entity relabelled by `label_of(label)`, with ids."""
+    docs = []
+    for i, eg in enumerate(make_examples(nlp)):
+        doc = eg.reference
+        doc.ents = [Span(doc, e.start, e.end, label=label_of(e.label_)) for e in doc.ents]
+        doc.user_data["id"] = f"train_{i}"
+        docs.append(doc)
+    return docs
+
+
+def one_line_error(result, *fragments):
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.exception
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+
+
+def test_index_warns_on_entities_with_unknown_labels(trained_tok2vec_nlp, tmp_path):
+    nlp = trained_tok2vec_nlp
+    train = tmp_path / "train.spacy"
+    DocBin(
+        docs=relabelled(nlp, lambda label: "ORGANISATION" if label == "ORG" else label), store_user_data=True
+    ).to_disk(train)
+    component = nlp.add_pipe("segment_influence", name="unknown")
+    try:
+        with pytest.warns(UnknownLabelWarning, match=r"2 of 8 entities .*ORGANISATION \(2\).*'Apple' ORGANISATION"):
+            component.initialize(lambda: [], nlp=nlp, train_path=train, show_progress=False)
+    finally:
+        nlp.remove_pipe("unknown")
+
+
+def test_index_and_find_errors_say_when_no_label_is_known(trained_tok2vec_nlp, tmp_path):
+    nlp = trained_tok2vec_nlp
+    nlp.to_disk(tmp_path / "model")
+    train = tmp_path / "train.spacy"
+    DocBin(docs=relabelled(nlp, str.lower), store_user_data=True).to_disk(train)
+    result = CliRunner().invoke(app, ["index", str(tmp_path / "model"), str(train), str(tmp_path / "out")])
+    one_line_error(result, "none of its 8 entities has a label the model knows", "per (2)")
+    out = tmp_path / "ranking.jsonl"
+    args = ["find-errors", str(tmp_path / "model"), str(train), "--method", "loss", "--out", str(out)]
+    one_line_error(CliRunner().invoke(app, args), "the training corpus: none of its 8 entities")
+
+
+def test_validate_says_when_no_label_is_known(trained_tok2vec_nlp):
+    from spacy_segment_influence import validate
+
+    docs = relabelled(trained_tok2vec_nlp, str.lower)
+    with pytest.raises(DataError, match="validate: the training sample: none of its 8 entities"):
+        validate(trained_tok2vec_nlp, docs, docs)
+
+
+def write_jsonl(path, records):
+    srsly.write_jsonl(path, records)
+    return path
+
+
+SENTENCES = [
+    {"id": "a_0", "tokens": ["Anna", "visited", "Rome"], "ner_tags": ["B-PER", "O", "B-LOC"]},
+    {"id": "a_1", "tokens": ["Bob", "left", "Oslo"], "ner_tags": ["B-PER", "O", "B-LOC"]},
+]
+
+
+def test_convert_refuses_duplicate_ids(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [*SENTENCES, {**SENTENCES[1], "id": "a_0"}])
+    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "out.spacy")])
+    one_line_error(result, f"{src}:3: id 'a_0' repeats line 1")
+    assert not (tmp_path / "out.spacy").exists()
+
+
+def test_evaluate_errors_checks_the_tokens_of_each_id(tmp_path):
+    original = write_jsonl(tmp_path / "original.jsonl", SENTENCES)
+    swapped = [{**SENTENCES[0], "tokens": SENTENCES[1]["tokens"]}, {**SENTENCES[1], "tokens": SENTENCES[0]["tokens"]}]
+    corrected = write_jsonl(tmp_path / "corrected.jsonl", swapped)
+    ranked = write_jsonl(
+        tmp_path / "ranking.jsonl", [{"meta": {"doc_id": "a_0"}, "spans": [{"token_start": 0, "token_end": 0}]}]
+    )
+    result = CliRunner().invoke(app, ["evaluate-errors", str(ranked), str(original), str(corrected)])
+    one_line_error(result, "'a_0' has other tokens in", str(corrected), str(original))
+    duplicated = write_jsonl(tmp_path / "duplicated.jsonl", [*SENTENCES, SENTENCES[0]])
+    result = CliRunner().invoke(app, ["evaluate-errors", str(ranked), str(duplicated), str(original)])
+    one_line_error(result, f"{duplicated}:3: id 'a_0' repeats line 1")
+
+
+def test_an_empty_ranking_is_an_error_not_full_recall(tmp_path):
+    original = write_jsonl(tmp_path / "original.jsonl", SENTENCES)
+    corrected = write_jsonl(tmp_path / "corrected.jsonl", [{**SENTENCES[0], "ner_tags": ["O"] * 3}, SENTENCES[1]])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = CliRunner().invoke(app, ["evaluate-errors", str(empty), str(original), str(corrected)])
+    one_line_error(result, f"{empty}: the ranking is empty")
+    with pytest.raises(DataError, match="empty"):
+        evaluate_ranking([], Corrections.from_files(original, corrected))
+
+
+def test_convert_names_the_byte_that_is_not_utf8(tmp_path):
+    src = tmp_path / "latin1.jsonl"
+    first = srsly.json_dumps(SENTENCES[0]) + "\n"
+    src.write_bytes(first.encode() + '{"id": "b", "tokens": ["Z\xfcrich"], "ner_tags": ["B-LOC"]}\n'.encode("latin-1"))
+    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "out.spacy")])
+    offset = len(first.encode()) + len('{"id": "b", "tokens": ["Z')
+    one_line_error(result, f"{src}:2: not UTF-8", f"byte offset {offset}")
+
+
+def test_convert_of_an_empty_file_is_an_error(tmp_path):
+    src = tmp_path / "empty.jsonl"
+    src.write_text("\n\n")
+    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "out.spacy")])
+    one_line_error(result, f"{src}: no sentences")
+    assert not (tmp_path / "out.spacy").exists()
+
+
+@pytest.fixture(scope="module")
+def explained(trained_tok2vec_nlp):
+    nlp = trained_tok2vec_nlp
+    component = nlp.add_pipe("segment_influence", name="explainer")
+    component.initialize(lambda: make_examples(nlp), nlp=nlp, show_progress=False)
+    yield component, nlp(TRAIN_DATA[0][0])
+    nlp.remove_pipe("explainer")
+
+
+def test_explain_refuses_an_empty_span(explained):
+    component, doc = explained
+    with pytest.raises(DataError, match="is empty"):
+        component.explain(doc[0:0])
+
+
+def test_explain_refuses_k_below_one(explained):
+    component, doc = explained
+    with pytest.raises(ConfigError, match="k must be >= 1, got 0"):
+        component.explain(doc[0:2], k=0)
+    assert len(component.explain(doc[0:2], k=1)["supporters"]) == 1
+
+
+def test_cli_explain_refuses_k_below_one(tmp_path):
+    result = CliRunner().invoke(app, ["explain", str(tmp_path), "Anna", "--k", "0"])
+    one_line_error(result, "--k must be >= 1, got 0")
+
+
+def test_labels_are_escaped_wherever_they_reach_the_page():
+    records = ranking()
+    for record in records:
+        record["meta"].update(
+            suggested_label=EVIL, influenced=[{**item, "label": EVIL, "predicted": EVIL} for item in HELD_OUT]
+        )
+    page = render_review_page(records)
+    assert "<img" not in page
+
+
+def test_known_labels_pass_silently(trained_tok2vec_nlp):
+    from spacy_segment_influence.known_labels import check_known_labels
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_known_labels(relabelled(trained_tok2vec_nlp, str), trained_tok2vec_nlp.get_pipe("crf_ner").labels, "x")
