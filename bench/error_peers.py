@@ -92,6 +92,8 @@ def export(pieces: Sequence[Tuple[ErrorFinder, Sequence[int]]], docs, candidates
                 sentence[start] = names.index(f"B-{label}")
                 sentence[start + 1 : end] = names.index(f"I-{label}")
             pred[rows] = sentence
+    # float32 rows can sum to 1 + 1e-7 after the BIO columns are added; cleanlab refuses p > 1
+    probs = numpy.clip(probs.astype("float64") / probs.sum(axis=1, keepdims=True), 0.0, 1.0).astype("float32")
     meta = {
         "tag_names": names,
         "class_names": ["O"] + sorted({n[2:] for n in names[1:]}),

@@ -141,4 +141,5 @@ def test_failed_index_write_leaves_nothing(nlp, tmp_path, monkeypatch):
     args = ["index", str(tmp_path / "model"), str(tmp_path / "train.spacy"), str(tmp_path / "out")]
     result = CliRunner().invoke(app, args)
     assert isinstance(result.exception, OSError)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "train.spacy"]
+    # the lock file beside OUT stays (atomic_dir); nothing else may
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "model", "train.spacy"]
