@@ -30,6 +30,7 @@ from tqdm import tqdm
 from . import bridge, removal
 from .corpus import read_docbin
 from .curvature import CURVATURES, CurvatureName, curvature_class
+from .entity_scores import Entity, probabilities_from_features
 from .exceptions import ConfigError, DataError, IndexMissingError, IndexOutOfDateError
 from .gradients import FactoredGradients, WindowLabels
 from .index import DTYPES, IndexDtype, SegmentIndex
@@ -332,8 +333,9 @@ class SegmentInfluence(Pipe):
         grads = segment_gradients(ner, batch, segments)
         assert self.index is not None  # the callers checked it
         top = self.index.top_k(grads, k=k or self.cfg["k"], device=self.device)
+        probabilities = _entity_probabilities(ner, features, queries)
         records = []
-        for (_, span), segment, result in zip(queries, segments, top):
+        for (_, span), segment, result, probability in zip(queries, segments, top, probabilities):
             hits = {
                 "supporters": [self._hit(j, s) for j, s in result.supporters],
                 "opposers": [self._hit(j, s) for j, s in result.opposers],
@@ -341,6 +343,7 @@ class SegmentInfluence(Pipe):
             if self.cfg["refine"]:
                 self._refine(batch, segment, [*result.supporters, *result.opposers], hits)
             query = {"start": span.start, "end": span.end, "label": span.label_ or "O", "text": span.text}
+            query["probability"] = probability
             records.append({**query, **hits})
         return records
 
@@ -415,6 +418,17 @@ class SegmentInfluence(Pipe):
         if "index" not in exclude and "index" in msg:
             self.index = SegmentIndex.from_bytes(msg["index"]) if msg["index"] is not None else None
         return self
+
+
+def _entity_probabilities(
+    ner: CRFEntityRecognizer, features: List[numpy.ndarray], queries: List[Tuple[int, Span]]
+) -> List[float]:
+    """The CRF's probability of each queried span with its label ("O": no entity there)."""
+    entities: List[List[Entity]] = [[] for _ in features]
+    for i, span in queries:
+        entities[i].append((span.start, span.end, span.label_ or "O"))
+    found = [iter(probs) for probs in probabilities_from_features(ner, features, entities)]
+    return [next(found[i]) for i, _ in queries]
 
 
 def _batches(docs: Sequence[Doc], size: int) -> Iterator[Tuple[int, Sequence[Doc]]]:
