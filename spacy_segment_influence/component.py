@@ -30,11 +30,12 @@ from tqdm import tqdm
 from . import bridge, removal
 from .corpus import read_docbin
 from .curvature import CURVATURES, CurvatureName, curvature_class
-from .entity_scores import Entity, probabilities_from_features
+from .entity_scores import Entity, ScoredEntity, probabilities_from_features, set_entity_scores
 from .exceptions import ConfigError, DataError, IndexMissingError, IndexOutOfDateError
 from .gradients import FactoredGradients, WindowLabels
 from .index import DTYPES, IndexDtype, SegmentIndex
 from .segments import LabelledBatch, Segment, labelled_batch, segment_gradients, window_labels
+from .surrogate import agreement, fit_surrogate, predicted_entities, surrogate_from_bytes, surrogate_to_bytes
 from .tagger import CRFEntityRecognizer
 
 # Docs whose CRF work (segment windows, K-FAC marginals) runs together: few large
@@ -80,7 +81,7 @@ if not Span.has_extension("influences"):
     requires=["doc.ents"],
     assigns=["doc._.influences", "span._.influences"],
     default_config={
-        "ner": "crf_ner",
+        "ner": None,
         "k": 5,
         "curvature": "kfac",
         "damping": 0.001,
@@ -95,7 +96,7 @@ if not Span.has_extension("influences"):
 def make_segment_influence(
     nlp: Language,
     name: str,
-    ner: str,
+    ner: Optional[str],
     k: int,
     curvature: CurvatureName,
     damping: float,
@@ -146,7 +147,7 @@ class SegmentInfluence(Pipe):
         nlp: Language,
         name: str = "segment_influence",
         *,
-        ner: str = "crf_ner",
+        ner: Optional[str] = None,
         k: int = 5,
         curvature: CurvatureName = "kfac",
         damping: float = 0.001,
@@ -158,9 +159,12 @@ class SegmentInfluence(Pipe):
         refine: bool = False,
     ) -> None:
         """
-        nlp: the pipeline, which must hold the `crf_ner` component named `ner`.
+        nlp: the pipeline, which must hold the NER component named `ner`.
         name: the component's name.
-        ner: the `crf_ner` component whose predictions are explained.
+        ner: the NER component whose predictions are explained: a `crf_ner`, or any
+            component whose token features can be read (spaCy's `ner`), explained through
+            a CRF surrogate fitted when the corpus is indexed. Default: the pipeline's
+            crf_ner, else its spaCy `ner` (`bridge.default_ner`).
         k: supporters and opposers stored per predicted entity.
         curvature: how H^-1 enters the score (`curvature.CURVATURES`): "identity",
             "kfac" (Kronecker-factored, fast search) or "exact" (the damped Hessian of the
@@ -179,7 +183,7 @@ class SegmentInfluence(Pipe):
         self.nlp = nlp
         self.name = name
         self.cfg: Dict[str, Any] = {
-            "ner": ner,
+            "ner": ner if ner is not None else bridge.default_ner(nlp),
             "k": k,
             "curvature": curvature,
             "damping": damping,
@@ -193,10 +197,21 @@ class SegmentInfluence(Pipe):
         self._removal_steps: Optional[removal.RemovalSteps] = None
         self.index: Optional[SegmentIndex] = None
         self.fingerprint: Optional[str] = None
+        self._surrogate: Optional[CRFEntityRecognizer] = None
+        self._surrogate_bytes: Optional[bytes] = None  # built on first use, once the pipeline is loaded
 
     @property
     def ner(self) -> CRFEntityRecognizer:
-        return bridge.crf_component(self.nlp, self.cfg["ner"])
+        """The CRF head explained: the crf_ner component `ner`, or the CRF surrogate
+        fitted for it when it has no CRF (spaCy's `ner`; `surrogate.py`)."""
+        surrogate = self.surrogate
+        return surrogate if surrogate is not None else bridge.crf_component(self.nlp, self.cfg["ner"])
+
+    @property
+    def surrogate(self) -> Optional[CRFEntityRecognizer]:
+        if self._surrogate is None and self._surrogate_bytes is not None:
+            self._surrogate = surrogate_from_bytes(self.nlp, self.cfg["ner"], self._surrogate_bytes)
+        return self._surrogate
 
     # -- indexing ------------------------------------------------------------------------
     def initialize(
@@ -205,10 +220,13 @@ class SegmentInfluence(Pipe):
         *,
         nlp: Optional[Language] = None,
         train_path: Optional[Union[str, Path]] = None,
+        dev_path: Optional[Union[str, Path]] = None,
         show_progress: bool = True,
     ) -> None:
         """Index the training corpus: `train_path` (a .spacy file) if given, else the
-        reference docs of `get_examples()`."""
+        reference docs of `get_examples()`. When `ner` is not a crf_ner component, first
+        fit a CRF surrogate on its frozen features (L2 = `damping`) and, with `dev_path`,
+        report how far it agrees with the component (`surrogate_agreement` in the cfg)."""
         if nlp is not None:
             self.nlp = nlp
         if train_path is not None:
@@ -217,8 +235,25 @@ class SegmentInfluence(Pipe):
             docs = [eg.reference for eg in get_examples()]
         if not docs:
             raise DataError(f"segment_influence {self.name!r}: the training corpus is empty")
+        self._surrogate, self._surrogate_bytes = None, None
+        bridge.upstream_components(self.nlp, self.cfg["ner"])  # a clear error when it is missing
+        if not isinstance(self.nlp.get_pipe(self.cfg["ner"]), CRFEntityRecognizer):
+            self._fit_surrogate(docs, dev_path, show_progress)
         self.index = self._build_index(docs, show_progress)
         self.fingerprint = bridge.fingerprint(self.nlp, self.cfg["ner"])
+
+    def _fit_surrogate(self, docs: Sequence[Doc], dev_path: Optional[Union[str, Path]], show_progress: bool) -> None:
+        name, batch_size = self.cfg["ner"], self.cfg["batch_size"]
+        self._surrogate = fit_surrogate(
+            self.nlp, name, docs, l2=self.cfg["damping"], batch_size=batch_size, show_progress=show_progress
+        )
+        self._surrogate_bytes = surrogate_to_bytes(self._surrogate)
+        self.cfg["surrogate_agreement"] = None
+        if dev_path is not None:
+            found = agreement(self.nlp, name, self._surrogate, read_docbin(Path(dev_path), self.nlp.vocab))
+            self.cfg["surrogate_agreement"] = found
+            if show_progress:
+                print(f"CRF surrogate of {name!r}: " + ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
 
     def _build_index(self, docs: Sequence[Doc], show_progress: bool) -> SegmentIndex:
         ner = self.ner
@@ -253,7 +288,7 @@ class SegmentInfluence(Pipe):
         features: List[numpy.ndarray] = []
         tags: List[List[int]] = []
         for _, batch_docs in _batches(docs, self.cfg["batch_size"]):
-            batch = labelled_batch(self.nlp, self.cfg["ner"], batch_docs, self.cfg["batch_size"])
+            batch = labelled_batch(self.nlp, self.cfg["ner"], batch_docs, self.cfg["batch_size"], ner=self.ner)
             features.extend(batch.features)
             tags.extend(batch.tags)
             progress.update(len(batch_docs))
@@ -293,9 +328,22 @@ class SegmentInfluence(Pipe):
             for (i, ent), record in zip(queries, records):
                 ent._.influences = {"supporters": record["supporters"], "opposers": record["opposers"]}
                 per_doc[i].append(record)
+            if self.surrogate is not None:
+                self._mark_surrogate(docs, features, per_doc)
             for doc, doc_records in zip(docs, per_doc):
                 doc._.influences = doc_records
             yield from docs
+
+    def _mark_surrogate(self, docs: Sequence[Doc], features: List[numpy.ndarray], records: List[List[dict]]) -> None:
+        """Flag the pipeline's entities the surrogate would not predict itself
+        (`surrogate_agrees`), and store each one's probability under the surrogate where
+        crf_ner stores its own (doc.spans[scores_key])."""
+        surrogate = self.ner
+        for doc, own, doc_records in zip(docs, predicted_entities(surrogate, features), records):
+            for record in doc_records:
+                record["surrogate_agrees"] = (record["start"], record["end"], record["label"]) in own
+            scored = [ScoredEntity(r["start"], r["end"], r["label"], r["probability"]) for r in doc_records]
+            set_entity_scores(doc, cast(str, surrogate.scores_key), scored)
 
     def explain(self, span: Span, k: Optional[int] = None, label: Optional[str] = None) -> dict:
         """Influences for any span of a processed doc. `label` is the labelling asked
@@ -389,6 +437,8 @@ class SegmentInfluence(Pipe):
         path.mkdir(parents=True, exist_ok=True)
         if self.index is not None and "index" not in exclude:
             self.index.to_disk(path / "index")
+        if self._surrogate_bytes is not None and "index" not in exclude:
+            (path / "surrogate").write_bytes(self._surrogate_bytes)
         if "cfg" not in exclude:
             srsly.write_json(path / "cfg", {**self.cfg, "fingerprint": self.fingerprint})
 
@@ -400,6 +450,8 @@ class SegmentInfluence(Pipe):
             self.cfg.update(cfg)
         if "index" not in exclude:
             self.index = SegmentIndex.from_disk(path / "index") if (path / "index").exists() else None
+            self._surrogate = None
+            self._surrogate_bytes = (path / "surrogate").read_bytes() if (path / "surrogate").exists() else None
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
@@ -408,6 +460,7 @@ class SegmentInfluence(Pipe):
             msg.update(cfg=self.cfg, fingerprint=self.fingerprint)
         if "index" not in exclude:
             msg["index"] = self.index.to_bytes() if self.index is not None else None
+            msg["surrogate"] = self._surrogate_bytes
         return srsly.msgpack_dumps(msg)
 
     def from_bytes(self, data: bytes, *, exclude: Iterable[str] = tuple()) -> "SegmentInfluence":
@@ -417,6 +470,7 @@ class SegmentInfluence(Pipe):
             self.fingerprint = msg["fingerprint"]
         if "index" not in exclude and "index" in msg:
             self.index = SegmentIndex.from_bytes(msg["index"]) if msg["index"] is not None else None
+            self._surrogate, self._surrogate_bytes = None, msg.get("surrogate")
         return self
 
 
