@@ -282,6 +282,19 @@ def segment_nll(
     return log_z_outside - log_partition(scores, constraints, gold_mask(tags, n_tags))
 
 
+def tempered(scores: ChainScores, temperature: float) -> ChainScores:
+    """The chain with every score divided by `temperature`: p_T(y|x) ~ exp(score(y) / T).
+    The Viterbi path is the same for any T; probabilities flatten for T > 1."""
+    if temperature == 1.0:
+        return scores
+    return scores._replace(
+        emissions=scores.emissions / temperature,
+        transitions=scores.transitions / temperature,
+        start=scores.start / temperature,
+        end=scores.end / temperature,
+    )
+
+
 class PathQuery(NamedTuple):
     """Sentence `sentence`'s tokens start.. take the tags `tags`, and the token right after
     them (if any) takes none of `next_forbidden`: one entity span as a tag pattern."""

@@ -138,6 +138,6 @@ def probabilities_from_features(
     head = ner.head
     with torch.no_grad(), crf.one_thread():
         emissions = [head(torch.from_numpy(numpy.asarray(features[b], dtype="float32"))) for b in rows]
-        chain = ner.chain_scores(emissions)
+        chain = crf.tempered(ner.chain_scores(emissions), ner.temperature)
         found = iter(entity_probabilities(chain, ner.constraints, ner.tags, ner.scheme, [entities[b] for b in rows]))
     return [next(found) if ents else [] for ents in entities]

@@ -130,6 +130,12 @@ class CRFEntityRecognizer(TrainablePipe):
         return ["O"] + [f"{p}-{label}" for label in self.labels for p in prefixes]
 
     @property
+    def temperature(self) -> float:
+        """Divides the CRF's scores when it reports probabilities (1: the trained model's
+        own; `calibration.calibrate` fits it on held-out data). Viterbi ignores it."""
+        return float(self.cfg.get("temperature", 1.0))
+
+    @property
     def constraints(self) -> crf.TagConstraints:
         return self._constraints
 
@@ -208,6 +214,7 @@ class CRFEntityRecognizer(TrainablePipe):
         candidates above `candidate_threshold`); nothing without a `scores_key`."""
         if self.scores_key is None:
             return [[] for _ in entities]
+        chain = crf.tempered(chain, self.temperature)
         return score_entities(chain, self.constraints, self.tags, self.scheme, entities, self.candidate_threshold)
 
     def set_annotations(self, docs: Iterable[Doc], predictions: List[DocPrediction]) -> None:

@@ -12,6 +12,7 @@ import torch
 from spacy.tokens import DocBin
 
 from spacy_segment_influence import crf
+from spacy_segment_influence.calibration import calibrate
 from spacy_segment_influence.entity_scores import (
     candidate_entities,
     entity_probabilities,
@@ -159,3 +160,43 @@ def test_explain_reports_the_entity_probability():
     outside = entity_probabilities(chain, ner.constraints, ner.tags, ner.scheme, [[(2, 4, "O")]])
     assert 0.0 < nothing["probability"] <= 1.0
     assert nothing["probability"] == pytest.approx(outside[0][0], rel=1e-5)
+
+
+NOISY_DATA = [
+    ("Peter Smith lives in New York City .", [(0, 11, "LOC"), (21, 34, "LOC")]),
+    ("Apple bought IBM last year .", [(0, 5, "ORG"), (13, 16, "PER")]),
+    ("Anna Berg visited Paris .", [(0, 9, "PER"), (18, 23, "LOC")]),
+    ("The Olympics start in Rome .", [(4, 12, "MISC"), (22, 26, "ORG")]),
+    ("Peter visited Apple in Paris .", [(0, 5, "PER"), (14, 19, "ORG"), (23, 28, "LOC")]),
+]
+
+
+def test_calibrated_temperature_minimises_the_log_loss_of_predicted_entities():
+    nlp = tok2vec_nlp()
+    train(nlp, make_examples(nlp), steps=30)
+    ner = nlp.get_pipe("crf_ner")
+    held_out = [eg.reference for eg in make_examples(nlp, NOISY_DATA)]  # some of its labels disagree
+    temperature = calibrate(nlp, held_out)
+    assert ner.temperature == temperature
+
+    predicted = [nlp(reference.text) for reference in held_out]
+
+    def log_loss(t: float) -> float:
+        total = 0.0
+        for reference, doc in zip(held_out, predicted):
+            chain = crf.tempered(ner.chain_scores([ner.head(torch.tensor(doc.tensor))]), t)
+            ents = [(e.start, e.end, e.label_) for e in doc.ents]
+            gold = {(e.start, e.end, e.label_) for e in reference.ents}
+            for ent, p in zip(ents, entity_probabilities(chain, ner.constraints, ner.tags, ner.scheme, [ents])[0]):
+                total -= math.log(p if ent in gold else max(1.0 - p, 1e-12))
+        return total
+
+    grid = min(log_loss(t) for t in numpy.geomspace(0.05, 20.0, 60))
+    assert log_loss(temperature) <= grid * (1 + 1e-6)
+    assert 0.05 <= temperature <= 20.0
+    doc = nlp(NOISY_DATA[0][0])  # the stored scores are the tempered ones
+    chain = crf.tempered(ner.chain_scores([ner.head(torch.tensor(doc.tensor))]), temperature)
+    ents = [(e.start, e.end, e.label_) for e in doc.ents]
+    expected = entity_probabilities(chain, ner.constraints, ner.tags, ner.scheme, [ents])[0]
+    assert list(doc.spans["ent_scores"].attrs["scores"]) == pytest.approx(expected, rel=1e-5)
+    assert tok2vec_nlp().from_bytes(nlp.to_bytes()).get_pipe("crf_ner").temperature == pytest.approx(temperature)
