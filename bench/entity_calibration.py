@@ -5,9 +5,11 @@ same CoNLL sentences with the same tok2vec, batching and steps.
     python bench/entity_calibration.py --n-train 2000 --max-steps 1000
 
 For every predicted entity on CoNLL validation: its probability, and whether it is
-correct (same span and label in gold). Reports expected calibration error over 10
-equal-width bins (sum over bins of |bin| / N * |accuracy - mean probability|), and writes a
-reliability plot when matplotlib is installed.
+correct (same span and label in gold). crf_ner also with a temperature
+(`calibration.calibrate`) fitted on the even validation docs and measured on the odd
+ones. Reports expected calibration error over 10 equal-width bins (sum over bins of
+|bin| / N * |accuracy - mean probability|), and writes a reliability plot when
+matplotlib is installed.
 """
 
 import argparse
@@ -20,10 +22,18 @@ import ner_quality
 import numpy
 import spacy
 from ner_quality import convert, run
-from spacy.tokens import DocBin
+from spacy.tokens import Doc, DocBin
+
+from spacy_segment_influence.calibration import calibrate
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"crf_ner": "crf_ner_tok2vec.cfg", "beam_ner": "ner_beam_tok2vec.cfg"}
+
+
+def corpus(name: str, workdir: Path, limit: int) -> Path:
+    """The first `limit` sentences (0: all) of a CoNLL JSONL file as .spacy, converted once."""
+    path = workdir / f"{name}.spacy"
+    return path if path.exists() else convert(name, workdir, limit)
 
 
 def train(config: str, out: Path, train_path: Path, dev_path: Path, max_steps: int) -> Path:
@@ -81,6 +91,21 @@ def calibration(probs: Sequence[float], correct: Sequence[bool], n_bins: int = 1
     }
 
 
+def evaluate(nlp, name: str, gold: Sequence) -> dict:
+    """Calibration of the predicted entities' probabilities on reference docs `gold`."""
+    texts = [Doc(nlp.vocab, words=[t.text for t in doc]) for doc in gold]
+    scores = crf_ner_scores(nlp, texts) if name == "crf_ner" else beam_ner_scores(nlp, texts)
+    probs, correct = [], []
+    for doc, predicted in zip(gold, scores):
+        truth = {(e.start, e.end, e.label_) for e in doc.ents}
+        for ent, p in predicted.items():
+            probs.append(p)
+            correct.append(ent in truth)
+    result = calibration(probs, correct)
+    result["ents_f"] = 2 * sum(correct) / (len(correct) + sum(len(doc.ents) for doc in gold))
+    return result
+
+
 def plot(results: Dict[str, dict], path: Path) -> None:
     try:
         import matplotlib
@@ -93,6 +118,8 @@ def plot(results: Dict[str, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
     for name, result in results.items():
+        if "odd docs" not in name:
+            continue
         bins = result["bins"]
         label = f"{name} (ECE {result['ece']:.3f})"
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=label)
@@ -113,24 +140,21 @@ def main() -> None:
     args = parser.parse_args()
     ner_quality.DATA = args.data
     args.workdir.mkdir(parents=True, exist_ok=True)
-    train_path = convert("train_original", args.workdir, args.n_train)
-    dev_path = convert("validation_original", args.workdir, 0)
+    train_path = corpus("train_original", args.workdir, args.n_train)
+    dev_path = corpus("validation_original", args.workdir, 0)
     results = {}
     for name, config in MODELS.items():
         nlp = spacy.load(train(config, args.workdir / name, train_path, dev_path, args.max_steps))
         gold = list(DocBin().from_disk(dev_path).get_docs(nlp.vocab))
-        texts = [spacy.tokens.Doc(nlp.vocab, words=[t.text for t in doc]) for doc in gold]
-        scores = crf_ner_scores(nlp, texts) if name == "crf_ner" else beam_ner_scores(nlp, texts)
-        probs, correct = [], []
-        for doc, predicted in zip(gold, scores):
-            truth = {(e.start, e.end, e.label_) for e in doc.ents}
-            for ent, p in predicted.items():
-                probs.append(p)
-                correct.append(ent in truth)
-        results[name] = calibration(probs, correct)
-        n_gold = sum(len(doc.ents) for doc in gold)
-        results[name]["ents_f"] = 2 * sum(correct) / (len(correct) + n_gold)
-        print(name, json.dumps({k: v for k, v in results[name].items() if k != "bins"}))
+        runs = {name: (gold, None), f"{name} (odd docs)": (gold[1::2], None)}
+        if name == "crf_ner":  # temperature fitted on the even validation docs, measured on the odd ones
+            runs[f"{name} + temperature (odd docs)"] = (gold[1::2], calibrate(nlp, gold[0::2]))
+        for run_name, (docs, temperature) in runs.items():
+            if temperature is not None:
+                nlp.get_pipe("crf_ner").cfg["temperature"] = temperature
+            results[run_name] = evaluate(nlp, name, docs)
+            results[run_name]["temperature"] = temperature
+            print(run_name, json.dumps({k: v for k, v in results[run_name].items() if k != "bins"}), flush=True)
     (args.workdir / "calibration.json").write_text(json.dumps(results, indent=2))
     plot(results, args.workdir / "reliability.png")
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import ner_quality
 import spacy
-from entity_calibration import train
-from ner_quality import convert
+from entity_calibration import corpus, train
 from spacy.tokens import Doc, DocBin
 
 from spacy_segment_influence.surrogate import fit_surrogate
@@ -38,8 +37,8 @@ def main() -> None:
     args = parser.parse_args()
     ner_quality.DATA = args.data
     args.workdir.mkdir(parents=True, exist_ok=True)
-    train_path = convert("train_original", args.workdir, args.n_train)
-    dev_path = convert("validation_original", args.workdir, 0)
+    train_path = corpus("train_original", args.workdir, args.n_train)
+    dev_path = corpus("validation_original", args.workdir, 0)
     nlp = spacy.load(train("ner_builtin_tok2vec.cfg", args.workdir / "ner", train_path, dev_path, args.max_steps))
     train_docs = list(DocBin().from_disk(train_path).get_docs(nlp.vocab))
     dev_docs = list(DocBin().from_disk(dev_path).get_docs(nlp.vocab))
