@@ -137,16 +137,21 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=1000)
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "output" / "entity_calibration")
     parser.add_argument("--data", type=Path, default=ner_quality.DATA, help="folder of the CoNLL-2003 JSONL files")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    parser.add_argument("--full", action="store_true", help="also measure on all validation docs")
     args = parser.parse_args()
     ner_quality.DATA = args.data
     args.workdir.mkdir(parents=True, exist_ok=True)
     train_path = corpus("train_original", args.workdir, args.n_train)
     dev_path = corpus("validation_original", args.workdir, 0)
     results = {}
-    for name, config in MODELS.items():
+    for name in args.models:
+        config = MODELS[name]
         nlp = spacy.load(train(config, args.workdir / name, train_path, dev_path, args.max_steps))
         gold = list(DocBin().from_disk(dev_path).get_docs(nlp.vocab))
-        runs = {name: (gold, None), f"{name} (odd docs)": (gold[1::2], None)}
+        runs = {f"{name} (odd docs)": (gold[1::2], None)}
+        if args.full:
+            runs[name] = (gold, None)
         if name == "crf_ner":  # temperature fitted on the even validation docs, measured on the odd ones
             runs[f"{name} + temperature (odd docs)"] = (gold[1::2], calibrate(nlp, gold[0::2]))
         for run_name, (docs, temperature) in runs.items():
@@ -155,7 +160,8 @@ def main() -> None:
             results[run_name] = evaluate(nlp, name, docs)
             results[run_name]["temperature"] = temperature
             print(run_name, json.dumps({k: v for k, v in results[run_name].items() if k != "bins"}), flush=True)
-    (args.workdir / "calibration.json").write_text(json.dumps(results, indent=2))
+    out = args.workdir / f"calibration_{'_'.join(args.models)}.json"
+    out.write_text(json.dumps(results, indent=2))
     plot(results, args.workdir / "reliability.png")
 
 

@@ -12,7 +12,10 @@ importing this package):
 Annotation errors: `ErrorFinder` and `CrossFitFinder` score candidate regions of a
 training corpus, `rank` writes them as review records, `evaluate_ranking` scores a ranking
 against corrected labels. `validate` measures how well predicted influence tracks
-retraining. Errors a user can cause derive from `SegmentInfluenceError`.
+retraining. Entity probabilities: `calibrate` fits crf_ner's temperature on held-out
+docs. Pipelines with spaCy's built-in `ner` are explained through a CRF surrogate
+(`fit_surrogate`, `agreement`; `segment_influence` fits one by itself). Errors a user can
+cause derive from `SegmentInfluenceError`.
 """
 
 from .annotation_errors import (
@@ -25,6 +28,7 @@ from .annotation_errors import (
     split_folds,
     write_folds,
 )
+from .calibration import calibrate
 from .component import SegmentInfluence
 from .exceptions import (
     BIORepairWarning,
@@ -41,6 +45,7 @@ from .exceptions import (
     SegmentInfluenceWarning,
 )
 from .index import SegmentIndex
+from .surrogate import agreement, fit_surrogate
 from .tagger import CRFEntityRecognizer
 from .validate import validate
 
@@ -66,7 +71,10 @@ __all__ = [
     "SegmentInfluenceError",
     "SegmentInfluenceWarning",
     "__version__",
+    "agreement",
+    "calibrate",
     "evaluate_ranking",
+    "fit_surrogate",
     "held_out_indices",
     "rank",
     "split_folds",
