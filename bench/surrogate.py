@@ -20,7 +20,6 @@ import spacy
 from entity_calibration import corpus, train
 from spacy.tokens import Doc, DocBin
 
-from spacy_segment_influence.surrogate import fit_surrogate
 from spacy_segment_influence.validate import validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--max-steps", type=int, default=1000)
-    parser.add_argument("--validate-train", type=int, default=500, help="sentences validate refits on (0: skip)")
+    parser.add_argument("--validate-train", type=int, default=200, help="sentences validate refits on (0: skip)")
     parser.add_argument("--validate-dev", type=int, default=50)
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "output" / "surrogate")
     parser.add_argument("--data", type=Path, default=ner_quality.DATA, help="folder of the CoNLL-2003 JSONL files")
@@ -49,17 +48,14 @@ def main() -> None:
     for _ in nlp.pipe(texts, batch_size=64):
         pass
     results["pipe_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    fit_surrogate(nlp, "ner", train_docs, show_progress=False)
-    results["fit_s"] = time.perf_counter() - clock
-
     component = nlp.add_pipe("segment_influence")
     clock = time.perf_counter()
     component.initialize(lambda: [], nlp=nlp, train_path=train_path, dev_path=dev_path, show_progress=False)
-    results["initialize_s"] = time.perf_counter() - clock
-    results["index_only_s"] = results["initialize_s"] - results["fit_s"]
-    results["index_vs_pipe"] = results["index_only_s"] / results["pipe_s"]
-    results["initialize_vs_pipe"] = results["initialize_s"] / results["pipe_s"]
+    results["initialize_s"] = time.perf_counter() - clock  # fit + index + agreement on the dev corpus
+    clock = time.perf_counter()
+    component._build_index(train_docs, show_progress=False)  # the index alone, as nlp.pipe's counterpart
+    results["index_s"] = time.perf_counter() - clock
+    results["index_vs_pipe"] = results["index_s"] / results["pipe_s"]
     results["agreement"] = component.cfg["surrogate_agreement"]
     print(json.dumps(results, indent=2), flush=True)
 
