@@ -11,6 +11,7 @@ from spacy_segment_influence import bridge
 from spacy_segment_influence.exceptions import PipelineError
 from spacy_segment_influence.segments import labelled_batch, mean_nll
 from spacy_segment_influence.surrogate import agreement, indexed_surrogate
+from spacy_segment_influence.validate import validate
 
 from .conftest import make_examples, train
 
@@ -169,3 +170,26 @@ def test_a_ner_with_its_own_tok2vec():
     assert indexed_surrogate(nlp, "ner") is component.surrogate
     doc = nlp(TEXTS[0])
     assert all("surrogate_agrees" in record for record in doc._.influences)
+
+
+@pytest.mark.slow
+def test_cli_index_then_validate_a_builtin_ner_pipeline(explained, tmp_path):
+    from spacy.tokens import DocBin
+    from typer.testing import CliRunner
+
+    from spacy_segment_influence.cli import app
+
+    nlp, _, _ = explained
+    corpus = tmp_path / "train.spacy"
+    DocBin(docs=[eg.reference for eg in make_examples(nlp)], store_user_data=True).to_disk(corpus)
+    nlp.to_disk(tmp_path / "model")  # `index` replaces its segment_influence
+    result = CliRunner().invoke(
+        app, ["index", str(tmp_path / "model"), str(corpus), str(tmp_path / "indexed"), "--dev", str(corpus)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "CRF surrogate of 'ner'" in result.output
+    indexed = spacy.load(tmp_path / "indexed")  # validate on the stored surrogate (what `validate --ner ner` runs)
+    surrogate = indexed_surrogate(indexed, "ner")
+    docs = [eg.reference for eg in make_examples(indexed)]
+    found = validate(indexed, docs, docs, ner_name="ner", ner=surrogate, n_segments=2, pairs=10, show_progress=False)
+    assert found["settings"]["n_train"] == len(docs) and "exact" in found["methods"]
