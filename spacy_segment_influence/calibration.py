@@ -8,7 +8,7 @@ flattens its distribution without changing any prediction.
 
 import math
 from functools import partial
-from typing import Sequence
+from typing import List, Sequence
 
 import numpy
 import torch
@@ -33,7 +33,9 @@ def fit_temperature(
     Platt scaling on the quantity that is reported. Viterbi does not depend on T, so
     the entities are found once; a golden-section search on log T does the rest."""
     rows = sorted((i for i, x in enumerate(batch.features) if len(x)), key=lambda i: len(batch.features[i]))
-    chains, queries, correct = [], [], []
+    chains: List[crf.ChainScores] = []
+    queries: List[List[crf.PathQuery]] = []
+    correct: List[bool] = []
     with torch.no_grad(), crf.one_thread():
         for first in range(0, len(rows), chunk):
             part = rows[first : first + chunk]
@@ -48,12 +50,13 @@ def fit_temperature(
             correct.extend(ent in gold[b] for b, ents in enumerate(found) for ent in ents)
     if not correct:
         raise DataError("Cannot fit a temperature: the model predicts no entities on the held-out sample")
-    right = numpy.asarray(correct, dtype=bool)
+    right = numpy.flatnonzero(correct)
+    wrong = numpy.flatnonzero([not c for c in correct])
 
     def log_loss(log_t: float) -> float:
         tempered = [crf.tempered(chain, math.exp(log_t)) for chain in chains]
         log_p = numpy.concatenate([crf.path_log_probs(c, q, ner.constraints) for c, q in zip(tempered, queries)])
-        return float(-log_p[right].sum() - numpy.log1p(-numpy.exp(numpy.minimum(log_p[~right], -1e-12))).sum())
+        return float(-log_p[right].sum() - numpy.log1p(-numpy.exp(numpy.minimum(log_p[wrong], -1e-12))).sum())
 
     a, b = math.log(low), math.log(high)
     c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)

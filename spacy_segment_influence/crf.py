@@ -319,7 +319,7 @@ def path_log_probs(
         masked = ChainScores(*(x.double() if x.is_floating_point() else x for x in masked))
         alpha, log_z = _forward(masked)
         beta = _backward(masked)
-    alpha, beta, log_z = alpha.numpy(), beta.numpy(), log_z.numpy()
+    alpha_np, beta_np, log_z_np = alpha.numpy(), beta.numpy(), log_z.numpy()
     emissions, transitions = masked.emissions.numpy(), masked.transitions.numpy()
     lengths = masked.lengths.tolist()
     out = numpy.empty(len(queries))
@@ -327,14 +327,14 @@ def path_log_probs(
         end = start + len(tags)
         if not tags or start < 0 or end > lengths[b]:
             raise ValueError(f"Pattern at {start}-{end} lies outside sentence {b} ({lengths[b]} tokens)")
-        total = alpha[b, start, tags[0]]
+        total = alpha_np[b, start, tags[0]]
         for t, (prev, tag) in enumerate(zip(tags, tags[1:]), start=start + 1):
             total += transitions[prev, tag] + emissions[b, t, tag]
         if forbidden and end < lengths[b]:
-            nxt = transitions[tags[-1]] + emissions[b, end] + beta[b, end]
+            nxt = transitions[tags[-1]] + emissions[b, end] + beta_np[b, end]
             nxt[list(forbidden)] = -numpy.inf
             total += numpy.logaddexp.reduce(nxt)
         else:
-            total += beta[b, end - 1, tags[-1]]
-        out[q] = total - log_z[b]
+            total += beta_np[b, end - 1, tags[-1]]
+        out[q] = total - log_z_np[b]
     return torch.from_numpy(numpy.minimum(out, 0.0))

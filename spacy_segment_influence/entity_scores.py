@@ -30,6 +30,7 @@ def entity_pattern(tags: Sequence[str], scheme: str, sentence: int, entity: Enti
     """The tag pattern of `entity` in `sentence`; label "O" asks for a span with no entity."""
     start, end, label = entity
     length = end - start
+    forbidden: List[str]
     if label == "O":
         names, forbidden = ["O"] * length, []
     elif scheme == "BILUO":

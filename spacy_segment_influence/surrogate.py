@@ -59,7 +59,7 @@ def indexed_surrogate(nlp: Language, ner_name: str) -> Optional[CRFEntityRecogni
     if isinstance(nlp.get_pipe(ner_name) if ner_name in nlp.pipe_names else None, CRFEntityRecognizer):
         return None
     for name in nlp.pipe_names:
-        component = nlp.get_pipe(name)
+        component: Any = nlp.get_pipe(name)
         if nlp.get_pipe_meta(name).factory == "segment_influence" and component.cfg["ner"] == ner_name:
             if component.surrogate is not None:
                 return component.surrogate
