@@ -12,7 +12,10 @@ importing this package):
 Annotation errors: `ErrorFinder` and `CrossFitFinder` score candidate regions of a
 training corpus, `rank` writes them as review records, `evaluate_ranking` scores a ranking
 against corrected labels. `validate` measures how well predicted influence tracks
-retraining. Errors a user can cause derive from `SegmentInfluenceError`.
+retraining. Entity probabilities: `calibrate` fits crf_ner's temperature on held-out
+docs. Pipelines with spaCy's built-in `ner` are explained through a CRF surrogate
+(`fit_surrogate`, `agreement`; `segment_influence` fits one by itself). Errors a user can
+cause derive from `SegmentInfluenceError`.
 """
 
 from . import callbacks  # noqa: F401  (registers the callbacks the shipped configs name)
@@ -26,6 +29,7 @@ from .annotation_errors import (
     split_folds,
     write_folds,
 )
+from .calibration import calibrate
 from .component import SegmentInfluence
 from .exceptions import (
     BIORepairWarning,
@@ -46,6 +50,7 @@ from .exceptions import (
     UnknownLabelWarning,
 )
 from .index import SegmentIndex
+from .surrogate import agreement, fit_surrogate
 from .tagger import CRFEntityRecognizer
 from .validate import validate
 
@@ -75,7 +80,10 @@ __all__ = [
     "SegmentInfluenceWarning",
     "UnknownLabelWarning",
     "__version__",
+    "agreement",
+    "calibrate",
     "evaluate_ranking",
+    "fit_surrogate",
     "held_out_indices",
     "rank",
     "split_folds",

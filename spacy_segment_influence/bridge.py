@@ -32,9 +32,25 @@ def crf_component(nlp: Language, ner_name: str) -> CRFEntityRecognizer:
     return component
 
 
+NER_FACTORIES = ("crf_ner", "ner", "beam_ner")
+
+
+def default_ner(nlp: Language) -> str:
+    """The component `segment_influence` explains when none is named: the pipeline's one
+    crf_ner, else its one spaCy `ner` or `beam_ner` ("crf_ner" when there is no single one,
+    so that the error names what is missing)."""
+    for factories in (NER_FACTORIES[:1], NER_FACTORIES[1:]):
+        found = [name for name in nlp.pipe_names if nlp.get_pipe_meta(name).factory in factories]
+        if len(found) == 1:
+            return found[0]
+    return "crf_ner"
+
+
 def upstream_components(nlp: Language, ner_name: str) -> List[str]:
-    """Names of the components that run before `ner_name` (the encoder and co.)."""
-    crf_component(nlp, ner_name)
+    """Names of the components that run before `ner_name` (the encoder and co.); it
+    may be any NER component (a surrogate reads a built-in `ner`'s features)."""
+    if ner_name not in nlp.pipe_names:
+        raise PipelineError(f"No component {ner_name!r} in the pipeline (components: {nlp.pipe_names})")
     return nlp.pipe_names[: nlp.pipe_names.index(ner_name)]
 
 
@@ -126,11 +142,9 @@ def flat_head(ner: CRFEntityRecognizer, dtype: torch.dtype = torch.float64) -> t
     return head_layout(ner).flatten_module(*(t.detach() for t in tensors)).to(dtype)
 
 
-@contextmanager
-def head_at(ner: CRFEntityRecognizer, flat: torch.Tensor) -> Iterator[None]:
-    """Temporarily give the pipeline's head the flattened parameters `flat`."""
+def set_flat_head(ner: CRFEntityRecognizer, flat: torch.Tensor) -> None:
+    """Give the head the flattened parameters `flat`."""
     head = ner.head
-    saved = {name: p.detach().clone() for name, p in head.named_parameters()}
     emission, trans, start, end = head_layout(ner).unflatten(flat)
     with torch.no_grad():
         for param, value in zip(
@@ -138,6 +152,14 @@ def head_at(ner: CRFEntityRecognizer, flat: torch.Tensor) -> Iterator[None]:
             (emission[:, :-1], emission[:, -1], trans, start, end),
         ):
             param.copy_(value)
+
+
+@contextmanager
+def head_at(ner: CRFEntityRecognizer, flat: torch.Tensor) -> Iterator[None]:
+    """Temporarily give the pipeline's head the flattened parameters `flat`."""
+    head = ner.head
+    saved = {name: p.detach().clone() for name, p in head.named_parameters()}
+    set_flat_head(ner, flat)
     try:
         yield
     finally:

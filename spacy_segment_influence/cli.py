@@ -91,7 +91,7 @@ def convert(
 @app.command()
 def index(
     model_dir: Path = typer.Argument(
-        ..., exists=True, file_okay=False, help="Trained pipeline with a crf_ner component"
+        ..., exists=True, file_okay=False, help="Trained pipeline with crf_ner, or spaCy's ner (via a CRF surrogate)"
     ),
     train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy) to index"),
     output_dir: Path = typer.Argument(..., file_okay=False, help="Where to write the pipeline plus its index"),
@@ -100,7 +100,10 @@ def index(
     normalize: bool = typer.Option(True, help="Cosine-normalise scores (a training entity ranks itself first)"),
     granularity: str = typer.Option("entities", help="entities (gold entity spans) | tokens (every token)"),
     k: int = typer.Option(5, help="Supporters and opposers stored per predicted entity"),
-    ner: str = typer.Option("crf_ner", help="Name of the crf_ner component"),
+    ner: Optional[str] = typer.Option(None, help="NER component to explain (default: the crf_ner, else the ner)"),
+    dev: Optional[Path] = typer.Option(
+        None, exists=True, dir_okay=False, help="Dev corpus (.spacy): report a surrogate's agreement on it"
+    ),
     dtype: str = typer.Option("float32", help="Storage precision of the index: float32 | float16"),
     device: str = typer.Option("cpu", help="Torch device for search, e.g. cpu or cuda:0"),
     ray: Optional[str] = typer.Option(
@@ -133,7 +136,9 @@ def index(
         # an index MODEL_DIR already has is replaced, so it is not read: it may be damaged or outdated
         nlp = spacy.load(model_dir, exclude=["segment_influence"])
         component = cast("SegmentInfluence", nlp.add_pipe("segment_influence", config=config))
-        component.initialize(lambda: [], nlp=nlp, train_path=train_path, ray_address=ray, ray_workers=ray_workers)
+        component.initialize(
+            lambda: [], nlp=nlp, train_path=train_path, dev_path=dev, ray_address=ray, ray_workers=ray_workers
+        )
         index = component.check_index()
         nlp.to_disk(building)
     written = sum(file.stat().st_size for file in (output_dir / component.name).rglob("*") if file.is_file())
@@ -213,7 +218,7 @@ def validate(
     n_segments: int = typer.Option(20, help="Training segments retrained per group (top and random)"),
     l2: float = typer.Option(0.001, help="L2 damping of the refit objective"),
     seed: int = typer.Option(0),
-    ner: str = typer.Option("crf_ner", help="Name of the crf_ner component"),
+    ner: str = typer.Option("crf_ner", help="crf_ner component, or a ner explained by an indexed CRF surrogate"),
     out: Path = typer.Option(..., dir_okay=False, help="metrics.json to write"),
     plot: Optional[Path] = typer.Option(
         None, dir_okay=False, help=f"Also a scatter plot (PNG; needs matplotlib: {PLOT_INSTALL})"
@@ -227,6 +232,7 @@ def validate(
 
     from .corpus import read_docbin
     from .fidelity_metrics import save_plot
+    from .surrogate import agreement, indexed_surrogate
     from .validate import estimated_seconds
     from .validate import validate as run_validation
 
@@ -243,6 +249,7 @@ def validate(
     with _user_errors():
         train_docs = read_docbin(train_path, nlp.vocab)
         dev_docs = read_docbin(dev_path, nlp.vocab)
+        surrogate = indexed_surrogate(nlp, ner)
         result = run_validation(
             nlp,
             train_docs,
@@ -254,7 +261,11 @@ def validate(
             n_segments=n_segments,
             l2=l2,
             seed=seed,
+            ner=surrogate,
         )
+        if surrogate is not None:
+            result["settings"]["surrogate_agreement"] = agreement(nlp, ner, surrogate, dev_docs)
+            typer.echo(f"CRF surrogate of {ner!r}: {result['settings']['surrogate_agreement']}")
     out.parent.mkdir(parents=True, exist_ok=True)
     srsly.write_json(out, {key: result[key] for key in ("methods", "settings", "diagnostics")})
     for method, groups in result["methods"].items():

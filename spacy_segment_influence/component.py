@@ -30,11 +30,13 @@ from tqdm import tqdm
 from . import bridge, checksums, removal
 from .corpus import read_docbin
 from .curvature import CURVATURES, CurvatureName, curvature_class
+from .entity_scores import Entity, ScoredEntity, probabilities_from_features, set_entity_scores
 from .exceptions import ConfigError, DataError, IndexFormatError, IndexMissingError, IndexOutOfDateError
 from .index import DTYPES, IndexDtype, SegmentIndex
 from .index_build import build_shard, fit_index
 from .known_labels import check_known_labels
 from .segments import LabelledBatch, Segment, segment_gradients
+from .surrogate import agreement, fit_surrogate, predicted_entities, surrogate_from_bytes, surrogate_to_bytes
 from .tagger import CRFEntityRecognizer
 
 Granularity = Literal["entities", "tokens"]
@@ -77,7 +79,7 @@ if not Span.has_extension("influences"):
     requires=["doc.ents"],
     assigns=["doc._.influences", "span._.influences"],
     default_config={
-        "ner": "crf_ner",
+        "ner": None,
         "k": 5,
         "curvature": "kfac",
         "damping": 0.001,
@@ -92,7 +94,7 @@ if not Span.has_extension("influences"):
 def make_segment_influence(
     nlp: Language,
     name: str,
-    ner: str,
+    ner: Optional[str],
     k: int,
     curvature: CurvatureName,
     damping: float,
@@ -143,7 +145,7 @@ class SegmentInfluence(Pipe):
         nlp: Language,
         name: str = "segment_influence",
         *,
-        ner: str = "crf_ner",
+        ner: Optional[str] = None,
         k: int = 5,
         curvature: CurvatureName = "kfac",
         damping: float = 0.001,
@@ -155,9 +157,12 @@ class SegmentInfluence(Pipe):
         refine: bool = False,
     ) -> None:
         """
-        nlp: the pipeline, which must hold the `crf_ner` component named `ner`.
+        nlp: the pipeline, which must hold the NER component named `ner`.
         name: the component's name.
-        ner: the `crf_ner` component whose predictions are explained.
+        ner: the NER component whose predictions are explained: a `crf_ner`, or any
+            component whose token features can be read (spaCy's `ner`), explained through
+            a CRF surrogate fitted when the corpus is indexed. Default: the pipeline's
+            crf_ner, else its spaCy `ner` (`bridge.default_ner`).
         k: supporters and opposers stored per predicted entity.
         curvature: how H^-1 enters the score (`curvature.CURVATURES`): "identity",
             "kfac" (Kronecker-factored, fast search) or "exact" (the damped Hessian of the
@@ -176,7 +181,7 @@ class SegmentInfluence(Pipe):
         self.nlp = nlp
         self.name = name
         self.cfg: Dict[str, Any] = {
-            "ner": ner,
+            "ner": ner if ner is not None else bridge.default_ner(nlp),
             "k": k,
             "curvature": curvature,
             "damping": damping,
@@ -190,10 +195,21 @@ class SegmentInfluence(Pipe):
         self._removal_steps: Optional[removal.RemovalSteps] = None
         self.index: Optional[SegmentIndex] = None
         self.fingerprint: Optional[str] = None
+        self._surrogate: Optional[CRFEntityRecognizer] = None
+        self._surrogate_bytes: Optional[bytes] = None  # built on first use, once the pipeline is loaded
 
     @property
     def ner(self) -> CRFEntityRecognizer:
-        return bridge.crf_component(self.nlp, self.cfg["ner"])
+        """The CRF head explained: the crf_ner component `ner`, or the CRF surrogate
+        fitted for it when it has no CRF (spaCy's `ner`; `surrogate.py`)."""
+        surrogate = self.surrogate
+        return surrogate if surrogate is not None else bridge.crf_component(self.nlp, self.cfg["ner"])
+
+    @property
+    def surrogate(self) -> Optional[CRFEntityRecognizer]:
+        if self._surrogate is None and self._surrogate_bytes is not None:
+            self._surrogate = surrogate_from_bytes(self.nlp, self.cfg["ner"], self._surrogate_bytes)
+        return self._surrogate
 
     # -- indexing ------------------------------------------------------------------------
     def initialize(
@@ -202,13 +218,17 @@ class SegmentInfluence(Pipe):
         *,
         nlp: Optional[Language] = None,
         train_path: Optional[Union[str, Path]] = None,
+        dev_path: Optional[Union[str, Path]] = None,
         show_progress: bool = True,
         ray_address: Optional[str] = None,
         ray_workers: Optional[int] = None,
     ) -> None:
         """Index the training corpus: `train_path` (a .spacy file) if given, else the
         reference docs of `get_examples()`. With `ray_address` (a Ray cluster's address,
-        or "local" to start one here), `ray_workers` Ray actors encode it (`distributed`)."""
+        or "local" to start one here), `ray_workers` Ray actors encode it (`distributed`).
+        When `ner` is not a crf_ner component, first fit a CRF surrogate on its frozen
+        features (L2 = `damping`) and, with `dev_path`, report how far it agrees with the
+        component (`surrogate_agreement` in the cfg)."""
         if nlp is not None:
             self.nlp = nlp
         if train_path is not None:
@@ -217,9 +237,28 @@ class SegmentInfluence(Pipe):
             docs = [eg.reference for eg in get_examples()]
         if not docs:
             raise DataError(f"segment_influence {self.name!r}: the training corpus is empty")
+        self._surrogate, self._surrogate_bytes = None, None
+        bridge.upstream_components(self.nlp, self.cfg["ner"])  # a clear error when it is missing
+        if not isinstance(self.nlp.get_pipe(self.cfg["ner"]), CRFEntityRecognizer):
+            if ray_address is not None:
+                raise ConfigError("Indexing through a CRF surrogate runs in one process: leave out --ray")
+            self._fit_surrogate(docs, dev_path, show_progress)
         check_known_labels(docs, self.ner.labels, str(train_path or "the training examples"))
         self.index = self._build_index(docs, show_progress, ray_address, ray_workers)
         self.fingerprint = bridge.fingerprint(self.nlp, self.cfg["ner"])
+
+    def _fit_surrogate(self, docs: Sequence[Doc], dev_path: Optional[Union[str, Path]], show_progress: bool) -> None:
+        name, batch_size = self.cfg["ner"], self.cfg["batch_size"]
+        self._surrogate = fit_surrogate(
+            self.nlp, name, docs, l2=self.cfg["damping"], batch_size=batch_size, show_progress=show_progress
+        )
+        self._surrogate_bytes = surrogate_to_bytes(self._surrogate)
+        self.cfg["surrogate_agreement"] = None
+        if dev_path is not None:
+            found = agreement(self.nlp, name, self._surrogate, read_docbin(Path(dev_path), self.nlp.vocab))
+            self.cfg["surrogate_agreement"] = found
+            if show_progress:
+                print(f"CRF surrogate of {name!r}: " + ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
 
     def _build_index(
         self, docs: Sequence[Doc], show_progress: bool, ray_address: Optional[str], ray_workers: Optional[int]
@@ -231,8 +270,8 @@ class SegmentInfluence(Pipe):
         else:
             progress = tqdm(total=len(docs), desc="Indexing training segments", unit="doc", disable=not show_progress)
             with progress:
-                shard = build_shard(self.nlp, self.cfg, docs, progress=progress.update)
-        return fit_index(self.nlp, self.cfg, shard, self.name)
+                shard = build_shard(self.nlp, self.cfg, docs, progress=progress.update, ner=self.ner)
+        return fit_index(self.nlp, self.cfg, shard, self.name, ner=self.ner)
 
     # -- querying ------------------------------------------------------------------------
     def __call__(self, doc: Doc) -> Doc:
@@ -251,9 +290,22 @@ class SegmentInfluence(Pipe):
             for (i, ent), record in zip(queries, records):
                 ent._.influences = {"supporters": record["supporters"], "opposers": record["opposers"]}
                 per_doc[i].append(record)
+            if self.surrogate is not None:
+                self._mark_surrogate(docs, features, per_doc)
             for doc, doc_records in zip(docs, per_doc):
                 doc._.influences = doc_records
             yield from docs
+
+    def _mark_surrogate(self, docs: Sequence[Doc], features: List[numpy.ndarray], records: List[List[dict]]) -> None:
+        """Flag the pipeline's entities the surrogate would not predict itself
+        (`surrogate_agrees`), and store each one's probability under the surrogate where
+        crf_ner stores its own (doc.spans[scores_key])."""
+        surrogate = self.ner
+        for doc, own, doc_records in zip(docs, predicted_entities(surrogate, features), records):
+            for record in doc_records:
+                record["surrogate_agrees"] = (record["start"], record["end"], record["label"]) in own
+            scored = [ScoredEntity(r["start"], r["end"], r["label"], r["probability"]) for r in doc_records]
+            set_entity_scores(doc, cast(str, surrogate.scores_key), scored)
 
     def explain(self, span: Span, k: Optional[int] = None, label: Optional[str] = None) -> dict:
         """Influences for any span of a processed doc. `label` is the labelling asked
@@ -295,8 +347,9 @@ class SegmentInfluence(Pipe):
         grads = segment_gradients(ner, batch, segments)
         assert self.index is not None  # the callers checked it
         top = self.index.top_k(grads, k=k or self.cfg["k"], device=self.device)
+        probabilities = _entity_probabilities(ner, features, queries)
         records = []
-        for (_, span), segment, result in zip(queries, segments, top):
+        for (_, span), segment, result, probability in zip(queries, segments, top, probabilities):
             hits = {
                 "supporters": [self._hit(j, s) for j, s in result.supporters],
                 "opposers": [self._hit(j, s) for j, s in result.opposers],
@@ -304,6 +357,7 @@ class SegmentInfluence(Pipe):
             if self.cfg["refine"]:
                 self._refine(batch, segment, [*result.supporters, *result.opposers], hits)
             query = {"start": span.start, "end": span.end, "label": span.label_ or "O", "text": span.text}
+            query["probability"] = probability
             records.append({**query, **hits})
         return records
 
@@ -354,6 +408,8 @@ class SegmentInfluence(Pipe):
         path.mkdir(parents=True, exist_ok=True)
         if self.index is not None and "index" not in exclude:
             self.index.to_disk(path / "index")
+        if self._surrogate_bytes is not None and "index" not in exclude:
+            (path / "surrogate").write_bytes(self._surrogate_bytes)
         if "cfg" not in exclude:
             srsly.write_json(path / "cfg", {**self.cfg, "fingerprint": self.fingerprint})
 
@@ -365,6 +421,8 @@ class SegmentInfluence(Pipe):
             self.cfg.update(cfg)
         if "index" not in exclude:
             self.index = SegmentIndex.from_disk(path / "index") if (path / "index").exists() else None
+            self._surrogate = None
+            self._surrogate_bytes = (path / "surrogate").read_bytes() if (path / "surrogate").exists() else None
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
@@ -373,6 +431,7 @@ class SegmentInfluence(Pipe):
             msg.update(cfg=self.cfg, fingerprint=self.fingerprint)
         if "index" not in exclude:
             msg["index"] = self.index.to_bytes() if self.index is not None else None
+            msg["surrogate"] = self._surrogate_bytes
         return srsly.msgpack_dumps(msg)
 
     def from_bytes(self, data: bytes, *, exclude: Iterable[str] = tuple()) -> "SegmentInfluence":
@@ -382,4 +441,16 @@ class SegmentInfluence(Pipe):
             self.fingerprint = msg["fingerprint"]
         if "index" not in exclude and "index" in msg:
             self.index = SegmentIndex.from_bytes(msg["index"]) if msg["index"] is not None else None
+            self._surrogate, self._surrogate_bytes = None, msg.get("surrogate")
         return self
+
+
+def _entity_probabilities(
+    ner: CRFEntityRecognizer, features: List[numpy.ndarray], queries: List[Tuple[int, Span]]
+) -> List[float]:
+    """The CRF's probability of each queried span with its label ("O": no entity there)."""
+    entities: List[List[Entity]] = [[] for _ in features]
+    for i, span in queries:
+        entities[i].append((span.start, span.end, span.label_ or "O"))
+    found = [iter(probs) for probs in probabilities_from_features(ner, features, entities)]
+    return [next(found[i]) for i, _ in queries]

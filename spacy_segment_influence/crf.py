@@ -11,6 +11,7 @@ Viterbi, so the model never spends probability mass on paths it can't output.
 from contextlib import contextmanager
 from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
+import numpy
 import torch
 
 # Score for forbidden tags/transitions. Finite (not -inf) so an all-forbidden row gives a
@@ -279,3 +280,61 @@ def segment_nll(
     outside = gold_mask(tags.masked_fill(inside, -1), n_tags)
     log_z_outside = log_partition(scores, constraints, outside)
     return log_z_outside - log_partition(scores, constraints, gold_mask(tags, n_tags))
+
+
+def tempered(scores: ChainScores, temperature: float) -> ChainScores:
+    """The chain with every score divided by `temperature`: p_T(y|x) ~ exp(score(y) / T).
+    The Viterbi path is the same for any T; probabilities flatten for T > 1."""
+    if temperature == 1.0:
+        return scores
+    return scores._replace(
+        emissions=scores.emissions / temperature,
+        transitions=scores.transitions / temperature,
+        start=scores.start / temperature,
+        end=scores.end / temperature,
+    )
+
+
+class PathQuery(NamedTuple):
+    """Sentence `sentence`'s tokens start.. take the tags `tags`, and the token right after
+    them (if any) takes none of `next_forbidden`: one entity span as a tag pattern."""
+
+    sentence: int
+    start: int
+    tags: Sequence[int]
+    next_forbidden: Sequence[int] = ()
+
+
+def path_log_probs(
+    scores: ChainScores, queries: Sequence[PathQuery], constraints: Optional[TagConstraints] = None
+) -> torch.Tensor:
+    """Exact log p(pattern | x) of each query [Q], in float64, without gradients.
+
+    One forward-backward per batch, then per query
+        alpha_a[s_a] + sum_{a<t<b} (T[s_t-1, s_t] + U_t[s_t]) + beta'_b-1[s_b-1] - log Z,
+    where beta' leaves out the forbidden next tags (for BIO: "I-L" after the entity).
+    """
+    masked = _apply(scores, constraints, None)
+    with torch.no_grad():
+        masked = ChainScores(*(x.double() if x.is_floating_point() else x for x in masked))
+        alpha, log_z = _forward(masked)
+        beta = _backward(masked)
+    alpha_np, beta_np, log_z_np = alpha.numpy(), beta.numpy(), log_z.numpy()
+    emissions, transitions = masked.emissions.numpy(), masked.transitions.numpy()
+    lengths = masked.lengths.tolist()
+    out = numpy.empty(len(queries))
+    for q, (b, start, tags, forbidden) in enumerate(queries):
+        end = start + len(tags)
+        if not tags or start < 0 or end > lengths[b]:
+            raise ValueError(f"Pattern at {start}-{end} lies outside sentence {b} ({lengths[b]} tokens)")
+        total = alpha_np[b, start, tags[0]]
+        for t, (prev, tag) in enumerate(zip(tags, tags[1:]), start=start + 1):
+            total += transitions[prev, tag] + emissions[b, t, tag]
+        if forbidden and end < lengths[b]:
+            nxt = transitions[tags[-1]] + emissions[b, end] + beta_np[b, end]
+            nxt[list(forbidden)] = -numpy.inf
+            total += numpy.logaddexp.reduce(nxt)
+        else:
+            total += beta_np[b, end - 1, tags[-1]]
+        out[q] = total - log_z_np[b]
+    return torch.from_numpy(numpy.minimum(out, 0.0))

@@ -34,7 +34,9 @@ def format_influences(doc: Doc, width: int = 100) -> str:
     lines.append(heading.rstrip())
     context_width = width - _columns(heading) + len("context")
     for record in records:
-        lines.append(f"   {record['label']} {_one_line(record['text'])!r} [tokens {record['start']}-{record['end']}]")
+        where = f"[tokens {record['start']}-{record['end']}]"
+        probability = f" p={record['probability']:.3f}" if "probability" in record else ""
+        lines.append(f"   {record['label']} {_one_line(record['text'])!r} {where}{probability}")
         for sign, key in (("+", "supporters"), ("-", "opposers")):
             for hit in record[key]:
                 refined = f" ({hit['refined']:+.3f} nats)" if "refined" in hit else ""

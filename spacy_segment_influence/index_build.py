@@ -21,6 +21,7 @@ from .exceptions import DataError
 from .gradients import FactoredGradients, WindowLabels
 from .index import SegmentIndex
 from .segments import LabelledBatch, Segment, labelled_batch, segment_gradients, window_labels
+from .tagger import CRFEntityRecognizer
 
 # Docs whose CRF work (segment windows, K-FAC marginals) runs together: few large
 # chain batches instead of many small ones, whose per-step overhead dominated.
@@ -68,18 +69,20 @@ def build_shard(
     docs: Sequence[Doc],
     first: int = 0,
     progress: Callable[[int], Any] = lambda n: None,
+    ner: Optional[CRFEntityRecognizer] = None,
 ) -> IndexShard:
     """The shard of `docs`, the corpus' docs first:first + len(docs), under the
     `segment_influence` settings (`ner`, `granularity`, `curvature`, `batch_size`);
-    `progress(n)` is called as every n docs are encoded."""
-    ner = bridge.crf_component(nlp, settings["ner"])
+    `progress(n)` is called as every n docs are encoded. `ner`: the CRF to index with
+    (a surrogate of a built-in ner), default the pipeline's crf_ner named in settings."""
+    ner = ner if ner is not None else bridge.crf_component(nlp, settings["ner"])
     curvature_type = curvature_class(settings["curvature"])
     statistics = curvature_type.statistics()
     grads: List[FactoredGradients] = []
     windows: List[WindowLabels] = []
     metadata: List[dict] = []
     for offset, group in _batches(docs, max(settings["batch_size"], CHAIN_GROUP)):
-        batch = _encode(nlp, settings, group, progress)
+        batch = _encode(nlp, settings, group, progress, ner)
         segments, records = training_segments(ner.labels, settings["granularity"], group, first + offset)
         if segments:
             grads.append(segment_gradients(ner, batch, segments))
@@ -95,14 +98,20 @@ def build_shard(
     )
 
 
-def fit_index(nlp: Language, settings: Dict[str, Any], shard: IndexShard, name: str) -> SegmentIndex:
+def fit_index(
+    nlp: Language,
+    settings: Dict[str, Any],
+    shard: IndexShard,
+    name: str,
+    ner: Optional[CRFEntityRecognizer] = None,
+) -> SegmentIndex:
     """The index of a (merged) shard: fit the curvature on its statistics, then prepare
     and store its gradients."""
     if shard.grads is None:
         raise DataError(
             f"segment_influence {name!r}: no training segments found (granularity {settings['granularity']!r})"
         )
-    ner = bridge.crf_component(nlp, settings["ner"])
+    ner = ner if ner is not None else bridge.crf_component(nlp, settings["ner"])
     curvature = curvature_class(settings["curvature"]).fit(ner, shard.statistics, shard.grads, settings["damping"])
     # an exact index keeps the raw window features; with their labels, `removal` can refine
     return SegmentIndex.build(
@@ -111,14 +120,18 @@ def fit_index(nlp: Language, settings: Dict[str, Any], shard: IndexShard, name: 
 
 
 def _encode(
-    nlp: Language, settings: Dict[str, Any], docs: Sequence[Doc], progress: Callable[[int], Any]
+    nlp: Language,
+    settings: Dict[str, Any],
+    docs: Sequence[Doc],
+    progress: Callable[[int], Any],
+    ner: CRFEntityRecognizer,
 ) -> LabelledBatch:
     """Features and gold tags of `docs`, encoded batch by batch so that progress moves
     with the encoder, the slow part."""
     features: List[numpy.ndarray] = []
     tags: List[List[int]] = []
     for _, batch_docs in _batches(docs, settings["batch_size"]):
-        batch = labelled_batch(nlp, settings["ner"], batch_docs, settings["batch_size"])
+        batch = labelled_batch(nlp, settings["ner"], batch_docs, settings["batch_size"], ner=ner)
         features.extend(batch.features)
         tags.extend(batch.tags)
         progress(len(batch_docs))

@@ -42,9 +42,16 @@ class LabelledBatch(NamedTuple):
         return sum(1 for x in self.features if len(x))
 
 
-def labelled_batch(nlp: Language, ner_name: str, docs: Sequence[Doc], batch_size: int = 64) -> LabelledBatch:
-    """The head's features for reference docs, labelled with their gold entities."""
-    ner = bridge.crf_component(nlp, ner_name)
+def labelled_batch(
+    nlp: Language,
+    ner_name: str,
+    docs: Sequence[Doc],
+    batch_size: int = 64,
+    ner: Optional[CRFEntityRecognizer] = None,
+) -> LabelledBatch:
+    """The head's features for reference docs, labelled with their gold entities. The
+    head is the crf_ner component `ner_name`'s, or `ner`'s (a surrogate of `ner_name`)."""
+    ner = ner if ner is not None else bridge.crf_component(nlp, ner_name)
     encoded = bridge.encode(nlp, [bridge.unannotated(doc) for doc in docs], ner_name, batch_size)
     return LabelledBatch(bridge.head_features(ner, encoded), [bridge.gold_tags(ner, doc) for doc in docs])
 

@@ -6,18 +6,20 @@ which is what segment influence differentiates (DESIGN.md section 3).
 
 import warnings
 from itertools import islice
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, cast
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, cast
 
 import torch
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc, Span
 from spacy.training import Example, biluo_tags_to_spans, biluo_to_iob, iob_to_biluo, validate_get_examples
+from spacy.training.iob_utils import tags_to_entities
 from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer, set_dropout_rate, torch2xp, xp2torch
 from thinc.types import Floats2d
 
 from . import crf
+from .entity_scores import Entity, ScoredEntity, score_entities, set_entity_scores
 from .exceptions import ConfigError, MisalignedEntityWarning, PipelineError
 from .head import CRFHead, torch_head
 
@@ -42,18 +44,41 @@ SCHEMES = {"BILUO": "BILU", "BIO": "BI"}
 
 @Language.factory(
     "crf_ner",
-    assigns=["doc.ents", "token.ent_iob", "token.ent_type"],
+    assigns=["doc.ents", "token.ent_iob", "token.ent_type", "doc.spans"],
     default_config={
         "model": DEFAULT_MODEL,
         "scheme": "BILUO",
+        "scores_key": "ent_scores",
+        "candidate_threshold": None,
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
 )
 def make_crf_ner(
-    nlp: Language, name: str, model: Model, scheme: str, scorer: Optional[Callable]
+    nlp: Language,
+    name: str,
+    model: Model,
+    scheme: str,
+    scores_key: Optional[str],
+    candidate_threshold: Optional[float],
+    scorer: Optional[Callable],
 ) -> "CRFEntityRecognizer":
-    return CRFEntityRecognizer(nlp.vocab, model, name, scheme=scheme, scorer=scorer)
+    return CRFEntityRecognizer(
+        nlp.vocab,
+        model,
+        name,
+        scheme=scheme,
+        scores_key=scores_key,
+        candidate_threshold=candidate_threshold,
+        scorer=scorer,
+    )
+
+
+class DocPrediction(NamedTuple):
+    """The Viterbi tags of a doc and the spans scored for `doc.spans[scores_key]`."""
+
+    tag_ids: List[int]
+    scored: List[ScoredEntity]
 
 
 class CRFEntityRecognizer(TrainablePipe):
@@ -66,15 +91,25 @@ class CRFEntityRecognizer(TrainablePipe):
         name: str = "crf_ner",
         *,
         scheme: str = "BILUO",
+        scores_key: Optional[str] = "ent_scores",
+        candidate_threshold: Optional[float] = None,
         scorer: Optional[Callable] = None,
     ) -> None:
+        """scores_key: doc.spans key for each predicted entity's exact probability under
+        the CRF (attrs["scores"], as spancat); None skips the forward-backward.
+        candidate_threshold: also store every other span and label at least this probable.
+        """
         scheme = scheme.upper()
         if scheme not in SCHEMES:
             raise ConfigError(f"crf_ner: unknown tag scheme {scheme!r}; use 'BILUO' or 'BIO'")
+        if candidate_threshold is not None and not 0.0 < candidate_threshold <= 1.0:
+            raise ConfigError(f"crf_ner: candidate_threshold must lie in (0, 1], got {candidate_threshold}")
         self.vocab = vocab
         self.model = model
         self.name = name
         self.scorer = scorer
+        self.scores_key = scores_key
+        self.candidate_threshold = candidate_threshold
         self.cfg: Dict = {"labels": [], "scheme": scheme}
         self._update_constraints()
         self._warned_misaligned = False
@@ -93,6 +128,12 @@ class CRFEntityRecognizer(TrainablePipe):
         """Tag inventory, "O" first, then each label's prefixes (B, I, L, U or B, I)."""
         prefixes = SCHEMES[self.scheme]
         return ["O"] + [f"{p}-{label}" for label in self.labels for p in prefixes]
+
+    @property
+    def temperature(self) -> float:
+        """Divides the CRF's scores when it reports probabilities (1: the trained model's
+        own; `calibration.calibrate` fits it on held-out data). Viterbi ignores it."""
+        return float(self.cfg.get("temperature", 1.0))
 
     @property
     def constraints(self) -> crf.TagConstraints:
@@ -156,19 +197,38 @@ class CRFEntityRecognizer(TrainablePipe):
             head.end,
         )
 
-    def predict(self, docs: Iterable[Doc]) -> List[List[int]]:
+    def predict(self, docs: Iterable[Doc]) -> List[DocPrediction]:
         docs = list(docs)
         if not any(len(doc) for doc in docs):
-            return [[] for _ in docs]
+            return [DocPrediction([], []) for _ in docs]
         emissions = self.model.predict(docs)
         with torch.no_grad(), crf.one_thread():
-            tensors = [xp2torch(e) for e, doc in zip(emissions, docs) if len(doc)]
-            paths = iter(crf.viterbi(self.chain_scores(tensors), self.constraints))
-        return [next(paths) if len(doc) else [] for doc in docs]
+            chain = self.chain_scores([xp2torch(e) for e, doc in zip(emissions, docs) if len(doc)])
+            paths = crf.viterbi(chain, self.constraints)
+            scored = self.score_entities(chain, [self.entities_from_tag_ids(p) for p in paths])
+        predictions = iter(map(DocPrediction, paths, scored))
+        return [next(predictions) if len(doc) else DocPrediction([], []) for doc in docs]
 
-    def set_annotations(self, docs: Iterable[Doc], tag_ids: List[List[int]]) -> None:
-        for doc, ids in zip(docs, tag_ids):
-            doc.ents = self.spans_from_tag_ids(doc, ids)
+    def score_entities(self, chain: crf.ChainScores, entities: Sequence[Sequence[Entity]]) -> List[List[ScoredEntity]]:
+        """The entities of each sentence of `chain` with their probabilities (and the
+        candidates above `candidate_threshold`); nothing without a `scores_key`."""
+        if self.scores_key is None:
+            return [[] for _ in entities]
+        chain = crf.tempered(chain, self.temperature)
+        return score_entities(chain, self.constraints, self.tags, self.scheme, entities, self.candidate_threshold)
+
+    def set_annotations(self, docs: Iterable[Doc], predictions: List[DocPrediction]) -> None:
+        for doc, prediction in zip(docs, predictions):
+            doc.ents = self.spans_from_tag_ids(doc, prediction.tag_ids)
+            if self.scores_key is not None:
+                set_entity_scores(doc, self.scores_key, prediction.scored)
+
+    def entities_from_tag_ids(self, ids: Sequence[int]) -> List[Entity]:
+        """(start, end, label) of the entities a tag path encodes."""
+        tags = [self.tags[i] for i in ids]
+        if self.scheme == "BIO":
+            tags = iob_to_biluo(tags)
+        return [(start, end + 1, label) for label, start, end in tags_to_entities(tags)]
 
     def spans_from_tag_ids(self, doc: Doc, ids: Sequence[int]) -> List[Span]:
         tags = [self.tags[i] for i in ids]

@@ -117,6 +117,7 @@ def validate(
     show_progress: bool = True,
     hessian: HessianMethod = "covariance",
     extra_estimates: Optional[ExtraEstimates] = None,
+    ner: Optional[CRFEntityRecognizer] = None,
 ) -> dict:
     """Correlations between predicted and actual (retrained) changes of test-segment
     losses, per method: the curvatures `exact`, `kfac` and `identity`, the paper's token
@@ -143,6 +144,8 @@ def validate(
     extra_estimates: more methods to compare, e.g. prototypes: a function of the setup
         and the retrained segments returning predicted changes [T, S] per name (nan where
         undefined), as bench/fidelity_prototypes.py does.
+    ner: the CRF head to check instead of the crf_ner component `ner_name`: a
+        `segment_influence` surrogate of `ner_name` (`surrogate.py`).
 
     Returns `methods` (the correlations per method and group), `settings`, `pairs` (the
     (predicted, actual) points) and `diagnostics`, which split the exact estimate's
@@ -160,6 +163,7 @@ def validate(
         hessian=hessian,
         show_progress=show_progress,
         timings=timings,
+        ner=ner,
     )
     clock = time.perf_counter()
     predicted = estimates(setup)
@@ -216,17 +220,18 @@ def prepare(
     hessian: HessianMethod = "covariance",
     show_progress: bool = True,
     timings: Optional[Dict[str, float]] = None,
+    ner: Optional[CRFEntityRecognizer] = None,
 ) -> FidelitySetup:
     """Refit the head on the training sample and compute what every estimate shares (the
     arguments as for `validate`; `timings` receives the seconds per step)."""
     if hessian not in ("covariance", "autograd"):
         raise ConfigError(f"validate: hessian must be 'covariance' or 'autograd', not {hessian!r}")
     timings = {} if timings is None else timings
-    ner = bridge.crf_component(nlp, ner_name)
+    ner = ner if ner is not None else bridge.crf_component(nlp, ner_name)
     check_known_labels(list(train_docs)[:n_train], ner.labels, "validate: the training sample")
     clock = time.perf_counter()
-    train = labelled_batch(nlp, ner_name, list(train_docs)[:n_train])
-    dev_features = labelled_batch(nlp, ner_name, list(dev_docs)[:n_dev]).features
+    train = labelled_batch(nlp, ner_name, list(train_docs)[:n_train], ner=ner)
+    dev_features = labelled_batch(nlp, ner_name, list(dev_docs)[:n_dev], ner=ner).features
     if not any(len(x) for x in train.features):
         raise DataError("validate: the training sample has no tokens")
     timings["features_s"] = time.perf_counter() - clock
@@ -238,7 +243,7 @@ def prepare(
 
     if show_progress:
         print(f"Refitting the head on {train.n_sentences} training sentences...")
-    theta = _refit(objective, bridge.flat_head(ner), show_progress)
+    theta = refit_head(objective, bridge.flat_head(ner), show_progress)
     timings["refit_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
     compute = head_hessian_autograd if hessian == "autograd" else head_hessian
@@ -349,8 +354,9 @@ def retrain_segment(setup: FidelitySetup, column: int, refinement: Optional[_Ref
     )
 
 
-def _refit(objective: Objective, theta: torch.Tensor, show_progress: bool) -> torch.Tensor:
-    """L-BFGS from the trained weights; `_newton` then polishes to machine precision."""
+def refit_head(objective: Objective, theta: torch.Tensor, show_progress: bool) -> torch.Tensor:
+    """The minimum of a head objective by L-BFGS from `theta` (the trained weights, when
+    validating; `_newton` then polishes to machine precision)."""
     params = theta.clone().requires_grad_()
     optimizer = torch.optim.LBFGS(
         [params], lr=1, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-14, line_search_fn="strong_wolfe"

@@ -226,4 +226,6 @@ def test_wrong_component_name(trained_tok2vec_nlp):
     with pytest.raises(ValueError, match="No component 'ner'"):
         bridge.upstream_components(trained_tok2vec_nlp, "ner")
     with pytest.raises(ValueError, match="not a crf_ner"):
-        bridge.upstream_components(trained_tok2vec_nlp, "tok2vec")
+        bridge.crf_component(trained_tok2vec_nlp, "tok2vec")
+    assert bridge.upstream_components(trained_tok2vec_nlp, "tok2vec") == []  # any component has an upstream
+    assert bridge.default_ner(trained_tok2vec_nlp) == "crf_ner"
