@@ -172,7 +172,10 @@ def _tiny_project(tmp_path: Path, tiny_bert_dir: Path) -> Path:
     """A copy of the project whose config uses the tiny random BERT instead of MiniLM."""
     project_dir = tmp_path / "project"
     project_dir.mkdir()
-    shutil.copy(ROOT / "project.yml", project_dir / "project.yml")
+    # fold models of 5 steps (weasel drops "--" from command-line overrides, so edit the copy)
+    project_yml = (ROOT / "project.yml").read_text()
+    assert "--fold-steps 600" in project_yml
+    (project_dir / "project.yml").write_text(project_yml.replace("--fold-steps 600", "--fold-steps 5"))
     for sub in ("configs", "scripts", "assets/demo"):
         shutil.copytree(ROOT / sub, project_dir / sub)
     config = Config().from_disk(ROOT / "configs" / "crf_ner_trf.cfg", interpolate=False)
