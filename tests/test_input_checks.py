@@ -57,7 +57,7 @@ def test_index_and_find_errors_say_when_no_label_is_known(trained_tok2vec_nlp, t
     result = CliRunner().invoke(app, ["index", str(tmp_path / "model"), str(train), str(tmp_path / "out")])
     one_line_error(result, "none of its 8 entities has a label the model knows", "per (2)")
     out = tmp_path / "ranking.jsonl"
-    args = ["find-errors", str(tmp_path / "model"), str(train), "--method", "loss", "--out", str(out)]
+    args = ["find-errors", str(tmp_path / "model"), str(train), "--method", "loss", "--folds", "0", "--out", str(out)]
     one_line_error(CliRunner().invoke(app, args), "the training corpus: none of its 8 entities")
 
 

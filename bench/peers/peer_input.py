@@ -73,7 +73,8 @@ class PeerInput:
         out = np.zeros(probs.shape[:-1] + (len(self.class_names),), dtype=np.float64)
         for tag, cls in enumerate(self.tag_to_class):
             out[..., cls] += probs[..., tag]
-        return out
+        # sums of float32 columns can exceed 1 by 1e-7; cleanlab's entropy scores refuse p > 1
+        return np.clip(out, 0.0, 1.0)
 
     def ragged(self, flat: np.ndarray) -> List[np.ndarray]:
         """Splits a per-token array into one array per sentence."""
