@@ -145,13 +145,15 @@ def _levels(ranked: Sequence[Region], corrections: Corrections) -> Dict[str, _Ra
     tokens = list(dict.fromkeys((sid, t) for sid, start, end in ranked for t in range(start, end)))
     covered = set(tokens)
     n_sentences, n_tokens = len(sentences), len(tokens)
-    sentences += [sid for sid in corrections.original if sid not in set(sentences)]
+    ranked_sentences = set(sentences)  # built once: in the comprehension it was O(S^2)
+    sentences += [sid for sid in corrections.original if sid not in ranked_sentences]
     tokens += [
         (sid, t) for sid, tags in corrections.original.items() for t in range(len(tags)) if (sid, t) not in covered
     ]
     documents = list(dict.fromkeys(sentence_doc[sid] for sid in sentences[:n_sentences]))
     n_documents = len(documents)
-    documents += [d for d in range(len(doc_index)) if d not in set(documents)]
+    ranked_documents = set(documents)
+    documents += [d for d in range(len(doc_index)) if d not in ranked_documents]
     error_docs = {sentence_doc[sid] for sid in changed}
     return {
         "candidates": candidates,
