@@ -415,6 +415,12 @@ def test_cli_trains_fold_models_with_the_pipelines_config(nlp, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exception is None, result.output
     assert "[2/2] fold 1 seed 0: reusing" in result.output and "training" not in result.output
+    # a training config file (as written by `spacy init config`: `${paths.train}` left to the override)
+    nlp.config.to_disk(tmp_path / "fold.cfg", interpolate=False)
+    other = ["--fold-config", str(tmp_path / "fold.cfg"), "--fold-dir", str(tmp_path / "other_folds")]
+    result = CliRunner().invoke(app, args + other)
+    assert result.exception is None, result.output
+    assert (tmp_path / "other_folds" / "fold-1-seed-0" / "model-best").is_dir()
     result = CliRunner().invoke(app, args[:-2] + ["--fold-steps", "3", "--folds", "1"])
     assert result.exit_code == 1 and "--folds must be 0 (in-sample) or at least 2" in result.output
     result = CliRunner().invoke(app, [a for a in args if a not in ("--dev", str(dev_path))])

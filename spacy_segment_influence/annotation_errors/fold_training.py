@@ -172,7 +172,10 @@ def cross_fitted_finder(
     errors"): train `n_folds` x `n_seeds` fold models with `fold_config` (default: the
     config `nlp` was trained with), then score every training doc with the fold models
     that did not see it, `influence` combining their loss with `nlp`'s held-out harm."""
-    config = Config().from_disk(fold_config) if fold_config is not None else training_config(nlp.config)
+    # not interpolated: `${paths.train}` must still point at the override
+    config = (
+        Config().from_disk(fold_config, interpolate=False) if fold_config is not None else training_config(nlp.config)
+    )
     trained = train_fold_models(
         config,
         train_docs,
