@@ -21,13 +21,8 @@ TRAIN_DATA: List[Tuple[str, List[Tuple[int, int, str]]]] = [
     ("Nothing to see here .", []),
 ]
 
-TOK2VEC_CONFIG = """
-[nlp]
-lang = "en"
-pipeline = ["tok2vec", "crf_ner"]
-
-[components]
-
+# The shared tok2vec of the tiny test pipelines.
+TOK2VEC_BLOCK = """
 [components.tok2vec]
 factory = "tok2vec"
 
@@ -40,7 +35,19 @@ embed_size = 300
 window_size = 1
 maxout_pieces = 2
 subword_features = true
+"""
 
+TOK2VEC_CONFIG = (
+    """
+[nlp]
+lang = "en"
+pipeline = ["tok2vec", "crf_ner"]
+
+[components]
+
+"""
+    + TOK2VEC_BLOCK
+    + """
 [components.crf_ner]
 factory = "crf_ner"
 scheme = "{scheme}"
@@ -53,6 +60,7 @@ scheme = "{scheme}"
 width = 16
 upstream = "tok2vec"
 """
+)
 
 TRF_CONFIG = """
 [nlp]

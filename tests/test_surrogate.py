@@ -13,28 +13,19 @@ from spacy_segment_influence.segments import labelled_batch, mean_nll
 from spacy_segment_influence.surrogate import agreement, indexed_surrogate
 from spacy_segment_influence.validate import validate
 
-from .conftest import make_examples, train
+from .conftest import TOK2VEC_BLOCK, make_examples, train
 
-BUILTIN_CONFIG = """
+BUILTIN_CONFIG = (
+    """
 [nlp]
 lang = "en"
 pipeline = ["tok2vec", "ner"]
 
 [components]
 
-[components.tok2vec]
-factory = "tok2vec"
-
-[components.tok2vec.model]
-@architectures = "spacy.HashEmbedCNN.v2"
-pretrained_vectors = null
-width = 16
-depth = 1
-embed_size = 300
-window_size = 1
-maxout_pieces = 2
-subword_features = true
-
+"""
+    + TOK2VEC_BLOCK
+    + """
 [components.ner]
 factory = "ner"
 
@@ -51,6 +42,7 @@ use_upper = true
 width = 16
 upstream = "tok2vec"
 """
+)
 
 TEXTS = ["Peter Smith lives in New York City .", "Anna Berg visited Rome .", "Nothing to see here ."]
 

@@ -39,6 +39,13 @@ def split_folds(docs: Sequence[Doc], n_folds: int = 2, seed: int = 0) -> List[Li
     return [[i for i, key in enumerate(keys) if fold_of[key] == k] for k in range(n_folds)]
 
 
+def fold_corpus(docs: Sequence[Doc], held_out: Sequence[int]) -> DocBin:
+    """The training corpus of the model that scores fold `held_out`: every other doc,
+    user_data (ids) kept."""
+    skip = set(held_out)
+    return DocBin(docs=[doc for i, doc in enumerate(docs) if i not in skip], store_user_data=True)
+
+
 def write_folds(docs: Sequence[Doc], out_dir: Path, n_folds: int = 2, seed: int = 0) -> List[Path]:
     """Write out_dir/train_<k>.spacy, every doc of `docs` except fold k's (`split_folds`),
     for training the model that will score fold k. Returns the paths."""
@@ -46,9 +53,8 @@ def write_folds(docs: Sequence[Doc], out_dir: Path, n_folds: int = 2, seed: int 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, held_out in enumerate(split_folds(docs, n_folds, seed)):
-        skip = set(held_out)
         paths.append(out_dir / f"train_{k}.spacy")
-        DocBin(docs=[doc for i, doc in enumerate(docs) if i not in skip], store_user_data=True).to_disk(paths[-1])
+        fold_corpus(docs, held_out).to_disk(paths[-1])
     return paths
 
 

@@ -18,11 +18,11 @@ from typing import Callable, List, Optional, Sequence
 
 import spacy
 from spacy.language import Language
-from spacy.tokens import Doc, DocBin
+from spacy.tokens import Doc
 from thinc.api import Config
 
 from ..exceptions import ConfigError
-from .crossfit import CrossFitFinder, split_folds
+from .crossfit import CrossFitFinder, fold_corpus, split_folds
 
 INFLUENCE_FACTORY = "segment_influence"
 
@@ -86,18 +86,16 @@ def train_fold_models(
         raise ConfigError(f"--fold-steps must be at least 1, got {max_steps}")
     fold_dir = Path(fold_dir)
     folds = split_folds(train_docs, n_folds, split_seed)
-    config_text = config.to_str()
+    config_hash = hashlib.sha256(config.to_str().encode()).hexdigest()
     dev_hash = _file_hash(Path(dev_path))
     models: List[FoldModel] = []
     total = n_folds * n_seeds
     for k, held_out in enumerate(folds):
-        skip = set(held_out)
-        corpus = DocBin(docs=[doc for i, doc in enumerate(train_docs) if i not in skip], store_user_data=True)
-        corpus_bytes = corpus.to_bytes()
+        corpus_bytes = fold_corpus(train_docs, held_out).to_bytes()
         for seed in range(n_seeds):
             out = fold_dir / f"fold-{k}-seed-{seed}"
             key = {
-                "config": hashlib.sha256(config_text.encode()).hexdigest(),
+                "config": config_hash,
                 "train": hashlib.sha256(corpus_bytes).hexdigest(),
                 "dev": dev_hash,
                 "max_steps": max_steps,
