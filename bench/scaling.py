@@ -44,8 +44,8 @@ from spacy_segment_influence.gradients import FactoredGradients  # noqa: E402
 from spacy_segment_influence.index import SegmentIndex  # noqa: E402
 from spacy_segment_influence.index_build import build_shard, fit_index  # noqa: E402
 
-CONLL = Path("/work/shared/data/conll2003")
 ROOT = Path(__file__).resolve().parents[1]
+CONLL = ROOT.parent / "shared" / "data" / "conll2003"  # the shared data beside the checkout
 SETTINGS = {
     "ner": "crf_ner",
     "granularity": "entities",
