@@ -12,7 +12,7 @@ own libraries (bench/peers), on the same model outputs and the same candidates, 
 Two settings, each with its own candidates (those the scoring models find, as
 `find-errors` does): in-sample (the model trained on all of TRAIN scores everything) and,
 with fold models, cross-fitted (each sentence scored by the fold model that did not see
-it; the product's `influence` takes the held-out harm from the full model). The peers get
+it; the product's `influence`, and so `combined`, take the held-out harm from the full model). The peers get
 the scoring models' exact CRF token marginals (BILUO columns summed into BIO: B = B + U,
 I = I + L), their Viterbi tags, the encoder's token features, and one member (the scoring
 model), so nessie's ensemble detectors report "not applicable". A peer's span and sentence
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench" / "peers"))
 from peer_input import save_peer_input  # noqa: E402
 
-DEFAULT = "influence"
+DEFAULT = "combined"  # find-errors' default method
 Region = Tuple[str, int, int]
 
 

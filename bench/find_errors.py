@@ -26,7 +26,7 @@ hours on CPU; with a GPU (and cupy installed) add --gpu-id 0, which only trainin
 
     python bench/find_errors.py --experiment conll --config crf_ner_trf.cfg --gpu-id 0
 
-Rows: the six methods, plus the held-out harm that `influence` combines with the loss,
+Rows: every method (`METHODS`), plus the held-out harm that `influence` combines with the loss,
 on its own, each twice: in-sample (`ErrorFinder`: the model trained on the whole corpus
 finds and scores the candidates) and cross-fitted (`CrossFitFinder`: the corpus split
 into 2 folds of whole documents, `split_folds`, seed 0; a model trained on the other
@@ -202,12 +202,12 @@ def evaluate_methods(
 
 
 def comparisons(results: Dict[str, dict], rankeds: Dict[str, list], original: Path, corrected: Path) -> Dict[str, dict]:
-    """Each `influence` row against the best baseline row (loss, margin, confidence,
-    self-influence; in-sample or cross-fitted) by span AP, sentence AP and doc AUC."""
+    """Each `combined` and `influence` row against the best baseline row (loss, margin,
+    confidence, self-influence; in-sample or cross-fitted) by span AP, sentence AP and doc AUC."""
     corrections = Corrections.from_files(original, corrected)
     baselines = [m for m in results if m.split(" (")[0] in ("self-influence", "loss", "margin", "confidence")]
     out = {}
-    for method in (m for m in results if m.split(" (")[0] == "influence"):
+    for method in (m for m in results if m.split(" (")[0] in ("combined", "influence")):
         for metric in ("span_ap", "sentence_ap", "doc_auc"):
             best = max(baselines, key=lambda m: results[m][metric])
             diff = compare_rankings(rankeds[method], rankeds[best], corrections)[metric]

@@ -300,7 +300,12 @@ def find_errors(
     dev: Optional[Path] = typer.Option(
         None, exists=True, dir_okay=False, help="Held-out corpus (.spacy) with clean labels"
     ),
-    method: str = typer.Option("influence", help="influence | self-influence | loss | margin | confidence | random"),
+    method: str = typer.Option(
+        "combined",
+        help="combined (harm + loss + consistency) | influence (harm + loss) | consistency | self-influence | loss | "
+        "margin | "
+        "confidence | random",
+    ),
     out: Path = typer.Option(..., dir_okay=False, help="Ranked review file (JSONL, Prodigy-style)"),
     k: int = typer.Option(3, help="Held-out predictions listed per candidate (supported and opposed; needs --dev)"),
     curvature: str = typer.Option(
@@ -351,9 +356,10 @@ def find_errors(
     Most suspicious first; the candidates are the gold entities and the model's
     disagreements with them. By default cross-fitted: --folds fold models are trained with
     MODEL_DIR's config, every training doc is annotated and scored by the fold model that
-    did not train on it, and `influence` combines that out-of-fold loss with MODEL_DIR's
-    held-out harm (--folds 0: in-sample; --fold-model/--fold-train: fold models you trained
-    on `split-folds` output). With --reviewed, a confirmed error's gradient lifts its
+    did not train on it, `influence` combines that out-of-fold loss with MODEL_DIR's
+    held-out harm, and `combined` adds how differently the rest of the corpus labels the
+    same strings (`consistency`) (--folds 0: in-sample; --fold-model/--fold-train: fold
+    models you trained on `split-folds` output). With --reviewed, a confirmed error's gradient lifts its
     siblings (the same systematic mistake elsewhere) and a rejected one lowers its
     neighbours, weighted by what the decisions so far show."""
     import spacy
@@ -376,8 +382,8 @@ def find_errors(
         nlp = spacy.load(model_dir)
         train_docs = read_docbin(train_path, nlp.vocab)
         dev_docs = read_docbin(dev, nlp.vocab) if dev is not None else None
-        if method == "influence" and dev_docs is None:
-            raise ConfigError("--method influence needs held-out data: pass --dev DEV.spacy")
+        if method in ("combined", "influence") and dev_docs is None:
+            raise ConfigError(f"--method {method} needs held-out data: pass --dev DEV.spacy")
         finder: Union[ErrorFinder, CrossFitFinder]
         if folds == 1 or folds < 0:
             raise ConfigError(f"--folds must be 0 (in-sample) or at least 2, got {folds}")

@@ -47,6 +47,16 @@ KINDS = {
     "agreed": "the model agrees with the annotation; ranked only for its score",
 }
 METHODS = {  # method: (when it ranks a candidate high, in short)
+    "combined": (
+        "the model's evidence (held-out harm and a poor fit) and the corpus' (the same strings "
+        "labelled otherwise elsewhere) together: -log p(harm) - log p(loss) - log p(consistency)",
+        "model and corpus evidence",
+    ),
+    "consistency": (
+        "the rest of the corpus labels the same strings otherwise: the share of their other "
+        "occurrences with another label (or none), shrunk for rare strings",
+        "inconsistent labelling of its strings",
+    ),
     "influence": (
         "its labels raise the loss of held-out (dev) predictions and the model fits them badly: "
         "-log p(harm) - log p(loss), each p the share of candidates scoring higher",

@@ -13,6 +13,7 @@ from spacy_segment_influence.annotation_errors import (
     Candidate,
     CrossFitFinder,
     ErrorFinder,
+    disagreement,
     find_candidates,
     held_out_indices,
     neg_log_tail,
@@ -83,8 +84,10 @@ def test_every_method_ranks_the_injected_error_high(nlp):
     for method in METHODS:
         scores = finder.scores(method)
         assert scores.shape == (len(finder.candidates),) and numpy.isfinite(scores).all()
-        if method != "random":
+        # "Paris" occurs once: the corpus has no evidence (consistency), only the model
+        if method not in ("random", "consistency"):
             assert numpy.argsort(-scores)[0] == target, method
+    assert not finder.scores("consistency").any()
 
 
 def test_losses_are_segment_nll(nlp):
@@ -229,7 +232,7 @@ def test_cli_user_errors_are_one_red_line(nlp, tmp_path):
     result = CliRunner().invoke(app, ["find-errors", str(model), str(train_path), "--out", str(tmp_path / "r.jsonl")])
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit), result.exception  # a clean exit, not a crash
-    assert "Error: --method influence needs held-out data" in result.output
+    assert "Error: --method combined needs held-out data" in result.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "x"}\n')
     original = write_jsonl(gold_docs(nlp), tmp_path / "o.jsonl")
@@ -323,6 +326,25 @@ def test_cross_fitted_scores_come_from_the_model_that_did_not_see_the_doc(nlp, o
         CrossFitFinder([(nlp, folds[0])], docs, dev)
     with pytest.raises(ValueError, match="trained on all the data"):
         CrossFitFinder(list(zip(models, folds)), docs, dev).scores("influence")
+
+
+def test_cross_fitted_consistency_counts_the_whole_corpus(nlp, other_nlp):
+    """The noisy "Paris" (PER) in fold 0 and a correct copy of its sentence (LOC) in fold 1:
+    the copy is evidence against the noisy label although no fold holds both."""
+    docs, dev = noisy_docs(nlp), gold_docs(nlp)
+    copy = gold_docs(nlp)[NOISY_DOC]
+    copy.user_data["id"] = "demo_train_copy_0"
+    docs.append(copy)
+    folds = [[0, 1, 2], [3, 4, 5]]
+    crossfit = CrossFitFinder(list(zip([nlp, other_nlp], folds)), docs, dev, model=nlp)
+    consistency = crossfit.scores("consistency")
+    numpy.testing.assert_array_equal(consistency, disagreement(docs, crossfit.candidates))
+    noisy = [i for i, c in enumerate(crossfit.candidates) if (c.doc_index, c.start, c.end) == (NOISY_DOC, *NOISY_SPAN)]
+    assert consistency[noisy] == pytest.approx(0.5)  # its one other occurrence is labelled otherwise
+    numpy.testing.assert_allclose(
+        crossfit.scores("combined"),
+        neg_log_tail(crossfit.harm()) + neg_log_tail(crossfit.losses()) + neg_log_tail(consistency),
+    )
 
 
 def test_candidates_given_to_the_finder_are_scored_as_given(nlp):

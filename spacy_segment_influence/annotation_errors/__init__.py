@@ -6,6 +6,7 @@ corrected labels (DESIGN.md section 6).
 - `crossfit`: folds of whole documents and `CrossFitFinder`, out-of-fold scores.
 - `fold_training`: the fold models, trained with the user's config (`cross_fitted_finder`,
   the default recipe of `find-errors`).
+- `surface_forms`: `disagreement`, how the rest of the corpus labels the same strings.
 - `records`: `rank`, the Prodigy-style review file.
 - `review_loop`: `ReviewLoop`, re-ranking from a reviewer's decisions.
 - `metrics`: `evaluate_ranking` against corrected labels.
@@ -13,7 +14,7 @@ corrected labels (DESIGN.md section 6).
 
 from .candidates import Candidate, find_candidates
 from .crossfit import CrossFitFinder, SeedEnsemble, document_of, held_out_indices, split_folds, write_folds
-from .finder import METHODS, ErrorFinder, neg_log_tail
+from .finder import METHODS, ErrorFinder, fisher, neg_log_tail
 from .fold_training import FoldModel, cross_fitted_finder, train_fold_models, training_config
 from .metrics import (
     BOOTSTRAP_METRICS,
@@ -29,6 +30,7 @@ from .metrics import (
 )
 from .records import rank, review_record
 from .review_loop import SIMILARITIES, ReviewLoop, read_decisions
+from .surface_forms import disagreement
 
 __all__ = [
     "BOOTSTRAP_METRICS",
@@ -49,7 +51,9 @@ __all__ = [
     "evaluate_ranking",
     "find_candidates",
     "held_out_indices",
+    "fisher",
     "neg_log_tail",
+    "disagreement",
     "rank",
     "ranked_regions",
     "read_tags",

@@ -14,7 +14,8 @@ from spacy.tokens import Doc, DocBin
 
 from ..exceptions import ConfigError, DataError
 from .candidates import Candidate
-from .finder import METHODS, ErrorFinder, neg_log_tail
+from .finder import METHODS, ErrorFinder, fisher, neg_log_tail
+from .surface_forms import disagreement
 
 
 def document_of(sentence_id: str) -> str:
@@ -206,11 +207,20 @@ class CrossFitFinder:
         """One score per candidate, higher = more likely wrong."""
         if method not in METHODS:
             raise ConfigError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}")
+        if method == "combined":
+            return fisher(self.harm(), self.losses(), self.consistency())
         if method == "influence":
             return self.influence()
+        if method == "consistency":
+            return self.consistency()
         if method == "random":
             return numpy.random.default_rng(self.seed).random(len(self.candidates))
         return numpy.asarray(self._gather(f.scores(method) for f in self.finders))
+
+    def consistency(self) -> numpy.ndarray:
+        """How differently the whole training corpus (every fold) labels each candidate's
+        strings."""
+        return disagreement(self.docs, self.candidates)
 
     def losses(self) -> numpy.ndarray:
         """Out-of-fold segment losses."""
@@ -229,7 +239,7 @@ class CrossFitFinder:
     def influence(self) -> numpy.ndarray:
         """-log p_harm - log p_loss (Fisher's method): the full model's held-out harm and
         the out-of-fold loss."""
-        return neg_log_tail(self.harm()) + neg_log_tail(self.losses())
+        return fisher(self.harm(), self.losses())
 
     def influenced(self, k: int = 3) -> List[List[dict]]:
         """Per candidate, the held-out regions its labels support and oppose most, by the

@@ -2,8 +2,12 @@
 corpus (DESIGN.md section 6). Each method gives one score per candidate, higher = more
 suspicious:
 
+- `combined` (the default of `find-errors`): the model's evidence (held-out harm and loss,
+  as `influence`) and the corpus' own (`consistency`), the three by Fisher's method.
 - `influence`: how much the candidate's gold labels raise the held-out (dev) loss,
   combined with how badly the model fits them (see `ErrorFinder.influence`).
+- `consistency`: how differently the rest of the corpus labels the same strings
+  (`surface_forms.disagreement`); model-free.
 - `self-influence`: g^T H^-1 g of the candidate's segment loss (Koh & Liang 2017,
   "Understanding Black-box Predictions via Influence Functions"; Pruthi et al. 2020,
   "Estimating Training Data Influence by Tracing Gradient Descent", use self-influence
@@ -39,8 +43,9 @@ from ..index import SegmentIndex
 from ..known_labels import check_known_labels
 from ..segments import segment_gradients, segment_losses, token_marginals
 from .candidates import Annotated, Candidate, annotate, segments_of
+from .surface_forms import disagreement
 
-METHODS = ("influence", "self-influence", "loss", "margin", "confidence", "random")
+METHODS = ("combined", "influence", "consistency", "self-influence", "loss", "margin", "confidence", "random")
 
 
 class ErrorFinder:
@@ -115,8 +120,12 @@ class ErrorFinder:
         """One score per candidate, higher = more likely wrong."""
         if method not in METHODS:
             raise ConfigError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}")
+        if method == "combined":
+            return fisher(self.harm(), self.losses(), self.consistency())
         if method == "influence":
             return self.influence()
+        if method == "consistency":
+            return self.consistency()
         if method == "self-influence":
             return self.train_index.norms.astype("float64") ** 2
         if method == "loss":
@@ -124,6 +133,10 @@ class ErrorFinder:
         if method == "random":
             return numpy.random.default_rng(self.seed).random(len(self.candidates))
         return -self._worst_token(method)
+
+    def consistency(self) -> numpy.ndarray:
+        """How differently the rest of the training corpus labels each candidate's strings."""
+        return disagreement(self.docs, self.candidates)
 
     def losses(self) -> numpy.ndarray:
         """Segment losses -log p(y_S | y_outside, x) under the gold labels."""
@@ -175,7 +188,7 @@ class ErrorFinder:
         labels that spread to held-out predictions (systematic errors) but misses odd
         one-off labels the dev set has no neighbours for; the loss finds those. Measured
         against each signal alone and other combinations in bench/find_errors.py."""
-        return neg_log_tail(self.harm()) + neg_log_tail(self.losses())
+        return fisher(self.harm(), self.losses())
 
     def influenced(self, k: int = 3) -> List[List[dict]]:
         """Per candidate, the k dev regions it supports most (score > 0) and the k it
@@ -186,10 +199,19 @@ class ErrorFinder:
 
 
 def neg_log_tail(scores: numpy.ndarray) -> numpy.ndarray:
-    """-log of each score's empirical upper-tail probability (the best scores 1/n)."""
-    tail = numpy.empty(len(scores))
-    tail[numpy.argsort(-scores, kind="stable")] = numpy.arange(1, len(scores) + 1) / len(scores)
-    return -numpy.log(tail)
+    """-log of each score's empirical upper-tail probability P(S >= s) (the best score
+    1/n). Tied scores share the larger tail, so that a signal that can't tell candidates
+    apart (a surface form seen once) adds nothing for them, whatever their order."""
+    ordered = numpy.sort(scores)
+    at_least = len(scores) - numpy.searchsorted(ordered, scores, side="left")
+    return -numpy.log(at_least / len(scores))
+
+
+def fisher(*scores: numpy.ndarray) -> numpy.ndarray:
+    """Fisher's method (Fisher 1925, "Statistical Methods for Research Workers") on the
+    scores' empirical tail probabilities: the sum of their -log tails. A candidate some
+    signal can't tell from most others (a tail near 1) gets nothing from it."""
+    return numpy.sum([neg_log_tail(s) for s in scores], axis=0)
 
 
 def _held_out_record(dev: Annotated, index: int, score: float, window: int = 8) -> dict:
