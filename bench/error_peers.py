@@ -138,25 +138,32 @@ def run_setting(name: str, finder, pieces, docs, args, corrections: Corrections)
         seconds["peers"] = round(time.perf_counter() - start, 1)
     peers = json.loads(peer_file.read_text())
     sentence_ids = [doc.user_data["id"] for doc in docs]
-    own_sentence = {}
+    whole_sentences = [(doc.user_data["id"], 0, len(doc)) for doc in docs]
+    own_sentence, sentence_rankings = {}, {}
     for method, entry in peers.items():
         if method == "_failed":
             continue
         rankings[method] = ranking(entry["span"], regions)
         own_sentence[method] = own_sentence_ap(entry["sentence"], sentence_ids, corrections)
+        # its sentence scores as a ranking of whole-sentence regions: the bootstrap's sentence AP is then its own
+        sentence_rankings[method] = ranking(entry["sentence"], whole_sentences)
     metrics = {method: evaluate_ranking(ranked, corrections) for method, ranked in rankings.items()}
     for method, value in own_sentence.items():
         metrics[method]["own_sentence_ap"] = value
-    best_span = max((m for m in rankings if m not in (DEFAULT, "random")), key=lambda m: metrics[m]["span_ap"])
+    peers_run = [m for m in rankings if m in peers]  # "<library>:<detector>"
 
     def sentence(m: str) -> float:
         return max(metrics[m]["sentence_ap"], metrics[m].get("own_sentence_ap", 0.0))
 
-    best_sentence = max((m for m in rankings if m not in (DEFAULT, "random")), key=sentence)
+    best_span = max(peers_run, key=lambda m: metrics[m]["span_ap"])
+    best_sentence = max(peers_run, key=sentence)
+    others = [m for m in METHODS if m not in (DEFAULT, "random")]
     comparisons = {
         m: compare_rankings(rankings[DEFAULT], rankings[m], corrections, n_boot=args.n_boot)
-        for m in dict.fromkeys([best_span, best_sentence, "loss", "margin", "confidence"])
+        for m in dict.fromkeys([best_span, best_sentence, *others])
     }
+    own = compare_rankings(rankings[DEFAULT], sentence_rankings[best_sentence], corrections, n_boot=args.n_boot)
+    comparisons[f"{best_sentence} (own sentence scores)"] = {"sentence_ap": own["sentence_ap"]}
     return {
         "metrics": metrics,
         "failed": peers.get("_failed", {}),
