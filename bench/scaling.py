@@ -40,6 +40,7 @@ import srsly
 sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import load, load_docs, maxrss_mb  # noqa: E402
 
+from spacy_segment_influence import checksums  # noqa: E402
 from spacy_segment_influence.gradients import FactoredGradients  # noqa: E402
 from spacy_segment_influence.index import SegmentIndex  # noqa: E402
 from spacy_segment_influence.index_build import build_shard, fit_index  # noqa: E402
@@ -140,6 +141,7 @@ def write_synthetic(source: SegmentIndex, n_segments: int, dtype: str, path: Pat
     np.save(tmp / "norms.npy", np.asarray(source.norms)[picks])
     srsly.write_json(tmp / "metadata.json", [None] * n_segments)  # records: see BENCHMARKS.md
     srsly.write_json(tmp / "settings.json", settings)
+    checksums.write_manifest(tmp)  # the source's manifest describes the arrays replaced above
     os.replace(tmp, path)
 
 
@@ -293,6 +295,7 @@ def ray_runs(args, model: Path, queries: FactoredGradients, synthetic: Path) -> 
     start = time.perf_counter()
     single = fit_index(nlp, SETTINGS, build_shard(nlp, SETTINGS, docs), "single")
     results["one_process_s"] = one_process = time.perf_counter() - start
+    print(f"One-process build and fit of {len(docs)} docs: {one_process:.1f} s ({load()})", flush=True)
     ray.init(
         num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}
     )

@@ -143,3 +143,43 @@ def test_failed_index_write_leaves_nothing(nlp, tmp_path, monkeypatch):
     assert isinstance(result.exception, OSError)
     # the lock file beside OUT stays (atomic_dir); nothing else may
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "model", "train.spacy"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_docs_shipped_to_workers_come_back_as_a_docbin_would_bring_them(seed):
+    """`portable` + `rebuilt` against a DocBin round trip: words, spaces, entities, the
+    tokens whose annotation is missing, and user_data."""
+    import random
+
+    import spacy
+    from spacy.tokens import Doc, DocBin
+
+    rng = random.Random(seed)
+    vocab = spacy.blank("en").vocab
+    docs = []
+    for i in range(20):
+        n = rng.randint(1, 12)
+        tags, t = [], 0
+        while t < n:
+            kind = rng.choice(["O", None, "ent"])
+            if kind == "ent":
+                length = min(n - t, rng.randint(1, 3))
+                label = rng.choice(["PER", "LOC", "ORG"])
+                tags += [f"B-{label}"] + [f"I-{label}"] * (length - 1)
+                t += length
+            else:
+                tags.append(kind)
+                t += 1
+        words = [rng.choice(["Anna", "Paris", "in", ".", "New", "York"]) for _ in range(n)]
+        spaces = [rng.random() < 0.8 for _ in range(n)]
+        doc = Doc(vocab, words=words, spaces=spaces, ents=tags)
+        doc.user_data["id"] = f"doc_{i}_0"
+        docs.append(doc)
+    expected = list(DocBin(docs=docs, store_user_data=True).get_docs(vocab))
+    got = [distributed.rebuilt(vocab, distributed.portable(doc)) for doc in docs]
+    for a, b in zip(expected, got):
+        assert [(t.text, t.whitespace_, t.ent_iob_, t.ent_type_) for t in a] == [
+            (t.text, t.whitespace_, t.ent_iob_, t.ent_type_) for t in b
+        ]
+        assert [(e.start, e.end, e.label_) for e in a.ents] == [(e.start, e.end, e.label_) for e in b.ents]
+        assert a.user_data == b.user_data
