@@ -115,7 +115,7 @@ def plot(results: Dict[str, dict], path: Path) -> None:
     except ImportError:
         print("matplotlib is not installed: no reliability plot (pip install matplotlib)")
         return
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
     for name, result in results.items():
         if "odd docs" not in name:
@@ -125,7 +125,7 @@ def plot(results: Dict[str, dict], path: Path) -> None:
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=label)
     ax.set_xlabel("predicted entity probability")
     ax.set_ylabel("share of entities correct")
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"Wrote {path}")
@@ -155,8 +155,8 @@ def main() -> None:
         if name == "crf_ner":  # temperature fitted on the even validation docs, measured on the odd ones
             runs[f"{name} + temperature (odd docs)"] = (gold[1::2], calibrate(nlp, gold[0::2]))
         for run_name, (docs, temperature) in runs.items():
-            if temperature is not None:
-                nlp.get_pipe("crf_ner").cfg["temperature"] = temperature
+            if name == "crf_ner":  # `calibrate` above already set the fitted one: the raw runs need 1
+                nlp.get_pipe("crf_ner").cfg["temperature"] = temperature if temperature is not None else 1.0
             results[run_name] = evaluate(nlp, name, docs)
             results[run_name]["temperature"] = temperature
             print(run_name, json.dumps({k: v for k, v in results[run_name].items() if k != "bins"}), flush=True)
