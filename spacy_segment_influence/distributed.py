@@ -66,7 +66,7 @@ def portable(doc: Doc) -> PortableDoc:
 
 def rebuilt(vocab: Vocab, doc: PortableDoc) -> Doc:
     words, spaces, tags, user_data = doc
-    out = Doc(vocab, words=words, spaces=spaces, ents=tags)
+    out = Doc(vocab, words=words, spaces=spaces, ents=tags)  # type: ignore[arg-type]  # None = missing, as documented
     out.user_data.update(user_data)
     return out
 
@@ -126,7 +126,8 @@ class ShardWorkers:
         bar = tqdm(total=len(docs), desc="Indexing training segments (Ray)", unit="doc", disable=not show_progress)
         with bar:
             pool = ActorPool(self._actors)
-            for first, n_docs, shard in pool.map_unordered(lambda a, job: a.shard.remote(*job), jobs):
+            # Ray's stub says list; map_unordered iterates, so the generator keeps the packing lazy
+            for first, n_docs, shard in pool.map_unordered(lambda a, job: a.shard.remote(*job), jobs):  # type: ignore[arg-type]
                 results.append((first, shard))
                 bar.update(n_docs)
         return IndexShard.merge([shard for _, shard in sorted(results, key=lambda item: item[0])])
