@@ -302,9 +302,8 @@ def find_errors(
     ),
     method: str = typer.Option(
         "combined",
-        help="combined (harm + loss + consistency) | influence (harm + loss) | consistency | self-influence | loss | "
-        "margin | "
-        "confidence | random",
+        help="combined (harm + loss + consistency) | influence (harm + loss) | consistency | self-influence | "
+        "loss | margin | confidence | random",
     ),
     out: Path = typer.Option(..., dir_okay=False, help="Ranked review file (JSONL, Prodigy-style)"),
     k: int = typer.Option(3, help="Held-out predictions listed per candidate (supported and opposed; needs --dev)"),
@@ -359,9 +358,9 @@ def find_errors(
     did not train on it, `influence` combines that out-of-fold loss with MODEL_DIR's
     held-out harm, and `combined` adds how differently the rest of the corpus labels the
     same strings (`consistency`) (--folds 0: in-sample; --fold-model/--fold-train: fold
-    models you trained on `split-folds` output). With --reviewed, a confirmed error's gradient lifts its
-    siblings (the same systematic mistake elsewhere) and a rejected one lowers its
-    neighbours, weighted by what the decisions so far show."""
+    models you trained on `split-folds` output). With --reviewed, a confirmed error's
+    gradient lifts its siblings (the same systematic mistake elsewhere) and a rejected one
+    lowers its neighbours, weighted by what the decisions so far show."""
     import spacy
     import srsly
 
