@@ -314,19 +314,49 @@ class SegmentInfluence(Pipe):
         predicted entities keep their labels."""
         if k is not None and k < 1:
             raise ConfigError(f"segment_influence.explain: k must be >= 1, got {k}")
-        if len(span) == 0:
-            raise DataError(f"segment_influence.explain: the span at token {span.start} is empty; ask about >= 1 token")
+        query, entities = self._labelled_query(span, label)
         self.check_index()
+        doc = span.doc
+        encoded = bridge.encode(self.nlp, [bridge.unannotated(doc)], self.cfg["ner"])
+        features = bridge.head_features(self.ner, encoded)
+        return self._query([doc], features, [entities], [(0, query)], k)[0]
+
+    def scores(self, spans: Sequence[Span], labels: Optional[Sequence[str]] = None) -> numpy.ndarray:
+        """[len(spans), n_segments]: each span's score against every indexed training
+        segment, the numbers `explain` ranks (cosine if `normalize`); segment j is
+        described by `self.index.metadata[j]` (doc_index, start, end, label, ...). For
+        your own metric over the whole index, e.g. the LDS (`lds.py`). Each span is
+        labelled as in `explain` (`labels[i]`, default: its label or the predicted
+        entity's, else "O"), its doc's other entities keeping theirs."""
+        index = self.check_index()
+        if labels is not None and len(labels) != len(spans):
+            raise ConfigError(f"segment_influence.scores: {len(spans)} spans but {len(labels)} labels")
+        if not spans:
+            return numpy.zeros((0, len(index)))
+        docs, labellings, queries = [], [], []
+        for i, span in enumerate(spans):
+            query, entities = self._labelled_query(span, None if labels is None else labels[i])
+            docs.append(span.doc)
+            labellings.append(entities)
+            queries.append((i, query))
+        encoded = bridge.encode(self.nlp, [bridge.unannotated(doc) for doc in docs], self.cfg["ner"])
+        features = bridge.head_features(self.ner, encoded)
+        ner = self.ner
+        tags = [bridge.tag_ids(ner, doc, ents) for doc, ents in zip(docs, labellings)]
+        grads = segment_gradients(ner, LabelledBatch(features, tags), [Segment(i, q.start, q.end) for i, q in queries])
+        return index.scores(grads, device=self.device)
+
+    def _labelled_query(self, span: Span, label: Optional[str]) -> Tuple[Span, List[Span]]:
+        """The span as asked about (label "O": no entity) and its doc's labelling."""
+        if len(span) == 0:
+            raise DataError(f"segment_influence: the span at token {span.start} is empty; ask about >= 1 token")
         doc = span.doc
         if label is None:
             predicted = {(ent.start, ent.end): ent.label_ for ent in doc.ents}
             label = span.label_ or predicted.get((span.start, span.end), "O")
         query = Span(doc, span.start, span.end, label="" if label == "O" else label)
         entities = [ent for ent in doc.ents if ent.end <= span.start or ent.start >= span.end]
-        entities = sorted(entities + ([query] if query.label_ else []), key=lambda e: e.start)
-        encoded = bridge.encode(self.nlp, [bridge.unannotated(doc)], self.cfg["ner"])
-        features = bridge.head_features(self.ner, encoded)
-        return self._query([doc], features, [entities], [(0, query)], k)[0]
+        return query, sorted(entities + ([query] if query.label_ else []), key=lambda e: e.start)
 
     def _query(
         self,

@@ -148,6 +148,12 @@ def _window_scores(
     )
 
 
+def segment_windows(batch: LabelledBatch, segments: Sequence[Segment]) -> List[Tuple[int, int]]:
+    """Each segment's window [lo, hi) in its sentence: the token rows its gradient's
+    factors (`segment_gradients`) belong to."""
+    return [(w.lo, w.hi) for w in (_window(batch, s) for s in segments)]
+
+
 def window_labels(batch: LabelledBatch, segments: Sequence[Segment]) -> WindowLabels:
     """The labels each segment's window loss needs, row-aligned with `segment_gradients`."""
     windows = [_window(batch, s) for s in segments]

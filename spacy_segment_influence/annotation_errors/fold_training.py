@@ -9,9 +9,6 @@ corpus, steps and seed are unchanged is reused (a `key.json` records their hash)
 rerun of `find-errors` or of the project workflow trains nothing twice.
 """
 
-import hashlib
-import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -22,6 +19,7 @@ from spacy.tokens import Doc
 from thinc.api import Config
 
 from ..exceptions import ConfigError
+from ..training import TrainingJob, run_training_jobs
 from .crossfit import CrossFitFinder, fold_corpus, split_folds
 
 INFLUENCE_FACTORY = "segment_influence"
@@ -78,74 +76,24 @@ def train_fold_models(
     `config` (a training config, see `training_config`), the dev corpus `dev_path` for
     spaCy's model selection, `training.seed` = s for s in range(n_seeds), and
     `training.max_steps` = `max_steps` when given. Returns the models, fold by fold."""
-    from spacy.cli.train import train as spacy_train
-
     if n_seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {n_seeds}")
     if max_steps is not None and max_steps < 1:
         raise ConfigError(f"--fold-steps must be at least 1, got {max_steps}")
-    fold_dir = Path(fold_dir)
     folds = split_folds(train_docs, n_folds, split_seed)
-    config_hash = hashlib.sha256(config.to_str().encode()).hexdigest()
-    dev_hash = _file_hash(Path(dev_path))
-    models: List[FoldModel] = []
-    total = n_folds * n_seeds
+    jobs, models = [], []
     for k, held_out in enumerate(folds):
-        corpus_bytes = fold_corpus(train_docs, held_out).to_bytes()
+        corpus = fold_corpus(train_docs, held_out).to_bytes()
         for seed in range(n_seeds):
-            out = fold_dir / f"fold-{k}-seed-{seed}"
-            key = {
-                "config": config_hash,
-                "train": hashlib.sha256(corpus_bytes).hexdigest(),
-                "dev": dev_hash,
-                "max_steps": max_steps,
-                "seed": seed,
-            }
-            model = FoldModel(k, seed, out / "model-best", list(held_out))
-            models.append(model)
-            done = len(models)
-            if _reusable(out, key):
-                log(f"[{done}/{total}] fold {k} seed {seed}: reusing {model.path}")
-                continue
-            log(
-                f"[{done}/{total}] fold {k} seed {seed}: training on {len(train_docs) - len(held_out)} docs "
-                f"(fold {k}'s {len(held_out)} held out) -> {out}"
-            )
-            if out.exists():
-                shutil.rmtree(out)
-            out.mkdir(parents=True)
-            (out / "train.spacy").write_bytes(corpus_bytes)
-            config_path = out / "config.cfg"
-            config.to_disk(config_path)
-            overrides = {
-                "paths.train": str(out / "train.spacy"),
-                "paths.dev": str(dev_path),
-                "training.seed": seed,
-            }
-            if max_steps is not None:
-                overrides["training.max_steps"] = max_steps
-                schedule = config["training"].get("optimizer", {}).get("learn_rate")
-                if isinstance(schedule, dict) and "total_steps" in schedule:
-                    # a pipeline saves its schedule's total_steps as a number (callbacks.resolved_optimizer)
-                    overrides["training.optimizer.learn_rate.total_steps"] = max_steps
-            spacy_train(config_path, out, use_gpu=gpu_id, overrides=overrides)
-            (out / "key.json").write_text(json.dumps(key))
+            job = TrainingJob(Path(fold_dir) / f"fold-{k}-seed-{seed}", corpus, seed, max_steps)
+            jobs.append(job)
+            models.append(FoldModel(k, seed, job.model_path, list(held_out)))
+    log(
+        f"{len(jobs)} fold model(s): each trains on the sentences outside its fold "
+        f"({', '.join(str(len(train_docs) - len(f)) for f in folds)} sentences)"
+    )
+    run_training_jobs(config, jobs, Path(dev_path), gpu_id=gpu_id, log=log)
     return models
-
-
-def _reusable(out: Path, key: dict) -> bool:
-    try:
-        return json.loads((out / "key.json").read_text()) == key and (out / "model-best" / "config.cfg").is_file()
-    except (OSError, ValueError):
-        return False
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cross_fitted_finder(
