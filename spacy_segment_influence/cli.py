@@ -88,6 +88,10 @@ def convert(
     typer.echo(f"Wrote {n_docs} docs to {output_path}")
 
 
+# Who `index` names as the writer of OUTPUT_DIR in its marker (`atomic_dir.MARKER`)
+INDEX_OWNER = "segment-influence index"
+
+
 @app.command()
 def index(
     model_dir: Path = typer.Argument(
@@ -130,8 +134,10 @@ def index(
         "dtype": dtype,
         "device": device,
     }
-    # the whole of OUTPUT_DIR is replaced at once, and only when everything succeeded
-    with _user_errors(), replaced_dir(output_dir) as building:
+    # the whole of OUTPUT_DIR is replaced at once, only when everything succeeded, and only
+    # when it is new, empty or was written by `index` (never a directory holding the inputs)
+    inputs = [model_dir, train_path, *([dev] if dev is not None else [])]
+    with _user_errors(), replaced_dir(output_dir, INDEX_OWNER, inputs) as building:
         check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=False)
         # an index MODEL_DIR already has is replaced, so it is not read: it may be damaged or outdated
         nlp = spacy.load(model_dir, exclude=["segment_influence"])
