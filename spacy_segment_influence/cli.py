@@ -166,19 +166,21 @@ def explain(
     """Show the training spans behind each predicted entity.
 
     For every predicted entity, the training spans that support and oppose it most."""
-    import spacy
     import srsly
 
     from . import bridge
+    from .component import check_k
     from .corpus import read_docbin
     from .explain_table import format_influences
+    from .snapshot import load_snapshot
 
     with _user_errors():
         if (text is None) == (docs is None):
             raise ConfigError("Give either TEXT or --docs X.spacy")
-        if k < 1:
-            raise ConfigError(f"--k must be >= 1, got {k}")
-        nlp = spacy.load(model_dir)
+        check_k(k, "explain --k")
+        if limit < 0:
+            raise ConfigError(f"--limit must be >= 0 (0 = all), got {limit}")
+        nlp = load_snapshot(model_dir)
         if "segment_influence" not in nlp.pipe_names:
             raise PipelineError(f"{model_dir} has no segment_influence component: run `segment-influence index` first")
         cast("SegmentInfluence", nlp.get_pipe("segment_influence")).cfg.update(k=k, refine=refine)

@@ -144,16 +144,18 @@ def test_explain_refuses_an_empty_span(explained):
         component.explain(doc[0:0])
 
 
-def test_explain_refuses_k_below_one(explained):
+@pytest.mark.parametrize("k", [0, 1.5, "5", True, 100000])
+def test_explain_refuses_k_that_is_not_a_small_positive_integer(explained, k):
     component, doc = explained
-    with pytest.raises(ConfigError, match="k must be >= 1, got 0"):
-        component.explain(doc[0:2], k=0)
+    with pytest.raises(ConfigError, match=f"k must be an integer from 1 to 1000, got {k!r}"):
+        component.explain(doc[0:2], k=k)
     assert len(component.explain(doc[0:2], k=1)["supporters"]) == 1
 
 
-def test_cli_explain_refuses_k_below_one(tmp_path):
-    result = CliRunner().invoke(app, ["explain", str(tmp_path), "Anna", "--k", "0"])
-    one_line_error(result, "--k must be >= 1, got 0")
+@pytest.mark.parametrize(("option", "message"), [("--k", "k must be an integer"), ("--limit", "--limit must be >= 0")])
+def test_cli_explain_refuses_k_below_one_and_a_negative_limit(tmp_path, option, message):
+    result = CliRunner().invoke(app, ["explain", str(tmp_path), "Anna", option, "-1"])
+    one_line_error(result, message)
 
 
 def test_labels_are_escaped_wherever_they_reach_the_page():
