@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Optional, Union
 
 import srsly
 
-from .exceptions import ConfigError, OutputInUseError
+from .exceptions import ConfigError, OutputInUseError, OutputWriteError, SegmentInfluenceError
 
 try:
     import fcntl
@@ -62,7 +62,12 @@ def replaced_dir(path: Union[str, Path], owner: str, inputs: Iterable[Union[str,
             _mark(tmp, owner)
             _fsync_tree(tmp)
             _swap(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
+        except SegmentInfluenceError:
+            raise
+        except OSError as err:  # a full disk, a permission: one line, not a traceback
+            where = f" ({err.filename})" if err.filename else ""
+            raise OutputWriteError(f"{path}: {err.strerror or err}{where}; {path} was left as it was") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -201,10 +206,11 @@ def _fsync_tree(root: Path) -> None:
         for name in files:
             with open(os.path.join(directory, name), "rb") as file_:
                 os.fsync(file_.fileno())
-        _fsync_dir(Path(directory))
+        fsync_dir(Path(directory))
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Flush `directory`'s entries, so a rename in it survives a crash."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

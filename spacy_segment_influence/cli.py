@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Union
 import typer
 from typer.core import TyperCommand
 
+from .atomic_file import write_atomic
 from .curvature import CURVATURES
 from .exceptions import ConfigError, DataError, PipelineError, SegmentInfluenceError
 from .fidelity_metrics import METHODS, PLOT_INSTALL
@@ -274,8 +275,10 @@ def validate(
         if surrogate is not None:
             result["settings"]["surrogate_agreement"] = agreement(nlp, ner, surrogate, dev_docs)
             typer.echo(f"CRF surrogate of {ner!r}: {result['settings']['surrogate_agreement']}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    srsly.write_json(out, {key: result[key] for key in ("methods", "settings", "diagnostics")})
+    with _user_errors():
+        write_atomic(
+            out, srsly.json_dumps({key: result[key] for key in ("methods", "settings", "diagnostics")}, indent=2)
+        )
     for method, groups in result["methods"].items():
         cells = "  ".join(
             f"{group}: pearson {m['pearson']:.3f} spearman {m['spearman']:.3f} "
@@ -433,8 +436,8 @@ def find_errors(
                 + (f"; {unknown} of them on regions that are no candidate now, not used" if unknown else "")
             )
         records = rank(finder, method, k=k, decisions=decisions, review_loop=loop)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    srsly.write_jsonl(out, records)
+    with _user_errors():
+        write_atomic(out, "".join(srsly.json_dumps(record) + "\n" for record in records))
     how = f", cross-fitted over {finder.n_models} fold models" if isinstance(finder, CrossFitFinder) else ""
     how += f", re-ranked from {len(decisions)} decisions" if decisions else ""
     typer.echo(f"Ranked {len(records)} candidates by {method}{how}; wrote {out}")
@@ -491,10 +494,10 @@ def evaluate_errors(
     import srsly
 
     from .annotation_errors import Corrections, compare_rankings, evaluate_ranking, ranked_regions
-    from .corpus import read_jsonl_records
+    from .annotation_errors.records import read_ranking_records
 
     def regions(path: Path) -> list:
-        ranked = ranked_regions(record for _, record in read_jsonl_records(path))
+        ranked = ranked_regions(record for _, record in read_ranking_records(path))
         if not ranked:
             raise DataError(f"{path}: the ranking is empty, there is nothing to evaluate")
         return ranked
@@ -511,10 +514,10 @@ def evaluate_errors(
         for name, (diff, low, high) in differences.items():
             typer.echo(f"  {name:<32} {diff:+.4f}  [{low:+.4f}, {high:+.4f}]")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
         if comparisons:
             metrics["against"] = {o: {k: list(v) for k, v in d.items()} for o, d in comparisons.items()}
-        srsly.write_json(out, metrics)
+        with _user_errors():
+            write_atomic(out, srsly.json_dumps(metrics, indent=2))
 
 
 @app.command()
@@ -534,8 +537,8 @@ def report(
         page = render_review_page(
             records, sentences, title=f"Review of {ranking.name}", export_name=f"{ranking.stem}.reviewed.jsonl"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf8")
+    with _user_errors():
+        write_atomic(out, page)
     typer.echo(f"Wrote {len(records)} of the {total} candidates to {out}")
 
 

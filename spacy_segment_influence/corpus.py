@@ -10,10 +10,8 @@ own `ner` converter.
 """
 
 import json
-import os
 import re
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Tuple
 
@@ -25,6 +23,7 @@ from spacy.training.converters import conll_ner_to_docs
 from spacy.training.iob_utils import doc_to_biluo_tags, tags_to_entities
 from spacy.vocab import Vocab
 
+from .atomic_file import write_atomic
 from .exceptions import BIORepairWarning, ConfigError, CorpusFormatError, CorpusNotFoundError, DataError
 
 SCHEMES = ("bio", "biluo", "io")
@@ -209,19 +208,16 @@ def read_docbin(path: Path, vocab: Vocab) -> List[Doc]:
 def write_jsonl_docs(docs: Iterable[Doc], path: Path) -> int:
     """Export Docs as BIO JSONL (the inverse of `read_jsonl_docs`); returns the
     number of lines. Docs without `user_data["id"]` get the id `doc_{i}`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n_docs = 0
-    with _replaced_on_success(path) as tmp_path, tmp_path.open("w", encoding="utf8") as file_:
-        for i, doc in enumerate(docs):
-            record = {
-                "id": doc.user_data.get("id", f"doc_{i}"),
-                "tokens": [token.text for token in doc],
-                "ner_tags": doc_to_bio(doc),
-            }
-            file_.write(json.dumps(record, ensure_ascii=False) + "\n")
-            n_docs += 1
-    return n_docs
+    lines = [
+        json.dumps(
+            {"id": doc.user_data.get("id", f"doc_{i}"), "tokens": [t.text for t in doc], "ner_tags": doc_to_bio(doc)},
+            ensure_ascii=False,
+        )
+        + "\n"
+        for i, doc in enumerate(docs)
+    ]
+    write_atomic(path, "".join(lines))
+    return len(lines)
 
 
 def convert_corpus(
@@ -238,10 +234,7 @@ def convert_corpus(
         doc_bin.add(doc)
     if not len(doc_bin):
         raise DataError(f"{input_path}: no sentences to convert (the file is empty or blank)")
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    with _replaced_on_success(output_path) as tmp_path:
-        doc_bin.to_disk(tmp_path)
+    write_atomic(output_path, doc_bin.to_bytes())
     return len(doc_bin)
 
 
@@ -401,16 +394,3 @@ def _guess_spaces(tokens: List[str]) -> List[bool]:
         for token, next_token in zip(tokens, tokens[1:])
     ]
     return spaces + [False]
-
-
-@contextmanager
-def _replaced_on_success(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` that replaces `path` only if the block
-    succeeds, so readers never see a half-written file."""
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()

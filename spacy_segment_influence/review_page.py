@@ -33,7 +33,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from spacy.displacy.render import DEFAULT_LABEL_COLORS
 
-from .corpus import read_jsonl_records
+from .annotation_errors.records import read_ranking_records
 from .exceptions import CorpusFormatError
 
 SentenceKey = Tuple[Optional[str], Optional[int]]  # meta.doc_id, meta.doc_index
@@ -83,9 +83,8 @@ def read_ranking(path: Path, limit: int = 0) -> Tuple[List[dict], Dict[SentenceK
 
     def checked() -> Iterable[dict]:
         nonlocal count
-        for line_no, record in read_jsonl_records(path):
+        for _, record in read_ranking_records(path, _check):
             count += 1
-            _check(record, f"{path}:{line_no}")
             if not limit or len(records) < limit:
                 records.append(record)
             yield record

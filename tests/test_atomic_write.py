@@ -2,7 +2,9 @@
 any point leaves the previous OUT loading and answering as before, and concurrent writers
 to one OUT are refused, not interleaved."""
 
+import errno
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -271,3 +273,19 @@ def test_fallback_swap_replaces_a_directory_whose_name_looks_temporary(tmp_path,
         with replaced_dir(out, "test") as building:
             (building / "config.cfg").write_text(text)
     assert (out / "config.cfg").read_text() == "new" and leftovers(out) == []
+
+
+def test_full_disk_during_index_is_one_line_and_keeps_the_old_pipeline(inputs, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert CliRunner().invoke(app, index_args(inputs, out)).exception is None
+    before = answers(out)
+
+    def full(root):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(root / "segment_influence" / "index" / "h.npy"))
+
+    monkeypatch.setattr(atomic_dir, "_fsync_tree", full)
+    result = CliRunner().invoke(app, index_args(inputs, out, model="model_b", k=2))
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1
+    (error,) = [line for line in result.output.splitlines() if line.startswith("Error:")]  # after the progress bar
+    assert "No space left on device" in error and "was left as it was" in error and "Traceback" not in result.output
+    assert answers(out) == before and leftovers(out) == []

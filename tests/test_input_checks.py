@@ -91,9 +91,8 @@ def test_evaluate_errors_checks_the_tokens_of_each_id(tmp_path):
     original = write_jsonl(tmp_path / "original.jsonl", SENTENCES)
     swapped = [{**SENTENCES[0], "tokens": SENTENCES[1]["tokens"]}, {**SENTENCES[1], "tokens": SENTENCES[0]["tokens"]}]
     corrected = write_jsonl(tmp_path / "corrected.jsonl", swapped)
-    ranked = write_jsonl(
-        tmp_path / "ranking.jsonl", [{"meta": {"doc_id": "a_0"}, "spans": [{"token_start": 0, "token_end": 0}]}]
-    )
+    meta = {"doc_id": "a_0", "rank": 1, "candidates": 1}
+    ranked = write_jsonl(tmp_path / "ranking.jsonl", [{"meta": meta, "spans": [{"token_start": 0, "token_end": 0}]}])
     result = CliRunner().invoke(app, ["evaluate-errors", str(ranked), str(original), str(corrected)])
     one_line_error(result, "'a_0' has other tokens in", str(corrected), str(original))
     duplicated = write_jsonl(tmp_path / "duplicated.jsonl", [*SENTENCES, SENTENCES[0]])
