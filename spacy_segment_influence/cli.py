@@ -83,6 +83,7 @@ def convert(
     from .corpus import SCHEMES, convert_corpus
 
     with _user_errors():
+        _check_distinct(output_path, input_path)
         if scheme not in (*SCHEMES, "auto"):
             raise ConfigError(f"Unknown --scheme {scheme!r}: use auto, {', '.join(SCHEMES)}")
         n_docs = convert_corpus(input_path, output_path, lang=lang, file_format=file_format, scheme=scheme)
@@ -246,6 +247,8 @@ def validate(
     from .validate import validate as run_validation
 
     with _user_errors():
+        _check_distinct(out, train_path, dev_path)
+        _check_distinct(plot, train_path, dev_path, out)
         if plot is not None and importlib.util.find_spec("matplotlib") is None:
             raise ConfigError(f"--plot needs matplotlib: {PLOT_INSTALL}")
     typer.echo(
@@ -289,6 +292,14 @@ def validate(
     if plot is not None:
         problem = save_plot(result, str(plot))
         typer.echo(f"No plot: {problem}" if problem else f"Plot written to {plot}")
+
+
+def _check_distinct(out: Optional[Path], *inputs: Optional[Path]) -> None:
+    """ConfigError when the output is one of the inputs: it would be overwritten by what is
+    computed from it."""
+    for given in inputs:
+        if out is not None and given is not None and out.exists() and given.exists() and out.samefile(given):
+            raise ConfigError(f"{out} is both an input and the output: write the output to another path")
 
 
 @contextmanager
@@ -387,6 +398,7 @@ def find_errors(
     from .corpus import read_docbin
 
     with _user_errors():
+        _check_distinct(out, train_path, dev, reviewed, fold_config, *fold_train)
         if len(fold_model) != len(fold_train):
             raise ConfigError(f"{len(fold_model)} --fold-model but {len(fold_train)} --fold-train: give one per fold")
         nlp = spacy.load(model_dir)
@@ -428,7 +440,8 @@ def find_errors(
             finder = ErrorFinder(nlp, train_docs, dev_docs, ner=ner, curvature=curvature, damping=damping, seed=seed)
         decisions, loop = None, None
         if reviewed is not None:
-            decisions = read_decisions(reviewed)
+            texts = {doc.user_data.get("id", str(i)): doc.text for i, doc in enumerate(train_docs)}
+            decisions = read_decisions(reviewed, texts)
             loop = ReviewLoop(finder.full if isinstance(finder, CrossFitFinder) else finder, similarity)
             _, labels, unknown = loop.positions(decisions)
             typer.echo(
@@ -503,8 +516,9 @@ def evaluate_errors(
         return ranked
 
     with _user_errors():
-        corrections = Corrections.from_files(original, corrected)
+        _check_distinct(out, ranking, original, corrected, *against)
         ranked = regions(ranking)
+        corrections = Corrections.from_files(original, corrected)
         metrics: dict = evaluate_ranking(ranked, corrections)
         comparisons = {str(other): compare_rankings(ranked, regions(other), corrections, n_boot) for other in against}
     for name, value in metrics.items():
@@ -533,6 +547,7 @@ def report(
     from .review_page import read_ranking, render_review_page
 
     with _user_errors():
+        _check_distinct(out, ranking)
         records, sentences, total = read_ranking(ranking, limit)
         page = render_review_page(
             records, sentences, title=f"Review of {ranking.name}", export_name=f"{ranking.stem}.reviewed.jsonl"

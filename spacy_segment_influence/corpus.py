@@ -33,6 +33,7 @@ _TAG_RES = {
     "io": re.compile(r"O|\S+"),
 }
 _EXPECTED = {"bio": "O, B-LABEL or I-LABEL", "biluo": "O, B-, I-, L- or U-LABEL", "io": "O or a label"}
+_PREFIX_RE = re.compile(r"^[BILU]-\S")
 _WHITESPACE_RE = re.compile(r"\s")
 _NO_SPACE_BEFORE = {",", ".", ")", "]", "}", ";", ":", "!", "?", "%", "'", "'s", "'S", "n't", "N'T"}
 _NO_SPACE_AFTER = {"(", "[", "{"}
@@ -59,20 +60,28 @@ class _RecordError(Exception):
 
 def detect_scheme(path: Path) -> str:
     """The tag scheme of a JSONL corpus: "biluo" if any tag starts with L- or U-, "io"
-    if any tag other than O has no B-/I-/L-/U- prefix, else "bio"."""
-    found = "bio"
-    for _, record in read_jsonl_records(Path(path)):
+    if the tags other than O have no B-/I-/L-/U- prefix, else "bio". A file with both
+    (one "B_MISC" typo among BIO lines would otherwise turn "B-LOC" into a label) is
+    refused with a CorpusFormatError naming the lines of the smaller side."""
+    prefixed: List[int] = []
+    bare: List[int] = []
+    biluo = False
+    for line_no, record in read_jsonl_records(Path(path)):
         tags = record.get("ner_tags")
-        if not isinstance(tags, list):
-            continue
-        for tag in tags:
-            if not isinstance(tag, str) or tag == "O":
-                continue
-            if re.match(r"^[LU]-\S", tag):
-                found = "biluo"
-            elif not re.match(r"^[BILU]-\S", tag):
-                return "io"
-    return found
+        entity_tags = [t for t in tags if isinstance(t, str) and t != "O"] if isinstance(tags, list) else []
+        if any(_PREFIX_RE.match(tag) for tag in entity_tags):
+            prefixed.append(line_no)
+            biluo = biluo or any(re.match(r"^[LU]-\S", tag) for tag in entity_tags)
+        if any(not _PREFIX_RE.match(tag) for tag in entity_tags):
+            bare.append(line_no)
+    if prefixed and bare:
+        odd, kind = (bare, "bare labels (IO)") if len(bare) <= len(prefixed) else (prefixed, "B-/I- prefixes")
+        lines = ", ".join(map(str, odd[:5])) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
+        raise CorpusFormatError(
+            f"{path}: mixed tag schemes: line(s) {lines} have {kind}, the other tagged lines do not; "
+            "fix those lines or pass --scheme"
+        )
+    return "io" if bare else "biluo" if biluo else "bio"
 
 
 def read_jsonl_docs(path: Path, vocab: Vocab, scheme: str = "bio") -> Iterator[Doc]:

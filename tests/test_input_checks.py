@@ -1,6 +1,7 @@
 """Input that used to be dropped, changed or accepted without a word: each case of issue 15
 now warns with counts and examples, or stops with one line naming the file."""
 
+import re
 import warnings
 
 import pytest
@@ -8,8 +9,8 @@ import srsly
 from spacy.tokens import DocBin, Span
 from typer.testing import CliRunner
 
-from spacy_segment_influence import ConfigError, DataError, UnknownLabelWarning
-from spacy_segment_influence.annotation_errors import Corrections, evaluate_ranking
+from spacy_segment_influence import ConfigError, CorpusFormatError, DataError, UnknownLabelWarning
+from spacy_segment_influence.annotation_errors import Corrections, evaluate_ranking, read_decisions
 from spacy_segment_influence.cli import app
 from spacy_segment_influence.review_page import render_review_page
 
@@ -173,3 +174,91 @@ def test_known_labels_pass_silently(trained_tok2vec_nlp):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_known_labels(relabelled(trained_tok2vec_nlp, str), trained_tok2vec_nlp.get_pipe("crf_ner").labels, "x")
+
+
+# -- issue 24: input that silently changed meaning ------------------------------------------
+
+
+def test_convert_refuses_a_bio_file_with_a_bare_label_and_names_the_line(tmp_path):
+    """One "B_MISC" typo used to flip detection to IO: "B-LOC" became a label."""
+    lines = [{**SENTENCES[i % 2], "id": f"a_{i}"} for i in range(30)]
+    lines[17] = {**lines[17], "ner_tags": ["B_MISC", "O", "B-LOC"]}
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "out.spacy")])
+    one_line_error(result, f"{src}: mixed tag schemes: line(s) 18 have bare labels (IO)")
+    assert not (tmp_path / "out.spacy").exists()
+    io = write_jsonl(tmp_path / "io.jsonl", [{**s, "ner_tags": ["PER", "O", "LOC"]} for s in SENTENCES])
+    assert CliRunner().invoke(app, ["convert", str(io), str(tmp_path / "io.spacy")]).exception is None
+
+
+def decided(records, *answers):
+    return [{**record, "answer": answer} for record, answer in zip(records, answers)]
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (lambda r: decided(r, "accept", "maybe"), ":2: 'answer' must be accept, reject or ignore, got 'maybe'"),
+        (lambda r: r, "no record has an answer (accept, reject or ignore)"),
+        (lambda r: decided([r[0], r[0]], "accept", "reject"), ":2: reject contradicts line 1 on the same region"),
+        (lambda r: decided([{**r[0], "text": "Another sentence ."}], "accept"), ":1: its text differs from sentence"),
+    ],
+)
+def test_read_decisions_refuses_what_it_cannot_use(tmp_path, lines, message):
+    records = ranking()
+    path = write_jsonl(tmp_path / "reviewed.jsonl", lines(records))
+    texts = {r["meta"]["doc_id"]: r["text"] for r in records}
+    with pytest.raises(CorpusFormatError, match=re.escape(message)):
+        read_decisions(path, texts)
+
+
+def test_read_decisions_counts_a_repeated_decision_once(tmp_path):
+    records = ranking()
+    path = write_jsonl(tmp_path / "reviewed.jsonl", decided([records[0], records[0], records[1]], *["accept"] * 3))
+    assert list(read_decisions(path).values()) == [True, True]
+
+
+def ranked_lines(*regions):
+    return [
+        {
+            "meta": {"doc_id": sid, "rank": i + 1, "candidates": len(regions)},
+            "spans": [{"token_start": s, "token_end": e}],
+        }
+        for i, (sid, s, e) in enumerate(regions)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("regions", "message"),
+    [
+        ([("a_0", 0, 0), ("a_0", 0, 0)], "Ranking line 2 repeats the region of line 1"),
+        ([("a_0", 2, 3)], "Ranking line 1: token_end 3 is past the end of sentence 'a_0' (3 tokens)"),
+    ],
+)
+def test_evaluate_errors_refuses_repeated_regions_and_tokens_past_the_sentence(tmp_path, regions, message):
+    original = write_jsonl(tmp_path / "original.jsonl", SENTENCES)
+    corrected = write_jsonl(tmp_path / "corrected.jsonl", [{**SENTENCES[0], "ner_tags": ["O"] * 3}, SENTENCES[1]])
+    ranked = write_jsonl(tmp_path / "ranking.jsonl", ranked_lines(*regions))
+    result = CliRunner().invoke(app, ["evaluate-errors", str(ranked), str(original), str(corrected)])
+    one_line_error(result, message)
+
+
+def test_evaluate_errors_refuses_corrected_equal_to_original(tmp_path):
+    original = write_jsonl(tmp_path / "original.jsonl", SENTENCES)
+    same = write_jsonl(tmp_path / "same.jsonl", SENTENCES)
+    ranked = write_jsonl(tmp_path / "ranking.jsonl", ranked_lines(("a_0", 0, 0)))
+    result = CliRunner().invoke(app, ["evaluate-errors", str(ranked), str(original), str(same)])
+    one_line_error(result, f"{same} has the same labels as {original} everywhere")
+
+
+def test_an_input_is_never_the_output(tmp_path):
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", SENTENCES)
+    ranked = write_jsonl(tmp_path / "ranking.jsonl", ranking())
+    before = {path: path.read_bytes() for path in (corpus, ranked)}
+    for args in (
+        ["convert", str(corpus), str(corpus)],
+        ["report", str(ranked), "--out", str(ranked)],
+        ["evaluate-errors", str(ranked), str(corpus), str(corpus), "--out", str(corpus)],
+    ):
+        one_line_error(CliRunner().invoke(app, args), "is both an input and the output")
+    assert {path: path.read_bytes() for path in before} == before
