@@ -153,7 +153,16 @@ def read_iob_docs(path: Path, vocab: Vocab) -> Iterator[Doc]:
     path = Path(path)
     if not path.is_file():
         raise CorpusNotFoundError(f"{path}: no such file")
-    text = _DOCSTART_RE.sub(_SPACY_DOCSTART, path.read_text(encoding="utf-8-sig"))
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise CorpusFormatError(
+            f"{path}:{line}: not UTF-8 text (byte offset {err.start} in the file: "
+            f"{raw[err.start : err.start + 1]!r}); re-save it as UTF-8"
+        ) from None
+    text = _DOCSTART_RE.sub(_SPACY_DOCSTART, text)
     try:
         documents = list(conll_ner_to_docs(text, n_sents=10, no_print=True))
     except (ValueError, KeyError) as err:
@@ -329,6 +338,10 @@ def _json_object(line: str) -> Dict[str, Any]:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         raise _RecordError(f"invalid JSON ({err.msg} at column {err.colno})") from None
+    except ValueError as err:  # an integer of more than 4,300 digits
+        raise _RecordError(f"invalid JSON ({err})") from None
+    except RecursionError:
+        raise _RecordError("invalid JSON (nested too deeply)") from None
     if not isinstance(record, dict):
         raise _RecordError(f"expected a JSON object, got {_json_type(record)}")
     try:  # a \ud800-style escape decodes to a lone surrogate, which no later step can encode

@@ -262,3 +262,46 @@ def test_an_input_is_never_the_output(tmp_path):
     ):
         one_line_error(CliRunner().invoke(app, args), "is both an input and the output")
     assert {path: path.read_bytes() for path in before} == before
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda r: r.update(tokens=["a", "b"]),
+        lambda r: r["tokens"][0].update(text=3),
+        lambda r: r["spans"][0].update(token_start="x"),
+        lambda r: r["meta"].update(gold_spans=["x"]),
+        lambda r: r["meta"].update(gold_spans=[{"token_start": "a", "token_end": 1, "label": "X"}]),
+        lambda r: r["meta"].update(influenced="x"),
+        lambda r: r["meta"].update(influenced=[1]),
+        lambda r: r["meta"].update(kind=3),
+        lambda r: r["meta"].update(label=[1]),
+        lambda r: r["meta"].update(suggested_label={}),
+    ],
+)
+def test_report_refuses_fields_of_the_wrong_type_in_one_line(tmp_path, damage):
+    records = ranking()
+    damage(records[0])
+    path = write_jsonl(tmp_path / "ranking.jsonl", records)
+    result = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "page.html")])
+    one_line_error(result, f"{path}:1: ", "has the wrong type")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "a", "tokens": ["x"], "ner_tags": ["O"], "n": ' + "9" * 5000 + "}", "invalid JSON (Exceeds the limit"),
+        ('{"id": "a", "tokens": ["x"], "ner_tags": ["O"], "n": ' + "[" * 100_000 + "]" * 100_000 + "}", "too deeply"),
+    ],
+)
+def test_json_that_python_cannot_parse_is_one_line(tmp_path, line, message):
+    src = tmp_path / "in.jsonl"
+    src.write_text(line + "\n")
+    one_line_error(CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "out.spacy")]), f"{src}:1:", message)
+
+
+def test_a_conll_file_that_is_not_utf8_is_one_line(tmp_path):
+    src = tmp_path / "in.iob"
+    src.write_bytes(b"Anna B-PER\nvisited O\n\nRom\xe9 B-LOC\n")
+    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "out.spacy")])
+    one_line_error(result, f"{src}:4: not UTF-8 text (byte offset 25")

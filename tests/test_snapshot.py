@@ -136,3 +136,38 @@ def test_a_thousand_loads_against_twenty_replacements():
     summary = race("--loads", "1000", "--readers", "2", "--interval", "2")
     replacements = int(summary.split(" replacements")[0].rsplit(" ", 1)[1])
     assert replacements >= 20 and summary.endswith("mixed 0") and "crashed" not in summary, summary
+
+
+class _RunsCode:
+    """Pickled, it calls exec on load: what a crafted weights file can do unless
+    torch.load is restricted to tensors."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def test_crafted_weights_are_refused_not_run(tmp_path, monkeypatch):
+    import io
+
+    import torch
+
+    from spacy_segment_influence import PipelineError
+    from spacy_segment_influence.head import CRFHead, _deserialize_head
+    from spacy_segment_influence.surrogate import surrogate_from_bytes
+
+    real_load = torch.load
+    # torch < 2.6 (setup.cfg allows >= 2.0) loaded arbitrary pickles by default
+    monkeypatch.setattr(
+        torch, "load", lambda *a, weights_only=False, **k: real_load(*a, weights_only=weights_only, **k)
+    )
+    marker = tmp_path / "ran"
+    buffer = io.BytesIO()
+    torch.save({"cfg": _RunsCode(marker), "head": {}}, buffer)
+    with pytest.raises(IndexCorruptError, match="CRF surrogate of 'ner': not a stored tensor state"):
+        surrogate_from_bytes(None, "ner", buffer.getvalue())
+    with pytest.raises(PipelineError, match="crf_ner's CRF head: not a stored tensor state"):
+        _deserialize_head(CRFHead(), buffer.getvalue(), "cpu")
+    assert not marker.exists()
