@@ -17,7 +17,7 @@ from spacy_segment_influence import OutputWriteError, atomic_file
 from spacy_segment_influence.atomic_file import write_atomic
 from spacy_segment_influence.cli import app
 
-from .test_input_checks import SENTENCES, one_line_error
+from .test_input_checks import SENTENCES, ranked_lines
 from .test_review_page import ranking
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,13 +45,18 @@ def inputs(tmp_path: Path) -> dict:
     srsly.write_jsonl(ranking_path, ranking())
     corpus = tmp_path / "corpus.jsonl"
     srsly.write_jsonl(corpus, SENTENCES)
+    corrected = tmp_path / "corrected.jsonl"
+    srsly.write_jsonl(corrected, [{**SENTENCES[0], "ner_tags": ["O"] * 3}, SENTENCES[1]])
+    ranked = tmp_path / "ranked.jsonl"
+    srsly.write_jsonl(ranked, ranked_lines(("a_0", 0, 0), ("a_1", 2, 2)))
     return {
         "report": lambda out: ["report", str(ranking_path), "--out", str(out)],
         "convert": lambda out: ["convert", str(corpus), str(out)],
+        "evaluate-errors": lambda out: ["evaluate-errors", str(ranked), str(corpus), str(corrected), "--out", str(out)],
     }
 
 
-@pytest.mark.parametrize("command", ["report", "convert"])
+@pytest.mark.parametrize("command", ["report", "convert", "evaluate-errors"])
 def test_killed_writer_leaves_the_old_output_whole(tmp_path, command):
     out = tmp_path / "out" / "output"
     args = inputs(tmp_path)[command](out)
@@ -66,7 +71,7 @@ def test_killed_writer_leaves_the_old_output_whole(tmp_path, command):
     assert out.read_bytes() != before and temporaries(out.parent) == []  # the next write removed it
 
 
-@pytest.mark.parametrize("command", ["report", "convert"])
+@pytest.mark.parametrize("command", ["report", "convert", "evaluate-errors"])
 def test_full_disk_is_one_line_and_keeps_the_old_output(tmp_path, monkeypatch, command):
     out = tmp_path / "output"
     args = inputs(tmp_path)[command](out)
@@ -77,7 +82,9 @@ def test_full_disk_is_one_line_and_keeps_the_old_output(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(atomic_file.os, "fsync", full)
     result = CliRunner().invoke(app, args)
-    one_line_error(result, f"{out}: could not write it (No space left on device)")
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.exception
+    (error,) = [line for line in result.output.splitlines() if line.startswith("Error:")]  # after any figures
+    assert f"{out}: could not write it (No space left on device)" in error
     assert out.read_text() == "the previous run" and temporaries(tmp_path) == []
 
 

@@ -214,7 +214,9 @@ def test_index_refuses_a_pipeline_it_did_not_write_and_unknown_files(inputs, tmp
     assert (out / "notes.txt").read_text() == "mine" and answers(out)[0] == 3
     (out / "notes.txt").unlink()
     assert CliRunner().invoke(app, index_args(inputs, out, k=2)).exception is None
-    assert answers(out)[0] == 2 and stat.S_IMODE(out.stat().st_mode) & 0o055  # not private (0700)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert answers(out)[0] == 2 and stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
 
 
 def test_failed_write_leaves_the_old_directory(tmp_path):
