@@ -23,12 +23,11 @@ import errno
 import glob
 import os
 import shutil
-import stat
 import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, List, Optional, Union
 
 import srsly
 
@@ -156,21 +155,24 @@ def _check_replaceable(path: Path, owner: str, inputs: Iterable[Union[str, Path]
 
 def _recover(path: Path) -> None:
     """Remove what killed writers left beside `path`. A writer killed between the two
-    renames of the fallback swap left no `path` but the previous one aside: put it back.
-    Only real directories count: a symlink of that name (dangling or not) is removed."""
-    name = glob.escape(path.name)
-    found = [*path.parent.glob(f".{name}.old-*"), *path.parent.glob(f".{name}.tmp-*")]
-    links = [p for p in found if stat.S_ISLNK(p.lstat().st_mode)]
-    for link in links:
-        link.unlink()
-    old = sorted(
-        (p for p in found if p not in links and p.name.startswith(f".{path.name}.old-")),
-        key=lambda p: p.lstat().st_mtime,
-    )
+    renames of the fallback swap left no `path` but the previous one aside: put it back."""
+    old = sorted(_leftovers(path, "old"), key=lambda p: p.stat().st_mtime)
     if not os.path.lexists(path) and old:
         os.replace(old.pop(), path)
-    for leftover in [*old, *(p for p in found if p not in links and p.name.startswith(f".{path.name}.tmp-"))]:
+    for leftover in [*old, *_leftovers(path, "tmp")]:
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _leftovers(path: Path, kind: str) -> List[Path]:
+    """The `.NAME.<kind>-*` directories beside `path`. Symlinks of such a name (dangling
+    or not) are unlinked, never followed."""
+    found = []
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.{kind}-*"):
+        if leftover.is_symlink():
+            leftover.unlink()
+        else:
+            found.append(leftover)
+    return found
 
 
 def _swap(src: Path, dst: Path) -> None:
