@@ -500,6 +500,7 @@ class SegmentInfluence(Pipe):
     def from_bytes(self, data: bytes, *, exclude: Iterable[str] = tuple()) -> "SegmentInfluence":
         msg = srsly.msgpack_loads(data)
         if "cfg" not in exclude and "cfg" in msg:
+            check_cfg({**self.cfg, **msg["cfg"]}, f"segment_influence {self.name!r}: the serialized cfg")
             self.cfg.update(msg["cfg"])
             self.fingerprint = msg["fingerprint"]
         if "index" not in exclude and "index" in msg:

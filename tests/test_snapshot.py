@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import spacy
+import srsly
 
 from bench.snapshot_race import answers, build, replace_with
 from spacy_segment_influence import IndexCorruptError, IndexOutOfDateError, OutputInUseError, checksums
@@ -171,3 +172,12 @@ def test_crafted_weights_are_refused_not_run(tmp_path, monkeypatch):
     with pytest.raises(PipelineError, match="crf_ner's CRF head: not a stored tensor state"):
         _deserialize_head(CRFHead(), buffer.getvalue(), "cpu")
     assert not marker.exists()
+
+
+def test_a_crafted_cfg_is_refused_from_bytes_too(pipelines):
+    component = spacy.load(pipelines[0]).get_pipe("segment_influence")
+    msg = srsly.msgpack_loads(component.to_bytes())
+    msg["cfg"]["dtype"] = "float33"
+    with pytest.raises(IndexCorruptError, match="the serialized cfg: .*dtype must be one of"):
+        component.from_bytes(srsly.msgpack_dumps(msg))
+    assert component.from_bytes(component.to_bytes()).cfg["dtype"] == "float32"
