@@ -473,6 +473,8 @@ def split_folds_command(
     from .corpus import read_docbin
 
     with _user_errors():
+        for k in range(folds):
+            _check_distinct(out_dir / f"train_{k}.spacy", train_path)
         docs = read_docbin(train_path, spacy.blank("en").vocab)
         paths = write_folds(docs, out_dir, folds, seed)
     for path in paths:

@@ -255,7 +255,11 @@ def test_an_input_is_never_the_output(tmp_path):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", SENTENCES)
     ranked = write_jsonl(tmp_path / "ranking.jsonl", ranking())
     before = {path: path.read_bytes() for path in (corpus, ranked)}
+    folds = tmp_path / "train_1.spacy"
+    assert CliRunner().invoke(app, ["convert", str(corpus), str(folds)]).exception is None
+    before[folds] = folds.read_bytes()
     for args in (
+        ["split-folds", str(folds), str(tmp_path)],
         ["convert", str(corpus), str(corpus)],
         ["report", str(ranked), "--out", str(ranked)],
         ["evaluate-errors", str(ranked), str(corpus), str(corpus), "--out", str(corpus)],
