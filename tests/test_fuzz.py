@@ -122,13 +122,18 @@ def replaced(record, field, value):
     *parents, last = field
     node = record
     for key in parents:
-        inside = isinstance(node, dict) and key in node or isinstance(node, list) and key < len(node)
-        if not inside:
+        if not holds(node, key):
             return record
         node = node[key]
-    if isinstance(node, dict) or isinstance(node, list) and last < len(node):
+    if holds(node, last):
         node[last] = value
     return record
+
+
+def holds(node, key) -> bool:
+    if isinstance(node, dict):
+        return isinstance(key, str) and key in node
+    return isinstance(node, list) and isinstance(key, int) and key < len(node)
 
 
 @st.composite
