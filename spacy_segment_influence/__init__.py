@@ -14,8 +14,9 @@ training corpus, `rank` writes them as review records, `evaluate_ranking` scores
 against corrected labels. `validate` measures how well predicted influence tracks
 retraining. Entity probabilities: `calibrate` fits crf_ner's temperature on held-out
 docs. Pipelines with spaCy's built-in `ner` are explained through a CRF surrogate
-(`fit_surrogate`, `agreement`; `segment_influence` fits one by itself). Errors a user can
-cause derive from `SegmentInfluenceError`.
+(`fit_surrogate`, `agreement`; `segment_influence` fits one by itself). `load_snapshot`
+loads a pipeline written by `segment-influence index` while another run may replace it.
+Errors a user can cause derive from `SegmentInfluenceError`.
 """
 
 from . import callbacks  # noqa: F401  (registers the callbacks the shipped configs name)
@@ -44,12 +45,14 @@ from .exceptions import (
     MisalignedEntityWarning,
     MissingExtraError,
     OutputInUseError,
+    OutputWriteError,
     PipelineError,
     SegmentInfluenceError,
     SegmentInfluenceWarning,
     UnknownLabelWarning,
 )
 from .index import SegmentIndex
+from .snapshot import load_snapshot
 from .surrogate import agreement, fit_surrogate
 from .tagger import CRFEntityRecognizer
 from .validate import validate
@@ -73,6 +76,7 @@ __all__ = [
     "MissingExtraError",
     "MisalignedEntityWarning",
     "OutputInUseError",
+    "OutputWriteError",
     "PipelineError",
     "SegmentIndex",
     "SegmentInfluence",
@@ -85,6 +89,7 @@ __all__ = [
     "evaluate_ranking",
     "fit_surrogate",
     "held_out_indices",
+    "load_snapshot",
     "rank",
     "split_folds",
     "validate",

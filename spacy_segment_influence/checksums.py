@@ -9,7 +9,7 @@ table itself, so a damaged manifest is recognised as such too.
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Iterable, Optional
 
 import srsly
 
@@ -19,12 +19,14 @@ MANIFEST = "checksums.json"
 _CHUNK = 1 << 20
 
 
-def write_manifest(directory: Path) -> None:
-    """Digest every file of `directory` (written, not yet published) into its manifest."""
+def write_manifest(directory: Path, names: Optional[Iterable[str]] = None) -> None:
+    """Digest the files `names` (paths relative to `directory`; default: every file
+    directly in it) of `directory` (written, not yet published) into its manifest."""
+    if names is None:
+        names = [path.name for path in directory.iterdir() if path.is_file() and path.name != MANIFEST]
     files = {
-        path.name: {"bytes": path.stat().st_size, "sha256": file_digest(path)}
-        for path in sorted(directory.iterdir())
-        if path.is_file() and path.name != MANIFEST
+        name: {"bytes": (directory / name).stat().st_size, "sha256": file_digest(directory / name)}
+        for name in sorted(names)
     }
     srsly.write_json(directory / MANIFEST, {"files": files, "sha256": _table_digest(files)})
 

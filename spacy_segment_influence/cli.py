@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Union
 import typer
 from typer.core import TyperCommand
 
+from .atomic_file import write_atomic
 from .curvature import CURVATURES
 from .exceptions import ConfigError, DataError, PipelineError, SegmentInfluenceError
 from .fidelity_metrics import METHODS, PLOT_INSTALL
@@ -82,10 +83,15 @@ def convert(
     from .corpus import SCHEMES, convert_corpus
 
     with _user_errors():
+        _check_distinct(output_path, input_path)
         if scheme not in (*SCHEMES, "auto"):
             raise ConfigError(f"Unknown --scheme {scheme!r}: use auto, {', '.join(SCHEMES)}")
         n_docs = convert_corpus(input_path, output_path, lang=lang, file_format=file_format, scheme=scheme)
     typer.echo(f"Wrote {n_docs} docs to {output_path}")
+
+
+# Who `index` names as the writer of OUTPUT_DIR in its marker (`atomic_dir.MARKER`)
+INDEX_OWNER = "segment-influence index"
 
 
 @app.command()
@@ -130,8 +136,10 @@ def index(
         "dtype": dtype,
         "device": device,
     }
-    # the whole of OUTPUT_DIR is replaced at once, and only when everything succeeded
-    with _user_errors(), replaced_dir(output_dir) as building:
+    # the whole of OUTPUT_DIR is replaced at once, only when everything succeeded, and only
+    # when it is new, empty or was written by `index` (never a directory holding the inputs)
+    inputs = [model_dir, train_path, *([dev] if dev is not None else [])]
+    with _user_errors(), replaced_dir(output_dir, INDEX_OWNER, inputs) as building:
         check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=False)
         # an index MODEL_DIR already has is replaced, so it is not read: it may be damaged or outdated
         nlp = spacy.load(model_dir, exclude=["segment_influence"])
@@ -160,19 +168,21 @@ def explain(
     """Show the training spans behind each predicted entity.
 
     For every predicted entity, the training spans that support and oppose it most."""
-    import spacy
     import srsly
 
     from . import bridge
+    from .component import check_k
     from .corpus import read_docbin
     from .explain_table import format_influences
+    from .snapshot import load_snapshot
 
     with _user_errors():
         if (text is None) == (docs is None):
             raise ConfigError("Give either TEXT or --docs X.spacy")
-        if k < 1:
-            raise ConfigError(f"--k must be >= 1, got {k}")
-        nlp = spacy.load(model_dir)
+        check_k(k, "explain --k")
+        if limit < 0:
+            raise ConfigError(f"--limit must be >= 0 (0 = all), got {limit}")
+        nlp = load_snapshot(model_dir)
         if "segment_influence" not in nlp.pipe_names:
             raise PipelineError(f"{model_dir} has no segment_influence component: run `segment-influence index` first")
         cast("SegmentInfluence", nlp.get_pipe("segment_influence")).cfg.update(k=k, refine=refine)
@@ -237,6 +247,8 @@ def validate(
     from .validate import validate as run_validation
 
     with _user_errors():
+        _check_distinct(out, train_path, dev_path)
+        _check_distinct(plot, train_path, dev_path, out)
         if plot is not None and importlib.util.find_spec("matplotlib") is None:
             raise ConfigError(f"--plot needs matplotlib: {PLOT_INSTALL}")
     typer.echo(
@@ -266,8 +278,10 @@ def validate(
         if surrogate is not None:
             result["settings"]["surrogate_agreement"] = agreement(nlp, ner, surrogate, dev_docs)
             typer.echo(f"CRF surrogate of {ner!r}: {result['settings']['surrogate_agreement']}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    srsly.write_json(out, {key: result[key] for key in ("methods", "settings", "diagnostics")})
+    with _user_errors():
+        write_atomic(
+            out, srsly.json_dumps({key: result[key] for key in ("methods", "settings", "diagnostics")}, indent=2)
+        )
     for method, groups in result["methods"].items():
         cells = "  ".join(
             f"{group}: pearson {m['pearson']:.3f} spearman {m['spearman']:.3f} "
@@ -334,7 +348,7 @@ def lds(
             log=lambda line: typer.echo(line, err=True),
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    srsly.write_json(out, result)
+    write_atomic(out, srsly.json_dumps(result, indent=2))
     settings = result["settings"]
     noise = (
         f"seed noise {settings['seed_variance_share']:.2f} of the variance (ceiling ~{settings['noise_ceiling']:.2f})"
@@ -354,6 +368,14 @@ def _summary(summary: dict) -> str:
     if summary["mean"] is None:
         return "undefined (n=0)"
     return f"{summary['mean']:.3f} [{summary['low']:.3f}, {summary['high']:.3f}] (n={summary['n_defined']})"
+
+
+def _check_distinct(out: Optional[Path], *inputs: Optional[Path]) -> None:
+    """ConfigError when the output is one of the inputs: it would be overwritten by what is
+    computed from it."""
+    for given in inputs:
+        if out is not None and given is not None and out.exists() and given.exists() and out.samefile(given):
+            raise ConfigError(f"{out} is both an input and the output: write the output to another path")
 
 
 @contextmanager
@@ -452,6 +474,7 @@ def find_errors(
     from .corpus import read_docbin
 
     with _user_errors():
+        _check_distinct(out, train_path, dev, reviewed, fold_config, *fold_train)
         if len(fold_model) != len(fold_train):
             raise ConfigError(f"{len(fold_model)} --fold-model but {len(fold_train)} --fold-train: give one per fold")
         nlp = spacy.load(model_dir)
@@ -493,7 +516,8 @@ def find_errors(
             finder = ErrorFinder(nlp, train_docs, dev_docs, ner=ner, curvature=curvature, damping=damping, seed=seed)
         decisions, loop = None, None
         if reviewed is not None:
-            decisions = read_decisions(reviewed)
+            texts = {doc.user_data.get("id", str(i)): doc.text for i, doc in enumerate(train_docs)}
+            decisions = read_decisions(reviewed, texts)
             loop = ReviewLoop(finder.full if isinstance(finder, CrossFitFinder) else finder, similarity)
             _, labels, unknown = loop.positions(decisions)
             typer.echo(
@@ -501,8 +525,8 @@ def find_errors(
                 + (f"; {unknown} of them on regions that are no candidate now, not used" if unknown else "")
             )
         records = rank(finder, method, k=k, decisions=decisions, review_loop=loop)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    srsly.write_jsonl(out, records)
+    with _user_errors():
+        write_atomic(out, "".join(srsly.json_dumps(record) + "\n" for record in records))
     how = f", cross-fitted over {finder.n_models} fold models" if isinstance(finder, CrossFitFinder) else ""
     how += f", re-ranked from {len(decisions)} decisions" if decisions else ""
     typer.echo(f"Ranked {len(records)} candidates by {method}{how}; wrote {out}")
@@ -525,6 +549,8 @@ def split_folds_command(
     from .corpus import read_docbin
 
     with _user_errors():
+        for k in range(folds):
+            _check_distinct(out_dir / f"train_{k}.spacy", train_path)
         docs = read_docbin(train_path, spacy.blank("en").vocab)
         paths = write_folds(docs, out_dir, folds, seed)
     for path in paths:
@@ -559,17 +585,18 @@ def evaluate_errors(
     import srsly
 
     from .annotation_errors import Corrections, compare_rankings, evaluate_ranking, ranked_regions
-    from .corpus import read_jsonl_records
+    from .annotation_errors.records import read_ranking_records
 
     def regions(path: Path) -> list:
-        ranked = ranked_regions(record for _, record in read_jsonl_records(path))
+        ranked = ranked_regions(record for _, record in read_ranking_records(path))
         if not ranked:
             raise DataError(f"{path}: the ranking is empty, there is nothing to evaluate")
         return ranked
 
     with _user_errors():
-        corrections = Corrections.from_files(original, corrected)
+        _check_distinct(out, ranking, original, corrected, *against)
         ranked = regions(ranking)
+        corrections = Corrections.from_files(original, corrected)
         metrics: dict = evaluate_ranking(ranked, corrections)
         comparisons = {str(other): compare_rankings(ranked, regions(other), corrections, n_boot) for other in against}
     for name, value in metrics.items():
@@ -579,10 +606,10 @@ def evaluate_errors(
         for name, (diff, low, high) in differences.items():
             typer.echo(f"  {name:<32} {diff:+.4f}  [{low:+.4f}, {high:+.4f}]")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
         if comparisons:
             metrics["against"] = {o: {k: list(v) for k, v in d.items()} for o, d in comparisons.items()}
-        srsly.write_json(out, metrics)
+        with _user_errors():
+            write_atomic(out, srsly.json_dumps(metrics, indent=2))
 
 
 @app.command()
@@ -598,12 +625,13 @@ def report(
     from .review_page import read_ranking, render_review_page
 
     with _user_errors():
+        _check_distinct(out, ranking)
         records, sentences, total = read_ranking(ranking, limit)
         page = render_review_page(
             records, sentences, title=f"Review of {ranking.name}", export_name=f"{ranking.stem}.reviewed.jsonl"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf8")
+    with _user_errors():
+        write_atomic(out, page)
     typer.echo(f"Wrote {len(records)} of the {total} candidates to {out}")
 
 

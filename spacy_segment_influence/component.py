@@ -31,7 +31,14 @@ from . import bridge, checksums, removal
 from .corpus import read_docbin
 from .curvature import CURVATURES, CurvatureName, curvature_class
 from .entity_scores import Entity, ScoredEntity, probabilities_from_features, set_entity_scores
-from .exceptions import ConfigError, DataError, IndexFormatError, IndexMissingError, IndexOutOfDateError
+from .exceptions import (
+    ConfigError,
+    DataError,
+    IndexCorruptError,
+    IndexFormatError,
+    IndexMissingError,
+    IndexOutOfDateError,
+)
 from .index import DTYPES, IndexDtype, SegmentIndex
 from .index_build import build_shard, fit_index
 from .known_labels import check_known_labels
@@ -121,6 +128,16 @@ def make_segment_influence(
     )
 
 
+# More supporters and opposers per entity than a reader can use; a larger k is a typo
+K_MAX = 1000
+
+
+def check_k(k: Any, where: str) -> None:
+    """ConfigError unless k is an integer in 1..K_MAX (1.5, "5", True and 100000 are not)."""
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= K_MAX:
+        raise ConfigError(f"{where}: k must be an integer from 1 to {K_MAX}, got {k!r}")
+
+
 def check_settings(*, curvature: str, granularity: str, k: int, dtype: str, refine: bool) -> None:
     """ConfigError for settings `segment_influence` does not accept, before any work is done
     (spaCy's own validation of a config's Literal values gives a less readable message)."""
@@ -128,12 +145,41 @@ def check_settings(*, curvature: str, granularity: str, k: int, dtype: str, refi
         raise ConfigError(f"segment_influence: curvature must be one of {tuple(CURVATURES)}, got {curvature!r}")
     if granularity not in _GRANULARITIES:
         raise ConfigError(f"segment_influence: granularity must be one of {_GRANULARITIES}, got {granularity!r}")
-    if k < 1:
-        raise ConfigError(f"segment_influence: k must be >= 1, got {k}")
+    check_k(k, "segment_influence")
     if dtype not in DTYPES:
         raise ConfigError(f"segment_influence: dtype must be one of {DTYPES}, got {dtype!r}")
     if refine and not curvature_class(curvature).refinable:
         raise ConfigError(f"segment_influence: refine needs curvature 'exact', got {curvature!r}")
+
+
+# The types of the component's settings, as its factory declares them; checked when a
+# stored cfg is loaded (it is data, not code spaCy validated).
+_CFG_TYPES: Dict[str, Tuple[type, ...]] = {
+    "ner": (str,),
+    "k": (int,),
+    "curvature": (str,),
+    "damping": (int, float),
+    "normalize": (bool,),
+    "granularity": (str,),
+    "dtype": (str,),
+    "batch_size": (int,),
+    "refine": (bool,),
+}
+
+
+def check_cfg(cfg: Dict[str, Any], where: str) -> None:
+    """IndexCorruptError naming `where` when a stored cfg has a setting of the wrong type or
+    value (`k = "5"`, `dtype = "float33"`, `k = 0`)."""
+    for key, types in _CFG_TYPES.items():
+        value = cfg.get(key)
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            raise IndexCorruptError(f"{where}: {key} = {value!r} is not a {types[0].__name__}; re-index")
+    if cfg["batch_size"] < 1 or cfg["damping"] < 0:
+        raise IndexCorruptError(f"{where}: batch_size must be >= 1 and damping >= 0; re-index")
+    try:
+        check_settings(**{key: cfg[key] for key in ("curvature", "granularity", "k", "dtype", "refine")})
+    except ConfigError as err:
+        raise IndexCorruptError(f"{where}: {err}; re-index") from None
 
 
 class SegmentInfluence(Pipe):
@@ -312,8 +358,8 @@ class SegmentInfluence(Pipe):
         about (default: the span's label, else that of the predicted entity with the same
         boundaries, else "O"); "O" asks "why is this NOT an entity?". The doc's other
         predicted entities keep their labels."""
-        if k is not None and k < 1:
-            raise ConfigError(f"segment_influence.explain: k must be >= 1, got {k}")
+        if k is not None:
+            check_k(k, "segment_influence.explain")
         query, entities = self._labelled_query(span, label)
         self.check_index()
         doc = span.doc
@@ -433,21 +479,38 @@ class SegmentInfluence(Pipe):
     # -- serialization -------------------------------------------------------------------
     # Two fields, as spaCy pipes name theirs for `exclude`: "cfg" (settings and the weights'
     # fingerprint) and "index" (the stored gradients, the large part).
+    # One manifest (`checksums.json`) digests cfg (which holds the fingerprint), surrogate and
+    # the index's own manifest (which digests every index file): files from two writes or
+    # two runs do not load together.
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        written = []
         if self.index is not None and "index" not in exclude:
             self.index.to_disk(path / "index")
+            written.append(f"index/{checksums.MANIFEST}")
         if self._surrogate_bytes is not None and "index" not in exclude:
             (path / "surrogate").write_bytes(self._surrogate_bytes)
+            written.append("surrogate")
         if "cfg" not in exclude:
             srsly.write_json(path / "cfg", {**self.cfg, "fingerprint": self.fingerprint})
+            written.append("cfg")
+        checksums.write_manifest(path, written)
 
     def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "SegmentInfluence":
         path = Path(path)
+        if not (path / checksums.MANIFEST).exists():
+            raise IndexFormatError(
+                f"{path}: written by an older version, without the checksums that tie its cfg and index "
+                "together; re-index (`segment-influence index`)"
+            )
+        checksums.verify(path)
         if "cfg" not in exclude:
             cfg = checksums.read_json(path / "cfg")
+            if not isinstance(cfg, dict) or "fingerprint" not in cfg:
+                raise IndexCorruptError(f"{path / 'cfg'}: not a segment_influence cfg; re-index")
             self.fingerprint = cfg.pop("fingerprint")
+            check_cfg({**self.cfg, **cfg}, str(path / "cfg"))
             self.cfg.update(cfg)
         if "index" not in exclude:
             self.index = SegmentIndex.from_disk(path / "index") if (path / "index").exists() else None
@@ -467,6 +530,7 @@ class SegmentInfluence(Pipe):
     def from_bytes(self, data: bytes, *, exclude: Iterable[str] = tuple()) -> "SegmentInfluence":
         msg = srsly.msgpack_loads(data)
         if "cfg" not in exclude and "cfg" in msg:
+            check_cfg({**self.cfg, **msg["cfg"]}, f"segment_influence {self.name!r}: the serialized cfg")
             self.cfg.update(msg["cfg"])
             self.fingerprint = msg["fingerprint"]
         if "index" not in exclude and "index" in msg:

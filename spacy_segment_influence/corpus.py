@@ -10,10 +10,8 @@ own `ner` converter.
 """
 
 import json
-import os
 import re
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Tuple
 
@@ -25,6 +23,7 @@ from spacy.training.converters import conll_ner_to_docs
 from spacy.training.iob_utils import doc_to_biluo_tags, tags_to_entities
 from spacy.vocab import Vocab
 
+from .atomic_file import write_atomic
 from .exceptions import BIORepairWarning, ConfigError, CorpusFormatError, CorpusNotFoundError, DataError
 
 SCHEMES = ("bio", "biluo", "io")
@@ -34,6 +33,7 @@ _TAG_RES = {
     "io": re.compile(r"O|\S+"),
 }
 _EXPECTED = {"bio": "O, B-LABEL or I-LABEL", "biluo": "O, B-, I-, L- or U-LABEL", "io": "O or a label"}
+_PREFIX_RE = re.compile(r"^[BILU]-\S")
 _WHITESPACE_RE = re.compile(r"\s")
 _NO_SPACE_BEFORE = {",", ".", ")", "]", "}", ";", ":", "!", "?", "%", "'", "'s", "'S", "n't", "N'T"}
 _NO_SPACE_AFTER = {"(", "[", "{"}
@@ -60,20 +60,28 @@ class _RecordError(Exception):
 
 def detect_scheme(path: Path) -> str:
     """The tag scheme of a JSONL corpus: "biluo" if any tag starts with L- or U-, "io"
-    if any tag other than O has no B-/I-/L-/U- prefix, else "bio"."""
-    found = "bio"
-    for _, record in read_jsonl_records(Path(path)):
+    if the tags other than O have no B-/I-/L-/U- prefix, else "bio". A file with both
+    (one "B_MISC" typo among BIO lines would otherwise turn "B-LOC" into a label) is
+    refused with a CorpusFormatError naming the lines of the smaller side."""
+    prefixed: List[int] = []
+    bare: List[int] = []
+    biluo = False
+    for line_no, record in read_jsonl_records(Path(path)):
         tags = record.get("ner_tags")
-        if not isinstance(tags, list):
-            continue
-        for tag in tags:
-            if not isinstance(tag, str) or tag == "O":
-                continue
-            if re.match(r"^[LU]-\S", tag):
-                found = "biluo"
-            elif not re.match(r"^[BILU]-\S", tag):
-                return "io"
-    return found
+        entity_tags = [t for t in tags if isinstance(t, str) and t != "O"] if isinstance(tags, list) else []
+        if any(_PREFIX_RE.match(tag) for tag in entity_tags):
+            prefixed.append(line_no)
+            biluo = biluo or any(re.match(r"^[LU]-\S", tag) for tag in entity_tags)
+        if any(not _PREFIX_RE.match(tag) for tag in entity_tags):
+            bare.append(line_no)
+    if prefixed and bare:
+        odd, kind = (bare, "bare labels (IO)") if len(bare) <= len(prefixed) else (prefixed, "B-/I- prefixes")
+        lines = ", ".join(map(str, odd[:5])) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
+        raise CorpusFormatError(
+            f"{path}: mixed tag schemes: line(s) {lines} have {kind}, the other tagged lines do not; "
+            "fix those lines or pass --scheme"
+        )
+    return "io" if bare else "biluo" if biluo else "bio"
 
 
 def read_jsonl_docs(path: Path, vocab: Vocab, scheme: str = "bio") -> Iterator[Doc]:
@@ -145,7 +153,16 @@ def read_iob_docs(path: Path, vocab: Vocab) -> Iterator[Doc]:
     path = Path(path)
     if not path.is_file():
         raise CorpusNotFoundError(f"{path}: no such file")
-    text = _DOCSTART_RE.sub(_SPACY_DOCSTART, path.read_text(encoding="utf-8-sig"))
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise CorpusFormatError(
+            f"{path}:{line}: not UTF-8 text (byte offset {err.start} in the file: "
+            f"{raw[err.start : err.start + 1]!r}); re-save it as UTF-8"
+        ) from None
+    text = _DOCSTART_RE.sub(_SPACY_DOCSTART, text)
     try:
         documents = list(conll_ner_to_docs(text, n_sents=10, no_print=True))
     except (ValueError, KeyError) as err:
@@ -209,19 +226,16 @@ def read_docbin(path: Path, vocab: Vocab) -> List[Doc]:
 def write_jsonl_docs(docs: Iterable[Doc], path: Path) -> int:
     """Export Docs as BIO JSONL (the inverse of `read_jsonl_docs`); returns the
     number of lines. Docs without `user_data["id"]` get the id `doc_{i}`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n_docs = 0
-    with _replaced_on_success(path) as tmp_path, tmp_path.open("w", encoding="utf8") as file_:
-        for i, doc in enumerate(docs):
-            record = {
-                "id": doc.user_data.get("id", f"doc_{i}"),
-                "tokens": [token.text for token in doc],
-                "ner_tags": doc_to_bio(doc),
-            }
-            file_.write(json.dumps(record, ensure_ascii=False) + "\n")
-            n_docs += 1
-    return n_docs
+    lines = [
+        json.dumps(
+            {"id": doc.user_data.get("id", f"doc_{i}"), "tokens": [t.text for t in doc], "ner_tags": doc_to_bio(doc)},
+            ensure_ascii=False,
+        )
+        + "\n"
+        for i, doc in enumerate(docs)
+    ]
+    write_atomic(path, "".join(lines))
+    return len(lines)
 
 
 def convert_corpus(
@@ -238,10 +252,7 @@ def convert_corpus(
         doc_bin.add(doc)
     if not len(doc_bin):
         raise DataError(f"{input_path}: no sentences to convert (the file is empty or blank)")
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    with _replaced_on_success(output_path) as tmp_path:
-        doc_bin.to_disk(tmp_path)
+    write_atomic(output_path, doc_bin.to_bytes())
     return len(doc_bin)
 
 
@@ -327,6 +338,10 @@ def _json_object(line: str) -> Dict[str, Any]:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         raise _RecordError(f"invalid JSON ({err.msg} at column {err.colno})") from None
+    except ValueError as err:  # an integer of more than 4,300 digits
+        raise _RecordError(f"invalid JSON ({err})") from None
+    except RecursionError:
+        raise _RecordError("invalid JSON (nested too deeply)") from None
     if not isinstance(record, dict):
         raise _RecordError(f"expected a JSON object, got {_json_type(record)}")
     try:  # a \ud800-style escape decodes to a lone surrogate, which no later step can encode
@@ -401,16 +416,3 @@ def _guess_spaces(tokens: List[str]) -> List[bool]:
         for token, next_token in zip(tokens, tokens[1:])
     ]
     return spaces + [False]
-
-
-@contextmanager
-def _replaced_on_success(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` that replaces `path` only if the block
-    succeeds, so readers never see a half-written file."""
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()

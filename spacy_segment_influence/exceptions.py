@@ -62,6 +62,11 @@ class OutputInUseError(SegmentInfluenceError, RuntimeError):
     """Another process is writing the same output directory."""
 
 
+class OutputWriteError(SegmentInfluenceError, OSError):
+    """An output could not be written (full disk, no permission); the previous output, if
+    any, is left as it was."""
+
+
 class MissingExtraError(SegmentInfluenceError, ImportError):
     """An option needs a package from one of the optional extras (e.g. `--ray` needs
     `pip install spacy-segment-influence[ray]`)."""

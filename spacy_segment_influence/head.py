@@ -2,8 +2,9 @@
 head through thinc's PyTorchWrapper. The head holds the emission layer W h + b and the
 CRF's transition, start and end scores; the CRF math lives in `crf.py`."""
 
+import pickle
 from io import BytesIO
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Type
 
 import torch
 from spacy.tokens import Doc
@@ -11,7 +12,7 @@ from spacy.util import registry
 from thinc.api import Model, PyTorchWrapper_v3, chain
 from thinc.types import ArgsKwargs, Floats2d
 
-from .exceptions import PipelineError
+from .exceptions import PipelineError, SegmentInfluenceError
 
 
 class CRFHead(torch.nn.Module):
@@ -48,8 +49,19 @@ class CRFHead(torch.nn.Module):
         return torch.nn.functional.linear(features, self.weight, self.bias)
 
 
+def load_state(data: bytes, device: Any, what: str, error: Type[SegmentInfluenceError] = PipelineError) -> Any:
+    """`torch.load` restricted to tensors and plain containers (`weights_only=True`, not left
+    to torch's default, which is False before torch 2.6): a crafted file cannot run code.
+    `error` naming `what` for anything else."""
+    try:
+        return torch.load(BytesIO(data), map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise error(f"{what}: not a stored tensor state, refused to load it ({reason})") from None
+
+
 def _deserialize_head(head: CRFHead, state_bytes: bytes, device: Any) -> CRFHead:
-    state = torch.load(BytesIO(state_bytes), map_location=device)
+    state = load_state(state_bytes, device, "crf_ner's CRF head")
     n_tags, n_features = state["weight"].shape
     head.resize(n_features, n_tags)
     head.load_state_dict(state)

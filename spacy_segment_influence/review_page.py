@@ -33,7 +33,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from spacy.displacy.render import DEFAULT_LABEL_COLORS
 
-from .corpus import read_jsonl_records
+from .annotation_errors.records import read_ranking_records
 from .exceptions import CorpusFormatError
 
 SentenceKey = Tuple[Optional[str], Optional[int]]  # meta.doc_id, meta.doc_index
@@ -83,9 +83,8 @@ def read_ranking(path: Path, limit: int = 0) -> Tuple[List[dict], Dict[SentenceK
 
     def checked() -> Iterable[dict]:
         nonlocal count
-        for line_no, record in read_jsonl_records(path):
+        for _, record in read_ranking_records(path, _check):
             count += 1
-            _check(record, f"{path}:{line_no}")
             if not limit or len(records) < limit:
                 records.append(record)
             yield record
@@ -126,6 +125,46 @@ def _check(record: dict, where: str) -> None:
             f"{where}: expected a string text, a list of tokens and a meta object (doc_id, doc_index, span "
             "lists): was it written by find-errors?"
         )
+    wrong = _wrong_field(record)
+    if wrong:
+        raise CorpusFormatError(f"{where}: {wrong} has the wrong type: was it written by find-errors?")
+
+
+def _wrong_field(record: dict) -> Optional[str]:
+    """The first field of a review record that the page cannot render, None when all fit."""
+    meta = record["meta"]
+    if not all(isinstance(token, dict) and isinstance(token.get("text"), str) for token in record["tokens"]):
+        return "tokens (objects with a string text)"
+    for key in ("spans", *_SPAN_LISTS):
+        spans = record["spans"][:1] if key == "spans" else meta.get(key, [])
+        offsets = ("start", "end") if key in ("gold_spans", "suggested_spans") else ()
+        for span in spans:
+            if not (
+                isinstance(span, dict)
+                and all(_is_int(span.get(field)) for field in ("token_start", "token_end", *offsets))
+                and 0 <= span["token_start"] <= span["token_end"]
+                and isinstance(span.get("label"), str)
+            ):
+                return f"{key} (token_start <= token_end, label)"
+    for key in ("kind", "label", "suggested_label", "method"):
+        if key in meta and not isinstance(meta[key], str):
+            return f"meta.{key}"
+    influenced = meta.get("influenced", [])
+    if not isinstance(influenced, list) or not all(
+        isinstance(item, dict)
+        and isinstance(item.get("score"), (int, float))
+        and not isinstance(item.get("score"), bool)
+        and all(isinstance(item.get(field, ""), str) for field in ("text", "label", "left", "right"))
+        and "text" in item
+        and "label" in item
+        for item in influenced
+    ):
+        return "meta.influenced"
+    return None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def render_review_page(

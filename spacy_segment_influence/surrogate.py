@@ -20,8 +20,8 @@ from thinc.api import Model
 
 from . import bridge, crf
 from .entity_scores import Entity
-from .exceptions import DataError, PipelineError
-from .head import build_crf_tagger
+from .exceptions import DataError, IndexCorruptError, PipelineError
+from .head import build_crf_tagger, load_state
 from .segments import labelled_batch, mean_nll
 from .tagger import CRFEntityRecognizer
 from .validate import refit_head
@@ -116,7 +116,7 @@ def surrogate_to_bytes(surrogate: CRFEntityRecognizer) -> bytes:
 
 
 def surrogate_from_bytes(nlp: Language, ner_name: str, data: bytes) -> CRFEntityRecognizer:
-    state = torch.load(io.BytesIO(data), map_location="cpu")
+    state = load_state(data, "cpu", f"the CRF surrogate of {ner_name!r}", IndexCorruptError)
     surrogate = build_surrogate(nlp, ner_name, state["cfg"]["labels"], state["cfg"]["scheme"])
     n_tags, n_features = state["head"]["weight"].shape
     _size(surrogate, n_features)

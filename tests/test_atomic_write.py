@@ -2,6 +2,11 @@
 any point leaves the previous OUT loading and answering as before, and concurrent writers
 to one OUT are refused, not interleaved."""
 
+import errno
+import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
 import textwrap
@@ -12,7 +17,7 @@ import spacy
 from spacy.tokens import DocBin
 from typer.testing import CliRunner
 
-from spacy_segment_influence import OutputInUseError, atomic_dir
+from spacy_segment_influence import ConfigError, OutputInUseError, atomic_dir
 from spacy_segment_influence.atomic_dir import replaced_dir
 from spacy_segment_influence.cli import app
 
@@ -132,7 +137,7 @@ def test_second_writer_is_refused_in_one_line(inputs, tmp_path):
     with atomic_dir._locked(out.absolute()):  # another writer holds OUT
         result = CliRunner().invoke(app, index_args(inputs, out, model="model_b", k=2))
         with pytest.raises(OutputInUseError, match="being written by another process"):
-            with replaced_dir(out):
+            with replaced_dir(out, "test"):
                 pass
     assert isinstance(result.exception, SystemExit) and result.exit_code == 1
     assert "being written by another process" in result.output and len(result.output.strip().splitlines()) == 1
@@ -161,36 +166,104 @@ def test_refuses_to_replace_a_directory_that_is_not_a_pipeline(inputs, tmp_path)
     (out / "thesis.tex").write_text("precious")
     result = CliRunner().invoke(app, index_args(inputs, out))
     assert isinstance(result.exception, SystemExit) and result.exit_code == 1
-    assert "not a spaCy pipeline" in result.output and (out / "thesis.tex").read_text() == "precious"
+    assert "was not written by segment-influence index" in result.output
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+def user_project(inputs: Path, root: Path) -> Path:
+    """The issue's project directory: a pipeline's config.cfg beside the user's model,
+    training corpus and notes."""
+    shutil.copytree(inputs / "model_a", root / "model-best")
+    shutil.copy(inputs / "model_a" / "config.cfg", root / "config.cfg")
+    shutil.copy(inputs / "train.spacy", root / "train.spacy")
+    (root / "notes").mkdir()
+    (root / "notes" / "thesis.txt").write_text("x")
+    return root
+
+
+def tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("cwd", [False, True])
+def test_index_never_deletes_a_directory_holding_its_inputs(inputs, tmp_path, monkeypatch, cwd):
+    project = user_project(inputs, tmp_path / "P")
+    before = tree(project)
+    if cwd:  # `cd P && segment-influence index model-best train.spacy .`
+        monkeypatch.chdir(project)
+        args = ["index", "model-best", "train.spacy", "."]
+    else:
+        args = ["index", str(project / "model-best"), str(project / "train.spacy"), str(project)]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1
+    assert "which replacing it would delete" in result.output and len(result.output.strip().splitlines()) == 1
+    assert tree(project) == before
+
+
+def test_index_refuses_a_pipeline_it_did_not_write_and_unknown_files(inputs, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(inputs / "model_a", out)  # a pipeline, but not one `index` wrote
+    result = CliRunner().invoke(app, index_args(inputs, out))
+    assert result.exit_code == 1 and "was not written by segment-influence index" in result.output
+    shutil.rmtree(out)
+    assert CliRunner().invoke(app, index_args(inputs, out)).exception is None
+    assert json.loads((out / atomic_dir.MARKER).read_text())["written_by"] == "segment-influence index"
+    (out / "notes.txt").write_text("mine")  # the user adds a file to an indexed pipeline
+    result = CliRunner().invoke(app, index_args(inputs, out, k=2))
+    assert result.exit_code == 1 and "holds notes.txt, which segment-influence index did not write" in result.output
+    assert (out / "notes.txt").read_text() == "mine" and answers(out)[0] == 3
+    (out / "notes.txt").unlink()
+    assert CliRunner().invoke(app, index_args(inputs, out, k=2)).exception is None
+    umask = os.umask(0)
+    os.umask(umask)
+    assert answers(out)[0] == 2 and stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
 
 
 def test_failed_write_leaves_the_old_directory(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "config.cfg").write_text("old")
+    with replaced_dir(out, "test") as building:
+        (building / "config.cfg").write_text("old")
     with pytest.raises(RuntimeError):
-        with replaced_dir(out) as building:
+        with replaced_dir(out, "test") as building:
             (building / "config.cfg").write_text("new")
             raise RuntimeError("interrupted")
     assert (out / "config.cfg").read_text() == "old" and leftovers(out) == []
-    with replaced_dir(out) as building:
+    with replaced_dir(out, "test") as building:
         (building / "config.cfg").write_text("new")
     assert (out / "config.cfg").read_text() == "new" and leftovers(out) == []
+
+
+def test_dangling_leftover_symlink_and_symlinked_lock(tmp_path):
+    """A dangling `.OUT.old-*` symlink is removed, not followed; a symlink at the lock's name
+    is refused in one line rather than followed to its target."""
+    out = tmp_path / "out"
+    (tmp_path / ".out.old-1").symlink_to(tmp_path / "gone")
+    with replaced_dir(out, "test") as building:
+        (building / "config.cfg").write_text("new")
+    assert (out / "config.cfg").read_text() == "new" and leftovers(out) == []
+    target = tmp_path / "victim.txt"
+    target.write_text("keep")
+    (tmp_path / ".out.lock").unlink()
+    (tmp_path / ".out.lock").symlink_to(target)
+    with pytest.raises(ConfigError, match="writer lock"):
+        with replaced_dir(out, "test"):
+            pass
+    assert target.read_text() == "keep"
 
 
 def test_fallback_swap_recovers_the_previous_directory(tmp_path, monkeypatch):
     """Without renameat2, a writer killed between its two renames leaves OUT aside; the
     next writer puts it back before doing anything else."""
     out = tmp_path / "out"
-    aside = tmp_path / ".out.old-1234"  # as a kill between the two renames leaves it
-    aside.mkdir()
-    (aside / "config.cfg").write_text("old")
+    with replaced_dir(tmp_path / "aside", "test") as building:
+        (building / "config.cfg").write_text("old")
+    (tmp_path / "aside").rename(tmp_path / ".out.old-1234")  # as a kill between the two renames leaves it
     monkeypatch.setattr(atomic_dir, "_exchange", lambda a, b: False)
     with pytest.raises(RuntimeError):
-        with replaced_dir(out):
+        with replaced_dir(out, "test"):
             assert (out / "config.cfg").read_text() == "old"
             raise RuntimeError("stop")
-    with replaced_dir(out) as building:
+    with replaced_dir(out, "test") as building:
         (building / "config.cfg").write_text("new")
     assert (out / "config.cfg").read_text() == "new" and leftovers(out) == []
 
@@ -199,6 +272,22 @@ def test_fallback_swap_replaces_a_directory_whose_name_looks_temporary(tmp_path,
     monkeypatch.setattr(atomic_dir, "_exchange", lambda a, b: False)
     out = tmp_path / "run.tmp-1"
     for text in ("old", "new"):
-        with replaced_dir(out) as building:
+        with replaced_dir(out, "test") as building:
             (building / "config.cfg").write_text(text)
     assert (out / "config.cfg").read_text() == "new" and leftovers(out) == []
+
+
+def test_full_disk_during_index_is_one_line_and_keeps_the_old_pipeline(inputs, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert CliRunner().invoke(app, index_args(inputs, out)).exception is None
+    before = answers(out)
+
+    def full(root):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(root / "segment_influence" / "index" / "h.npy"))
+
+    monkeypatch.setattr(atomic_dir, "_fsync_tree", full)
+    result = CliRunner().invoke(app, index_args(inputs, out, model="model_b", k=2))
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1
+    (error,) = [line for line in result.output.splitlines() if line.startswith("Error:")]  # after the progress bar
+    assert "No space left on device" in error and "was left as it was" in error and "Traceback" not in result.output
+    assert answers(out) == before and leftovers(out) == []

@@ -208,7 +208,9 @@ def test_cli_round_trip(nlp, tmp_path):
     assert records[0]["meta"]["doc_id"] == f"demo_train_{NOISY_DOC}_0"
     metrics_path = tmp_path / "metrics.json"
     reversed_ranking = tmp_path / "reversed.jsonl"
-    srsly.write_jsonl(reversed_ranking, records[::-1])
+    srsly.write_jsonl(
+        reversed_ranking, [{**r, "meta": {**r["meta"], "rank": i + 1}} for i, r in enumerate(records[::-1])]
+    )
     result = runner.invoke(
         app,
         ["evaluate-errors", str(ranking), str(original), str(corrected), "--out", str(metrics_path)]
@@ -237,7 +239,7 @@ def test_cli_user_errors_are_one_red_line(nlp, tmp_path):
     bad.write_text('{"text": "x"}\n')
     original = write_jsonl(gold_docs(nlp), tmp_path / "o.jsonl")
     result = CliRunner().invoke(app, ["evaluate-errors", str(bad), str(original), str(original)])
-    assert result.exit_code == 1 and "no meta.doc_id" in result.output
+    assert result.exit_code == 1 and "no meta.candidates count" in result.output
     assert isinstance(result.exception, SystemExit), result.exception
 
 

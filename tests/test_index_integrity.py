@@ -135,11 +135,12 @@ def test_damaged_index_bytes_are_refused(indexed):
 
 def test_index_rebuilds_a_pipeline_whose_index_is_damaged(indexed, tmp_path):
     copy = tmp_path / "model"
-    shutil.copytree(indexed, copy)
-    damage(copy / "segment_influence" / "index" / "h.npy", "truncate")
     train = tmp_path / "train.spacy"
     nlp = spacy.load(indexed)
     DocBin(docs=[eg.reference for eg in make_examples(nlp)]).to_disk(train)
+    written = CliRunner().invoke(app, ["index", str(indexed), str(train), str(copy), "--k", "3"])
+    assert written.exception is None, written.output
+    damage(copy / "segment_influence" / "index" / "h.npy", "truncate")
     result = CliRunner().invoke(app, ["index", str(copy), str(train), str(copy), "--k", "3"])  # in place
     assert result.exception is None, result.output
     assert [doc._.influences for doc in spacy.load(copy).pipe(TEXTS)] == [doc._.influences for doc in nlp.pipe(TEXTS)]

@@ -12,6 +12,7 @@ import srsly
 from spacy.tokens import Doc
 from typer.testing import CliRunner
 
+from spacy_segment_influence import CorpusFormatError
 from spacy_segment_influence.annotation_errors import find_candidates, review_record
 from spacy_segment_influence.cli import app
 from spacy_segment_influence.review_page import KINDS, read_ranking, render_review_page
@@ -62,7 +63,7 @@ def ranking():
     order = [2, 5, 0, 4, 1, 3]  # rank of each candidate - 1
     records = [None] * len(found)
     for (doc, candidate), position in zip(found, order):
-        ranking = {"score": 10.0 - position, "method": "influence", "rank": position + 1}
+        ranking = {"score": 10.0 - position, "method": "influence", "rank": position + 1, "candidates": len(found)}
         records[position] = review_record(doc, candidate, ranking, HELD_OUT if position == 0 else [])
     return records
 
@@ -253,8 +254,26 @@ def test_read_ranking_gathers_sentences_beyond_the_limit(tmp_path):
     assert sorted(s["token_start"] for s in predicted) == [0, 2, 6, 12]
     first = card(render_review_page(records, sentences), 1)
     assert len(entities(first["rows"][0])) == 4
-    path.write_text(path.read_text() + '{"text": "no spans"}\n')
-    with pytest.raises(ValueError, match=r"ranking.jsonl:7: no text, tokens, spans or meta"):
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:5]) + '{"text": "no spans", "meta": {"rank": 6, "candidates": 6}}\n')
+    with pytest.raises(ValueError, match=r"ranking.jsonl:6: no text, tokens, spans or meta"):
+        read_ranking(path)
+
+
+@pytest.mark.parametrize(
+    ("cut", "message"),
+    [
+        (lambda lines: lines[:5], "ranking.jsonl: 5 of the 6 candidates it was written with: the file is cut short"),
+        (lambda lines: lines[1:], "ranking.jsonl:1: rank 2 where 1 was expected"),
+        (lambda lines: lines[:1] + lines, "ranking.jsonl:2: rank 1 where 2 was expected"),
+        (lambda lines: [line.replace('"candidates":6', '"candidates":7') for line in lines[:1]] + lines[1:], ":2: no"),
+    ],
+)
+def test_read_ranking_refuses_a_cut_ranking(tmp_path, cut, message):
+    """A ranking whose writer was killed is still valid JSONL: its count gives it away."""
+    path = tmp_path / "ranking.jsonl"
+    path.write_text("".join(cut([srsly.json_dumps(record) + "\n" for record in ranking()])))
+    with pytest.raises(CorpusFormatError, match=message):
         read_ranking(path)
 
 

@@ -12,6 +12,7 @@ import numpy
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
+from ..atomic_file import write_atomic
 from ..exceptions import ConfigError, DataError
 from .candidates import Candidate
 from .finder import METHODS, ErrorFinder, fisher, neg_log_tail
@@ -55,7 +56,7 @@ def write_folds(docs: Sequence[Doc], out_dir: Path, n_folds: int = 2, seed: int 
     paths = []
     for k, held_out in enumerate(split_folds(docs, n_folds, seed)):
         paths.append(out_dir / f"train_{k}.spacy")
-        fold_corpus(docs, held_out).to_disk(paths[-1])
+        write_atomic(paths[-1], fold_corpus(docs, held_out).to_bytes())
     return paths
 
 

@@ -92,7 +92,12 @@ class Corrections:
                     f"({' '.join(map(str, after[sid][0][:8]))!r}... vs {' '.join(map(str, tokens[:8]))!r}...): "
                     "the corrected file must hold the same sentences"
                 )
-        return cls.from_tags({k: v[1] for k, v in before.items()}, {k: v[1] for k, v in after.items()})
+        corrections = cls.from_tags({k: v[1] for k, v in before.items()}, {k: v[1] for k, v in after.items()})
+        if not any(corrections.changed.values()):
+            raise DataError(
+                f"{corrected} has the same labels as {original} everywhere: no correction to evaluate against"
+            )
+        return corrections
 
     @property
     def documents(self) -> List[str]:
@@ -130,9 +135,18 @@ class _Ranked:
 def _levels(ranked: Sequence[Region], corrections: Corrections) -> Dict[str, _Ranked]:
     if not ranked:  # every metric would read the corpus order as a ranking (document recall 1.0)
         raise DataError("The ranking is empty: there is nothing to evaluate")
-    unknown = next((sid for sid, _, _ in ranked if sid not in corrections.original), None)
-    if unknown is not None:
-        raise DataError(f"Ranked sentence {unknown!r} is not in the original file")
+    seen: Dict[Region, int] = {}
+    for line, region in enumerate(ranked, start=1):
+        sid, _, end = region
+        if sid not in corrections.original:
+            raise DataError(f"Ranked sentence {sid!r} is not in the original file")
+        if end > len(corrections.original[sid]):
+            raise DataError(
+                f"Ranking line {line}: token_end {end - 1} is past the end of sentence {sid!r} "
+                f"({len(corrections.original[sid])} tokens): a ranking of another corpus?"
+            )
+        if seen.setdefault(region, line) != line:
+            raise DataError(f"Ranking line {line} repeats the region of line {seen[region]}: rank each region once")
     doc_index = {d: i for i, d in enumerate(corrections.documents)}
     sentence_doc = {sid: doc_index[document_of(sid)] for sid in corrections.original}
     changed = corrections.changed

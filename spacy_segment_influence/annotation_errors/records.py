@@ -1,10 +1,16 @@
-"""Ranked candidates as Prodigy-style review records (the `find-errors` output)."""
+"""Ranked candidates as Prodigy-style review records (the `find-errors` output), and the
+reader that refuses a ranking cut short: every record carries its rank and the number of
+candidates written (`meta.rank`, `meta.candidates`), so a truncated file, which is still
+valid JSONL, is told apart from a short ranking."""
 
-from typing import List, Optional, Union
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 import numpy
 from spacy.tokens import Doc
 
+from ..corpus import read_jsonl_records
+from ..exceptions import CorpusFormatError
 from .candidates import Candidate, Entity
 from .crossfit import CrossFitFinder
 from .finder import ErrorFinder
@@ -37,7 +43,7 @@ def rank(
         review_record(
             finder.docs[finder.candidates[i].doc_index],
             finder.candidates[i],
-            {"score": float(scores[i]), "method": method, "rank": position + 1},
+            {"score": float(scores[i]), "method": method, "rank": position + 1, "candidates": len(order)},
             influenced[i] if influenced is not None else [],
         )
         for position, i in enumerate(order)
@@ -72,3 +78,32 @@ def _prodigy_span(doc: Doc, entity: Entity) -> dict:
     start, end, label = entity
     span = doc[start:end]
     return {"start": span.start_char, "end": span.end_char, "token_start": start, "token_end": end - 1, "label": label}
+
+
+def read_ranking_records(path: Path, check: Optional[Callable[[dict, str], None]] = None) -> Iterator[Tuple[int, dict]]:
+    """(line number, record) of a `find-errors` ranking, in order; CorpusFormatError naming
+    the file (and line) when its records do not run rank 1..N, N being the candidate count
+    each carries: lines missing (a killed write, a partial copy), repeated or reordered.
+    `check(record, "path:line")` vets each record's fields first."""
+    count, expected = 0, None
+    for line, record in read_jsonl_records(path):
+        if check is not None:
+            check(record, f"{path}:{line}")
+        meta = record.get("meta")
+        total, rank = (meta.get("candidates"), meta.get("rank")) if isinstance(meta, dict) else (None, None)
+        if not isinstance(total, int) or isinstance(total, bool) or expected not in (None, total):
+            raise CorpusFormatError(
+                f"{path}:{line}: no meta.candidates count agreeing with the lines before: "
+                "not a ranking written by this version of find-errors (rerun it)"
+            )
+        expected, count = total, count + 1
+        if rank != count:
+            raise CorpusFormatError(
+                f"{path}:{line}: rank {rank!r} where {count} was expected: lines are missing, repeated or reordered"
+            )
+        yield line, record
+    if expected is not None and count != expected:
+        raise CorpusFormatError(
+            f"{path}: {count} of the {expected} candidates it was written with: the file is cut short "
+            "(a killed write or a partial copy); rerun find-errors"
+        )

@@ -17,7 +17,7 @@ than a static ranking; this is that idea with the influence index as the memory.
 """
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy
 
@@ -33,20 +33,45 @@ PRIOR_WEIGHTS = numpy.array([0.0, 1.0, 3.0, -3.0])
 ANSWERS = {"accept": True, "reject": False}
 
 
-def read_decisions(path: Path) -> Dict[Region, bool]:
+def read_decisions(path: Path, texts: Optional[Mapping[str, str]] = None) -> Dict[Region, bool]:
     """The decisions of a reviewed `find-errors` ranking (Prodigy's `db-out` or the review
     page's export): region -> True for "accept" (the annotation is wrong), False for
-    "reject". Records answered "ignore" (or not answered) are skipped; a later decision on
-    the same region replaces an earlier one."""
+    "reject". Records answered "ignore" (or not answered) are skipped; a decision repeated
+    for one region counts once. CorpusFormatError naming the line for an answer other than
+    accept, reject or ignore, for contradicting decisions on one region, for a record whose
+    text differs from `texts[sentence id]` (decisions on another corpus), and for a file
+    without any answer (a ranking passed as decisions)."""
     numbered = list(read_jsonl_records(Path(path)))
     regions = ranked_regions(record for _, record in numbered)
     decisions: Dict[Region, bool] = {}
+    first_line: Dict[Region, int] = {}
+    answered = 0
     for (line, record), region in zip(numbered, regions):
         answer = record.get("answer")
-        if answer is not None and not isinstance(answer, str):
+        if answer is None:
+            continue
+        if answer not in (*ANSWERS, "ignore"):
             raise CorpusFormatError(f"{path}:{line}: 'answer' must be accept, reject or ignore, got {answer!r}")
-        if answer in ANSWERS:
-            decisions[region] = ANSWERS[answer]
+        answered += 1
+        if answer == "ignore":
+            continue
+        if texts is not None and region[0] in texts and record.get("text") != texts[region[0]]:
+            raise CorpusFormatError(
+                f"{path}:{line}: its text differs from sentence {region[0]!r} of the training corpus: "
+                "decisions on another corpus, or on another version of it?"
+            )
+        if decisions.get(region, ANSWERS[answer]) != ANSWERS[answer]:
+            raise CorpusFormatError(
+                f"{path}:{line}: {answer} contradicts line {first_line[region]} on the same region "
+                f"({region[0]!r}, tokens {region[1]}-{region[2] - 1}); keep one decision per region"
+            )
+        decisions[region] = ANSWERS[answer]
+        first_line.setdefault(region, line)
+    if not answered:
+        raise CorpusFormatError(
+            f"{path}: no record has an answer (accept, reject or ignore): pass the review page's export "
+            "or Prodigy's db-out, not a ranking"
+        )
     return decisions
 
 
