@@ -32,6 +32,7 @@ from .corpus import read_docbin
 from .curvature import CURVATURES, CurvatureName, curvature_class
 from .entity_scores import Entity, ScoredEntity, probabilities_from_features, set_entity_scores
 from .exceptions import ConfigError, DataError, IndexFormatError, IndexMissingError, IndexOutOfDateError
+from .gradients import FactoredGradients
 from .index import DTYPES, IndexDtype, SegmentIndex
 from .index_build import build_shard, fit_index
 from .known_labels import check_known_labels
@@ -317,16 +318,28 @@ class SegmentInfluence(Pipe):
         if len(span) == 0:
             raise DataError(f"segment_influence.explain: the span at token {span.start} is empty; ask about >= 1 token")
         self.check_index()
-        doc = span.doc
-        if label is None:
-            predicted = {(ent.start, ent.end): ent.label_ for ent in doc.ents}
-            label = span.label_ or predicted.get((span.start, span.end), "O")
-        query = Span(doc, span.start, span.end, label="" if label == "O" else label)
-        entities = [ent for ent in doc.ents if ent.end <= span.start or ent.start >= span.end]
-        entities = sorted(entities + ([query] if query.label_ else []), key=lambda e: e.start)
-        encoded = bridge.encode(self.nlp, [bridge.unannotated(doc)], self.cfg["ner"])
-        features = bridge.head_features(self.ner, encoded)
-        return self._query([doc], features, [entities], [(0, query)], k)[0]
+        query, entities = _labelled_query(span, label)
+        features = self._encoded_features([span.doc])
+        return self._query([span.doc], features, [entities], [(0, query)], k)[0]
+
+    def query_gradients(self, spans: Sequence[Span], label: Optional[str] = None) -> FactoredGradients:
+        """The query gradients `explain` searches the index with, one per span (labelled
+        as `explain` labels it), for searching elsewhere: a `ShardedIndex`, or an index
+        of another corpus built with the same settings."""
+        self.check_index()
+        for span in spans:
+            if len(span) == 0:
+                raise DataError(f"segment_influence.query_gradients: the span at token {span.start} is empty")
+        labelled = [_labelled_query(span, label) for span in spans]
+        features = self._encoded_features([span.doc for span in spans])
+        tags = [bridge.tag_ids(self.ner, span.doc, entities) for span, (_, entities) in zip(spans, labelled)]
+        segments = [Segment(i, query.start, query.end) for i, (query, _) in enumerate(labelled)]
+        return segment_gradients(self.ner, LabelledBatch(features, tags), segments)
+
+    def _encoded_features(self, docs: Sequence[Doc]) -> List[numpy.ndarray]:
+        """The head's features of docs, re-encoded without their annotation."""
+        encoded = bridge.encode(self.nlp, [bridge.unannotated(doc) for doc in docs], self.cfg["ner"])
+        return bridge.head_features(self.ner, encoded)
 
     def _query(
         self,
@@ -443,6 +456,19 @@ class SegmentInfluence(Pipe):
             self.index = SegmentIndex.from_bytes(msg["index"]) if msg["index"] is not None else None
             self._surrogate, self._surrogate_bytes = None, msg.get("surrogate")
         return self
+
+
+def _labelled_query(span: Span, label: Optional[str]) -> Tuple[Span, List[Span]]:
+    """The span labelled as asked (default: its own label, else that of the predicted
+    entity with the same boundaries, else "O"), and its doc's entities with it in place of
+    those it overlaps."""
+    doc = span.doc
+    if label is None:
+        predicted = {(ent.start, ent.end): ent.label_ for ent in doc.ents}
+        label = span.label_ or predicted.get((span.start, span.end), "O")
+    query = Span(doc, span.start, span.end, label="" if label == "O" else label)
+    entities = [ent for ent in doc.ents if ent.end <= span.start or ent.start >= span.end]
+    return query, sorted(entities + ([query] if query.label_ else []), key=lambda e: e.start)
 
 
 def _entity_probabilities(

@@ -8,7 +8,7 @@ import numpy
 import pytest
 from typer.testing import CliRunner
 
-from spacy_segment_influence import MissingExtraError, distributed
+from spacy_segment_influence import ConfigError, MissingExtraError, distributed
 from spacy_segment_influence.cli import app
 from spacy_segment_influence.gradients import FactoredGradients
 from spacy_segment_influence.index import SegmentIndex
@@ -102,6 +102,14 @@ def test_sharded_ray_search_equals_one_index(cluster, nlp, tmp_path):
         assert sharded.records(ids) == [index.metadata[i] for i in ids]
     finally:
         sharded.close()
+
+
+@pytest.mark.slow
+def test_sharded_search_the_cluster_cannot_place_fails_at_once(cluster, nlp, tmp_path):
+    """8 shards of 1 CPU on a 2-CPU cluster: a clear error, not a search that waits forever."""
+    write_sharded(indexed(nlp, "kfac"), tmp_path / "sharded", n_shards=8)
+    with pytest.raises(ConfigError, match="need 8 CPUs, but the Ray cluster has 2"):
+        ShardedIndex(tmp_path / "sharded", on_ray=True)
 
 
 @pytest.mark.slow
