@@ -7,7 +7,9 @@ the index a single process builds. Actors that die are restarted and their shard
 retried by Ray.
 """
 
+import logging
 import math
+import os
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -45,7 +47,15 @@ def ray_cluster(address: str, runtime_env: Optional[Dict[str, Any]] = None) -> I
     if ray.is_initialized():
         yield ray
         return
-    ray.init(address=None if address == "local" else address, runtime_env=runtime_env, log_to_driver=False)
+    # A forked worker would otherwise warn that the encoder's tokenizer ran threaded before the fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # ERROR: Ray's INFO lines and its token-authentication notice stay out of the terminal, errors do not
+    ray.init(
+        address=None if address == "local" else address,
+        runtime_env=runtime_env,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+    )
     try:
         yield ray
     finally:

@@ -108,7 +108,7 @@ def train_fold_models(
                 log(f"[{done}/{total}] fold {k} seed {seed}: reusing {model.path}")
                 continue
             log(
-                f"[{done}/{total}] fold {k} seed {seed}: training on {len(train_docs) - len(held_out)} docs "
+                f"[{done}/{total}] fold {k} seed {seed}: training on {len(train_docs) - len(held_out)} sentences "
                 f"(fold {k}'s {len(held_out)} held out) -> {out}"
             )
             if out.exists():
