@@ -84,10 +84,16 @@ class ShardedIndex:
         paths = [str((path / shard["path"]).resolve()) for shard in manifest["shards"]]
         self._ray: Optional[Any] = None
         if on_ray:
-            from .distributed import import_ray
+            from .distributed import check_placement, import_ray
 
             self._ray = import_ray()
-            check_placement(self._ray.cluster_resources().get("CPU", 0.0), len(paths), cpus_per_shard)
+            cluster_cpus = self._ray.cluster_resources().get("CPU", 0.0)
+            check_placement(
+                cluster_cpus,
+                len(paths),
+                cpus_per_shard,
+                f"Pass cpus_per_shard={cluster_cpus / len(paths):.3g} (or less), or write fewer shards",
+            )
             actor = self._ray.remote(num_cpus=cpus_per_shard)(ShardSearcher)
             self._shards: List[Any] = [actor.remote(p) for p in paths]
         else:
@@ -132,18 +138,6 @@ class ShardedIndex:
             raise IndexError(f"segment {segment_id} of {self.n_segments}")
         shard = max(i for i, first in enumerate(self.firsts) if first <= segment_id)
         return shard, segment_id - self.firsts[shard]
-
-
-def check_placement(cluster_cpus: float, n_shards: int, cpus_per_shard: float) -> None:
-    """Refuse a search whose shard actors the cluster can never all place: Ray would
-    start some and leave the query waiting for the others forever, silently."""
-    needed = n_shards * cpus_per_shard
-    if needed > cluster_cpus + 1e-9:
-        raise ConfigError(
-            f"{n_shards} shards x cpus_per_shard={cpus_per_shard:g} need {needed:g} CPUs, but the Ray cluster has "
-            f"{cluster_cpus:g}: the search would wait forever for actors that cannot start. Pass "
-            f"cpus_per_shard={cluster_cpus / n_shards:.3g} (or less), or write fewer shards"
-        )
 
 
 def merge_top_k(per_shard: Sequence[List[QueryResult]], firsts: Sequence[int], k: int) -> List[QueryResult]:

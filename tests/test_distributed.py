@@ -107,11 +107,14 @@ def test_sharded_ray_search_equals_one_index(cluster, nlp, tmp_path):
 
 
 @pytest.mark.slow
-def test_sharded_search_the_cluster_cannot_place_fails_at_once(cluster, nlp, tmp_path):
-    """8 shards of 1 CPU on a 2-CPU cluster: a clear error, not a search that waits forever."""
+def test_actors_the_cluster_cannot_place_fail_at_once(cluster, nlp, tmp_path):
+    """8 shards of 1 CPU, or 3 index workers, on a 2-CPU cluster: a clear error, not a
+    search or build that waits forever."""
     write_sharded(indexed(nlp, "kfac"), tmp_path / "sharded", n_shards=8)
-    with pytest.raises(ConfigError, match="need 8 CPUs, but the Ray cluster has 2"):
+    with pytest.raises(ConfigError, match="need 8 CPUs, but the Ray cluster has 2.*cpus_per_shard=0.25"):
         ShardedIndex(tmp_path / "sharded", on_ray=True)
+    with pytest.raises(ConfigError, match="need 3 CPUs, but the Ray cluster has 2.*at most 2 workers"):
+        distributed.ShardWorkers(nlp, {"batch_size": 8}, n_workers=3)
 
 
 @pytest.mark.slow

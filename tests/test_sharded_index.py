@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from spacy_segment_influence.curvature import ExactCurvature, KFACCurvature
+from spacy_segment_influence.distributed import check_placement
 from spacy_segment_influence.exceptions import ConfigError, IndexFormatError
 from spacy_segment_influence.gradients import WindowLabels
 from spacy_segment_influence.index import SegmentIndex
-from spacy_segment_influence.sharded_index import MANIFEST, ShardedIndex, check_placement, write_sharded
+from spacy_segment_influence.sharded_index import MANIFEST, ShardedIndex, write_sharded
 
 from .test_index import DAMPING, C, E, P, make_grads
 
@@ -56,6 +57,6 @@ def test_bad_shard_counts_and_missing_manifest(tmp_path):
 
 
 def test_placement_the_cluster_cannot_satisfy_is_refused():
-    check_placement(2.0, 8, 0.25)  # fits exactly
-    with pytest.raises(ConfigError, match=r"8 shards x cpus_per_shard=1 need 8 CPUs, but the Ray cluster has 2"):
-        check_placement(2.0, 8, 1.0)
+    check_placement(2.0, 8, 0.25, "")  # fits exactly
+    with pytest.raises(ConfigError, match=r"8 Ray actors x 1 CPUs need 8 CPUs, but the Ray cluster has 2"):
+        check_placement(2.0, 8, 1.0, "")
