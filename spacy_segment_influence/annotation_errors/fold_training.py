@@ -22,6 +22,7 @@ from spacy.tokens import Doc
 from thinc.api import Config
 
 from ..exceptions import ConfigError
+from ..tagger import CRFEntityRecognizer
 from .crossfit import CrossFitFinder, fold_corpus, split_folds
 
 INFLUENCE_FACTORY = "segment_influence"
@@ -170,6 +171,11 @@ def cross_fitted_finder(
     errors"): train `n_folds` x `n_seeds` fold models with `fold_config` (default: the
     config `nlp` was trained with), then score every training doc with the fold models
     that did not see it, `influence` combining their loss with `nlp`'s held-out harm."""
+    if ner in nlp.pipe_names and not isinstance(nlp.get_pipe(ner), CRFEntityRecognizer):
+        raise ConfigError(
+            f"{ner!r} is not a crf_ner: its fold models would have no CRF to score with. Rank in-sample through "
+            "the CRF surrogate of an indexed pipeline instead (find-errors --folds 0, or ErrorFinder)"
+        )
     # not interpolated: `${paths.train}` must still point at the override
     config = (
         Config().from_disk(fold_config, interpolate=False) if fold_config is not None else training_config(nlp.config)
