@@ -19,43 +19,97 @@ loads a pipeline written by `segment-influence index` while another run may repl
 Errors a user can cause derive from `SegmentInfluenceError`.
 """
 
-from . import callbacks  # noqa: F401  (registers the callbacks the shipped configs name)
-from .annotation_errors import (
-    Candidate,
-    CrossFitFinder,
-    ErrorFinder,
-    evaluate_ranking,
-    held_out_indices,
-    rank,
-    split_folds,
-    write_folds,
-)
-from .calibration import calibrate
-from .component import SegmentInfluence
-from .exceptions import (
-    BIORepairWarning,
-    ConfigError,
-    CorpusFormatError,
-    CorpusNotFoundError,
-    DataError,
-    IndexCorruptError,
-    IndexFormatError,
-    IndexMissingError,
-    IndexOutOfDateError,
-    MisalignedEntityWarning,
-    MissingExtraError,
-    OutputInUseError,
-    OutputWriteError,
-    PipelineError,
-    SegmentInfluenceError,
-    SegmentInfluenceWarning,
-    UnknownLabelWarning,
-)
-from .index import SegmentIndex
-from .snapshot import load_snapshot
-from .surrogate import agreement, fit_surrogate
-from .tagger import CRFEntityRecognizer
-from .validate import validate
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any, Dict
+
+if TYPE_CHECKING:
+    from .annotation_errors import (
+        Candidate,
+        CrossFitFinder,
+        ErrorFinder,
+        evaluate_ranking,
+        held_out_indices,
+        rank,
+        split_folds,
+        write_folds,
+    )
+    from .calibration import calibrate
+    from .component import SegmentInfluence
+    from .exceptions import (
+        BIORepairWarning,
+        ConfigError,
+        CorpusFormatError,
+        CorpusNotFoundError,
+        DataError,
+        IndexCorruptError,
+        IndexFormatError,
+        IndexMissingError,
+        IndexOutOfDateError,
+        MisalignedEntityWarning,
+        MissingExtraError,
+        OutputInUseError,
+        OutputWriteError,
+        PipelineError,
+        SegmentInfluenceError,
+        SegmentInfluenceWarning,
+        UnknownLabelWarning,
+    )
+    from .index import SegmentIndex
+    from .snapshot import load_snapshot
+    from .surrogate import agreement, fit_surrogate
+    from .tagger import CRFEntityRecognizer
+    from .validate import validate
+
+# Each public name and its module, imported on first use: importing the package (and so
+# `segment-influence --help`) does not import spaCy and torch. spaCy finds the components,
+# architectures and callbacks through the entry points in setup.cfg.
+_EXPORTS: Dict[str, str] = {
+    **dict.fromkeys(
+        ["Candidate", "CrossFitFinder", "ErrorFinder", "evaluate_ranking", "held_out_indices", "rank"]
+        + ["split_folds", "write_folds"],
+        "annotation_errors",
+    ),
+    "calibrate": "calibration",
+    "SegmentInfluence": "component",
+    **dict.fromkeys(
+        ["BIORepairWarning", "ConfigError", "CorpusFormatError", "CorpusNotFoundError", "DataError"]
+        + ["IndexCorruptError", "IndexFormatError", "IndexMissingError", "IndexOutOfDateError"]
+        + ["MisalignedEntityWarning", "MissingExtraError", "OutputInUseError", "OutputWriteError", "PipelineError"]
+        + ["SegmentInfluenceError", "SegmentInfluenceWarning", "UnknownLabelWarning"],
+        "exceptions",
+    ),
+    "SegmentIndex": "index",
+    "load_snapshot": "snapshot",
+    "agreement": "surrogate",
+    "fit_surrogate": "surrogate",
+    "CRFEntityRecognizer": "tagger",
+    "validate": "validate",
+}
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # importing the submodule `validate` would otherwise shadow the function `validate`
+        if not (name in _EXPORTS and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 

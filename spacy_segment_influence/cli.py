@@ -1,5 +1,9 @@
-"""The `segment-influence` command line (also `python -m spacy_segment_influence`)."""
+"""The `segment-influence` command line (also `python -m spacy_segment_influence`).
 
+Commands import spaCy, torch and the modules they need when they run, so that `--help`
+answers at once (tests/test_cli_help.py holds the help texts to the modules' names)."""
+
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Union, cast
@@ -8,7 +12,6 @@ import typer
 from typer.core import TyperCommand
 
 from .atomic_file import write_atomic
-from .curvature import CURVATURES
 from .exceptions import ConfigError, DataError, PipelineError, SegmentInfluenceError
 from .fidelity_metrics import METHODS, PLOT_INSTALL
 
@@ -16,6 +19,10 @@ if TYPE_CHECKING:
     from spacy.tokens import Doc
 
     from .component import SegmentInfluence
+
+
+# curvature.CURVATURES, named here without importing torch
+CURVATURE_NAMES = ("identity", "kfac", "exact")
 
 
 class _Command(TyperCommand):
@@ -101,7 +108,7 @@ def index(
     ),
     train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy) to index"),
     output_dir: Path = typer.Argument(..., file_okay=False, help="Where to write the pipeline plus its index"),
-    curvature: str = typer.Option("kfac", help=f"{' | '.join(CURVATURES)} (exact: small heads only)"),
+    curvature: str = typer.Option("kfac", help=f"{' | '.join(CURVATURE_NAMES)} (exact: small heads only)"),
     damping: float = typer.Option(0.001, help="Damping added to the curvature"),
     normalize: bool = typer.Option(True, help="Cosine-normalise scores (a training entity ranks itself first)"),
     granularity: str = typer.Option("entities", help="entities (gold entity spans) | tokens (every token)"),
@@ -396,7 +403,11 @@ def find_errors(
     ),
     train_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training corpus (.spacy) to check"),
     dev: Optional[Path] = typer.Option(
-        None, exists=True, dir_okay=False, help="Held-out corpus (.spacy) with clean labels"
+        None,
+        exists=True,
+        dir_okay=False,
+        help="Held-out corpus (.spacy) with clean labels; required, except with --folds 0 and a --method "
+        "other than combined and influence",
     ),
     method: str = typer.Option(
         "combined",
@@ -406,11 +417,13 @@ def find_errors(
     out: Path = typer.Option(..., dir_okay=False, help="Ranked review file (JSONL, Prodigy-style)"),
     k: int = typer.Option(3, help="Held-out predictions listed per candidate (supported and opposed; needs --dev)"),
     curvature: str = typer.Option(
-        "kfac", help=f"{' | '.join(CURVATURES)}; a pipeline written by `index` brings its own"
+        "kfac", help=f"{' | '.join(CURVATURE_NAMES)}; a pipeline written by `index` brings its own"
     ),
-    damping: float = typer.Option(0.001, help="K-FAC damping"),
+    damping: float = typer.Option(
+        0.001, help="Damping added to --curvature (kfac or exact); a pipeline written by `index` brings its own"
+    ),
     seed: int = typer.Option(0, help="Seed of the random baseline"),
-    ner: str = typer.Option("crf_ner", help="Name of the crf_ner component"),
+    ner: Optional[str] = typer.Option(None, help="The crf_ner component to check (default: the pipeline's crf_ner)"),
     folds: int = typer.Option(
         2,
         help="Cross-fitting: train this many fold models (each on all documents but one fold) and score every "
@@ -471,6 +484,7 @@ def find_errors(
         rank,
         read_decisions,
     )
+    from .bridge import default_ner
     from .corpus import read_docbin
 
     with _user_errors():
@@ -478,6 +492,7 @@ def find_errors(
         if len(fold_model) != len(fold_train):
             raise ConfigError(f"{len(fold_model)} --fold-model but {len(fold_train)} --fold-train: give one per fold")
         nlp = spacy.load(model_dir)
+        ner = ner or default_ner(nlp)
         train_docs = read_docbin(train_path, nlp.vocab)
         dev_docs = read_docbin(dev, nlp.vocab) if dev is not None else None
         if method in ("combined", "influence") and dev_docs is None:
@@ -636,4 +651,6 @@ def report(
 
 
 def main() -> None:
+    # the encoder's tokenizer would warn in every process forked after it ran threaded
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

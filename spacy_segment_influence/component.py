@@ -39,6 +39,7 @@ from .exceptions import (
     IndexMissingError,
     IndexOutOfDateError,
 )
+from .gradients import FactoredGradients
 from .index import DTYPES, IndexDtype, SegmentIndex
 from .index_build import build_shard, fit_index
 from .known_labels import check_known_labels
@@ -360,49 +361,48 @@ class SegmentInfluence(Pipe):
         predicted entities keep their labels."""
         if k is not None:
             check_k(k, "segment_influence.explain")
-        query, entities = self._labelled_query(span, label)
+        if len(span) == 0:
+            raise DataError(f"segment_influence.explain: the span at token {span.start} is empty; ask about >= 1 token")
         self.check_index()
-        doc = span.doc
-        encoded = bridge.encode(self.nlp, [bridge.unannotated(doc)], self.cfg["ner"])
-        features = bridge.head_features(self.ner, encoded)
-        return self._query([doc], features, [entities], [(0, query)], k)[0]
+        query, entities = _labelled_query(span, label)
+        features = self._encoded_features([span.doc])
+        return self._query([span.doc], features, [entities], [(0, query)], k)[0]
 
-    def scores(self, spans: Sequence[Span], labels: Optional[Sequence[str]] = None) -> numpy.ndarray:
+    def query_gradients(
+        self, spans: Sequence[Span], label: Union[None, str, Sequence[Optional[str]]] = None
+    ) -> FactoredGradients:
+        """The query gradients `explain` searches the index with, one per span (labelled
+        as `explain` labels it; `label` one for all spans or one per span), for searching
+        elsewhere: a `ShardedIndex`, or an index of another corpus built with the same
+        settings."""
+        self.check_index()
+        labels = [label] * len(spans) if label is None or isinstance(label, str) else list(label)
+        if len(labels) != len(spans):
+            raise ConfigError(f"segment_influence: {len(spans)} spans but {len(labels)} labels")
+        for span in spans:
+            if len(span) == 0:
+                raise DataError(f"segment_influence.query_gradients: the span at token {span.start} is empty")
+        labelled = [_labelled_query(span, one) for span, one in zip(spans, labels)]
+        features = self._encoded_features([span.doc for span in spans])
+        tags = [bridge.tag_ids(self.ner, span.doc, entities) for span, (_, entities) in zip(spans, labelled)]
+        segments = [Segment(i, query.start, query.end) for i, (query, _) in enumerate(labelled)]
+        return segment_gradients(self.ner, LabelledBatch(features, tags), segments)
+
+    def _encoded_features(self, docs: Sequence[Doc]) -> List[numpy.ndarray]:
+        """The head's features of docs, re-encoded without their annotation."""
+        encoded = bridge.encode(self.nlp, [bridge.unannotated(doc) for doc in docs], self.cfg["ner"])
+        return bridge.head_features(self.ner, encoded)
+
+    def scores(self, spans: Sequence[Span], labels: Optional[Sequence[Optional[str]]] = None) -> numpy.ndarray:
         """[len(spans), n_segments]: each span's score against every indexed training
         segment, the numbers `explain` ranks (cosine if `normalize`); segment j is
-        described by `self.index.metadata[j]` (doc_index, start, end, label, ...). For
-        your own metric over the whole index, e.g. the LDS (`lds.py`). Each span is
-        labelled as in `explain` (`labels[i]`, default: its label or the predicted
-        entity's, else "O"), its doc's other entities keeping theirs."""
+        described by `self.index.metadata[j]` (doc_index, start, end, label, ...): for a
+        metric of your own over the whole index, e.g. the LDS (`lds.py`). Spans are
+        labelled as in `explain` (`labels`: one per span)."""
         index = self.check_index()
-        if labels is not None and len(labels) != len(spans):
-            raise ConfigError(f"segment_influence.scores: {len(spans)} spans but {len(labels)} labels")
         if not spans:
             return numpy.zeros((0, len(index)))
-        docs, labellings, queries = [], [], []
-        for i, span in enumerate(spans):
-            query, entities = self._labelled_query(span, None if labels is None else labels[i])
-            docs.append(span.doc)
-            labellings.append(entities)
-            queries.append((i, query))
-        encoded = bridge.encode(self.nlp, [bridge.unannotated(doc) for doc in docs], self.cfg["ner"])
-        features = bridge.head_features(self.ner, encoded)
-        ner = self.ner
-        tags = [bridge.tag_ids(ner, doc, ents) for doc, ents in zip(docs, labellings)]
-        grads = segment_gradients(ner, LabelledBatch(features, tags), [Segment(i, q.start, q.end) for i, q in queries])
-        return index.scores(grads, device=self.device)
-
-    def _labelled_query(self, span: Span, label: Optional[str]) -> Tuple[Span, List[Span]]:
-        """The span as asked about (label "O": no entity) and its doc's labelling."""
-        if len(span) == 0:
-            raise DataError(f"segment_influence: the span at token {span.start} is empty; ask about >= 1 token")
-        doc = span.doc
-        if label is None:
-            predicted = {(ent.start, ent.end): ent.label_ for ent in doc.ents}
-            label = span.label_ or predicted.get((span.start, span.end), "O")
-        query = Span(doc, span.start, span.end, label="" if label == "O" else label)
-        entities = [ent for ent in doc.ents if ent.end <= span.start or ent.start >= span.end]
-        return query, sorted(entities + ([query] if query.label_ else []), key=lambda e: e.start)
+        return index.scores(self.query_gradients(spans, labels), device=self.device)
 
     def _query(
         self,
@@ -537,6 +537,19 @@ class SegmentInfluence(Pipe):
             self.index = SegmentIndex.from_bytes(msg["index"]) if msg["index"] is not None else None
             self._surrogate, self._surrogate_bytes = None, msg.get("surrogate")
         return self
+
+
+def _labelled_query(span: Span, label: Optional[str]) -> Tuple[Span, List[Span]]:
+    """The span labelled as asked (default: its own label, else that of the predicted
+    entity with the same boundaries, else "O"), and its doc's entities with it in place of
+    those it overlaps."""
+    doc = span.doc
+    if label is None:
+        predicted = {(ent.start, ent.end): ent.label_ for ent in doc.ents}
+        label = span.label_ or predicted.get((span.start, span.end), "O")
+    query = Span(doc, span.start, span.end, label="" if label == "O" else label)
+    entities = [ent for ent in doc.ents if ent.end <= span.start or ent.start >= span.end]
+    return query, sorted(entities + ([query] if query.label_ else []), key=lambda e: e.start)
 
 
 def _entity_probabilities(

@@ -7,7 +7,9 @@ the index a single process builds. Actors that die are restarted and their shard
 retried by Ray.
 """
 
+import logging
 import math
+import os
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -45,11 +47,30 @@ def ray_cluster(address: str, runtime_env: Optional[Dict[str, Any]] = None) -> I
     if ray.is_initialized():
         yield ray
         return
-    ray.init(address=None if address == "local" else address, runtime_env=runtime_env, log_to_driver=False)
+    # A forked worker would otherwise warn that the encoder's tokenizer ran threaded before the fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # ERROR: Ray's INFO lines and its token-authentication notice stay out of the terminal, errors do not
+    ray.init(
+        address=None if address == "local" else address,
+        runtime_env=runtime_env,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+    )
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def check_placement(cluster_cpus: float, n_actors: int, cpus_per_actor: float, remedy: str) -> None:
+    """Refuse actors the cluster can never all place: Ray would start some and leave the
+    caller waiting for the others forever, silently."""
+    needed = n_actors * cpus_per_actor
+    if needed > cluster_cpus + 1e-9:
+        raise ConfigError(
+            f"{n_actors} Ray actors x {cpus_per_actor:g} CPUs need {needed:g} CPUs, but the Ray cluster has "
+            f"{cluster_cpus:g}: the actors that cannot start would be waited for forever. {remedy}"
+        )
 
 
 # words, trailing spaces, entity tags ("B-ORG", "I-ORG", "O"; None = not annotated), user_data
@@ -100,7 +121,9 @@ class ShardWorkers:
             raise ConfigError(f"n_workers must be >= 1, got {n_workers}")
         self._ray = import_ray()
         self.batch_size: int = settings["batch_size"]
-        n = n_workers or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+        cluster_cpus = self._ray.cluster_resources().get("CPU", 1.0)
+        n = n_workers or max(1, int(cluster_cpus))
+        check_placement(cluster_cpus, n, 1.0, f"Use at most {int(cluster_cpus)} workers (ray_workers, --ray-workers)")
         # kept referenced: a restarted actor reads its constructor's arguments again
         self._pipeline = self._ray.put(nlp.to_bytes())
         actor = self._ray.remote(num_cpus=1, max_restarts=_RETRIES, max_task_retries=_RETRIES)(ShardWorker)

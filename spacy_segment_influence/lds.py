@@ -189,10 +189,27 @@ def train_subset_models(
     jobs_list = []
     for m, mask in enumerate(masks):
         corpus = DocBin(docs=[d for d, keep in zip(train_docs, mask) if keep], store_user_data=True).to_bytes()
-        jobs_list.append(TrainingJob(out_dir / f"subset-{m}", corpus, seed, max_steps, "model-last"))
+        size = int(mask.sum())
+        jobs_list.append(
+            TrainingJob(
+                out_dir / f"subset-{m}",
+                corpus,
+                seed,
+                max_steps,
+                "model-last",
+                f"subset {m}",
+                f"training on {size} sentences",
+            )
+        )
     for m in range(min(seed_repeats, len(masks))):
         repeat = TrainingJob(
-            out_dir / f"subset-{m}-seed-{seed + 1}", jobs_list[m].corpus, seed + 1, max_steps, "model-last"
+            out_dir / f"subset-{m}-seed-{seed + 1}",
+            jobs_list[m].corpus,
+            seed + 1,
+            max_steps,
+            "model-last",
+            f"subset {m} seed {seed + 1}",
+            jobs_list[m].training,
         )
         jobs_list.append(repeat)
     paths = run_training_jobs(config, jobs_list, Path(dev_path), n_processes=jobs, log=log)

@@ -84,9 +84,16 @@ class ShardedIndex:
         paths = [str((path / shard["path"]).resolve()) for shard in manifest["shards"]]
         self._ray: Optional[Any] = None
         if on_ray:
-            from .distributed import import_ray
+            from .distributed import check_placement, import_ray
 
             self._ray = import_ray()
+            cluster_cpus = self._ray.cluster_resources().get("CPU", 0.0)
+            check_placement(
+                cluster_cpus,
+                len(paths),
+                cpus_per_shard,
+                f"Pass cpus_per_shard={cluster_cpus / len(paths):.3g} (or less), or write fewer shards",
+            )
             actor = self._ray.remote(num_cpus=cpus_per_shard)(ShardSearcher)
             self._shards: List[Any] = [actor.remote(p) for p in paths]
         else:

@@ -34,6 +34,8 @@ class TrainingJob:
     seed: int
     max_steps: Optional[int]
     result: str = "model-best"
+    name: str = "pipeline"  # in the log: "[2/4] fold 1 seed 0: training on ..."
+    training: str = "training"
 
     @property
     def model_path(self) -> Path:
@@ -58,12 +60,12 @@ def run_training_jobs(
     for number, job in enumerate(jobs, 1):
         key = job_key(config_text, job, dev_hash)
         if _reusable(job.out, key):
-            log(f"[{number}/{len(jobs)}] reusing {job.model_path}")
+            log(f"[{number}/{len(jobs)}] {job.name}: reusing {job.model_path}")
         else:
             todo.append((number, job, key))
     if n_processes == 1 or len(todo) < 2:
         for number, job, key in todo:
-            log(f"[{number}/{len(jobs)}] training -> {job.out}")
+            log(f"[{number}/{len(jobs)}] {job.name}: {job.training} -> {job.out}")
             _train(config_text, job, str(dev_path), key, gpu_id)
     else:
         log(f"Training {len(todo)} pipelines in {n_processes} processes")
@@ -71,7 +73,7 @@ def run_training_jobs(
             futures = [pool.submit(_train, config_text, job, str(dev_path), key, gpu_id) for _, job, key in todo]
             for (number, job, _), future in zip(todo, futures):
                 future.result()
-                log(f"[{number}/{len(jobs)}] trained -> {job.out}")
+                log(f"[{number}/{len(jobs)}] {job.name}: trained -> {job.out}")
     return [job.model_path for job in jobs]
 
 

@@ -370,8 +370,6 @@ def refit_head(objective: Objective, theta: torch.Tensor, show_progress: bool) -
 
     with crf.one_thread():
         optimizer.step(closure)
-    if show_progress:
-        print(f"Refit head: J = {float(objective(params.detach())):.6f}")
     return params.detach()
 
 

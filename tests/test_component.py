@@ -6,6 +6,7 @@ from spacy.training import Example
 
 from spacy_segment_influence import (
     ConfigError,
+    DataError,
     IndexMissingError,
     IndexOutOfDateError,
     PipelineError,
@@ -270,3 +271,38 @@ def test_cli_index_reports_the_size_it_wrote(nlp, tmp_path):
         reported == round(written / 1e6, 1)
         and written > 10 * spacy.load(tmp_path / "out").get_pipe("segment_influence").index.nbytes
     )
+
+
+def test_query_gradients_are_explains_queries(nlp, tmp_path):
+    """The public query gradients equal autograd's for the span labelled as `explain`
+    labels it, and a sharded search with them returns `explain`'s hits."""
+    from spacy_segment_influence.sharded_index import ShardedIndex, write_sharded
+
+    component = add_index(nlp, k=3)
+    try:
+        ner = nlp.get_pipe("crf_ner")
+        docs = [nlp("Peter Smith lives in New York City ."), nlp("Apple bought IBM last year .")]
+        spans = [docs[0][4:7], docs[1][0:1]]
+        grads = component.query_gradients(spans, label="ORG")
+        for i, span in enumerate(spans):
+            doc = span.doc
+            labelling = [e for e in doc.ents if e.end <= span.start or e.start >= span.end]
+            labelling = sorted(labelling + [Span(doc, span.start, span.end, label="ORG")], key=lambda e: e.start)
+            encoded = bridge.encode(nlp, [bridge.unannotated(doc)], "crf_ner")
+            batch = LabelledBatch(bridge.head_features(ner, encoded), [bridge.tag_ids(ner, doc, labelling)])
+            expected = segment_gradients_autograd(ner, batch, [Segment(0, span.start, span.end)])[0]
+            numpy.testing.assert_allclose(grads.to_dense()[i], expected, rtol=1e-4, atol=1e-6)
+        write_sharded(component.index, tmp_path / "shards", n_shards=2)
+        sharded = ShardedIndex(tmp_path / "shards")
+        for span, result in zip(spans, sharded.top_k(grads, k=3)):
+            explained = component.explain(span, label="ORG", k=3)
+            for side in ("supporters", "opposers"):
+                hits = getattr(result, side)
+                assert sharded.records([i for i, _ in hits]) == [
+                    {key: value for key, value in hit.items() if key != "score"} for hit in explained[side]
+                ]
+                numpy.testing.assert_allclose([s for _, s in hits], [h["score"] for h in explained[side]], rtol=1e-5)
+        with pytest.raises(DataError, match="empty"):
+            component.query_gradients([docs[0][2:2]])
+    finally:
+        nlp.remove_pipe("segment_influence")

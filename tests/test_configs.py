@@ -52,3 +52,11 @@ def test_trained_pipeline_resumes_training(tmp_path, tiny_bert_dir, name):
     folds = train_fold_models(fold_config, docs, tmp_path / "train.spacy", tmp_path / "folds", max_steps=2, log=str)
     for fold in folds:
         assert spacy.load(fold.path).config["training"]["optimizer"]["learn_rate"]["total_steps"] == 2
+
+
+@pytest.mark.parametrize("name", ["crf_ner_trf.cfg", "ner_builtin_trf.cfg"])
+def test_transformer_configs_show_training_progress(name):
+    """A transformer's first evaluation comes minutes into training on CPU: a progress bar
+    shows it is running."""
+    config = Config().from_disk(CONFIGS / name, interpolate=False)
+    assert config["training"]["logger"]["progress_bar"] is True

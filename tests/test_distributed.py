@@ -1,6 +1,8 @@
 """A Ray-built index and a sharded Ray search equal the single-process ones, on a local
 Ray cluster that the tests start and stop (no network)."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import numpy
 import pytest
 from typer.testing import CliRunner
 
-from spacy_segment_influence import MissingExtraError, distributed
+from spacy_segment_influence import ConfigError, MissingExtraError, distributed
 from spacy_segment_influence.cli import app
 from spacy_segment_influence.gradients import FactoredGradients
 from spacy_segment_influence.index import SegmentIndex
@@ -105,6 +107,17 @@ def test_sharded_ray_search_equals_one_index(cluster, nlp, tmp_path):
 
 
 @pytest.mark.slow
+def test_actors_the_cluster_cannot_place_fail_at_once(cluster, nlp, tmp_path):
+    """8 shards of 1 CPU, or 3 index workers, on a 2-CPU cluster: a clear error, not a
+    search or build that waits forever."""
+    write_sharded(indexed(nlp, "kfac"), tmp_path / "sharded", n_shards=8)
+    with pytest.raises(ConfigError, match="need 8 CPUs, but the Ray cluster has 2.*cpus_per_shard=0.25"):
+        ShardedIndex(tmp_path / "sharded", on_ray=True)
+    with pytest.raises(ConfigError, match="need 3 CPUs, but the Ray cluster has 2.*at most 2 workers"):
+        distributed.ShardWorkers(nlp, {"batch_size": 8}, n_workers=3)
+
+
+@pytest.mark.slow
 def test_cli_index_on_ray(cluster, nlp, tmp_path):
     from spacy.tokens import DocBin
 
@@ -184,3 +197,32 @@ def test_docs_shipped_to_workers_come_back_as_a_docbin_would_bring_them(seed):
         ]
         assert [(e.start, e.end, e.label_) for e in a.ents] == [(e.start, e.end, e.label_) for e in b.ents]
         assert a.user_data == b.user_data
+
+
+@pytest.mark.slow
+def test_a_local_cluster_keeps_the_terminal_quiet(tmp_path):
+    """A sharded search on `ray_cluster("local")`, as README shows it, prints the results
+    and nothing from Ray (INFO lines, the token-authentication notice, core_worker errors)
+    or tokenizers."""
+    pytest.importorskip("ray")
+    script = f"""
+from spacy_segment_influence.distributed import ray_cluster
+from spacy_segment_influence.sharded_index import ShardedIndex, write_sharded
+from tests.test_sharded_index import build
+
+index, queries = build("kfac")
+write_sharded(index, {str(tmp_path / "shards")!r}, n_shards=2)
+with ray_cluster("local"):
+    sharded = ShardedIndex({str(tmp_path / "shards")!r}, on_ray=True, cpus_per_shard=0.5)
+    print(len(sharded.top_k(queries, k=3)))
+    sharded.close()
+"""
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "TOKENIZERS_PARALLELISM")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "9"
+    noise = [line for line in done.stderr.splitlines() if line.strip()]
+    assert not noise, "\n".join(noise)

@@ -430,6 +430,8 @@ def test_cli_trains_fold_models_with_the_pipelines_config(nlp, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exception is None, result.output
     assert "[1/2] fold 0 seed 0: training" in result.output and "cross-fitted over 2 fold models" in result.output
+    held_out = split_folds(docs, n_folds=2, seed=0)[0]  # the corpus' docs are sentences
+    assert f"training on {len(docs) - len(held_out)} sentences (fold 0's {len(held_out)} held out)" in result.output
     fold_dir = tmp_path / "folds"
     models = [spacy.load(fold_dir / f"fold-{k}-seed-0" / "model-best") for k in (0, 1)]
     assert models[0].config["training"]["max_steps"] == 4

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from spacy_segment_influence.curvature import ExactCurvature, KFACCurvature
+from spacy_segment_influence.distributed import check_placement
 from spacy_segment_influence.exceptions import ConfigError, IndexFormatError
 from spacy_segment_influence.gradients import WindowLabels
 from spacy_segment_influence.index import SegmentIndex
@@ -53,3 +54,9 @@ def test_bad_shard_counts_and_missing_manifest(tmp_path):
     with pytest.raises(IndexFormatError, match="no manifest.json"):
         ShardedIndex(tmp_path / "sharded")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_placement_the_cluster_cannot_satisfy_is_refused():
+    check_placement(2.0, 8, 0.25, "")  # fits exactly
+    with pytest.raises(ConfigError, match=r"8 Ray actors x 1 CPUs need 8 CPUs, but the Ray cluster has 2"):
+        check_placement(2.0, 8, 1.0, "")

@@ -10,6 +10,7 @@ from spacy.tokens import Doc
 
 from .. import bridge
 from ..segments import LabelledBatch, Segment
+from ..tagger import CRFEntityRecognizer
 
 Entity = Tuple[int, int, str]  # token start, token end (exclusive), label
 
@@ -78,6 +79,16 @@ class Annotated(NamedTuple):
     candidates: List[Candidate]
 
 
+def explaining_crf(nlp: Language, ner_name: str) -> CRFEntityRecognizer:
+    """The CRF whose gradients score `ner_name`'s candidates: the crf_ner itself, or for a
+    built-in ner the CRF surrogate an indexed `segment_influence` fitted for it."""
+    from ..surrogate import indexed_surrogate
+
+    if ner_name not in nlp.pipe_names:
+        return bridge.crf_component(nlp, ner_name)  # the error that names the components
+    return indexed_surrogate(nlp, ner_name) or bridge.crf_component(nlp, ner_name)
+
+
 def annotate(
     nlp: Language,
     ner_name: str,
@@ -87,7 +98,7 @@ def annotate(
 ) -> Annotated:
     """`regions`: score these candidates (found by another model) instead of the ones
     this model's predictions give."""
-    ner = bridge.crf_component(nlp, ner_name)
+    ner = explaining_crf(nlp, ner_name)
     names = [*bridge.upstream_components(nlp, ner_name), ner_name]
     with nlp.select_pipes(enable=names):
         processed = list(nlp.pipe((bridge.unannotated(doc) for doc in docs), batch_size=batch_size))

@@ -34,7 +34,6 @@ import numpy
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from .. import bridge
 from ..component import SegmentInfluence
 from ..curvature import Curvature, curvature_class
 from ..exceptions import ConfigError, DataError
@@ -42,7 +41,7 @@ from ..gradients import FactoredGradients
 from ..index import SegmentIndex
 from ..known_labels import check_known_labels
 from ..segments import segment_gradients, segment_losses, token_marginals
-from .candidates import Annotated, Candidate, annotate, segments_of
+from .candidates import Annotated, Candidate, annotate, explaining_crf, segments_of
 from .surface_forms import disagreement
 
 METHODS = ("combined", "influence", "consistency", "self-influence", "loss", "margin", "confidence", "random")
@@ -65,7 +64,8 @@ class ErrorFinder:
         candidates: Optional[Sequence[Candidate]] = None,
     ) -> None:
         """
-        nlp: the trained pipeline (with the `crf_ner` component `ner`); if it also holds
+        nlp: the trained pipeline (with the `crf_ner` component `ner`, or a built-in ner
+            that an indexed `segment_influence` explains through its CRF surrogate); if it also holds
             an indexed `segment_influence` component for `ner`, that index's curvature is
             used, so scores match its explanations.
         train_docs: the training corpus whose annotations are checked (gold entities).
@@ -82,7 +82,7 @@ class ErrorFinder:
         curvature_type = curvature_class(curvature)
         self.nlp = nlp
         self.ner_name = ner
-        self.ner = bridge.crf_component(nlp, ner)
+        self.ner = explaining_crf(nlp, ner)
         self.seed = seed
         check_known_labels(train_docs, self.ner.labels, "the training corpus")
         if dev_docs:

@@ -19,6 +19,7 @@ from spacy.tokens import Doc
 from thinc.api import Config
 
 from ..exceptions import ConfigError
+from ..tagger import CRFEntityRecognizer
 from ..training import TrainingJob, run_training_jobs
 from .crossfit import CrossFitFinder, fold_corpus, split_folds
 
@@ -85,13 +86,17 @@ def train_fold_models(
     for k, held_out in enumerate(folds):
         corpus = fold_corpus(train_docs, held_out).to_bytes()
         for seed in range(n_seeds):
-            job = TrainingJob(Path(fold_dir) / f"fold-{k}-seed-{seed}", corpus, seed, max_steps)
+            job = TrainingJob(
+                Path(fold_dir) / f"fold-{k}-seed-{seed}",
+                corpus,
+                seed,
+                max_steps,
+                name=f"fold {k} seed {seed}",
+                training=f"training on {len(train_docs) - len(held_out)} sentences "
+                f"(fold {k}'s {len(held_out)} held out)",
+            )
             jobs.append(job)
             models.append(FoldModel(k, seed, job.model_path, list(held_out)))
-    log(
-        f"{len(jobs)} fold model(s): each trains on the sentences outside its fold "
-        f"({', '.join(str(len(train_docs) - len(f)) for f in folds)} sentences)"
-    )
     run_training_jobs(config, jobs, Path(dev_path), gpu_id=gpu_id, log=log)
     return models
 
@@ -118,6 +123,11 @@ def cross_fitted_finder(
     errors"): train `n_folds` x `n_seeds` fold models with `fold_config` (default: the
     config `nlp` was trained with), then score every training doc with the fold models
     that did not see it, `influence` combining their loss with `nlp`'s held-out harm."""
+    if ner in nlp.pipe_names and not isinstance(nlp.get_pipe(ner), CRFEntityRecognizer):
+        raise ConfigError(
+            f"{ner!r} is not a crf_ner: its fold models would have no CRF to score with. Rank in-sample through "
+            "the CRF surrogate of an indexed pipeline instead (find-errors --folds 0, or ErrorFinder)"
+        )
     # not interpolated: `${paths.train}` must still point at the override
     config = (
         Config().from_disk(fold_config, interpolate=False) if fold_config is not None else training_config(nlp.config)
