@@ -307,6 +307,11 @@ def run_lds(
     unknown = [m for m in methods if m not in ATTRIBUTIONS]
     if unknown:
         raise ConfigError(f"Unknown attribution(s) {', '.join(unknown)}; choose from {', '.join(ATTRIBUTIONS)}")
+    if "embeddings" in methods:  # refused before any training, not after
+        from .bridge import crf_component
+        from .embedding_gradients import hash_embed_tables, upstream_encoder
+
+        hash_embed_tables(upstream_encoder(nlp, crf_component(nlp, ner_name)))
     train_docs = read_docbin(Path(train_path), nlp.vocab)
     dev_docs = read_docbin(Path(dev_path), nlp.vocab)[:n_test]
     masks = subset_masks(len(train_docs), n_subsets, fraction, seed)
