@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--seed-repeats", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--inits", type=int, default=4)
     parser.add_argument("--methods", default="string-count,head,embeddings")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "output" / "lds")
     args = parser.parse_args()
@@ -69,6 +70,7 @@ def main() -> None:
         n_test=args.n_test,
         seed_repeats=args.seed_repeats,
         jobs=args.jobs,
+        n_inits=args.inits,
     )
     settings = result["settings"]
     print(

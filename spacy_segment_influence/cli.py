@@ -318,6 +318,7 @@ def lds(
     n_test: int = typer.Option(200, help="Dev sentences whose predicted entities are the test predictions"),
     seed_repeats: int = typer.Option(2, help="Subsets trained again with another seed, for the noise ceiling"),
     jobs: int = typer.Option(1, help="Subset models trained at once, in separate processes"),
+    inits: int = typer.Option(4, help="Initialisations the embeddings attribution sums over (no training each)"),
     ner: str = typer.Option("crf_ner", help="The crf_ner component"),
 ) -> None:
     """Check attributions against retraining on random subsets (LDS).
@@ -352,6 +353,7 @@ def lds(
             n_test=n_test,
             seed_repeats=seed_repeats,
             jobs=jobs,
+            n_inits=inits,
             log=lambda line: typer.echo(line, err=True),
         )
     out.parent.mkdir(parents=True, exist_ok=True)

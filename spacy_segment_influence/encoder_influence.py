@@ -15,7 +15,7 @@ Two choices here are measured, not assumed (BENCHMARKS.md, "LDS", issue 23):
 """
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -25,6 +25,7 @@ from thinc.api import Config
 
 from . import bridge
 from . import embedding_gradients as eg
+from .exceptions import ConfigError
 from .segments import Segment, labelled_batch, segment_gradients, segment_windows
 
 WEIGHTINGS = ("hits", "none")
@@ -78,3 +79,28 @@ def embedding_scores(
         dense = eg.sparse_matrix(eg.slice_segments(queries, start, stop)).to_dense()
         out[start:stop] = torch.sparse.mm(matrix, dense.T).T.numpy()
     return out
+
+
+def initial_embedding_scores(
+    config: Config,
+    train_path: Path,
+    ner_name: str,
+    train: Tuple[Sequence[Doc], Sequence[Segment]],
+    test: Tuple[Sequence[Doc], Sequence[Segment]],
+    n_inits: int = 1,
+) -> numpy.ndarray:
+    """[T, S] `embedding_scores` of the test segments against the training segments at the
+    initial weights, summed over `n_inits` initialisations: the config's own seed (the
+    pipeline's actual start) and the next ones, an ensemble that costs one gradient pass
+    each and no training (TRAK averages over models for the same reason: one model's
+    gradients carry its random initialisation's noise)."""
+    if n_inits < 1:
+        raise ConfigError(f"--inits must be at least 1, got {n_inits}")
+    base = int(Config(config).interpolate()["training"]["seed"])
+    total = numpy.zeros((len(test[1]), len(train[1])))
+    for offset in range(n_inits):
+        start = initial_pipeline(config, train_path, seed=base + offset)
+        stored = embedding_gradients_of(start, ner_name, *train)
+        queries = embedding_gradients_of(start, ner_name, *test)
+        total += embedding_scores(queries, stored)
+    return total

@@ -219,7 +219,7 @@ def train_subset_models(
 ATTRIBUTIONS = {
     "string-count": "baseline: 1 per training sentence with a gold entity of the same string and label",
     "head": "the CRF head's gradients at the trained weights, K-FAC, cosine (segment_influence's defaults)",
-    "embeddings": "gradients of the encoder's embedding rows at the initial weights, rows weighted by 1/hits",
+    "embeddings": "gradients of the encoder's embedding rows at initial weights (an ensemble of --inits), 1/hits",
 }
 
 
@@ -234,6 +234,7 @@ class LDSInputs:
     train_docs: List[Doc]
     test_docs: List[Doc]
     test_segments: List[Segment]
+    n_inits: int = 1  # the `embeddings` attribution's ensemble of initialisations
 
 
 def per_sentence(scores: numpy.ndarray, doc_index: Sequence[int], n_docs: int) -> numpy.ndarray:
@@ -250,13 +251,17 @@ def attribution_scores(name: str, inputs: LDSInputs) -> numpy.ndarray:
     if name == "head":
         return _head_scores(inputs)
     if name == "embeddings":
-        from .encoder_influence import embedding_gradients_of, embedding_scores, initial_pipeline
+        from .encoder_influence import initial_embedding_scores
 
-        start = initial_pipeline(inputs.config, inputs.train_path)
         train_segments = [Segment(i, e.start, e.end) for i, doc in enumerate(inputs.train_docs) for e in doc.ents]
-        train = embedding_gradients_of(start, inputs.ner_name, inputs.train_docs, train_segments)
-        test = embedding_gradients_of(start, inputs.ner_name, inputs.test_docs, inputs.test_segments)
-        scores = embedding_scores(test, train)
+        scores = initial_embedding_scores(
+            inputs.config,
+            inputs.train_path,
+            inputs.ner_name,
+            (inputs.train_docs, train_segments),
+            (inputs.test_docs, inputs.test_segments),
+            inputs.n_inits,
+        )
         return per_sentence(scores, [s.doc_index for s in train_segments], len(inputs.train_docs))
     raise ConfigError(f"Unknown attribution {name!r}; choose from {', '.join(ATTRIBUTIONS)}")
 
@@ -294,6 +299,7 @@ def run_lds(
     n_test: int = 200,
     seed_repeats: int = 2,
     jobs: int = 1,
+    n_inits: int = 4,
     log: Callable[[str], None] = print,
 ) -> dict:
     """LDS of each attribution in `methods` against retraining the pipeline with `config`
@@ -335,7 +341,7 @@ def run_lds(
     actual = subset_losses(paths, ner_name, test_docs, test_segments)
     repeats = {m: subset_losses([p], ner_name, test_docs, test_segments)[:, 0] for m, p in repeat_paths.items()}
     seed_share, ceiling = seed_noise_ceiling(actual, repeats)
-    inputs = LDSInputs(nlp, ner_name, config, Path(train_path), train_docs, test_docs, test_segments)
+    inputs = LDSInputs(nlp, ner_name, config, Path(train_path), train_docs, test_docs, test_segments, n_inits)
     values = {name: lds_per_prediction(actual, masks, attribution_scores(name, inputs)) for name in methods}
     baseline = values.get("string-count")
     result: dict = {
@@ -346,6 +352,7 @@ def run_lds(
             "max_steps": max_steps,
             "seed": seed,
             "n_train": len(train_docs),
+            "n_inits": n_inits,
             "n_test_predictions": len(test_segments),
             "seed_repeats": len(repeats),
             "seed_variance_share": seed_share,

@@ -133,10 +133,11 @@ def test_readers_while_replacing_get_no_mixed_answer():
 
 
 @pytest.mark.slow
-def test_a_thousand_loads_against_twenty_replacements():
-    summary = race("--loads", "1000", "--readers", "2", "--interval", "2")
+def test_many_loads_against_many_replacements():
+    # 200 loads keep the suite short; the 1,000-load run is bench/snapshot_race.py's (BENCHMARKS.md)
+    summary = race("--loads", "200", "--readers", "2", "--interval", "2")
     replacements = int(summary.split(" replacements")[0].rsplit(" ", 1)[1])
-    assert replacements >= 20 and summary.endswith("mixed 0") and "crashed" not in summary, summary
+    assert replacements >= 5 and summary.endswith("mixed 0") and "crashed" not in summary, summary
 
 
 class _RunsCode:
