@@ -112,6 +112,9 @@ def index(
     damping: float = typer.Option(0.001, help="Damping added to the curvature"),
     normalize: bool = typer.Option(True, help="Cosine-normalise scores (a training entity ranks itself first)"),
     granularity: str = typer.Option("entities", help="entities (gold entity spans) | tokens (every token)"),
+    layers: str = typer.Option(
+        "head", help="head (CRF head, trained weights) | embeddings (tok2vec embedding rows, initial weights)"
+    ),
     k: int = typer.Option(5, help="Supporters and opposers stored per predicted entity"),
     ner: Optional[str] = typer.Option(None, help="NER component to explain (default: the crf_ner, else the ner)"),
     dev: Optional[Path] = typer.Option(
@@ -138,6 +141,7 @@ def index(
         "damping": damping,
         "normalize": normalize,
         "granularity": granularity,
+        "layers": layers,
         "k": k,
         "ner": ner,
         "dtype": dtype,
@@ -147,7 +151,7 @@ def index(
     # when it is new, empty or was written by `index` (never a directory holding the inputs)
     inputs = [model_dir, train_path, *([dev] if dev is not None else [])]
     with _user_errors(), replaced_dir(output_dir, INDEX_OWNER, inputs) as building:
-        check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=False)
+        check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=False, layers=layers)
         # an index MODEL_DIR already has is replaced, so it is not read: it may be damaged or outdated
         nlp = spacy.load(model_dir, exclude=["segment_influence"])
         component = cast("SegmentInfluence", nlp.add_pipe("segment_influence", config=config))

@@ -22,7 +22,7 @@ import numpy
 import srsly
 from spacy.language import Language
 from spacy.pipeline import Pipe
-from spacy.tokens import Doc, Span
+from spacy.tokens import Doc, DocBin, Span
 from spacy.training import Example
 from spacy.util import minibatch
 from tqdm import tqdm
@@ -30,6 +30,7 @@ from tqdm import tqdm
 from . import bridge, checksums, removal
 from .corpus import read_docbin
 from .curvature import CURVATURES, CurvatureName, curvature_class
+from .encoder_influence import EncoderExplainer
 from .entity_scores import Entity, ScoredEntity, probabilities_from_features, set_entity_scores
 from .exceptions import (
     ConfigError,
@@ -40,7 +41,7 @@ from .exceptions import (
     IndexOutOfDateError,
 )
 from .gradients import FactoredGradients
-from .index import DTYPES, IndexDtype, SegmentIndex
+from .index import DTYPES, IndexDtype, QueryResult, SegmentIndex
 from .index_build import build_shard, fit_index
 from .known_labels import check_known_labels
 from .segments import LabelledBatch, Segment, segment_gradients
@@ -49,6 +50,10 @@ from .tagger import CRFEntityRecognizer
 
 Granularity = Literal["entities", "tokens"]
 _GRANULARITIES = get_args(Granularity)
+# which parameters the gradients are taken over: the CRF head at the trained weights, or the
+# encoder's hash-embedding rows at the initial weights (`encoder_influence`; BENCHMARKS.md "LDS")
+Layers = Literal["head", "embeddings"]
+_LAYERS = get_args(Layers)
 
 
 def _user_data(doc: Doc) -> Dict[Any, Any]:
@@ -97,6 +102,7 @@ if not Span.has_extension("influences"):
         "dtype": "float32",
         "batch_size": 64,
         "refine": False,
+        "layers": "head",
     },
 )
 def make_segment_influence(
@@ -112,6 +118,7 @@ def make_segment_influence(
     dtype: IndexDtype,
     batch_size: int,
     refine: bool,
+    layers: str,
 ) -> "SegmentInfluence":
     return SegmentInfluence(
         nlp,
@@ -126,6 +133,7 @@ def make_segment_influence(
         dtype=dtype,
         batch_size=batch_size,
         refine=refine,
+        layers=cast(Layers, layers),  # a str here, so that check_settings words the error
     )
 
 
@@ -139,7 +147,7 @@ def check_k(k: Any, where: str) -> None:
         raise ConfigError(f"{where}: k must be an integer from 1 to {K_MAX}, got {k!r}")
 
 
-def check_settings(*, curvature: str, granularity: str, k: int, dtype: str, refine: bool) -> None:
+def check_settings(*, curvature: str, granularity: str, k: int, dtype: str, refine: bool, layers: str = "head") -> None:
     """ConfigError for settings `segment_influence` does not accept, before any work is done
     (spaCy's own validation of a config's Literal values gives a less readable message)."""
     if curvature not in CURVATURES:
@@ -151,6 +159,10 @@ def check_settings(*, curvature: str, granularity: str, k: int, dtype: str, refi
         raise ConfigError(f"segment_influence: dtype must be one of {DTYPES}, got {dtype!r}")
     if refine and not curvature_class(curvature).refinable:
         raise ConfigError(f"segment_influence: refine needs curvature 'exact', got {curvature!r}")
+    if layers not in _LAYERS:
+        raise ConfigError(f"segment_influence: layers must be one of {_LAYERS}, got {layers!r}")
+    if layers == "embeddings" and (refine or granularity != "entities"):
+        raise ConfigError("segment_influence: layers 'embeddings' indexes gold entities and has no refine")
 
 
 # The types of the component's settings, as its factory declares them; checked when a
@@ -165,6 +177,7 @@ _CFG_TYPES: Dict[str, Tuple[type, ...]] = {
     "dtype": (str,),
     "batch_size": (int,),
     "refine": (bool,),
+    "layers": (str,),
 }
 
 
@@ -178,7 +191,7 @@ def check_cfg(cfg: Dict[str, Any], where: str) -> None:
     if cfg["batch_size"] < 1 or cfg["damping"] < 0:
         raise IndexCorruptError(f"{where}: batch_size must be >= 1 and damping >= 0; re-index")
     try:
-        check_settings(**{key: cfg[key] for key in ("curvature", "granularity", "k", "dtype", "refine")})
+        check_settings(**{key: cfg[key] for key in ("curvature", "granularity", "k", "dtype", "refine", "layers")})
     except ConfigError as err:
         raise IndexCorruptError(f"{where}: {err}; re-index") from None
 
@@ -202,6 +215,7 @@ class SegmentInfluence(Pipe):
         dtype: IndexDtype = "float32",
         batch_size: int = 64,
         refine: bool = False,
+        layers: Layers = "head",
     ) -> None:
         """
         nlp: the pipeline, which must hold the NER component named `ner`.
@@ -224,7 +238,7 @@ class SegmentInfluence(Pipe):
         refine: also report, per hit, the leverage-corrected change of the entity's loss
             when the segment's labels are removed (`removal`; needs curvature "exact").
         """
-        check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=refine)
+        check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=refine, layers=layers)
         self.nlp = nlp
         self.name = name
         self.cfg: Dict[str, Any] = {
@@ -237,6 +251,7 @@ class SegmentInfluence(Pipe):
             "dtype": dtype,
             "batch_size": batch_size,
             "refine": refine,
+            "layers": layers,
         }
         self.device = device
         self._removal_steps: Optional[removal.RemovalSteps] = None
@@ -244,6 +259,7 @@ class SegmentInfluence(Pipe):
         self.fingerprint: Optional[str] = None
         self._surrogate: Optional[CRFEntityRecognizer] = None
         self._surrogate_bytes: Optional[bytes] = None  # built on first use, once the pipeline is loaded
+        self._encoder: Optional[EncoderExplainer] = None  # layers = "embeddings"
 
     @property
     def ner(self) -> CRFEntityRecognizer:
@@ -291,8 +307,27 @@ class SegmentInfluence(Pipe):
                 raise ConfigError("Indexing through a CRF surrogate runs in one process: leave out --ray")
             self._fit_surrogate(docs, dev_path, show_progress)
         check_known_labels(docs, self.ner.labels, str(train_path or "the training examples"))
+        if self.cfg["layers"] == "embeddings" and (self.surrogate is not None or ray_address is not None):
+            raise ConfigError("layers 'embeddings' needs a crf_ner pipeline indexed in one process (no --ray)")
         self.index = self._build_index(docs, show_progress, ray_address, ray_workers)
+        self._encoder = self._build_encoder(docs, train_path) if self.cfg["layers"] == "embeddings" else None
         self.fingerprint = bridge.fingerprint(self.nlp, self.cfg["ner"])
+
+    def _build_encoder(self, docs: Sequence[Doc], train_path: Optional[Union[str, Path]]) -> EncoderExplainer:
+        """The embedding-row gradients of the indexed segments at the pipeline's initial
+        weights, which `spacy train` rebuilds from its config (and the training corpus)."""
+        import tempfile
+
+        from .annotation_errors.fold_training import training_config
+
+        assert self.index is not None
+        segments = [Segment(m["doc_index"], m["start"], m["end"]) for m in self.index.metadata]
+        config = training_config(self.nlp.config)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(train_path) if train_path is not None else Path(tmp) / "train.spacy"
+            if train_path is None:
+                DocBin(docs=docs).to_disk(path)
+            return EncoderExplainer.build(config, path, self.cfg["ner"], docs, segments)
 
     def _fit_surrogate(self, docs: Sequence[Doc], dev_path: Optional[Union[str, Path]], show_progress: bool) -> None:
         name, batch_size = self.cfg["ner"], self.cfg["batch_size"]
@@ -402,6 +437,10 @@ class SegmentInfluence(Pipe):
         index = self.check_index()
         if not spans:
             return numpy.zeros((0, len(index)))
+        if self._encoder is not None:
+            labelled = [_labelled_query(span, None if labels is None else labels[i]) for i, span in enumerate(spans)]
+            segments = [Segment(i, query.start, query.end) for i, (query, _) in enumerate(labelled)]
+            return self._encoder.scores([span.doc for span in spans], [ents for _, ents in labelled], segments)
         return index.scores(self.query_gradients(spans, labels), device=self.device)
 
     def _query(
@@ -420,9 +459,11 @@ class SegmentInfluence(Pipe):
         tags = [bridge.tag_ids(ner, doc, ents) for doc, ents in zip(docs, labellings)]
         segments = [Segment(i, span.start, span.end) for i, span in queries]
         batch = LabelledBatch(features, tags)
-        grads = segment_gradients(ner, batch, segments)
         assert self.index is not None  # the callers checked it
-        top = self.index.top_k(grads, k=k or self.cfg["k"], device=self.device)
+        if self._encoder is not None:
+            top = top_k_of(self._encoder.scores(docs, labellings, segments), k or self.cfg["k"])
+        else:
+            top = self.index.top_k(segment_gradients(ner, batch, segments), k=k or self.cfg["k"], device=self.device)
         probabilities = _entity_probabilities(ner, features, queries)
         records = []
         for (_, span), segment, result, probability in zip(queries, segments, top, probabilities):
@@ -492,6 +533,9 @@ class SegmentInfluence(Pipe):
         if self._surrogate_bytes is not None and "index" not in exclude:
             (path / "surrogate").write_bytes(self._surrogate_bytes)
             written.append("surrogate")
+        if self._encoder is not None and "index" not in exclude:
+            (path / "embeddings").write_bytes(self._encoder.to_bytes())
+            written.append("embeddings")
         if "cfg" not in exclude:
             srsly.write_json(path / "cfg", {**self.cfg, "fingerprint": self.fingerprint})
             written.append("cfg")
@@ -516,6 +560,8 @@ class SegmentInfluence(Pipe):
             self.index = SegmentIndex.from_disk(path / "index") if (path / "index").exists() else None
             self._surrogate = None
             self._surrogate_bytes = (path / "surrogate").read_bytes() if (path / "surrogate").exists() else None
+            stored = path / "embeddings"
+            self._encoder = EncoderExplainer.from_bytes(stored.read_bytes()) if stored.exists() else None
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
@@ -525,6 +571,7 @@ class SegmentInfluence(Pipe):
         if "index" not in exclude:
             msg["index"] = self.index.to_bytes() if self.index is not None else None
             msg["surrogate"] = self._surrogate_bytes
+            msg["embeddings"] = self._encoder.to_bytes() if self._encoder is not None else None
         return srsly.msgpack_dumps(msg)
 
     def from_bytes(self, data: bytes, *, exclude: Iterable[str] = tuple()) -> "SegmentInfluence":
@@ -536,7 +583,25 @@ class SegmentInfluence(Pipe):
         if "index" not in exclude and "index" in msg:
             self.index = SegmentIndex.from_bytes(msg["index"]) if msg["index"] is not None else None
             self._surrogate, self._surrogate_bytes = None, msg.get("surrogate")
+            stored = msg.get("embeddings")
+            self._encoder = EncoderExplainer.from_bytes(stored) if stored is not None else None
         return self
+
+
+def top_k_of(scores: numpy.ndarray, k: int) -> List[QueryResult]:
+    """The k most supporting (positive, best first) and k most opposing (negative, most
+    negative first) segments of each row of a full score matrix [Q, S]."""
+    results = []
+    for row in scores:
+        order = numpy.argsort(-row, kind="stable")
+        top, bottom = order[:k], order[::-1][:k]
+        results.append(
+            QueryResult(
+                [(int(j), float(row[j])) for j in top if row[j] > 0],
+                [(int(j), float(row[j])) for j in bottom if row[j] < 0],
+            )
+        )
+    return results
 
 
 def _labelled_query(span: Span, label: Optional[str]) -> Tuple[Span, List[Span]]:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy
+import srsly
 import torch
 from spacy.language import Language
-from spacy.tokens import Doc
+from spacy.tokens import Doc, Span
 from thinc.api import Config
 
 from . import bridge
@@ -104,3 +105,122 @@ def initial_embedding_scores(
         queries = embedding_gradients_of(start, ner_name, *test)
         total += embedding_scores(queries, stored)
     return total
+
+
+class EmbeddingIndex:
+    """Training segments' embedding-row gradients, searched through an inverted index over
+    rows: a query touches ~100 rows, so it reads only the entries of those rows instead of
+    every stored vector. Scores are `embedding_scores`' (1/hits weighting)."""
+
+    def __init__(self, grads: eg.EmbeddingGradients):
+        self.grads = grads
+        rows = grads.rows.reshape(-1)
+        entries = numpy.repeat(numpy.arange(grads.table.size), grads.rows.shape[1])
+        order = numpy.argsort(rows, kind="stable")
+        self._entries = entries[order]
+        self._row_start = numpy.searchsorted(rows[order], numpy.arange(grads.n_rows + 1))
+        # hits: the training segments touching each row (an entry is one segment's)
+        segment_rows = numpy.unique(numpy.stack([grads.segment_of_entry[entries], rows]), axis=1)[1]
+        self._hits = numpy.maximum(numpy.bincount(segment_rows, minlength=grads.n_rows), 1).astype(numpy.float64)
+        self._segment = grads.segment_of_entry
+
+    def __len__(self) -> int:
+        return len(self.grads)
+
+    def scores(self, queries: eg.EmbeddingGradients) -> numpy.ndarray:
+        """[Q, S]: sum over rows of g_query[row] . g_train[row] / hits(row)."""
+        out = numpy.zeros((len(queries), len(self)))
+        vectors = self.grads.vectors
+        for q in range(len(queries)):
+            part = eg.slice_segments(queries, q, q + 1)
+            rows = part.rows.reshape(-1)
+            unique, inverse = numpy.unique(rows, return_inverse=True)
+            field = numpy.zeros((unique.size, part.vectors.shape[1]))
+            numpy.add.at(field, inverse.reshape(-1), numpy.repeat(part.vectors, part.rows.shape[1], axis=0))
+            starts, stops = self._row_start[unique], self._row_start[unique + 1]
+            counts = stops - starts
+            if not counts.sum():
+                continue
+            which = numpy.repeat(numpy.arange(unique.size), counts)
+            postings = self._entries[
+                numpy.repeat(starts, counts)
+                + numpy.arange(counts.sum())
+                - numpy.repeat(numpy.cumsum(counts) - counts, counts)
+            ]
+            values = numpy.einsum("pw,pw->p", vectors[postings], field[which]) / self._hits[unique][which]
+            out[q] = numpy.bincount(self._segment[postings], values, minlength=len(self))
+        return out
+
+    def to_bytes(self) -> bytes:
+        g = self.grads
+        return srsly.msgpack_dumps(
+            {
+                "table": g.table,
+                "ids": g.ids,
+                "rows": g.rows,
+                "vectors": g.vectors,
+                "offsets": g.offsets,
+                "n_rows": g.n_rows,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "EmbeddingIndex":
+        msg = srsly.msgpack_loads(data)
+        return cls(
+            eg.EmbeddingGradients(
+                numpy.asarray(msg["table"]),
+                numpy.asarray(msg["ids"]),
+                numpy.asarray(msg["rows"]),
+                numpy.asarray(msg["vectors"]),
+                numpy.asarray(msg["offsets"]),
+                int(msg["n_rows"]),
+            )
+        )
+
+
+class EncoderExplainer:
+    """What `segment_influence` with layers = "embeddings" keeps: the pipeline at its
+    initial weights (its config and bytes) and the training segments' embedding-row
+    gradients there; it scores queries labelled in the trained pipeline's docs."""
+
+    def __init__(self, initial: Language, ner_name: str, index: EmbeddingIndex):
+        self.initial = initial
+        self.ner_name = ner_name
+        self.index = index
+
+    @classmethod
+    def build(
+        cls, config: Config, train_path: Path, ner_name: str, docs: Sequence[Doc], segments: Sequence[Segment]
+    ) -> "EncoderExplainer":
+        initial = initial_pipeline(config, train_path)
+        eg.hash_embed_tables(eg.upstream_encoder(initial, bridge.crf_component(initial, ner_name)))
+        return cls(initial, ner_name, EmbeddingIndex(embedding_gradients_of(initial, ner_name, docs, segments)))
+
+    def scores(self, docs: Sequence[Doc], labellings: Sequence[Sequence[Span]], segments: Sequence[Segment]):
+        """[Q, S] scores of segments of `docs`, each doc labelled with `labellings[i]`."""
+        labelled = []
+        for doc, entities in zip(docs, labellings):
+            copy = bridge.unannotated(doc)
+            copy.ents = [Span(copy, e.start, e.end, label=e.label_) for e in entities]
+            labelled.append(copy)
+        return self.index.scores(embedding_gradients_of(self.initial, self.ner_name, labelled, segments))
+
+    def to_bytes(self) -> bytes:
+        return srsly.msgpack_dumps(
+            {
+                "config": self.initial.config.to_str(),
+                "initial": self.initial.to_bytes(),
+                "ner": self.ner_name,
+                "index": self.index.to_bytes(),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "EncoderExplainer":
+        from spacy.util import load_model_from_config
+
+        msg = srsly.msgpack_loads(data)
+        initial = load_model_from_config(Config().from_str(msg["config"]), auto_fill=True)
+        initial.from_bytes(msg["initial"])
+        return cls(initial, msg["ner"], EmbeddingIndex.from_bytes(msg["index"]))
