@@ -80,13 +80,13 @@ def phase(args: argparse.Namespace) -> dict:
         found["peak_mb"] = peak_mb()
         found["agreement"] = agreement(nlp, "ner", surrogate, dev)
     else:
-        found.update(compare(nlp, docs, dev, args.compare))
+        found.update(compare(nlp, docs, dev, args.compare, args.cases.split(",")))
     found.setdefault("seconds", time.perf_counter() - clock)
     found.setdefault("peak_mb", peak_mb())
     return found
 
 
-def compare(nlp, docs: List[Doc], dev: List[Doc], size: int) -> dict:
+def compare(nlp, docs: List[Doc], dev: List[Doc], size: int, cases: List[str]) -> dict:
     surrogate = build_surrogate(nlp, "ner", nlp.get_pipe("ner").labels)
     batch = labelled_batch(nlp, "ner", docs[:size], ner=surrogate)
     _size(surrogate, batch.features[0].shape[1])
@@ -100,6 +100,8 @@ def compare(nlp, docs: List[Doc], dev: List[Doc], size: int) -> dict:
     zeros = torch.zeros_like(trained)
     out: dict = {"n_sentences": size, "n_params": len(trained)}
     for case, start in (("surrogate_from_zeros", None), ("validate_from_a_trained_head", trained)):
+        if case.split("_")[0] not in cases:
+            continue
         clock = time.perf_counter()
         new = fit_head(surrogate, batch, L2, start, show_progress=True)
         new_s = time.perf_counter() - clock
@@ -130,6 +132,7 @@ def main() -> None:
     parser.add_argument("--compare", type=int, default=2000, help="sentences of the old-vs-new comparison (0: skip)")
     parser.add_argument("--n-dev", type=int, default=1000, help="CoNLL validation sentences for the agreement")
     parser.add_argument("--phases", default="pipe,fit,compare")
+    parser.add_argument("--cases", default="surrogate,validate", help="the comparison's cases")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "output" / "head_fit")
     parser.add_argument("--data", type=Path, default=ner_quality.DATA, help="folder of the CoNLL-2003 JSONL files")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
@@ -151,6 +154,7 @@ def main() -> None:
             continue
         cmd = [sys.executable, __file__, "--phase", name, "--model", str(model), "--train-path", str(train_path)]
         cmd += ["--dev-path", str(dev_path), "--n-dev", str(args.n_dev), "--compare", str(args.compare)]
+        cmd += ["--cases", args.cases]
         output = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         results[name] = json.loads(output.split("RESULT ", 1)[1])
         print(json.dumps({name: results[name]}, indent=2), flush=True)
@@ -158,7 +162,7 @@ def main() -> None:
         results["fit_vs_pipe"] = results["fit"]["fit_s"] / results["pipe"]["seconds"]
         results["fit_peak_vs_pipe_peak"] = results["fit"]["peak_mb"] / results["pipe"]["peak_mb"]
     print(json.dumps(results, indent=2))
-    (args.workdir / "head_fit.json").write_text(json.dumps(results, indent=2))
+    (args.workdir / f"head_fit_{args.phases.replace(',', '_')}.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

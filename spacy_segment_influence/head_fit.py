@@ -16,8 +16,8 @@ marginals, times the token features) and its Hessian their covariance
   when it is small), corrected by L-BFGS pairs and damped (Levenberg-Marquardt) where J
   disagrees with the quadratic model;
 - a warm start where there is one (`validate` refits from the trained head);
-- passes run in float32 until the predicted decrease falls under float32's resolution
-  of J, then in float64 to the gradient tolerance.
+- the L-BFGS passes run in float32, the Newton steps' in float64 (their damping follows
+  J's decrease, which near the optimum is under float32's resolution of J).
 """
 
 from dataclasses import dataclass
@@ -110,9 +110,8 @@ def fit_head(
     gradients in float32 (each a pass over the corpus, no Hessian). Once max |gradient|
     is under 1e-2, Newton steps with the closed-form Hessian of up to
     `hessian_sample` evenly spread sentences (the exact Hessian below that), corrected by
-    L-BFGS pairs and damped (Levenberg-Marquardt) where J disagrees with the model; float64
-    once the predicted decrease is under float32's resolution of J. A progress bar shows J
-    and max |gradient| per pass."""
+    L-BFGS pairs and damped (Levenberg-Marquardt) where J disagrees with the model, in
+    float64. A progress bar shows J and max |gradient| per pass."""
     rows = [i for i, x in enumerate(batch.features) if len(x)]
     theta = torch.zeros(head_layout(ner).n_params, dtype=torch.float64) if theta is None else theta.double()
     state = _State(ner, batch, l2, tqdm(desc=desc, unit="pass", disable=not show_progress))
@@ -176,7 +175,11 @@ def _newton(
     hessian_sample: int,
 ) -> Tuple[torch.Tensor, float, torch.Tensor]:
     """Levenberg-Marquardt steps with the (sample) Hessian and L-BFGS corrections, to
-    max |gradient| < `tol` in float64 (or to its noise floor)."""
+    max |gradient| < `tol` (or float64's noise floor). The passes are float64: near the
+    optimum the ratio of J's actual to predicted decrease, which sets the damping, is
+    below float32's resolution of J."""
+    state.dtype = torch.float64
+    value, gradient = state.evaluate(theta)
     sample = _spread(rows, hessian_sample)
     curvature = state.hessian(theta, sample)
     scale = float(curvature.diagonal().max()) + state.l2
@@ -191,10 +194,6 @@ def _newton(
             memory = []  # outside the region where the model is trusted: no secant corrections
         direction = -_solve(cholesky, memory, gradient)
         predicted = 0.5 * float(gradient @ direction)  # J's change if the model were exact
-        if state.dtype == torch.float32 and -predicted < _FLOAT32_DECREASE * max(1.0, abs(value)):
-            state.dtype = torch.float64  # float32's J can no longer see the decrease: polish in float64
-            value, gradient = state.evaluate(theta)
-            continue
         candidate = theta + direction
         candidate_value, candidate_gradient = state.evaluate(candidate)
         ratio = (candidate_value - value) / predicted if predicted < 0 else -1.0
@@ -203,11 +202,8 @@ def _newton(
         elif ratio < 0.25:
             damping = max(4 * (damped - state.l2), 1e-4 * scale)
         if candidate_value >= value:  # rejected: a shorter step next
-            if damping > 1e6 * scale:  # no step decreases J: the noise floor of this precision
-                if state.dtype == torch.float64:
-                    break
-                state.dtype, damping = torch.float64, 0.0
-                value, gradient = state.evaluate(theta)
+            if damping > 1e6 * scale:  # no step decreases J: float64's noise floor
+                break
             continue
         contraction = float(candidate_gradient.abs().max()) / size
         moved, change = candidate - theta, candidate_gradient - gradient
@@ -216,16 +212,11 @@ def _newton(
             curvature, memory = state.hessian(theta, sample), []
         else:
             memory = _remember(memory, moved, change)
-    if state.dtype == torch.float32:
-        state.dtype = torch.float64
-        value, gradient = state.evaluate(theta)
     return theta, value, gradient
 
 
 # L-BFGS hands over to Newton steps below this max |gradient|
 _NEWTON_FROM = 1e-2
-# predicted decreases below this (relative to J) are under float32's resolution of J
-_FLOAT32_DECREASE = 1e-6
 # a step this short changes J by no more than rounding
 _MIN_STEP = 1e-10
 # a step that shrinks max |gradient| by less than this factor (and J less than predicted)

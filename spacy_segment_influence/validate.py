@@ -53,7 +53,7 @@ HessianMethod = Literal["covariance", "autograd"]
 
 # Rough costs on this project's 2 shared CPU cores, from the runs in BENCHMARKS.md (tok2vec
 # and MiniLM heads; within about 2x of each): the refit per training sentence, and one retraining.
-_REFIT_S_PER_SENTENCE = 0.4
+_REFIT_S_PER_SENTENCE = 0.15
 _RETRAIN_S = 30.0
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
