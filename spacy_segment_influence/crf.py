@@ -219,6 +219,73 @@ def unary_marginals(scores: ChainScores, constraints: Optional[TagConstraints] =
     return unary.detach()
 
 
+def summed_marginals(
+    scores: ChainScores, constraints: Optional[TagConstraints] = None
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log Z [B], unary marginals [B, L, C] (zero at padding) and the pairwise marginals
+    summed over sentences and positions [C, C], without gradients, in the scores' dtype.
+
+    What a gradient of the CRF likelihood needs, several times faster than `marginals`:
+    the scaled forward-backward in probability space (as `unary_marginals`), whose
+    pairwise marginals
+        xi_t[i, j] = a_t[i] K[i, j] psi_t+1[j] b_t+1[j] / c_t+1
+    (scaled forward a, backward b, normaliser c, potentials psi = exp(emissions), K =
+    exp(transitions)) sum over all t and sentences to K * (A^T W), one matrix product,
+    instead of a [B, L, C, C] tensor. If the scores spread so far that a step underflows,
+    the batch is redone in log space."""
+    masked = _apply(scores, constraints, None)
+    with torch.no_grad():
+        found = _scaled_summed_marginals(masked)
+        if found is None:
+            log_z, unary, pairwise = marginals(masked)
+            found = log_z, unary, pairwise.sum(dim=(0, 1))
+    return found
+
+
+def _scaled_summed_marginals(masked: ChainScores) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    emissions, lengths = masked.emissions, masked.lengths
+    n_docs, length, _ = emissions.shape
+    inside = _in_chain(masked).squeeze(-1)  # [B, L]
+    shift = emissions.amax(dim=2)
+    potentials = torch.exp(emissions - shift.unsqueeze(-1))
+    top = masked.transitions.max()
+    moves = torch.exp(masked.transitions - top)
+    start_top, end_top = masked.start.max(), masked.end.max()
+    alpha = torch.exp(masked.start - start_top) * potentials[:, 0]
+    norms = [alpha.sum(dim=1)]
+    alphas = [alpha / norms[0].unsqueeze(1)]
+    one = torch.ones((), dtype=emissions.dtype)
+    for t in range(1, length):
+        step = (alphas[-1] @ moves) * potentials[:, t]
+        norm = torch.where(inside[:, t], step.sum(dim=1), one)
+        alphas.append(torch.where(inside[:, t].unsqueeze(1), step / norm.unsqueeze(1), alphas[-1]))
+        norms.append(norm)
+    scaled_alpha, scale = torch.stack(alphas, dim=1), torch.stack(norms, dim=1)  # [B, L, C], [B, L]
+    end = torch.exp(masked.end - end_top).expand(n_docs, -1)
+    end_mass = (alphas[-1] * end).sum(dim=1)  # alphas stay frozen past each length
+    if not bool((scale > 0).all() and (end_mass > 0).all() and torch.isfinite(scale).all()):
+        return None
+    log_z = (
+        torch.log(scale).sum(dim=1)
+        + torch.where(inside, shift, torch.zeros((), dtype=shift.dtype)).sum(dim=1)
+        + (lengths - 1) * top
+        + start_top
+        + end_top
+        + torch.log(end_mass)
+    )
+    last = end / end_mass.unsqueeze(1)
+    betas = [last]
+    for t in range(length - 2, -1, -1):
+        step = ((potentials[:, t + 1] * betas[-1]) / scale[:, t + 1].unsqueeze(1)) @ moves.T
+        betas.append(torch.where((t < lengths - 1).unsqueeze(1), step, last))
+    scaled_beta = torch.stack(betas[::-1], dim=1)
+    unary = scaled_alpha * scaled_beta * inside.unsqueeze(-1)
+    pairs = inside[:, 1:]  # t + 1 inside the sentence
+    weights = potentials[:, 1:] * scaled_beta[:, 1:] / scale[:, 1:].unsqueeze(-1)
+    pairwise = moves * (scaled_alpha[:, :-1][pairs].T @ weights[pairs])
+    return log_z, unary, pairwise
+
+
 def _in_chain(scores: ChainScores) -> torch.Tensor:
     """Bool [B, L, 1]: position t lies inside sentence b."""
     positions = torch.arange(scores.emissions.shape[1], device=scores.lengths.device)

@@ -50,10 +50,14 @@ def labelled_batch(
     ner: Optional[CRFEntityRecognizer] = None,
 ) -> LabelledBatch:
     """The head's features for reference docs, labelled with their gold entities. The
-    head is the crf_ner component `ner_name`'s, or `ner`'s (a surrogate of `ner_name`)."""
+    head is the crf_ner component `ner_name`'s, or `ner`'s (a surrogate of `ner_name`).
+    Encoded `batch_size` docs at a time, so that only their features outlive a batch."""
     ner = ner if ner is not None else bridge.crf_component(nlp, ner_name)
-    encoded = bridge.encode(nlp, [bridge.unannotated(doc) for doc in docs], ner_name, batch_size)
-    return LabelledBatch(bridge.head_features(ner, encoded), [bridge.gold_tags(ner, doc) for doc in docs])
+    features: List[numpy.ndarray] = []
+    for first in range(0, len(docs), batch_size):
+        part = [bridge.unannotated(doc) for doc in docs[first : first + batch_size]]
+        features += bridge.head_features(ner, bridge.encode(nlp, part, ner_name, batch_size))
+    return LabelledBatch(features, [bridge.gold_tags(ner, doc) for doc in docs])
 
 
 def padded_tags(tags: Sequence[Sequence[int]]) -> torch.Tensor:

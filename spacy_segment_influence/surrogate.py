@@ -22,9 +22,9 @@ from . import bridge, crf
 from .entity_scores import Entity
 from .exceptions import DataError, IndexCorruptError, PipelineError
 from .head import build_crf_tagger, load_state
-from .segments import labelled_batch, mean_nll
+from .head_fit import fit_head
+from .segments import labelled_batch
 from .tagger import CRFEntityRecognizer
-from .validate import refit_head
 
 
 def feature_reader(component: Any) -> Model:
@@ -86,8 +86,8 @@ def fit_surrogate(
     show_progress: bool = True,
 ) -> CRFEntityRecognizer:
     """The CRF head minimising mean sentence NLL + l2 / 2 |theta|^2 on `docs`' gold
-    entities, over the frozen features of component `ner_name` (L-BFGS; the objective is
-    convex in the head, so the fit is its unique optimum)."""
+    entities, over the frozen features of component `ner_name` (`head_fit`; the objective
+    is convex in the head, so the fit is its unique optimum)."""
     component = nlp.get_pipe(ner_name) if ner_name in nlp.pipe_names else None
     labels = [label for label in getattr(component, "labels", ()) if label]
     labels = labels or sorted({ent.label_ for doc in docs for ent in doc.ents})
@@ -99,13 +99,8 @@ def fit_surrogate(
     if not widths:
         raise DataError(f"Cannot fit a CRF surrogate of {ner_name!r}: the training corpus has no tokens")
     _size(surrogate, widths.pop())
-    data_nll, _ = mean_nll(surrogate, batch)
-    theta = refit_head(
-        lambda t: data_nll(t) + 0.5 * l2 * (t * t).sum(),
-        torch.zeros(bridge.head_layout(surrogate).n_params, dtype=torch.float64),
-        show_progress,
-    )
-    bridge.set_flat_head(surrogate, theta.float())
+    fit = fit_head(surrogate, batch, l2, show_progress=show_progress, desc=f"Fitting the CRF surrogate of {ner_name!r}")
+    bridge.set_flat_head(surrogate, fit.theta.float())
     return surrogate
 
 

@@ -8,7 +8,7 @@ over N training sentences. Removing segment S's labels removes l_S from sentence
 The first-order prediction of the change in a test segment's loss is
     (1/N) g_test^T H^-1 g_S          (Koh & Liang 2017; Jain et al. 2022, eq. 4)
 with H the exact Hessian of J; positive means the segment supported the prediction.
-Each theta_-S is found by Newton iterations with H frozen at theta*, which converge to
+theta* comes from `head_fit`; each theta_-S is found by Newton iterations with H frozen at theta*, which converge to
 machine precision in a few steps because H_-S differs from H by O(1/N).
 
 `validate` = `prepare` (refit, Hessian, gradients), `estimates` (the product's
@@ -33,6 +33,7 @@ from .curvature import ExactCurvature, IdentityCurvature, KFACCurvature
 from .exceptions import ConfigError, DataError
 from .fidelity_metrics import choose_segments, compare
 from .gradients import FactoredGradients, WindowLabels
+from .head_fit import fit_head
 from .hessian import curvature_along, head_hessian, head_hessian_autograd, segment_hessian
 from .index import SegmentIndex
 from .known_labels import check_known_labels
@@ -52,7 +53,7 @@ HessianMethod = Literal["covariance", "autograd"]
 
 # Rough costs on this project's 2 shared CPU cores, from the runs in BENCHMARKS.md (tok2vec
 # and MiniLM heads; within about 2x of each): the refit per training sentence, and one retraining.
-_REFIT_S_PER_SENTENCE = 0.4
+_REFIT_S_PER_SENTENCE = 0.15
 _RETRAIN_S = 30.0
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -241,9 +242,8 @@ def prepare(
     def objective(theta: torch.Tensor) -> torch.Tensor:
         return data_nll(theta) + 0.5 * l2 * (theta * theta).sum()
 
-    if show_progress:
-        print(f"Refitting the head on {train.n_sentences} training sentences...")
-    theta = refit_head(objective, bridge.flat_head(ner), show_progress)
+    desc = f"Refitting the head on {train.n_sentences} training sentences"
+    theta = fit_head(ner, train, l2, bridge.flat_head(ner), show_progress=show_progress, desc=desc).theta
     timings["refit_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
     compute = head_hessian_autograd if hessian == "autograd" else head_hessian
@@ -352,25 +352,6 @@ def retrain_segment(setup: FidelitySetup, column: int, refinement: Optional[_Ref
         refined=test_change(theta + refined_step),
         residual=residual,
     )
-
-
-def refit_head(objective: Objective, theta: torch.Tensor, show_progress: bool) -> torch.Tensor:
-    """The minimum of a head objective by L-BFGS from `theta` (the trained weights, when
-    validating; `_newton` then polishes to machine precision)."""
-    params = theta.clone().requires_grad_()
-    optimizer = torch.optim.LBFGS(
-        [params], lr=1, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-14, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = objective(params)
-        loss.backward()
-        return loss
-
-    with crf.one_thread():
-        optimizer.step(closure)
-    return params.detach()
 
 
 def _newton(

@@ -727,6 +727,29 @@ def test_unary_marginals_of_confident_models_match_log_space(scale):
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("scale", [1.0, 30.0, 300.0])
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_summed_marginals_match_brute_force(setting, scale):
+    """log Z, unary marginals and the summed pairwise marginals of the scaled recursion
+    against brute-force enumeration and the log-space recursion; in float32 at 300x a
+    scaled step underflows, so the log-space fallback must answer the same."""
+    gen, C, cons, ref, scores = make_instance(setting, 0)
+    sharp = scores._replace(emissions=scores.emissions * scale, transitions=scores.transitions * scale)
+    log_z, unary, pairwise = crf.summed_marginals(sharp, cons)
+    expected_log_z, expected_unary, expected_pairwise = crf.marginals(sharp, cons)
+    close(log_z, expected_log_z, f"summed_marginals log Z [{setting}, {scale}]")
+    close(unary, expected_unary, f"summed_marginals unary [{setting}, {scale}]")
+    close(pairwise, expected_pairwise.sum(dim=(0, 1)), f"summed_marginals pairwise [{setting}, {scale}]")
+    in_float32 = crf.ChainScores(*(x.float() if x.is_floating_point() else x for x in sharp))
+    _, unary32, pairwise32 = crf.summed_marginals(in_float32, cons)
+    torch.testing.assert_close(unary32.double(), expected_unary, atol=1e-3, rtol=0)
+    torch.testing.assert_close(pairwise32.double(), expected_pairwise.sum(dim=(0, 1)), atol=1e-3, rtol=1e-4)
+    if scale == 1.0:
+        bz, bu, bp = bf_marginals(scores, ref, None)
+        close(log_z, bz, f"summed_marginals log Z vs brute force [{setting}]")
+        close(pairwise, bp.sum(dim=(0, 1)), f"summed_marginals pairwise vs brute force [{setting}]")
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_marginals_respect_constraints(seed):
     """Forbidden transitions / start / end tags get exactly zero probability."""
