@@ -70,6 +70,14 @@ def unannotated(doc: Doc) -> Doc:
     return fresh
 
 
+def labelled(doc: Doc, entities: Iterable[Span]) -> Doc:
+    """An `unannotated` copy of the doc with `entities` (spans of it) as its gold entities:
+    a reference doc for a labelling the model predicted or a query asks about."""
+    copy = unannotated(doc)
+    copy.ents = [Span(copy, e.start, e.end, label=e.label_) for e in entities]
+    return copy
+
+
 def head_features(ner: CRFEntityRecognizer, docs: Sequence[Doc]) -> List[numpy.ndarray]:
     """Per-token features [n_tokens, E] exactly as the head saw them at predict time."""
     if not docs:

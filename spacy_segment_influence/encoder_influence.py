@@ -44,6 +44,11 @@ def initial_pipeline(config: Config, train_path: Path, seed: Optional[int] = Non
     return init_nlp(Config().from_str(config.to_str(), overrides=overrides), use_gpu=-1)
 
 
+def require_hash_embeddings(nlp: Language, ner_name: str) -> None:
+    """PipelineError unless the crf_ner's encoder has hash-embedding tables to differentiate."""
+    eg.hash_embed_tables(eg.upstream_encoder(nlp, bridge.crf_component(nlp, ner_name)))
+
+
 def embedding_gradients_of(
     nlp: Language, ner_name: str, docs: Sequence[Doc], segments: Sequence[Segment]
 ) -> eg.EmbeddingGradients:
@@ -194,16 +199,12 @@ class EncoderExplainer:
         cls, config: Config, train_path: Path, ner_name: str, docs: Sequence[Doc], segments: Sequence[Segment]
     ) -> "EncoderExplainer":
         initial = initial_pipeline(config, train_path)
-        eg.hash_embed_tables(eg.upstream_encoder(initial, bridge.crf_component(initial, ner_name)))
+        require_hash_embeddings(initial, ner_name)
         return cls(initial, ner_name, EmbeddingIndex(embedding_gradients_of(initial, ner_name, docs, segments)))
 
     def scores(self, docs: Sequence[Doc], labellings: Sequence[Sequence[Span]], segments: Sequence[Segment]):
         """[Q, S] scores of segments of `docs`, each doc labelled with `labellings[i]`."""
-        labelled = []
-        for doc, entities in zip(docs, labellings):
-            copy = bridge.unannotated(doc)
-            copy.ents = [Span(copy, e.start, e.end, label=e.label_) for e in entities]
-            labelled.append(copy)
+        labelled = [bridge.labelled(doc, entities) for doc, entities in zip(docs, labellings)]
         return self.index.scores(embedding_gradients_of(self.initial, self.ner_name, labelled, segments))
 
     def to_bytes(self) -> bytes:

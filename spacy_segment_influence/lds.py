@@ -132,15 +132,14 @@ def seed_noise_ceiling(actual: numpy.ndarray, repeats: Dict[int, numpy.ndarray])
 def predicted_test_segments(nlp: Language, ner_name: str, docs: Sequence[Doc]) -> Tuple[List[Doc], List[Segment]]:
     """The test predictions: the entities the pipeline predicts on `docs`, as reference docs
     labelled with those predictions and one segment per entity."""
+    from .bridge import labelled as bridge_labelled
     from .bridge import unannotated
 
     labelled: List[Doc] = []
     segments: List[Segment] = []
     for predicted in nlp.pipe([unannotated(doc) for doc in docs]):
-        ref = unannotated(predicted)
-        ref.ents = [Span(ref, e.start, e.end, label=e.label_) for e in predicted.ents]
         segments.extend(Segment(len(labelled), e.start, e.end) for e in predicted.ents)
-        labelled.append(ref)
+        labelled.append(bridge_labelled(predicted, predicted.ents))
     if not segments:
         raise DataError("The pipeline predicts no entities on the test sentences: LDS needs predictions")
     return labelled, segments
@@ -314,10 +313,9 @@ def run_lds(
     if unknown:
         raise ConfigError(f"Unknown attribution(s) {', '.join(unknown)}; choose from {', '.join(ATTRIBUTIONS)}")
     if "embeddings" in methods:  # refused before any training, not after
-        from .bridge import crf_component
-        from .embedding_gradients import hash_embed_tables, upstream_encoder
+        from .encoder_influence import require_hash_embeddings
 
-        hash_embed_tables(upstream_encoder(nlp, crf_component(nlp, ner_name)))
+        require_hash_embeddings(nlp, ner_name)
     train_docs = read_docbin(Path(train_path), nlp.vocab)
     dev_docs = read_docbin(Path(dev_path), nlp.vocab)[:n_test]
     masks = subset_masks(len(train_docs), n_subsets, fraction, seed)
