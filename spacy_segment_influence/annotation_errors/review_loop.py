@@ -111,11 +111,7 @@ class ReviewLoop:
         if self.similarity == "gradient":
             return self.finder.train_index.scores(self.finder.grads.take(indices)).T
         if self._features is None:
-            features = self.finder.train.batch.features
-            means = numpy.stack(
-                [numpy.asarray(features[c.doc_index][c.start : c.end]).mean(axis=0) for c in self.finder.candidates]
-            ).astype(numpy.float64)
-            self._features = means / numpy.maximum(numpy.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+            self._features = mean_features(self.finder)
         return self._features @ self._features[indices].T
 
     def rerank(self, static: numpy.ndarray, indices: numpy.ndarray, labels: numpy.ndarray) -> numpy.ndarray:
@@ -140,6 +136,15 @@ class ReviewLoop:
             nearest = similarity.max(axis=1)
             columns.append(numpy.where(numpy.isfinite(nearest), nearest, 0.0))
         return numpy.stack(columns, axis=1)
+
+
+def mean_features(finder: ErrorFinder) -> numpy.ndarray:
+    """The mean encoder features over each candidate's tokens, as unit rows [C, width]."""
+    features = finder.train.batch.features
+    means = numpy.stack(
+        [numpy.asarray(features[c.doc_index][c.start : c.end]).mean(axis=0) for c in finder.candidates]
+    ).astype(numpy.float64)
+    return means / numpy.maximum(numpy.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
 
 def _fit_logistic(x: numpy.ndarray, y: numpy.ndarray, prior: numpy.ndarray, l2: float) -> numpy.ndarray:

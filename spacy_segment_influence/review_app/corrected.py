@@ -1,0 +1,86 @@
+"""The review's outputs: the training corpus with the accepted fixes, and the decisions as
+Prodigy-style JSONL (the records `find-errors` wrote, each with its `answer`), which
+`find-errors --reviewed` and Prodigy's `db-in` read."""
+
+import copy
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import srsly
+from spacy.tokens import Doc, DocBin, Span
+
+from ..atomic_file import write_atomic
+from ..exceptions import DataError
+from .store import Entity, ReviewStore, iter_decided
+
+
+def apply_decisions(docs: Sequence[Doc], store: ReviewStore, remove: bool = False) -> Tuple[List[Doc], Dict[str, int]]:
+    """Copies of `docs` with each accepted candidate's region annotated as the reviewer
+    said (its gold entities replaced by the corrected ones); with `remove`, the sentences
+    with an accepted candidate are left out instead. Also returns counts of what changed.
+    DataError when a decision's sentence is not in `docs` (another corpus)."""
+    fixes: Dict[int, List[Tuple[int, int, List[Entity]]]] = {}
+    for candidate, decision in iter_decided(store):
+        record, index = candidate.record, candidate.doc_index
+        if not 0 <= index < len(docs) or docs[index].text != record["text"]:
+            raise DataError(
+                f"{store.path}: candidate {candidate.id}'s sentence is not sentence {index} of the corpus: "
+                "decisions made on another corpus?"
+            )
+        if decision.answer == "accept":
+            span = record["spans"][0]
+            fixes.setdefault(index, []).append((span["token_start"], span["token_end"] + 1, decision.entities or []))
+    out: List[Doc] = []
+    for i, doc in enumerate(docs):
+        if i not in fixes:
+            out.append(doc)
+        elif not remove:
+            out.append(_fixed(doc, fixes[i]))
+    counts = {"fixed regions": sum(map(len, fixes.values())), "changed sentences": len(fixes), "sentences": len(out)}
+    return out, counts
+
+
+def _fixed(doc: Doc, fixes: List[Tuple[int, int, List[Entity]]]) -> Doc:
+    """A copy of `doc` whose entities touching each fixed region are replaced by the
+    region's corrected ones; tokens left unannotated (missing) stay so."""
+    fixed = copy.deepcopy(doc)
+    kept = [ent for ent in fixed.ents if not any(ent.start < end and start < ent.end for start, end, _ in fixes)]
+    added = [Span(fixed, s, e, label=label) for _, _, entities in fixes for s, e, label in entities]
+    missing = [fixed[t.i : t.i + 1] for t in fixed if t.ent_iob_ == "" and not any(s <= t.i < e for s, e, _ in fixes)]
+    fixed.set_ents(kept + added, missing=missing, default="outside")
+    return fixed
+
+
+def write_corpus(docs: Sequence[Doc], path: Path) -> None:
+    """`docs` as a .spacy file, all or nothing."""
+    write_atomic(path, DocBin(docs=docs, store_user_data=True).to_bytes())
+
+
+def decision_records(store: ReviewStore) -> List[dict]:
+    """The decided candidates' review records with their answer (accept: the label is
+    wrong; reject: it is right; ignore: skipped), and for accepted ones the corrected
+    entities (meta.corrected_spans, Prodigy spans)."""
+    out = []
+    for candidate, decision in iter_decided(store):
+        record = copy.deepcopy(candidate.record)
+        record["answer"] = decision.answer
+        record["meta"].pop("why", None)
+        record["meta"]["action"] = decision.action
+        if decision.entities is not None:
+            tokens = record["tokens"]
+            record["meta"]["corrected_spans"] = [
+                {
+                    "start": tokens[s]["start"],
+                    "end": tokens[e - 1]["end"],
+                    "token_start": s,
+                    "token_end": e - 1,
+                    "label": label,
+                }
+                for s, e, label in decision.entities
+            ]
+        out.append(record)
+    return out
+
+
+def decisions_jsonl(store: ReviewStore) -> str:
+    return "".join(srsly.json_dumps(record) + "\n" for record in decision_records(store))
