@@ -685,7 +685,15 @@ def review(
         require_extra()
         _check_distinct(db, train_path, ranking, dev)
         session = open_review(
-            db, model_dir, train_path, ranking=ranking, dev_path=dev, method=method, ner=ner, learn=learn, log=typer.echo
+            db,
+            model_dir,
+            train_path,
+            ranking=ranking,
+            dev_path=dev,
+            method=method,
+            ner=ner,
+            learn=learn,
+            log=typer.echo,
         )
     serve(session, host, port, echo=typer.echo)
 

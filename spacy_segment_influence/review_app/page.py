@@ -91,11 +91,13 @@ function render(next) {
   $("probability").textContent = prob === undefined ? "?" : prob.toFixed(3);
   sentence(); $("suggestion").textContent = ""; $("suggestion").append(spans(card.suggested, "sug"));
   for (const list of ["supporters", "opposers", "influenced", "group"]) $(list).textContent = "";
-  for (const s of card.why.supporters || []) item("supporters", [[s.left], [s.text + " (" + s.label + ")", 1], [s.right]]);
-  for (const s of card.why.opposers || []) item("opposers", [[s.left], [s.text + " (" + s.label + ")", 1], [s.right]]);
+  const labelled = s => [[s.left], [s.text + " (" + s.label + ")", 1], [s.right]];
+  for (const s of card.why.supporters || []) item("supporters", labelled(s));
+  for (const s of card.why.opposers || []) item("opposers", labelled(s));
   $("influenced-title").hidden = !card.influenced.length;
-  for (const s of card.influenced) item("influenced", [[s.left], [s.text + " (" + s.label + ")", 1], [s.right]]);
-  for (const s of card.group.examples) item("group", [[s.left], [s.text, 1], [s.right + "  (model: " + s.suggested_label + ")"]]);
+  for (const s of card.influenced) item("influenced", labelled(s));
+  for (const s of card.group.examples)
+    item("group", [[s.left], [s.text, 1], [`${s.right}  (model: ${s.suggested_label})`]]);
   showGroup(); $("fixer").hidden = true;
 }
 function showGroup() {

@@ -37,7 +37,7 @@ class ReviewSession:
     def __init__(self, store: ReviewStore, learn: bool = True) -> None:
         self.store = store
         self.candidates: List[Candidate] = store.candidates()
-        self.labels: List[str] = list(store.info("labels") or [])  # type: ignore[arg-type]
+        self.labels: List[str] = list(store.info("labels") or [])
         self.groups = members([c.pattern for c in self.candidates])
         self.loop = FeatureLoop(store.array("features")) if learn else None
         self.static = -numpy.arange(len(self.candidates), dtype=numpy.float64)

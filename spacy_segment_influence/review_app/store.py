@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy
 
@@ -100,7 +100,7 @@ class ReviewStore:
             raise DataError(f"{self.path}: no {name!r} array; prepare the review again with a new --db")
         return numpy.load(io.BytesIO(row[0]), allow_pickle=False)
 
-    def info(self, key: str) -> object:
+    def info(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM info WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
