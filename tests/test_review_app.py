@@ -274,3 +274,12 @@ def test_a_find_errors_ranking_is_reviewed_in_its_order(prepared, nlp, tmp_path)
         open_review(
             tmp_path / "s.sqlite", prepared / "model", prepared / "train.spacy", ranking=tmp_path / "short.jsonl"
         )
+
+
+def test_the_review_command_refuses_a_database_of_another_corpus(db, prepared, nlp, tmp_path):  # noqa: F811
+    write_corpus(gold_docs(nlp), tmp_path / "other.spacy")
+    result = CliRunner().invoke(
+        app, ["review", str(prepared / "model"), str(tmp_path / "other.spacy"), "--db", str(db)]
+    )
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1
+    assert "reviews another corpus" in result.output
