@@ -6,24 +6,26 @@ card at a time through the app's own `ReviewSession` and SQLite store.
         --original train_original.jsonl --corrected train_corrected.jsonl [--ranking R.jsonl]
 
 The review is prepared as `segment-influence review` prepares it (`prepare`: the
-find-errors ranking given, else the in-sample one by --method), its time reported. Then
-four reviewers, each for --decisions answers:
+find-errors ranking given, else the in-sample one by --method) into WORK/prepared.sqlite,
+its time reported; a rerun with the same --work reuses it. Then each reviewer answers
+--decisions cards on a copy:
 - static: the ranking read top down (the app with --no-learn, no groups);
-- features: re-ranked after each answer by feature similarity (`ReviewLoop`'s, the app);
-- static+groups, features+groups: when the card's pattern (same string, same current
-  label) has undecided members and the corrected labels give every one of them the
-  card's answer, the reviewer applies the decision to the group: one decision.
+- features/N: re-ranked by feature similarity (`ReviewLoop`'s, as the app does) after
+  every N-th decision (N = 1: after each answer; 50: the rounds of bench/review_loop.py);
+- +groups: when the card's pattern (same string, same current label) has undecided
+  members and the corrected labels give every one of them the card's answer, the
+  reviewer applies the decision to the group: one decision.
 Prints errors fixed (accepted candidates that are errors) after 100, 250 and 500
-decisions, per 100 decisions, the ratios to static and to features, and the time of an
-answer (store, re-rank, next card: median and 95th percentile).
+decisions, per 100 decisions, the ratios to static, and the time of an answer (store,
+re-rank, next card: median and 95th percentile).
 """
 
 import argparse
 import json
-import tempfile
+import shutil
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import numpy
 import spacy
@@ -32,16 +34,24 @@ from spacy_segment_influence.annotation_errors import Corrections, ranked_region
 from spacy_segment_influence.bridge import default_ner
 from spacy_segment_influence.corpus import read_docbin
 from spacy_segment_influence.review_app import ReviewSession, ReviewStore
-from spacy_segment_influence.review_app.prepare import Prepared, labels_of, prepare
+from spacy_segment_influence.review_app.prepare import labels_of, prepare
 
 CHECKPOINTS = (100, 250, 500)
+REVIEWERS = (  # name, learn, re-rank every N decisions, groups
+    ("static", False, 1, False),
+    ("features/1", True, 1, False),
+    ("features/50", True, 50, False),
+    ("static+groups", False, 1, True),
+    ("features/1+groups", True, 1, True),
+    ("features/50+groups", True, 50, True),
+)
 
 
-def review(db: Path, prepared: Prepared, labels: List[str], is_error: numpy.ndarray, learn: bool, groups: bool, n: int):
+def review(template: Path, db: Path, is_error: numpy.ndarray, learn: bool, every: int, groups: bool, n: int):
     """Errors fixed after each decision, and the seconds each answer took."""
+    shutil.copy(template, db)
     store = ReviewStore(db)
-    store.fill(prepared.records, prepared.patterns, {"features": prepared.features}, labels=labels)
-    session = ReviewSession(store, learn=learn)
+    session = ReviewSession(store, learn=learn, rerank_every=every)
     fixed, seconds, total = [], [], 0
     card = session.card()
     while len(fixed) < n and not card["done"]:
@@ -58,6 +68,27 @@ def review(db: Path, prepared: Prepared, labels: List[str], is_error: numpy.ndar
     return {"fixed": fixed, "seconds": seconds}
 
 
+def prepared_store(args: argparse.Namespace) -> Path:
+    """WORK/prepared.sqlite, prepared as the review command does unless it is there."""
+    template = args.work / "prepared.sqlite"
+    if template.exists() and ReviewStore(template).prepared:
+        print(f"Reusing {template}")
+        return template
+    template.unlink(missing_ok=True)
+    nlp = spacy.load(args.model)
+    ner = default_ner(nlp)
+    train = read_docbin(args.train, nlp.vocab)
+    dev = read_docbin(args.dev, nlp.vocab) if args.dev else None
+    start = time.perf_counter()
+    prepared = prepare(nlp, train, ner=ner, ranking=args.ranking, dev_docs=dev, method=args.method)
+    print(f"Prepared in {time.perf_counter() - start:.0f} s ({args.ranking or args.method})", flush=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    store = ReviewStore(template)
+    store.fill(prepared.records, prepared.patterns, {"features": prepared.features}, labels=labels_of(nlp, ner))
+    store.close()
+    return template
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
@@ -68,41 +99,28 @@ def main() -> None:
     parser.add_argument("--original", type=Path, required=True, help="JSONL the train corpus was converted from")
     parser.add_argument("--corrected", type=Path, required=True)
     parser.add_argument("--decisions", type=int, default=500)
+    parser.add_argument("--work", type=Path, required=True, help="where the prepared review is kept and reused")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    nlp = spacy.load(args.model)
-    ner = default_ner(nlp)
-    train = read_docbin(args.train, nlp.vocab)
-    dev = read_docbin(args.dev, nlp.vocab) if args.dev else None
-    start = time.perf_counter()
-    prepared = prepare(nlp, train, ner=ner, ranking=args.ranking, dev_docs=dev, method=args.method)
-    prepare_seconds = time.perf_counter() - start
+    template = prepared_store(args)
     corrections = Corrections.from_files(args.original, args.corrected)
-    is_error = numpy.array([corrections.is_error(region) for region in ranked_regions(prepared.records)])
-    print(
-        f"{len(is_error)} candidates, {int(is_error.sum())} errors; prepared in {prepare_seconds:.0f} s "
-        f"({args.ranking or args.method})",
-        flush=True,
-    )
+    records = [c.record for c in ReviewStore(template).candidates()]
+    is_error = numpy.array([corrections.is_error(region) for region in ranked_regions(records)])
+    print(f"{len(is_error)} candidates, {int(is_error.sum())} errors", flush=True)
     results: Dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, learn, groups in (
-            ("static", False, False),
-            ("features", True, False),
-            ("static+groups", False, True),
-            ("features+groups", True, True),
-        ):
-            results[name] = review(
-                Path(tmp) / f"{name}.sqlite", prepared, labels_of(nlp, ner), is_error, learn, groups, args.decisions
-            )
-            print(f"{name}: {results[name]['fixed'][-1]} errors fixed in {len(results[name]['fixed'])}", flush=True)
+    for name, learn, every, groups in REVIEWERS:
+        db = args.work / f"{name.replace('/', '_')}.sqlite"
+        results[name] = review(template, db, is_error, learn, every, groups, args.decisions)
+        print(f"{name}: {results[name]['fixed'][-1]} errors fixed in {len(results[name]['fixed'])}", flush=True)
     report(results)
     if args.out:
-        args.out.write_text(json.dumps({"prepare_seconds": prepare_seconds, **results}, indent=1))
+        args.out.write_text(json.dumps(results, indent=1))
 
 
 def report(results: Dict[str, dict]) -> None:
-    print("\n| reviewer | " + " | ".join(f"fixed after {n} (per 100)" for n in CHECKPOINTS) + " | answer ms p50 / p95 |")
+    print(
+        "\n| reviewer | " + " | ".join(f"fixed after {n} (per 100)" for n in CHECKPOINTS) + " | answer ms p50 / p95 |"
+    )
     print("|---|" + "---:|" * (len(CHECKPOINTS) + 1))
     for name, result in results.items():
         cells = []
@@ -113,11 +131,10 @@ def report(results: Dict[str, dict]) -> None:
         print(f"| {name} | " + " | ".join(cells) + f" | {numpy.median(ms):.0f} / {numpy.percentile(ms, 95):.0f} |")
     for n in CHECKPOINTS:
         at = {name: r["fixed"][min(n, len(r["fixed"])) - 1] for name, r in results.items()}
-        print(
-            f"after {n}: features+groups {at['features+groups'] / max(at['static'], 1):.2f}x static, "
-            f"{at['features+groups'] / max(at['features'], 1):.2f}x features; "
-            f"features {at['features'] / max(at['static'], 1):.2f}x static"
+        ratios = ", ".join(
+            f"{name} {found / max(at['static'], 1):.2f}x" for name, found in at.items() if name != "static"
         )
+        print(f"after {n}, against static: {ratios}")
 
 
 if __name__ == "__main__":

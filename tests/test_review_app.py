@@ -16,6 +16,7 @@ from spacy_segment_influence.corpus import read_docbin
 from spacy_segment_influence.exceptions import ConfigError, DataError, SegmentInfluenceError
 from spacy_segment_influence.review_app import (
     DecisionConflict,
+    FeatureLoop,
     ReviewSession,
     ReviewStore,
     apply_decisions,
@@ -283,3 +284,18 @@ def test_the_review_command_refuses_a_database_of_another_corpus(db, prepared, n
     )
     assert isinstance(result.exception, SystemExit) and result.exit_code == 1
     assert "reviews another corpus" in result.output
+
+
+def test_the_incremental_design_is_the_review_loops(session):
+    """FeatureLoop's design, kept up to date decision by decision (and rebuilt after an
+    undo or a changed answer), equals ReviewLoop's computed from scratch."""
+    rng = numpy.random.default_rng(0)
+    unit = rng.normal(size=(30, 5))
+    loop = FeatureLoop(unit / numpy.linalg.norm(unit, axis=1, keepdims=True))
+    static = rng.normal(size=30)
+    steps = [[(3, True)], [(3, True), (7, False)], [(3, True), (7, False), (8, True), (9, True)], [(3, True)]]
+    steps += [[(3, False), (4, True)], [(3, False), (4, True), (5, True)]]
+    for decided in steps:
+        indices, labels = numpy.array([i for i, _ in decided]), numpy.array([label for _, label in decided])
+        expected = ReviewLoop.design(loop, static, indices, labels)
+        numpy.testing.assert_allclose(loop.design(static, indices, labels), expected, atol=1e-12)

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy
 
-from ..annotation_errors import ReviewLoop
+from ..annotation_errors import ReviewLoop, neg_log_tail
 from ..exceptions import ConfigError
 from .prepare import members
 from .store import Candidate, Decision, Entity, ReviewStore
@@ -22,30 +22,62 @@ EXAMPLES = 8  # group members listed on a card
 
 
 class FeatureLoop(ReviewLoop):
-    """`ReviewLoop`'s re-ranking over stored unit feature rows (no model needed)."""
+    """`ReviewLoop`'s re-ranking over stored unit feature rows (no model needed). Its
+    design matrix is kept up to date one decision at a time: each new decision costs one
+    similarity column, however many came before (a group answer decides hundreds)."""
 
     def __init__(self, features: numpy.ndarray, l2: float = 0.1) -> None:
         self.similarity, self.l2, self._unit = "features", l2, features
+        self._folded: Dict[int, bool] = {}
+        self._nearest = {label: numpy.full(len(features), -numpy.inf) for label in (True, False)}
 
     def similarities(self, indices: numpy.ndarray) -> numpy.ndarray:
         return self._unit @ self._unit[indices].T
+
+    def design(self, static: numpy.ndarray, indices: numpy.ndarray, labels: numpy.ndarray) -> numpy.ndarray:
+        """`ReviewLoop.design`, from the nearest decided neighbours found so far and the
+        decisions added since (all again when one was taken back or changed)."""
+        decided = dict(zip(indices.tolist(), labels.tolist()))
+        if any(decided.get(i) != label for i, label in self._folded.items()):
+            self._folded = {}
+            self._nearest = {label: numpy.full(len(self._unit), -numpy.inf) for label in (True, False)}
+        for i, label in decided.items():
+            if i not in self._folded:
+                similarity = self._unit @ self._unit[i]
+                similarity[i] = -numpy.inf  # a decided candidate is not its own neighbour
+                numpy.maximum(self._nearest[label], similarity, out=self._nearest[label])
+                self._folded[i] = label
+        tail = neg_log_tail(numpy.asarray(static, dtype=numpy.float64))
+        nearest = [
+            numpy.where(numpy.isfinite(self._nearest[label]), self._nearest[label], 0.0) for label in (True, False)
+        ]
+        return numpy.stack([numpy.ones(len(static)), tail, *nearest], axis=1)
 
 
 class ReviewSession:
     """The candidates of a review database, their current order, and the answers."""
 
-    def __init__(self, store: ReviewStore, learn: bool = True) -> None:
+    def __init__(self, store: ReviewStore, learn: bool = True, rerank_every: int = 1) -> None:
+        """learn: re-rank from the decisions; rerank_every: after every N-th decision
+        (accept or reject) only, and after an undo."""
+        if rerank_every < 1:
+            raise ConfigError(f"rerank_every must be at least 1, got {rerank_every}")
         self.store = store
+        self.rerank_every = rerank_every
         self.candidates: List[Candidate] = store.candidates()
         self.labels: List[str] = list(store.info("labels") or [])
         self.groups = members([c.pattern for c in self.candidates])
         self.loop = FeatureLoop(store.array("features")) if learn else None
         self.static = -numpy.arange(len(self.candidates), dtype=numpy.float64)
         self._lock = threading.Lock()
+        self._ranked_with = 0  # decisions (accept or reject) the scores were re-ranked from
         self.scores = self._rerank(store.decisions())
 
-    def _rerank(self, decisions: Dict[int, Decision]) -> numpy.ndarray:
+    def _rerank(self, decisions: Dict[int, Decision], force: bool = True) -> numpy.ndarray:
         decided = [(c, d.answer == "accept") for c, d in sorted(decisions.items()) if d.answer != "ignore"]
+        if not force and len(decided) < self._ranked_with + self.rerank_every:
+            return self.scores
+        self._ranked_with = len(decided)
         if self.loop is None or not decided:
             return self.static.copy()
         indices = numpy.array([c for c, _ in decided], dtype=numpy.int64)
@@ -103,7 +135,7 @@ class ReviewSession:
                     answers[member] = (answer, self._relabelled(member, target) if answer == "accept" else None)
         with self._lock:
             self.store.answer(answers, candidate)
-            self.scores = self._rerank(self.store.decisions())
+            self.scores = self._rerank(self.store.decisions(), force=False)
         return self.card()
 
     def undo(self, action: int) -> dict:
