@@ -25,7 +25,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Sequence, Tuple
 
 import numpy
 import spacy
@@ -37,14 +37,17 @@ from spacy_segment_influence.review_app import ReviewSession, ReviewStore
 from spacy_segment_influence.review_app.prepare import labels_of, prepare
 
 CHECKPOINTS = (100, 250, 500)
-REVIEWERS = (  # name, learn, re-rank every N decisions, groups
-    ("static", False, 1, False),
-    ("features/1", True, 1, False),
-    ("features/50", True, 50, False),
-    ("static+groups", False, 1, True),
-    ("features/1+groups", True, 1, True),
-    ("features/50+groups", True, 50, True),
-)
+EVERY = (1, 50)  # re-rank after every N-th decision: the default --every
+
+
+def reviewers(every: Sequence[int]) -> List[Tuple[str, bool, int, bool]]:
+    """(name, learn, re-rank every N decisions, groups) of each simulated reviewer."""
+    learning = [(f"features/{n}", True, n) for n in every]
+    return [
+        (name + suffix, learn, n, groups)
+        for groups, suffix in ((False, ""), (True, "+groups"))
+        for name, learn, n in [("static", False, 1), *learning]
+    ]
 
 
 def review(template: Path, db: Path, is_error: numpy.ndarray, learn: bool, every: int, groups: bool, n: int):
@@ -100,6 +103,8 @@ def main() -> None:
     parser.add_argument("--corrected", type=Path, required=True)
     parser.add_argument("--decisions", type=int, default=500)
     parser.add_argument("--work", type=Path, required=True, help="where the prepared review is kept and reused")
+    parser.add_argument("--every", type=int, nargs="+", default=list(EVERY), help="re-ranking intervals to compare")
+    parser.add_argument("--only", nargs="+", help="run only these reviewers (names as printed)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     template = prepared_store(args)
@@ -108,7 +113,9 @@ def main() -> None:
     is_error = numpy.array([corrections.is_error(region) for region in ranked_regions(records)])
     print(f"{len(is_error)} candidates, {int(is_error.sum())} errors", flush=True)
     results: Dict[str, dict] = {}
-    for name, learn, every, groups in REVIEWERS:
+    for name, learn, every, groups in reviewers(args.every):
+        if args.only and name not in args.only:
+            continue
         db = args.work / f"{name.replace('/', '_')}.sqlite"
         results[name] = review(template, db, is_error, learn, every, groups, args.decisions)
         print(f"{name}: {results[name]['fixed'][-1]} errors fixed in {len(results[name]['fixed'])}", flush=True)
@@ -129,7 +136,7 @@ def report(results: Dict[str, dict]) -> None:
             cells.append(f"{found} ({100 * found / min(n, len(result['fixed'])):.1f})")
         ms = 1000 * numpy.array(result["seconds"])
         print(f"| {name} | " + " | ".join(cells) + f" | {numpy.median(ms):.0f} / {numpy.percentile(ms, 95):.0f} |")
-    for n in CHECKPOINTS:
+    for n in CHECKPOINTS if "static" in results else ():
         at = {name: r["fixed"][min(n, len(r["fixed"])) - 1] for name, r in results.items()}
         ratios = ", ".join(
             f"{name} {found / max(at['static'], 1):.2f}x" for name, found in at.items() if name != "static"

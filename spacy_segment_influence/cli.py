@@ -669,7 +669,8 @@ def review(
     ),
     method: Optional[str] = typer.Option(None, help="Without --ranking: influence (with --dev) | loss | ..."),
     ner: Optional[str] = typer.Option(None, help="The crf_ner component (default: the pipeline's)"),
-    learn: bool = typer.Option(True, help="Re-rank the queue from the decisions after each answer"),
+    learn: bool = typer.Option(True, help="Re-rank the queue from the decisions as you answer"),
+    rerank_every: int = typer.Option(10, help="Re-rank after every N-th decision (10 measured best on CoNLL)"),
     host: str = typer.Option("127.0.0.1", help="Address to serve on"),
     port: int = typer.Option(8080, help="Port to serve on"),
 ) -> None:
@@ -693,6 +694,7 @@ def review(
             method=method,
             ner=ner,
             learn=learn,
+            rerank_every=rerank_every,
             log=typer.echo,
         )
     serve(session, host, port, echo=typer.echo)

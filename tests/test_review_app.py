@@ -90,11 +90,11 @@ def test_undo_takes_back_the_latest_action_only_and_a_group_at_once(db):
 
 
 def test_a_reopened_database_resumes_with_the_same_queue(db, prepared):
-    session = ReviewSession(ReviewStore(db))
+    session = ReviewSession(ReviewStore(db), rerank_every=1)
     session.answer(session.card()["id"], "accept")
     after = session.answer(session.card()["id"], "reject")
     session.store.close()  # as a killed server leaves it: every answer was committed
-    resumed = open_review(db, prepared / "model", prepared / "train.spacy", log=str)
+    resumed = open_review(db, prepared / "model", prepared / "train.spacy", rerank_every=1, log=str)
     assert resumed.card() == after
     numpy.testing.assert_array_equal(resumed.scores, session.scores)
 
@@ -131,13 +131,20 @@ def test_concurrent_answers_count_once(db):
     assert len({d.action for d in decisions.values()}) == 7
 
 
-def test_the_queue_is_the_review_loops_feature_re_ranking(session, nlp):  # noqa: F811
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_the_queue_is_the_review_loops_feature_re_ranking(db, nlp, every):  # noqa: F811
+    """Re-ranked by ReviewLoop with features from the decisions so far, after every
+    `every`-th decision; static until then."""
+    session = ReviewSession(ReviewStore(db), rerank_every=every)
     finder = ErrorFinder(nlp, noisy_docs(nlp), gold_docs(nlp))
     records = rank(finder, "influence")
     position = {(r["meta"]["doc_index"], r["spans"][0]["token_start"]): i for i, r in enumerate(records)}
     order = [position[(c.doc_index, c.start)] for c in finder.candidates]  # finder index -> queue id
     session.answer(find(session, "Paris"), "accept")
     session.answer(find(session, "Rome"), "reject")
+    if every > 2:
+        numpy.testing.assert_array_equal(session.scores, session.static)
+        return
     loop = ReviewLoop(finder, "features")
     static = -numpy.array(order, dtype=float)
     decided = numpy.array([order.index(find(session, "Paris")), order.index(find(session, "Rome"))])

@@ -8,7 +8,7 @@ from ..corpus import read_docbin
 from ..exceptions import ConfigError
 from .corrected import apply_decisions, decisions_jsonl, write_corpus
 from .prepare import labels_of, prepare
-from .session import ReviewSession
+from .session import RERANK_EVERY, ReviewSession
 from .store import ReviewStore
 
 
@@ -23,6 +23,7 @@ def open_review(
     ner: Optional[str] = None,
     k: int = 3,
     learn: bool = True,
+    rerank_every: int = RERANK_EVERY,
     log: Callable[[str], None] = print,
 ) -> ReviewSession:
     """The review in `db`. A new database is filled from `ranking` (a find-errors file)
@@ -38,7 +39,7 @@ def open_review(
                 "pass its own corpus, or a new --db"
             )
         log(f"Resuming the review in {db}")
-        return ReviewSession(store, learn)
+        return ReviewSession(store, learn, rerank_every)
     import spacy
 
     from ..bridge import default_ner
@@ -59,7 +60,7 @@ def open_review(
         corpus=str(train_path),
         ranking=str(ranking) if ranking else method,
     )
-    return ReviewSession(store, learn)
+    return ReviewSession(store, learn, rerank_every)
 
 
 def write_decisions(

@@ -19,6 +19,7 @@ from spacy.tokens import Doc
 from tqdm import tqdm
 
 from ..annotation_errors import Candidate, ErrorFinder, rank
+from ..annotation_errors.candidates import explaining_crf
 from ..annotation_errors.records import read_ranking_records
 from ..annotation_errors.review_loop import mean_features
 from ..exceptions import DataError
@@ -132,8 +133,6 @@ def _candidate_of(record: dict, docs: Sequence[Doc], where: str) -> Candidate:
 
 def labels_of(nlp: Language, ner: str) -> List[str]:
     """The entity labels a fix can choose from."""
-    from ..annotation_errors.candidates import explaining_crf
-
     return sorted(explaining_crf(nlp, ner).labels)
 
 
