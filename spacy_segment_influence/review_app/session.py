@@ -45,12 +45,15 @@ class FeatureLoop(ReviewLoop):
         if any(decided.get(i) != label for i, label in self._folded.items()):
             self._folded = {}
             self._nearest = {label: numpy.full(len(self._unit), -numpy.inf) for label in (True, False)}
-        for i, label in decided.items():
-            if i not in self._folded:
-                similarity = self._unit @ self._unit[i]
-                similarity[i] = -numpy.inf  # a decided candidate is not its own neighbour
-                numpy.maximum(self._nearest[label], similarity, out=self._nearest[label])
-                self._folded[i] = label
+        for label in (True, False):
+            new = numpy.array(
+                [i for i, d in decided.items() if d == label and i not in self._folded], dtype=numpy.int64
+            )
+            for chunk in numpy.array_split(new, max(1, len(new) // 256)) if len(new) else ():
+                similarity = self._unit @ self._unit[chunk].T
+                similarity[chunk, numpy.arange(len(chunk))] = -numpy.inf  # a decided one is not its own neighbour
+                numpy.maximum(self._nearest[label], similarity.max(axis=1), out=self._nearest[label])
+            self._folded.update(dict.fromkeys(new.tolist(), label))
         tail = neg_log_tail(numpy.asarray(static, dtype=numpy.float64))
         nearest = [
             numpy.where(numpy.isfinite(self._nearest[label]), self._nearest[label], 0.0) for label in (True, False)
