@@ -243,6 +243,7 @@ def test_the_cli_writes_the_corrected_corpus(session, db, prepared, tmp_path, nl
 
 
 def test_the_http_api(session):
+    pytest.importorskip("fastapi", reason="the review extra: pip install spacy-segment-influence[review]")
     from fastapi.testclient import TestClient
 
     from spacy_segment_influence.review_app.server import create_app
@@ -306,3 +307,11 @@ def test_the_incremental_design_is_the_review_loops(session):
         indices, labels = numpy.array([i for i, _ in decided]), numpy.array([label for _, label in decided])
         expected = ReviewLoop.design(loop, static, indices, labels)
         numpy.testing.assert_allclose(loop.design(static, indices, labels), expected, atol=1e-12)
+
+
+def test_apply_decisions_refuses_a_database_without_a_review(prepared, tmp_path):
+    ReviewStore(tmp_path / "empty.sqlite").close()
+    args = ["apply-decisions", str(prepared / "train.spacy"), str(tmp_path / "empty.sqlite"), str(tmp_path / "o.spacy")]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, SystemExit) and "holds no review" in result.output
+    assert not (tmp_path / "o.spacy").exists()

@@ -3,6 +3,7 @@ cards answered with the keyboard in headless Chromium, the server killed (SIGKIL
 started again, then the database and `apply-decisions`' corrected corpus checked. Skipped
 where no Chromium is installed."""
 
+import importlib.util
 import os
 import signal
 import socket
@@ -21,7 +22,10 @@ from spacy_segment_influence.review_app import ReviewStore
 from .test_errors import NOISY_DOC, gold_docs, nlp, noisy_docs, write_corpus  # noqa: F401 (nlp is a fixture)
 from .test_review_page_browser import chromium
 
-pytestmark = pytest.mark.skipif(chromium.find_chromium() is None, reason="no Chromium: apt-get install chromium")
+pytestmark = [
+    pytest.mark.skipif(chromium.find_chromium() is None, reason="no Chromium: apt-get install chromium"),
+    pytest.mark.skipif(importlib.util.find_spec("uvicorn") is None, reason="the review extra is not installed"),
+]
 
 
 def free_port() -> int:

@@ -73,6 +73,8 @@ def write_decisions(
         raise ConfigError(f"{db}: no such review database")
     store = ReviewStore(db)
     try:
+        if not store.prepared:
+            raise ConfigError(f"{db} holds no review: pass the --db of segment-influence review")
         docs = read_docbin(train_path, spacy.blank("en").vocab)
         fixed, counts = apply_decisions(docs, store, remove)
         write_corpus(fixed, out)

@@ -74,7 +74,7 @@ class ReviewStore:
     # -- the candidates, written once ------------------------------------------------------
     @property
     def prepared(self) -> bool:
-        return self._db.execute("SELECT 1 FROM candidates LIMIT 1").fetchone() is not None
+        return bool(self._read("SELECT 1 FROM candidates LIMIT 1"))
 
     def fill(self, records: Sequence[dict], patterns: Sequence[str], arrays: Dict[str, numpy.ndarray], **info) -> None:
         """Store the ranked candidates (most suspicious first), their arrays and settings,
@@ -91,26 +91,26 @@ class ReviewStore:
             db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)", ((k, json.dumps(v)) for k, v in info.items()))
 
     def candidates(self) -> List[Candidate]:
-        rows = self._db.execute("SELECT id, doc_index, pattern, record FROM candidates ORDER BY id")
+        rows = self._read("SELECT id, doc_index, pattern, record FROM candidates ORDER BY id")
         return [Candidate(i, d, p, json.loads(r)) for i, d, p, r in rows]
 
     def array(self, name: str) -> numpy.ndarray:
-        row = self._db.execute("SELECT data FROM arrays WHERE name = ?", (name,)).fetchone()
+        row = next(iter(self._read("SELECT data FROM arrays WHERE name = ?", (name,))), None)
         if row is None:
             raise DataError(f"{self.path}: no {name!r} array; prepare the review again with a new --db")
         return numpy.load(io.BytesIO(row[0]), allow_pickle=False)
 
     def info(self, key: str) -> Any:
-        row = self._db.execute("SELECT value FROM info WHERE key = ?", (key,)).fetchone()
+        row = next(iter(self._read("SELECT value FROM info WHERE key = ?", (key,))), None)
         return None if row is None else json.loads(row[0])
 
     # -- answers ---------------------------------------------------------------------------
     def decisions(self) -> Dict[int, Decision]:
-        rows = self._db.execute("SELECT candidate, answer, entities, action FROM decisions")
+        rows = self._read("SELECT candidate, answer, entities, action FROM decisions")
         return {c: Decision(a, _entities(e), action) for c, a, e, action in rows}
 
     def last_action(self) -> Optional[int]:
-        return self._db.execute("SELECT MAX(id) FROM actions").fetchone()[0]
+        return self._read("SELECT MAX(id) FROM actions")[0][0]
 
     def answer(self, answers: Dict[int, Tuple[str, Optional[List[Entity]]]], primary: int) -> int:
         """Store one action: `answers` (candidate -> answer, corrected entities), the
@@ -155,6 +155,11 @@ class ReviewStore:
             db.execute("DELETE FROM decisions WHERE action = ?", (action,))
             db.execute("DELETE FROM actions WHERE id = ?", (action,))
         return int(candidate)
+
+    def _read(self, query: str, parameters: Tuple = ()) -> List[tuple]:
+        """All rows of a query, never in the middle of another thread's transaction."""
+        with self._lock:
+            return self._db.execute(query, parameters).fetchall()
 
     def _write(self) -> "_Transaction":
         return _Transaction(self._db, self._lock)
