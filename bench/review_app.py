@@ -17,7 +17,8 @@ its time reported; a rerun with the same --work reuses it. Then each reviewer an
   reviewer applies the decision to the group: one decision.
 Prints errors fixed (accepted candidates that are errors) after 100, 250 and 500
 decisions, per 100 decisions, the ratios to static, and the time of an answer (store,
-re-rank, next card: median and 95th percentile).
+re-rank, next card: median and 95th percentile; with --http through the app's API, JSON
+both ways, as the page posts it).
 """
 
 import argparse
@@ -25,7 +26,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy
 import spacy
@@ -50,11 +51,15 @@ def reviewers(every: Sequence[int]) -> List[Tuple[str, bool, int, bool]]:
     ]
 
 
-def review(template: Path, db: Path, is_error: numpy.ndarray, learn: bool, every: int, groups: bool, n: int):
-    """Errors fixed after each decision, and the seconds each answer took."""
+def review(
+    template: Path, db: Path, is_error: numpy.ndarray, learn: bool, every: int, groups: bool, n: int, http: bool
+):
+    """Errors fixed after each decision, and the seconds each answer took (with `http`,
+    posted to the app and the next card read back as JSON, as the page does)."""
     shutil.copy(template, db)
     store = ReviewStore(db)
     session = ReviewSession(store, learn=learn, rerank_every=every)
+    post = session_answer(session) if not http else http_answer(session)
     fixed, seconds, total = [], [], 0
     card = session.card()
     while len(fixed) < n and not card["done"]:
@@ -63,12 +68,25 @@ def review(template: Path, db: Path, is_error: numpy.ndarray, learn: bool, every
         members = [m for m in session.groups[session.candidates[card["id"]].pattern] if m not in decided]
         group = groups and len(members) > 1 and all(bool(is_error[m]) == wrong for m in members)
         start = time.perf_counter()
-        card = session.answer(card["id"], "accept" if wrong else "reject", group=group)
+        card = post({"candidate": card["id"], "answer": "accept" if wrong else "reject", "group": group})
         seconds.append(time.perf_counter() - start)
         total += int(wrong) * (len(members) if group else 1)
         fixed.append(total)
     store.close()
     return {"fixed": fixed, "seconds": seconds}
+
+
+def session_answer(session: ReviewSession) -> Callable[[dict], dict]:
+    return lambda body: session.answer(body["candidate"], body["answer"], group=body["group"])
+
+
+def http_answer(session: ReviewSession) -> Callable[[dict], dict]:
+    from fastapi.testclient import TestClient
+
+    from spacy_segment_influence.review_app.server import create_app
+
+    client = TestClient(create_app(session))
+    return lambda body: json.loads(client.post("/api/answer", json=body).content)
 
 
 def prepared_store(args: argparse.Namespace) -> Path:
@@ -105,6 +123,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="where the prepared review is kept and reused")
     parser.add_argument("--every", type=int, nargs="+", default=list(EVERY), help="re-ranking intervals to compare")
     parser.add_argument("--only", nargs="+", help="run only these reviewers (names as printed)")
+    parser.add_argument("--http", action="store_true", help="answer through the app's HTTP API (times include it)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     template = prepared_store(args)
@@ -117,7 +136,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         db = args.work / f"{name.replace('/', '_')}.sqlite"
-        results[name] = review(template, db, is_error, learn, every, groups, args.decisions)
+        results[name] = review(template, db, is_error, learn, every, groups, args.decisions, args.http)
         print(f"{name}: {results[name]['fixed'][-1]} errors fixed in {len(results[name]['fixed'])}", flush=True)
     report(results)
     if args.out:
