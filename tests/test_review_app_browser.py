@@ -125,6 +125,8 @@ def test_review_by_keyboard_survives_a_killed_server(nlp, tmp_path):  # noqa: F8
     finally:
         server.terminate()
         server.wait()
+    said = server.stdout.read()
+    assert "Resuming the review" in said and f"open http://127.0.0.1:{port}/ in your browser" in said
     assert len(ReviewStore(db).decisions()) == 4
     out = tmp_path / "fixed.spacy"
     result = CliRunner().invoke(app, ["apply-decisions", str(train), str(db), str(out)])
