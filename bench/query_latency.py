@@ -51,8 +51,8 @@ from influence_common import (  # noqa: E402
     write_spacy,
 )
 
-from spacy_segment_influence import bridge  # noqa: E402
-from spacy_segment_influence.index import SegmentIndex  # noqa: E402
+from spacy_segment_influence.influence.index import SegmentIndex  # noqa: E402
+from spacy_segment_influence.ner import bridge  # noqa: E402
 
 CONLL = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"  # ../shared next to the checkout
 

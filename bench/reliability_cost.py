@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]  # this checkout's package, then the bench helpers
 from influence_common import load, load_docs, write_spacy  # noqa: E402
 
-from spacy_segment_influence import bridge, checksums  # noqa: E402
+from spacy_segment_influence.ner import bridge  # noqa: E402
+from spacy_segment_influence.storage import checksums  # noqa: E402
 
 
 def build(config_path: Path, docs, out: Path, n_init: int = 500) -> Path:

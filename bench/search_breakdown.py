@@ -37,9 +37,9 @@ from influence_common import (  # noqa: E402
 )
 from query_latency import DenseBaseline, dense_queries_of  # noqa: E402
 
-import spacy_segment_influence.component as component_mod  # noqa: E402
-from spacy_segment_influence import bridge  # noqa: E402
-from spacy_segment_influence.index import SegmentIndex  # noqa: E402
+import spacy_segment_influence.pipeline.component as component_mod  # noqa: E402
+from spacy_segment_influence.influence.index import SegmentIndex  # noqa: E402
+from spacy_segment_influence.ner import bridge  # noqa: E402
 
 CONLL = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"  # ../shared next to the checkout
 

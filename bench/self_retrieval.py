@@ -38,7 +38,7 @@ from influence_common import (  # noqa: E402
     write_spacy,
 )
 
-from spacy_segment_influence import bridge  # noqa: E402
+from spacy_segment_influence.ner import bridge  # noqa: E402
 
 CONLL = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"  # ../shared next to the checkout
 CONFIGS = [("kfac", True), ("identity", True), ("kfac", False), ("identity", False)]

@@ -31,9 +31,9 @@ from spacy.tokens import DocBin  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from spacy_segment_influence import SegmentInfluenceError  # noqa: E402
-from spacy_segment_influence.atomic_dir import MARKER, replaced_dir  # noqa: E402
 from spacy_segment_influence.cli import INDEX_OWNER, app  # noqa: E402
-from spacy_segment_influence.snapshot import load_snapshot  # noqa: E402
+from spacy_segment_influence.storage.atomic_dir import MARKER, replaced_dir  # noqa: E402
+from spacy_segment_influence.storage.snapshot import load_snapshot  # noqa: E402
 from tests.conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train  # noqa: E402
 
 TEXTS = [text for text, _ in TRAIN_DATA]

@@ -35,8 +35,6 @@ if TYPE_CHECKING:
         split_folds,
         write_folds,
     )
-    from .calibration import calibrate
-    from .component import SegmentInfluence
     from .exceptions import (
         BIORepairWarning,
         ConfigError,
@@ -56,11 +54,13 @@ if TYPE_CHECKING:
         SegmentInfluenceWarning,
         UnknownLabelWarning,
     )
-    from .index import SegmentIndex
-    from .snapshot import load_snapshot
-    from .surrogate import agreement, fit_surrogate
-    from .tagger import CRFEntityRecognizer
-    from .validate import validate
+    from .fidelity.validate import validate
+    from .influence.index import SegmentIndex
+    from .influence.surrogate import agreement, fit_surrogate
+    from .ner.calibration import calibrate
+    from .ner.tagger import CRFEntityRecognizer
+    from .pipeline.component import SegmentInfluence
+    from .storage.snapshot import load_snapshot
 
 # Each public name and its module, imported on first use: importing the package (and so
 # `segment-influence --help`) does not import spaCy and torch. spaCy finds the components,
@@ -71,8 +71,8 @@ _EXPORTS: Dict[str, str] = {
         + ["split_folds", "write_folds"],
         "annotation_errors",
     ),
-    "calibrate": "calibration",
-    "SegmentInfluence": "component",
+    "calibrate": "ner.calibration",
+    "SegmentInfluence": "pipeline.component",
     **dict.fromkeys(
         ["BIORepairWarning", "ConfigError", "CorpusFormatError", "CorpusNotFoundError", "DataError"]
         + ["IndexCorruptError", "IndexFormatError", "IndexMissingError", "IndexOutOfDateError"]
@@ -80,12 +80,12 @@ _EXPORTS: Dict[str, str] = {
         + ["SegmentInfluenceError", "SegmentInfluenceWarning", "UnknownLabelWarning"],
         "exceptions",
     ),
-    "SegmentIndex": "index",
-    "load_snapshot": "snapshot",
-    "agreement": "surrogate",
-    "fit_surrogate": "surrogate",
-    "CRFEntityRecognizer": "tagger",
-    "validate": "validate",
+    "SegmentIndex": "influence.index",
+    "load_snapshot": "storage.snapshot",
+    "agreement": "influence.surrogate",
+    "fit_surrogate": "influence.surrogate",
+    "CRFEntityRecognizer": "ner.tagger",
+    "validate": "fidelity.validate",
 }
 
 

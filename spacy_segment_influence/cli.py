@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Union
 import typer
 from typer.core import TyperCommand
 
-from .atomic_file import write_atomic
 from .exceptions import ConfigError, DataError, PipelineError, SegmentInfluenceError
-from .fidelity_metrics import METHODS, PLOT_INSTALL
+from .fidelity.fidelity_metrics import METHODS, PLOT_INSTALL
+from .storage.atomic_file import write_atomic
 
 if TYPE_CHECKING:
     from spacy.tokens import Doc
 
-    from .component import SegmentInfluence
+    from .pipeline.component import SegmentInfluence
 
 
 # curvature.CURVATURES, named here without importing torch
@@ -133,8 +133,8 @@ def index(
     `spacy assemble`, all at once or not at all: a pipeline that explains its entities."""
     import spacy
 
-    from .atomic_dir import replaced_dir
-    from .component import check_settings
+    from .pipeline.component import check_settings
+    from .storage.atomic_dir import replaced_dir
 
     config = {
         "curvature": curvature,
@@ -181,11 +181,11 @@ def explain(
     For every predicted entity, the training spans that support and oppose it most."""
     import srsly
 
-    from . import bridge
-    from .component import check_k
     from .corpus import read_docbin
-    from .explain_table import format_influences
-    from .snapshot import load_snapshot
+    from .ner import bridge
+    from .pipeline.component import check_k
+    from .review.explain_table import format_influences
+    from .storage.snapshot import load_snapshot
 
     with _user_errors():
         if (text is None) == (docs is None):
@@ -252,10 +252,10 @@ def validate(
     import srsly
 
     from .corpus import read_docbin
-    from .fidelity_metrics import save_plot
-    from .surrogate import agreement, indexed_surrogate
-    from .validate import estimated_seconds
-    from .validate import validate as run_validation
+    from .fidelity.fidelity_metrics import save_plot
+    from .fidelity.validate import estimated_seconds
+    from .fidelity.validate import validate as run_validation
+    from .influence.surrogate import agreement, indexed_surrogate
 
     with _user_errors():
         _check_distinct(out, train_path, dev_path)
@@ -336,7 +336,7 @@ def lds(
     import srsly
 
     from .annotation_errors.fold_training import training_config
-    from .lds import run_lds
+    from .fidelity.lds import run_lds
 
     nlp = spacy.load(model_dir)
     with _user_errors():
@@ -490,8 +490,8 @@ def find_errors(
         rank,
         read_decisions,
     )
-    from .bridge import default_ner
     from .corpus import read_docbin
+    from .ner.bridge import default_ner
 
     with _user_errors():
         _check_distinct(out, train_path, dev, reviewed, fold_config, *fold_train)
@@ -643,7 +643,7 @@ def report(
 
     One self-contained HTML file: accept (the annotation is wrong), reject (it is right)
     or skip each; export for `find-errors --reviewed`."""
-    from .review_page import read_ranking, render_review_page
+    from .review.review_page import read_ranking, render_review_page
 
     with _user_errors():
         _check_distinct(out, ranking)

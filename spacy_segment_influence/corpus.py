@@ -23,8 +23,8 @@ from spacy.training.converters import conll_ner_to_docs
 from spacy.training.iob_utils import doc_to_biluo_tags, tags_to_entities
 from spacy.vocab import Vocab
 
-from .atomic_file import write_atomic
 from .exceptions import BIORepairWarning, ConfigError, CorpusFormatError, CorpusNotFoundError, DataError
+from .storage.atomic_file import write_atomic
 
 SCHEMES = ("bio", "biluo", "io")
 _TAG_RES = {

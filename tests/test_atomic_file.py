@@ -13,9 +13,10 @@ import pytest
 import srsly
 from typer.testing import CliRunner
 
-from spacy_segment_influence import OutputWriteError, atomic_file
-from spacy_segment_influence.atomic_file import write_atomic
+from spacy_segment_influence import OutputWriteError
 from spacy_segment_influence.cli import app
+from spacy_segment_influence.storage import atomic_file
+from spacy_segment_influence.storage.atomic_file import write_atomic
 
 from .test_input_checks import SENTENCES, ranked_lines
 from .test_review_page import ranking

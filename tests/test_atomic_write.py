@@ -17,9 +17,10 @@ import spacy
 from spacy.tokens import DocBin
 from typer.testing import CliRunner
 
-from spacy_segment_influence import ConfigError, OutputInUseError, atomic_dir
-from spacy_segment_influence.atomic_dir import replaced_dir
+from spacy_segment_influence import ConfigError, OutputInUseError
 from spacy_segment_influence.cli import app
+from spacy_segment_influence.storage import atomic_dir
+from spacy_segment_influence.storage.atomic_dir import replaced_dir
 
 from .conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train
 
@@ -32,7 +33,7 @@ CHILD = textwrap.dedent(
     """
     import os, signal, sys, time
     import spacy.util
-    from spacy_segment_influence import atomic_dir
+    from spacy_segment_influence.storage import atomic_dir
     from spacy_segment_influence.cli import app
 
     point, args = sys.argv[1], sys.argv[2:]

@@ -4,10 +4,16 @@ import spacy
 import torch
 from spacy.tokens import Doc, Span
 
-from spacy_segment_influence import bridge, crf, segments
-from spacy_segment_influence.hessian import head_hessian, head_hessian_autograd
-from spacy_segment_influence.layout import HeadLayout
-from spacy_segment_influence.segments import LabelledBatch, Segment, segment_gradients, segment_gradients_autograd
+from spacy_segment_influence.influence import segments
+from spacy_segment_influence.influence.hessian import head_hessian, head_hessian_autograd
+from spacy_segment_influence.influence.segments import (
+    LabelledBatch,
+    Segment,
+    segment_gradients,
+    segment_gradients_autograd,
+)
+from spacy_segment_influence.ner import bridge, crf
+from spacy_segment_influence.ner.layout import HeadLayout
 
 from .conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train, trf_nlp
 

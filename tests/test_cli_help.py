@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 import spacy_segment_influence
 from spacy_segment_influence.cli import CURVATURE_NAMES, app
-from spacy_segment_influence.curvature import CURVATURES
-from spacy_segment_influence.fidelity_metrics import METHODS
+from spacy_segment_influence.fidelity.fidelity_metrics import METHODS
+from spacy_segment_influence.influence.curvature import CURVATURES
 
 COMMANDS = sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
 

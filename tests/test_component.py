@@ -13,8 +13,8 @@ from spacy_segment_influence import (
     SegmentInfluence,
     bridge,
 )
-from spacy_segment_influence.hessian import head_hessian_autograd
-from spacy_segment_influence.segments import (
+from spacy_segment_influence.influence.hessian import head_hessian_autograd
+from spacy_segment_influence.influence.segments import (
     LabelledBatch,
     Segment,
     segment_gradients,
@@ -276,7 +276,7 @@ def test_cli_index_reports_the_size_it_wrote(nlp, tmp_path):
 def test_query_gradients_are_explains_queries(nlp, tmp_path):
     """The public query gradients equal autograd's for the span labelled as `explain`
     labels it, and a sharded search with them returns `explain`'s hits."""
-    from spacy_segment_influence.sharded_index import ShardedIndex, write_sharded
+    from spacy_segment_influence.scale.sharded_index import ShardedIndex, write_sharded
 
     component = add_index(nlp, k=3)
     try:

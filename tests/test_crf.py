@@ -1,4 +1,4 @@
-"""Brute-force tests for ``spacy_segment_influence.crf``.
+"""Brute-force tests for ``spacy_segment_influence.ner.crf``.
 
 Every quantity computed by the linear-chain CRF (partition function,
 marginals, Viterbi path, NLL with full and partial tags, segment NLL) is
@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pytest
 import torch
 
-from spacy_segment_influence import crf
+from spacy_segment_influence.ner import crf
 
 DTYPE = torch.float64
 ATOL = 1e-9

@@ -10,11 +10,12 @@ import numpy
 import pytest
 from typer.testing import CliRunner
 
-from spacy_segment_influence import ConfigError, MissingExtraError, distributed
+from spacy_segment_influence import ConfigError, MissingExtraError
 from spacy_segment_influence.cli import app
-from spacy_segment_influence.gradients import FactoredGradients
-from spacy_segment_influence.index import SegmentIndex
-from spacy_segment_influence.sharded_index import ShardedIndex, write_sharded
+from spacy_segment_influence.influence.gradients import FactoredGradients
+from spacy_segment_influence.influence.index import SegmentIndex
+from spacy_segment_influence.scale import distributed
+from spacy_segment_influence.scale.sharded_index import ShardedIndex, write_sharded
 
 from .conftest import make_examples, tok2vec_nlp, train
 
@@ -206,8 +207,8 @@ def test_a_local_cluster_keeps_the_terminal_quiet(tmp_path):
     or tokenizers."""
     pytest.importorskip("ray")
     script = f"""
-from spacy_segment_influence.distributed import ray_cluster
-from spacy_segment_influence.sharded_index import ShardedIndex, write_sharded
+from spacy_segment_influence.scale.distributed import ray_cluster
+from spacy_segment_influence.scale.sharded_index import ShardedIndex, write_sharded
 from tests.test_sharded_index import build
 
 index, queries = build("kfac")

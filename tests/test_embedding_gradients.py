@@ -4,9 +4,9 @@ import numpy
 import pytest
 from thinc.api import set_dropout_rate
 
-from spacy_segment_influence import bridge
-from spacy_segment_influence import embedding_gradients as eg
-from spacy_segment_influence.segments import Segment, labelled_batch, segment_gradients, segment_windows
+from spacy_segment_influence.influence import embedding_gradients as eg
+from spacy_segment_influence.influence.segments import Segment, labelled_batch, segment_gradients, segment_windows
+from spacy_segment_influence.ner import bridge
 
 from .conftest import make_examples
 

@@ -5,10 +5,10 @@ import numpy
 import pytest
 from spacy.tokens import DocBin
 
-from spacy_segment_influence import encoder_influence as ei
 from spacy_segment_influence.annotation_errors.fold_training import training_config
 from spacy_segment_influence.exceptions import ConfigError
-from spacy_segment_influence.segments import Segment
+from spacy_segment_influence.influence import encoder_influence as ei
+from spacy_segment_influence.influence.segments import Segment
 
 from .conftest import make_examples
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from spacy.tokens import DocBin
 
-from spacy_segment_influence import crf
-from spacy_segment_influence.calibration import calibrate
-from spacy_segment_influence.entity_scores import (
+from spacy_segment_influence.ner import crf
+from spacy_segment_influence.ner.calibration import calibrate
+from spacy_segment_influence.ner.entity_scores import (
     candidate_entities,
     entity_probabilities,
     score_entities,

@@ -7,7 +7,6 @@ import torch
 from spacy.tokens import DocBin, Span
 from typer.testing import CliRunner
 
-from spacy_segment_influence import crf
 from spacy_segment_influence.annotation_errors import (
     METHODS,
     Candidate,
@@ -22,6 +21,7 @@ from spacy_segment_influence.annotation_errors import (
     split_folds,
 )
 from spacy_segment_influence.cli import app
+from spacy_segment_influence.ner import crf
 
 from .conftest import make_examples, tok2vec_nlp, train
 

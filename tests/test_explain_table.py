@@ -8,8 +8,8 @@ import pytest
 import spacy
 from spacy.tokens import Doc
 
-import spacy_segment_influence.component  # noqa: F401  (registers doc._.influences)
-from spacy_segment_influence.explain_table import centred_context, format_influences
+import spacy_segment_influence.pipeline.component  # noqa: F401  (registers doc._.influences)
+from spacy_segment_influence.review.explain_table import centred_context, format_influences
 
 WORDS = "the bank of england said on monday that rates would stay at six percent for now".split()
 

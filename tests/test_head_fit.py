@@ -10,10 +10,10 @@ from spacy.training import Example
 from thinc.api import fix_random_seed
 
 from bench.head_fit import lbfgs_refit
-from spacy_segment_influence import bridge
 from spacy_segment_influence.corpus import read_jsonl_docs
-from spacy_segment_influence.head_fit import fit_head, head_objective
-from spacy_segment_influence.segments import LabelledBatch, labelled_batch, mean_nll
+from spacy_segment_influence.influence.head_fit import fit_head, head_objective
+from spacy_segment_influence.influence.segments import LabelledBatch, labelled_batch, mean_nll
+from spacy_segment_influence.ner import bridge
 
 from .conftest import make_examples, tok2vec_nlp, train
 

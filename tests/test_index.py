@@ -5,11 +5,12 @@ import pytest
 import srsly
 import torch
 
-from spacy_segment_influence import IndexFormatError, index_storage
-from spacy_segment_influence.curvature import ExactCurvature, IdentityCurvature, KFACCurvature
-from spacy_segment_influence.gradients import FactoredGradients
-from spacy_segment_influence.index import SegmentIndex
-from spacy_segment_influence.index_storage import SparseRows
+from spacy_segment_influence import IndexFormatError
+from spacy_segment_influence.influence.curvature import ExactCurvature, IdentityCurvature, KFACCurvature
+from spacy_segment_influence.influence.gradients import FactoredGradients
+from spacy_segment_influence.influence.index import SegmentIndex
+from spacy_segment_influence.storage import index_storage
+from spacy_segment_influence.storage.index_storage import SparseRows
 
 E, C = 7, 5
 D = C * C + 2 * C

@@ -4,7 +4,7 @@ computes, and fit into the same index."""
 import numpy
 import pytest
 
-from spacy_segment_influence.index_build import IndexShard, build_shard, fit_index
+from spacy_segment_influence.influence.index_build import IndexShard, build_shard, fit_index
 
 from .conftest import make_examples, tok2vec_nlp, train
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from spacy_segment_influence import ConfigError, CorpusFormatError, DataError, UnknownLabelWarning
 from spacy_segment_influence.annotation_errors import Corrections, evaluate_ranking, read_decisions
 from spacy_segment_influence.cli import app
-from spacy_segment_influence.review_page import render_review_page
+from spacy_segment_influence.review.review_page import render_review_page
 
 from .conftest import TRAIN_DATA, make_examples
 from .test_review_page import EVIL, HELD_OUT, ranking
@@ -169,7 +169,7 @@ def test_labels_are_escaped_wherever_they_reach_the_page():
 
 
 def test_known_labels_pass_silently(trained_tok2vec_nlp):
-    from spacy_segment_influence.known_labels import check_known_labels
+    from spacy_segment_influence.ner.known_labels import check_known_labels
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

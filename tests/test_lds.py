@@ -8,9 +8,9 @@ import pytest
 import spacy
 from spacy.tokens import Doc
 
-from spacy_segment_influence import lds
 from spacy_segment_influence.exceptions import ConfigError, DataError
-from spacy_segment_influence.segments import Segment
+from spacy_segment_influence.fidelity import lds
+from spacy_segment_influence.influence.segments import Segment
 
 from .conftest import make_examples
 

@@ -5,11 +5,11 @@ import numpy
 import pytest
 import torch
 
-from spacy_segment_influence import bridge, removal
-from spacy_segment_influence.curvature import ExactCurvature
-from spacy_segment_influence.hessian import head_hessian, segment_hessian
-from spacy_segment_influence.index import SegmentIndex
-from spacy_segment_influence.segments import (
+from spacy_segment_influence.influence import removal
+from spacy_segment_influence.influence.curvature import ExactCurvature
+from spacy_segment_influence.influence.hessian import head_hessian, segment_hessian
+from spacy_segment_influence.influence.index import SegmentIndex
+from spacy_segment_influence.influence.segments import (
     LabelledBatch,
     Segment,
     labelled_batch,
@@ -18,6 +18,7 @@ from spacy_segment_influence.segments import (
     window_labels,
     window_segment_loss,
 )
+from spacy_segment_influence.ner import bridge
 
 from .conftest import make_examples, tok2vec_nlp, train
 

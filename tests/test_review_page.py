@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from spacy_segment_influence import CorpusFormatError
 from spacy_segment_influence.annotation_errors import find_candidates, review_record
 from spacy_segment_influence.cli import app
-from spacy_segment_influence.review_page import KINDS, read_ranking, render_review_page
+from spacy_segment_influence.review.review_page import KINDS, read_ranking, render_review_page
 
 EVIL = "<img/src=x/onerror=alert(9)>"
 HELD_OUT = [

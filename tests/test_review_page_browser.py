@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from spacy_segment_influence.review_page import render_review_page
+from spacy_segment_influence.review.review_page import render_review_page
 
 from .test_review_page import EVIL, ranking
 

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from spacy_segment_influence.curvature import ExactCurvature, KFACCurvature
-from spacy_segment_influence.distributed import check_placement
 from spacy_segment_influence.exceptions import ConfigError, IndexFormatError
-from spacy_segment_influence.gradients import WindowLabels
-from spacy_segment_influence.index import SegmentIndex
-from spacy_segment_influence.sharded_index import MANIFEST, ShardedIndex, write_sharded
+from spacy_segment_influence.influence.curvature import ExactCurvature, KFACCurvature
+from spacy_segment_influence.influence.gradients import WindowLabels
+from spacy_segment_influence.influence.index import SegmentIndex
+from spacy_segment_influence.scale.distributed import check_placement
+from spacy_segment_influence.scale.sharded_index import MANIFEST, ShardedIndex, write_sharded
 
 from .test_index import DAMPING, C, E, P, make_grads
 

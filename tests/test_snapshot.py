@@ -14,9 +14,10 @@ import spacy
 import srsly
 
 from bench.snapshot_race import answers, build, replace_with
-from spacy_segment_influence import IndexCorruptError, IndexOutOfDateError, OutputInUseError, checksums
-from spacy_segment_influence.component import SegmentInfluence
-from spacy_segment_influence.snapshot import load_snapshot
+from spacy_segment_influence import IndexCorruptError, IndexOutOfDateError, OutputInUseError
+from spacy_segment_influence.pipeline.component import SegmentInfluence
+from spacy_segment_influence.storage import checksums
+from spacy_segment_influence.storage.snapshot import load_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,8 +158,8 @@ def test_crafted_weights_are_refused_not_run(tmp_path, monkeypatch):
     import torch
 
     from spacy_segment_influence import PipelineError
-    from spacy_segment_influence.head import CRFHead, _deserialize_head
-    from spacy_segment_influence.surrogate import surrogate_from_bytes
+    from spacy_segment_influence.influence.surrogate import surrogate_from_bytes
+    from spacy_segment_influence.ner.head import CRFHead, _deserialize_head
 
     real_load = torch.load
     # torch < 2.6 (setup.cfg allows >= 2.0) loaded arbitrary pickles by default

@@ -10,7 +10,8 @@ from spacy.tokens import Doc, DocBin, Span
 from spacy.training import Example
 from thinc.api import xp2torch
 
-from spacy_segment_influence import MisalignedEntityWarning, crf
+from spacy_segment_influence import MisalignedEntityWarning
+from spacy_segment_influence.ner import crf
 
 from .conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train, trf_nlp
 

@@ -7,11 +7,12 @@ from spacy.training import Example
 from thinc.api import fix_random_seed
 
 from bench.fidelity_prototypes import kronecker_diagonal, kronecker_eigen_solve
-from spacy_segment_influence import bridge, crf, validate
+from spacy_segment_influence import validate
 from spacy_segment_influence.corpus import read_jsonl_docs
-from spacy_segment_influence.fidelity_metrics import METHODS, correlations
-from spacy_segment_influence.hessian import curvature_along, head_hessian, segment_hessian
-from spacy_segment_influence.segments import Segment, labelled_batch, mean_nll
+from spacy_segment_influence.fidelity.fidelity_metrics import METHODS, correlations
+from spacy_segment_influence.influence.hessian import curvature_along, head_hessian, segment_hessian
+from spacy_segment_influence.influence.segments import Segment, labelled_batch, mean_nll
+from spacy_segment_influence.ner import bridge, crf
 
 from .conftest import make_examples, tok2vec_nlp, train
 

@@ -12,8 +12,8 @@ import numpy
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
-from ..atomic_file import write_atomic
 from ..exceptions import ConfigError, DataError
+from ..storage.atomic_file import write_atomic
 from .candidates import Candidate
 from .finder import METHODS, ErrorFinder, fisher, neg_log_tail
 from .surface_forms import disagreement

@@ -34,13 +34,13 @@ import numpy
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from ..component import SegmentInfluence
-from ..curvature import Curvature, curvature_class
 from ..exceptions import ConfigError, DataError
-from ..gradients import FactoredGradients
-from ..index import SegmentIndex
-from ..known_labels import check_known_labels
-from ..segments import segment_gradients, segment_losses, token_marginals
+from ..influence.curvature import Curvature, curvature_class
+from ..influence.gradients import FactoredGradients
+from ..influence.index import SegmentIndex
+from ..influence.segments import segment_gradients, segment_losses, token_marginals
+from ..ner.known_labels import check_known_labels
+from ..pipeline.component import SegmentInfluence
 from .candidates import Annotated, Candidate, annotate, explaining_crf, segments_of
 from .surface_forms import disagreement
 

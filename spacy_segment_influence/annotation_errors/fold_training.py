@@ -19,7 +19,7 @@ from spacy.tokens import Doc
 from thinc.api import Config
 
 from ..exceptions import ConfigError
-from ..tagger import CRFEntityRecognizer
+from ..ner.tagger import CRFEntityRecognizer
 from ..training import TrainingJob, run_training_jobs
 from .crossfit import CrossFitFinder, fold_corpus, split_folds
 
