@@ -22,7 +22,7 @@ from typing import Dict, Mapping
 import numpy
 import torch
 
-from spacy_segment_influence.fidelity.validate import FidelitySetup, Retrained
+from spacy_segment_influence.fidelity.retrain import FidelitySetup, Retrained
 from spacy_segment_influence.ner.crf import one_thread
 from spacy_segment_influence.ner.layout import HeadLayout
 

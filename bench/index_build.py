@@ -32,8 +32,6 @@ from pathlib import Path
 
 import spacy
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
     Clock,
     blas_threads,

@@ -36,8 +36,6 @@ from typing import Tuple
 import numpy as np
 import spacy
 import srsly
-
-sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import load, load_docs, maxrss_mb  # noqa: E402
 
 from spacy_segment_influence.influence.gradients import FactoredGradients  # noqa: E402

@@ -19,7 +19,6 @@ Misses are split by cause: the query's gradient differs from the stored one (cos
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -27,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import spacy
-
-sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
     blas_threads,
     load,

@@ -8,8 +8,9 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from ..influence.segments import LabelledBatch, Segment
+from ..influence.segments import Segment
 from ..ner import bridge
+from ..ner.bridge import LabelledBatch
 from ..ner.tagger import CRFEntityRecognizer
 
 Entity = Tuple[int, int, str]  # token start, token end (exclusive), label

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
 import numpy
 
 if TYPE_CHECKING:
-    from .validate import Retrained
+    from .retrain import Retrained
 
 Pairs = Dict[str, Dict[str, List[Tuple[float, float]]]]
 

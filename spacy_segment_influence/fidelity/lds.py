@@ -16,7 +16,7 @@ optionally in parallel processes.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy
 from spacy.language import Language
@@ -151,8 +151,8 @@ def subset_losses(
     """[T, M]: each test prediction's CRF segment loss under each subset model."""
     import spacy
 
-    from ..influence.segments import labelled_batch, segment_losses
-    from ..ner.bridge import crf_component
+    from ..influence.segments import segment_losses
+    from ..ner.bridge import crf_component, labelled_batch
 
     columns = []
     for path in model_paths:
@@ -309,13 +309,7 @@ def run_lds(
     seed-noise ceiling."""
     from ..corpus import read_docbin
 
-    unknown = [m for m in methods if m not in ATTRIBUTIONS]
-    if unknown:
-        raise ConfigError(f"Unknown attribution(s) {', '.join(unknown)}; choose from {', '.join(ATTRIBUTIONS)}")
-    if "embeddings" in methods:  # refused before any training, not after
-        from ..influence.encoder_influence import require_hash_embeddings
-
-        require_hash_embeddings(nlp, ner_name)
+    _check_methods(nlp, ner_name, methods)
     train_docs = read_docbin(Path(train_path), nlp.vocab)
     dev_docs = read_docbin(Path(dev_path), nlp.vocab)[:n_test]
     masks = subset_masks(len(train_docs), n_subsets, fraction, seed)
@@ -341,30 +335,37 @@ def run_lds(
     seed_share, ceiling = seed_noise_ceiling(actual, repeats)
     inputs = LDSInputs(nlp, ner_name, config, Path(train_path), train_docs, test_docs, test_segments, n_inits)
     values = {name: lds_per_prediction(actual, masks, attribution_scores(name, inputs)) for name in methods}
+    settings: Dict[str, Any] = {"n_subsets": n_subsets, "fraction": fraction, "max_steps": max_steps, "seed": seed}
+    settings.update(n_train=len(train_docs), n_inits=n_inits, n_test_predictions=len(test_segments))
+    settings.update(seed_repeats=len(repeats), seed_variance_share=seed_share, noise_ceiling=ceiling)
+    return _json_safe({"methods": _method_entries(values), "settings": settings})
+
+
+def _check_methods(nlp: Language, ner_name: str, methods: Sequence[str]) -> None:
+    """ConfigError for an unknown attribution, or embeddings without hash embeddings: before
+    any training, not after."""
+    unknown = [m for m in methods if m not in ATTRIBUTIONS]
+    if unknown:
+        raise ConfigError(f"Unknown attribution(s) {', '.join(unknown)}; choose from {', '.join(ATTRIBUTIONS)}")
+    if "embeddings" in methods:
+        from ..influence.encoder_influence import require_hash_embeddings
+
+        require_hash_embeddings(nlp, ner_name)
+
+
+def _method_entries(values: Dict[str, numpy.ndarray]) -> Dict[str, dict]:
+    """Per attribution: its LDS summary and per-prediction values, and against the
+    string-count baseline (when it ran) where that is defined, and the paired difference."""
     baseline = values.get("string-count")
-    result: dict = {
-        "methods": {},
-        "settings": {
-            "n_subsets": n_subsets,
-            "fraction": fraction,
-            "max_steps": max_steps,
-            "seed": seed,
-            "n_train": len(train_docs),
-            "n_inits": n_inits,
-            "n_test_predictions": len(test_segments),
-            "seed_repeats": len(repeats),
-            "seed_variance_share": seed_share,
-            "noise_ceiling": ceiling,
-        },
-    }
+    entries = {}
     for name, per_prediction in values.items():
         entry = {"lds": vars(summarize(per_prediction)), "per_prediction": per_prediction.tolist()}
         if baseline is not None and name != "string-count":
             defined = ~numpy.isnan(baseline)
             entry["lds_where_baseline_defined"] = vars(summarize(per_prediction[defined]))
             entry["minus_baseline"] = vars(paired_difference(per_prediction, baseline))
-        result["methods"][name] = entry
-    return _json_safe(result)
+        entries[name] = entry
+    return entries
 
 
 def _json_safe(value):

@@ -18,8 +18,7 @@ curvatures), `retrain_segment` per chosen training segment, and the comparison i
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -29,26 +28,17 @@ from spacy.training import iob_to_biluo, tags_to_entities
 from tqdm import tqdm
 
 from ..exceptions import ConfigError, DataError
-from ..influence import removal
-from ..influence.curvature import ExactCurvature, IdentityCurvature, KFACCurvature
-from ..influence.gradients import FactoredGradients, WindowLabels
+from ..influence.curvature import IdentityCurvature, KFACCurvature
 from ..influence.head_fit import fit_head
-from ..influence.hessian import curvature_along, head_hessian, head_hessian_autograd, segment_hessian
+from ..influence.hessian import head_hessian, head_hessian_autograd
 from ..influence.index import SegmentIndex
-from ..influence.segments import (
-    LabelledBatch,
-    Segment,
-    labelled_batch,
-    mean_nll,
-    segment_gradients,
-    segment_losses,
-    token_marginals,
-    window_labels,
-)
+from ..influence.segments import Segment, mean_nll, segment_gradients, segment_losses, token_marginals
 from ..ner import bridge, crf
+from ..ner.bridge import LabelledBatch, labelled_batch
 from ..ner.known_labels import check_known_labels
 from ..ner.tagger import CRFEntityRecognizer
 from .fidelity_metrics import choose_segments, compare
+from .retrain import FidelitySetup, Refinement, Retrained, retrain_segment
 
 HessianMethod = Literal["covariance", "autograd"]
 
@@ -56,48 +46,6 @@ HessianMethod = Literal["covariance", "autograd"]
 # and MiniLM heads; within about 2x of each): the refit per training sentence, and one retraining.
 _REFIT_S_PER_SENTENCE = 0.15
 _RETRAIN_S = 30.0
-Objective = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class FidelitySetup:
-    """The refit head and everything the estimates and the retraining share."""
-
-    ner: CRFEntityRecognizer
-    train: LabelledBatch
-    train_segments: List[Segment]  # the training sample's gold entities
-    test: LabelledBatch  # the dev sample labelled with the refit head's predictions
-    test_segments: List[Segment]  # the entities it predicts
-    l2: float
-    theta: torch.Tensor  # theta*, the refit head
-    data_nll: Objective  # mean sentence NLL of the training sample
-    objective: Objective  # J = data_nll + l2 / 2 |theta|^2
-    hessian: numpy.ndarray  # the exact Hessian of J at theta* (l2 included)
-    inverse: torch.Tensor  # its inverse
-    g_train: FactoredGradients
-    g_test: FactoredGradients
-    kfac: KFACCurvature  # fitted on the training sample's tokens
-    base: numpy.ndarray  # [T] test-segment losses at theta*
-
-    @property
-    def n_sentences(self) -> int:
-        return self.train.n_sentences
-
-
-@dataclass
-class Retrained:
-    """One training segment's labels removed and the head retrained: the actual change of
-    every test segment's loss [T], what the estimates' two error sources look like, and
-    the refined (leverage-corrected) estimate."""
-
-    actual: numpy.ndarray  # l_test(theta_-S) - l_test(theta*)
-    along_step: numpy.ndarray  # l_test(theta* + influence step) - l_test(theta*)
-    linear_response: numpy.ndarray  # g_test . (theta_-S - theta*)
-    step_error: float  # |theta_-S - theta* - step| / |step|
-    curvature_drop: float  # the rest's curvature along theta_-S - theta*, before / after (nan: no step)
-    leverage_step: torch.Tensor  # (H - H_S / N)^-1 g_S / N, where the retraining started
-    refined: numpy.ndarray  # l_test(theta* + removal.removal_step) - l_test(theta*)
-    residual: float  # max |gradient| where the retraining stopped
 
 
 ExtraEstimates = Callable[[FidelitySetup, Mapping[int, Retrained]], Dict[str, numpy.ndarray]]
@@ -131,8 +79,6 @@ def validate(
     train_docs: training docs; the first `n_train` are the sample the head is refit on.
     dev_docs: held-out docs; the entities the refit head predicts on the first `n_dev`
         are the test segments.
-    ner_name: the `crf_ner` component.
-    n_train, n_dev: the sample sizes.
     pairs: (test, train) pairs correlated per group.
     n_segments: training segments retrained per group: "top" (largest predicted effect)
         and "random".
@@ -152,55 +98,60 @@ def validate(
     Returns `methods` (the correlations per method and group), `settings`, `pairs` (the
     (predicted, actual) points) and `diagnostics`, which split the exact estimate's
     first-order error into its two sources per group (`fidelity_metrics`)."""
-    timings: Dict[str, float] = {}
-    setup = prepare(
-        nlp,
-        train_docs,
-        dev_docs,
-        ner_name=ner_name,
-        n_train=n_train,
-        n_dev=n_dev,
-        l2=l2,
-        kfac_damping=kfac_damping,
-        hessian=hessian,
-        show_progress=show_progress,
-        timings=timings,
-        ner=ner,
-    )
+    options: Dict[str, Any] = {"ner_name": ner_name, "n_train": n_train, "n_dev": n_dev, "l2": l2, "ner": ner}
+    options.update(kfac_damping=kfac_damping, hessian=hessian, show_progress=show_progress, timings={})
+    setup = prepare(nlp, train_docs, dev_docs, **options)
     clock = time.perf_counter()
     predicted = estimates(setup)
-    timings["predictions_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
+    options["timings"]["predictions_s"] = time.perf_counter() - clock
     chosen = choose_segments(predicted["exact"], n_segments, seed)
-    refinement = _Refinement(setup)
+    retrained = _retrain(setup, chosen, show_progress, options["timings"])
+    predicted.update(extra_estimates(setup, retrained) if extra_estimates is not None else {})
+    predicted["refined"] = _refined(predicted["exact"], retrained)
+    comparison = compare(predicted, retrained, chosen, pairs, seed)
+    return {**comparison, "settings": _settings(setup, retrained, {**options, "pairs": pairs, "seed": seed})}
+
+
+def _refined(exact: numpy.ndarray, retrained: Mapping[int, Retrained]) -> numpy.ndarray:
+    """The refined estimates [T, S], for the retrained segments only (nan elsewhere)."""
+    refined = numpy.full_like(exact, math.nan)
+    for column, result in retrained.items():
+        refined[:, column] = result.refined
+    return refined
+
+
+def _retrain(
+    setup: FidelitySetup, chosen: Dict[str, List[int]], show_progress: bool, timings: Dict[str, float]
+) -> Dict[int, Retrained]:
+    """The chosen segments (both groups), each retrained without its labels."""
+    clock = time.perf_counter()
     columns = sorted(set(chosen["top"]) | set(chosen["random"]))
+    refinement = Refinement(setup)
     retrained = {
         column: retrain_segment(setup, column, refinement)
         for column in tqdm(columns, desc="Retraining", disable=not show_progress)
     }
     timings["retrain_s"] = time.perf_counter() - clock
-    if extra_estimates is not None:
-        predicted.update(extra_estimates(setup, retrained))
-    predicted["refined"] = numpy.full_like(predicted["exact"], math.nan)  # the retrained segments only
-    for column, result in retrained.items():
-        predicted["refined"][:, column] = result.refined
-    comparison = compare(predicted, retrained, chosen, pairs, seed)
-    settings = {
+    return retrained
+
+
+def _settings(setup: FidelitySetup, retrained: Mapping[int, Retrained], given: Dict[str, Any]) -> dict:
+    """What `validate` reports of its run: the sample sizes, its settings and timings."""
+    return {
         "n_train": setup.n_sentences,
         "n_dev": len(setup.test.features),
         "n_test_segments": len(setup.test_segments),
         "n_train_segments": len(setup.train_segments),
         "n_retrained": len(retrained),
-        "pairs": pairs,
-        "l2": l2,
-        "kfac_damping": kfac_damping,
-        "seed": seed,
+        "pairs": given["pairs"],
+        "l2": given["l2"],
+        "kfac_damping": given["kfac_damping"],
+        "seed": given["seed"],
         "n_params": int(len(setup.theta)),
         "max_retrain_gradient": max(r.residual for r in retrained.values()),
-        "hessian": hessian,
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "hessian": given["hessian"],
+        "timings_s": {k: round(v, 2) for k, v in given["timings"].items()},
     }
-    return {**comparison, "settings": settings}
 
 
 def estimated_seconds(n_train: int, n_segments: int) -> float:
@@ -252,32 +203,29 @@ def prepare(
     timings["hessian_s"] = time.perf_counter() - clock
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(torch.as_tensor(full_hessian)))
     with bridge.head_at(ner, theta):
-        test, test_segments = _predicted_entities(ner, dev_features, theta)
-        if not test_segments:
-            raise DataError("validate: the model predicts no entities on the dev sample")
-        train_segments = [Segment(i, s, e) for i, tags in enumerate(train.tags) for s, e in _entities(ner, tags)]
-        if not train_segments:
-            raise DataError("validate: the training sample has no gold entities")
+        test, test_segments, train_segments = _segments(ner, train, dev_features, theta)
         g_test = segment_gradients(ner, test, test_segments)
         g_train = segment_gradients(ner, train, train_segments)
         kfac = KFACCurvature.from_tokens(*token_marginals(ner, train.features), g_train.dense, kfac_damping)
+    base = segment_losses(ner, test, test_segments, theta)
     return FidelitySetup(
-        ner,
-        train,
-        train_segments,
-        test,
-        test_segments,
-        l2,
-        theta,
-        data_nll,
-        objective,
-        full_hessian,
-        inverse,
-        g_train,
-        g_test,
-        kfac,
-        segment_losses(ner, test, test_segments, theta),
+        *(ner, train, train_segments, test, test_segments, l2, theta, data_nll, objective, full_hessian, inverse),
+        *(g_train, g_test, kfac, base),
     )
+
+
+def _segments(
+    ner: CRFEntityRecognizer, train: LabelledBatch, dev_features: List[numpy.ndarray], theta: torch.Tensor
+) -> Tuple[LabelledBatch, List[Segment], List[Segment]]:
+    """The dev sample labelled with the refit head's predictions, the entities it predicts
+    (the test segments), and the training sample's gold entities."""
+    test, test_segments = _predicted_entities(ner, dev_features, theta)
+    if not test_segments:
+        raise DataError("validate: the model predicts no entities on the dev sample")
+    train_segments = [Segment(i, s, e) for i, tags in enumerate(train.tags) for s, e in _entities(ner, tags)]
+    if not train_segments:
+        raise DataError("validate: the training sample has no gold entities")
+    return test, test_segments, train_segments
 
 
 def estimates(setup: FidelitySetup) -> Dict[str, numpy.ndarray]:
@@ -298,101 +246,6 @@ def estimates(setup: FidelitySetup) -> Dict[str, numpy.ndarray]:
         for name, curvature in (("kfac", setup.kfac), ("identity", IdentityCurvature()))
     }
     return {name: values / setup.n_sentences for name, values in {"exact": exact, **scores, "token": token}.items()}
-
-
-class _Refinement:
-    """What `removal` needs to refine any training segment of the setup: the curvature as
-    `segment_influence` keeps it (the Hessian without l2, damped by l2) and the windows."""
-
-    def __init__(self, setup: FidelitySetup):
-        layout = bridge.head_layout(setup.ner)
-        undamped = setup.hessian - setup.l2 * numpy.eye(len(setup.theta))
-        self.curvature = ExactCurvature(undamped, setup.l2, layout.n_tags, layout.width)
-        self.windows: WindowLabels = window_labels(setup.train, setup.train_segments)
-
-
-def retrain_segment(setup: FidelitySetup, column: int, refinement: Optional[_Refinement] = None) -> Retrained:
-    """Remove training segment `column`'s labels, retrain the head to machine precision
-    and measure the test losses there and at the estimates' steps."""
-    refinement = refinement or _Refinement(setup)
-    ner, theta, n_sentences = setup.ner, setup.theta, setup.n_sentences
-    g_segment = torch.as_tensor(setup.g_train.to_dense()[column])
-    removed = _segment_objective(ner, setup.train, setup.train_segments[column])
-    step = setup.inverse @ g_segment / n_sentences  # the influence step
-    # Newton on J - l_S / N with its exact Hessian at theta* (H - H_S / N), from that Newton
-    # step: the same optimum as with H frozen, but high-leverage segments converge in a few
-    # steps instead of hundreds
-    segment_part = segment_hessian(ner, setup.train, setup.train_segments[column], theta)
-    reduced = torch.linalg.cholesky(torch.as_tensor(setup.hessian - segment_part / n_sentences))
-    leverage_step = torch.cholesky_solve(g_segment.unsqueeze(1) / n_sentences, reduced).squeeze(1)
-    theta_s, residual = _newton(
-        lambda t: setup.objective(t) - removed(t) / n_sentences,
-        theta + leverage_step,
-        lambda g: torch.cholesky_solve(g.unsqueeze(1), reduced).squeeze(1),
-    )
-
-    def test_change(at: torch.Tensor) -> numpy.ndarray:
-        return segment_losses(ner, setup.test, setup.test_segments, at) - setup.base
-
-    # how far the rest of the data's curvature along the true step falls between theta* and
-    # theta_-S: any estimate from theta* with a fixed Hessian for the rest misses that part
-    def rest_nll(t: torch.Tensor) -> torch.Tensor:
-        return setup.data_nll(t) - removed(t) / n_sentences
-
-    moved = theta_s - theta
-    before, after = curvature_along(rest_nll, theta, moved), curvature_along(rest_nll, theta_s, moved)
-    window = removal.segment_window(setup.g_train.h, setup.g_train.offsets, refinement.windows, column)
-    refined_step = removal.removal_step(ner, refinement.curvature, n_sentences, window, theta)
-    return Retrained(
-        actual=test_change(theta_s),
-        along_step=test_change(theta + step),
-        linear_response=setup.g_test.to_dense() @ moved.numpy(),
-        step_error=float(torch.linalg.norm(theta_s - theta - step) / torch.linalg.norm(step)),
-        curvature_drop=before / after if after > 0 else math.nan,  # nan: the step vanished
-        leverage_step=leverage_step,
-        refined=test_change(theta + refined_step),
-        residual=residual,
-    )
-
-
-def _newton(
-    objective: Objective,
-    theta: torch.Tensor,
-    solve: Callable[[torch.Tensor], torch.Tensor],
-    tol: float = 1e-10,
-    max_iter: int = 200,
-) -> Tuple[torch.Tensor, float]:
-    """Minimise a strictly convex `objective` near `theta` by Newton steps with a frozen
-    Hessian (`solve`: g -> H^-1 g), halving a step until the objective decreases. Stops
-    at |grad| < tol or when no step decreases the objective (float64 noise floor).
-    Returns theta and the final max |grad|."""
-    with crf.one_thread():
-        evaluate = torch.no_grad()(objective)
-        value = float(evaluate(theta))
-        for _ in range(max_iter):
-            grad = torch.func.grad(objective)(theta)
-            size = float(grad.abs().max())
-            if size < tol:
-                break
-            direction = -solve(grad)
-            step = 1.0
-            while step > 1e-6:
-                candidate = theta + step * direction
-                candidate_value = float(evaluate(candidate))
-                if candidate_value < value:
-                    break
-                step /= 2
-            else:
-                break
-            theta, value = candidate, candidate_value
-    return theta, size
-
-
-def _segment_objective(ner: CRFEntityRecognizer, batch: LabelledBatch, segment: Segment) -> Objective:
-    features = [torch.as_tensor(batch.features[segment.doc_index], dtype=torch.float64)]
-    tags = torch.tensor([batch.tags[segment.doc_index]])
-    start, end = torch.tensor([segment.start]), torch.tensor([segment.end])
-    return lambda theta: crf.segment_nll(bridge.chain_at(ner, features, theta), tags, start, end, ner.constraints).sum()
 
 
 def _predicted_entities(

@@ -26,8 +26,9 @@ from thinc.api import Config
 
 from ..exceptions import ConfigError
 from ..ner import bridge
+from ..ner.bridge import labelled_batch
 from . import embedding_gradients as eg
-from .segments import Segment, labelled_batch, segment_gradients, segment_windows
+from .segments import Segment, segment_gradients, segment_windows
 
 WEIGHTINGS = ("hits", "none")
 

@@ -28,10 +28,10 @@ import torch
 from tqdm import tqdm
 
 from ..ner import crf
-from ..ner.bridge import head_layout
+from ..ner.bridge import LabelledBatch, head_layout
 from ..ner.tagger import CRFEntityRecognizer
 from .hessian import head_hessian
-from .segments import LabelledBatch, padded_tags
+from .segments import padded_tags
 
 
 @dataclass

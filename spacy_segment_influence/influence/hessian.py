@@ -10,9 +10,9 @@ import numpy
 import torch
 
 from ..ner import crf
-from ..ner.bridge import chain_at, flat_head, head_layout
+from ..ner.bridge import LabelledBatch, chain_at, flat_head, head_layout
 from ..ner.tagger import CRFEntityRecognizer
-from .segments import LabelledBatch, Segment, mean_nll, padded_tags, summed_nll
+from .segments import Segment, mean_nll, padded_tags, summed_nll
 
 
 def head_hessian(

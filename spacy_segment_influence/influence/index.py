@@ -8,8 +8,6 @@ This module knows arrays only (numpy / torch), never spaCy objects; `index_stora
 writes and reads what it stores.
 """
 
-import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union, get_args
@@ -18,16 +16,12 @@ import numpy as np
 import torch
 
 from ..exceptions import ConfigError
-from ..ner.crf import one_thread
 from ..storage import index_storage
-from ..storage.index_storage import StoredSegments
-from .curvature import Curvature, FactoredQueries, PreconditionedQueries, Queries
+from ..storage.index_storage import IndexParts, SparseRows, StoredSegments
+from .curvature import CURVATURES, Curvature, PreconditionedQueries
 from .gradients import FactoredGradients, WindowLabels
+from .search import CHUNK_ELEMENTS, Batch, Chunk, IndexTensors, inverse_norms, search_threads, sqrt_norms, to_batch
 
-# Elements per intermediate [chunk rows, width] tensor, which bounds search
-# memory whatever the index size: cache-sized on CPU, larger on accelerators
-# where each chunk costs kernel launches.
-_CHUNK_ELEMENTS = {"cpu": 2**20, "accelerator": 2**24}
 IndexDtype = Literal["float16", "float32", "float64"]
 DTYPES = get_args(IndexDtype)
 
@@ -39,156 +33,6 @@ class QueryResult:
 
     supporters: List[Tuple[int, float]]
     opposers: List[Tuple[int, float]]
-
-
-def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Zero-copy on CPU. Memory-mapped and from_bytes arrays are read-only and
-    torch warns about that; the index never writes to them."""
-    array = np.asarray(array)
-    if array.flags.writeable:  # the common case, without the cost of catch_warnings
-        return torch.from_numpy(array).to(device)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array).to(device)
-
-
-def _norms(sq_norms: np.ndarray) -> np.ndarray:
-    """Square roots, clipping rounding noise below 0."""
-    return np.sqrt(np.maximum(sq_norms, 0.0))
-
-
-def _inverse(norms: np.ndarray) -> np.ndarray:
-    """1 / norm, with 0 for zero gradients so they score 0 under cosine."""
-    return np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-
-
-@dataclass
-class _Chunk:
-    """Index segments s0:s1 in the compute dtype."""
-
-    s0: int
-    s1: int
-    h: torch.Tensor  # [n, E]
-    r: torch.Tensor  # [n, C]
-    dense: torch.Tensor  # sparse CSR [S_c, D]
-    token_segment: torch.Tensor  # [n] chunk-local segment of each token row
-
-
-class _IndexTensors:
-    """The stored arrays as tensors on one device, in the stored dtype; chunks
-    come out in the compute dtype."""
-
-    def __init__(self, stored: StoredSegments, inv_norms: np.ndarray, device: torch.device, dtype: torch.dtype):
-        self.h = _as_tensor(stored.h, device)
-        self.r = _as_tensor(stored.r, device)
-        self.dense_columns = _as_tensor(stored.dense.columns, device)
-        self.dense_values = _as_tensor(stored.dense.values, device)
-        self.dense_indptr = stored.dense.indptr
-        self.n_dense = stored.dense.n_columns
-        self.inv_norms = _as_tensor(inv_norms, device).to(dtype)
-        self.dtype = dtype
-        self.casts = self.h.dtype != dtype
-        self.token_segment = _as_tensor(np.repeat(np.arange(len(stored)), np.diff(stored.offsets)), device)
-        self.offsets = stored.offsets
-
-    def chunks(self, max_tokens: int) -> Iterator[_Chunk]:
-        """Whole segments, about max_tokens rows at a time. Casts go into reused
-        buffers: fresh large allocations would page-fault on every chunk."""
-        buffers: Dict[str, torch.Tensor] = {}
-        for s0, s1 in _segment_chunks(self.offsets, max_tokens):
-            t0, t1 = int(self.offsets[s0]), int(self.offsets[s1])
-            yield _Chunk(
-                s0,
-                s1,
-                _cast(self.h[t0:t1], self.dtype, buffers, "h"),
-                _cast(self.r[t0:t1], self.dtype, buffers, "r"),
-                self._dense_rows(s0, s1, buffers),
-                self.token_segment[t0:t1] - s0,
-            )
-
-    def _dense_rows(self, s0: int, s1: int, buffers: Dict[str, torch.Tensor]) -> torch.Tensor:
-        n0, n1 = int(self.dense_indptr[s0]), int(self.dense_indptr[s1])
-        crow = _as_tensor((self.dense_indptr[s0 : s1 + 1] - n0).astype(np.int32), self.h.device)
-        values = _cast(self.dense_values[n0:n1], self.dtype, buffers, "dense")
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"; used only for CSR @ dense
-            warnings.filterwarnings("ignore", message="Sparse")
-            return torch.sparse_csr_tensor(crow, self.dense_columns[n0:n1], values, size=(s1 - s0, self.n_dense))
-
-
-def _cast(src: torch.Tensor, dtype: torch.dtype, buffers: Dict[str, torch.Tensor], key: str) -> torch.Tensor:
-    if src.dtype == dtype:
-        return src
-    buf = buffers.get(key)
-    if buf is None or buf.shape[0] < src.shape[0]:
-        buf = buffers[key] = torch.empty(src.shape, dtype=dtype, device=src.device)
-    return buf[: src.shape[0]].copy_(src)
-
-
-def _segment_chunks(offsets: np.ndarray, max_tokens: int) -> List[Tuple[int, int]]:
-    """Split segments into runs of at most max_tokens token rows (a longer
-    segment gets a run of its own)."""
-    n_segments = offsets.size - 1
-    bounds = [0]
-    while bounds[-1] < n_segments:
-        s0 = bounds[-1]
-        s1 = int(np.searchsorted(offsets, offsets[s0] + max_tokens, side="right")) - 1
-        bounds.append(max(s1, s0 + 1))
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _search_threads(device: str):
-    """CPU search runs on one intra-op thread. Measured by bench/query_latency.py on the
-    2-core machines this project runs on, while other jobs shared them: a single query
-    took 3.3 ms wall on one thread and 6.8 ms on two, a float16 one 4.3 vs 105 ms, all
-    CoNLL validation entities batched 10 vs 34 s. Accelerators are unaffected."""
-    return one_thread() if torch.device(device).type == "cpu" else nullcontext()
-
-
-class _FactoredBatch:
-    """Factored queries: per index token t and query token u, (h_t . h_u)(r_t . r_u),
-    summed over u in the query and t in the segment, plus the dense block."""
-
-    def __init__(self, queries: FactoredQueries, device: torch.device, dtype: torch.dtype):
-        grads = queries.grads
-        self.h = _as_tensor(grads.h, device).to(dtype)
-        self.r = _as_tensor(grads.r, device).to(dtype)
-        self.dense_t = _as_tensor(grads.dense.T.copy(), device).to(dtype)
-        self.inv_norms = _as_tensor(_inverse(_norms(queries.sq_norms)), device).to(dtype)
-        self.row_query = _as_tensor(np.repeat(np.arange(len(grads)), grads.lengths), device)
-        self.n_queries = len(grads)
-        self.width = self.h.shape[0]
-
-    def chunk_scores(self, chunk: _Chunk) -> torch.Tensor:
-        # Index rows first: the big operand is then read in storage order
-        # (several times faster when memory-bound), and both reductions are
-        # index_add_ over cache-sized [S_c, M] blocks.
-        products = (chunk.h @ self.h.T).mul_(chunk.r @ self.r.T)
-        n_segments = chunk.s1 - chunk.s0
-        per_segment = products.new_zeros(n_segments, self.width).index_add_(0, chunk.token_segment, products)
-        if self.width == self.n_queries:  # one row per query
-            per_query = per_segment
-        else:
-            per_query = products.new_zeros(n_segments, self.n_queries).index_add_(1, self.row_query, per_segment)
-        return per_query.add_(chunk.dense @ self.dense_t).T
-
-
-class _PreconditionedBatch:
-    """Densely preconditioned queries: per index token t, r_t^T M_q h_t."""
-
-    def __init__(self, queries: PreconditionedQueries, device: torch.device, dtype: torch.dtype):
-        n_queries, self.n_tags, width = queries.weights.shape
-        self.weights = _as_tensor(queries.weights, device).to(dtype).reshape(-1, width)
-        self.dense_t = _as_tensor(queries.dense.T.copy(), device).to(dtype)
-        self.inv_norms = _as_tensor(_inverse(_norms(queries.sq_norms)), device).to(dtype)
-        self.n_queries = n_queries
-        self.width = n_queries * self.n_tags
-
-    def chunk_scores(self, chunk: _Chunk) -> torch.Tensor:
-        projected = (chunk.h @ self.weights.T).view(-1, self.n_queries, self.n_tags)
-        per_token = projected.mul_(chunk.r[:, None, :]).sum(dim=2)
-        per_segment = per_token.new_zeros(chunk.s1 - chunk.s0, self.n_queries)
-        per_segment.index_add_(0, chunk.token_segment, per_token)
-        return per_segment.add_(chunk.dense @ self.dense_t).T
 
 
 class SegmentIndex:
@@ -218,8 +62,8 @@ class SegmentIndex:
         self.metadata = list(metadata)
         self.curvature = curvature
         self.normalize = normalize
-        self._inv_norms = _inverse(np.asarray(norms, dtype=np.float64))
-        self._tensors: Dict[str, _IndexTensors] = {}
+        self._inv_norms = inverse_norms(np.asarray(norms, dtype=np.float64))
+        self._tensors: Dict[str, IndexTensors] = {}
 
     @classmethod
     def build(
@@ -237,8 +81,9 @@ class SegmentIndex:
         if dtype not in DTYPES:
             raise ConfigError(f"Index dtype must be one of {DTYPES}, got {dtype!r}")
         prepared = curvature.prepare_index(grads).astype(dtype)
-        norms = _norms(curvature.index_sq_norms(prepared))
-        return cls(StoredSegments.from_gradients(prepared), norms, list(metadata), curvature, normalize, windows)
+        norms = sqrt_norms(curvature.index_sq_norms(prepared))
+        stored = StoredSegments(prepared.h, prepared.r, prepared.offsets, SparseRows.from_dense(prepared.dense))
+        return cls(stored, norms, list(metadata), curvature, normalize, windows)
 
     def __len__(self) -> int:
         return len(self.stored)
@@ -273,7 +118,7 @@ class SegmentIndex:
     ) -> np.ndarray:
         """All scores [Q, S]; for tests and small data."""
         out = np.zeros((len(queries), len(self)), dtype=np.float64)
-        with _search_threads(device):
+        with search_threads(device):
             for q0, batch, chunks in self._search(queries, device, batch_size, chunk_tokens):
                 for chunk, scores in chunks:
                     scaled = scores.mul_(batch.inv_norms[:, None]) if self.normalize else scores
@@ -293,14 +138,14 @@ class SegmentIndex:
         if k < 0:
             raise ConfigError(f"k must be >= 0, got {k}")
         results: List[QueryResult] = []
-        with _search_threads(device):
+        with search_threads(device):
             for _, batch, chunks in self._search(queries, device, batch_size, chunk_tokens):
                 top = bottom = None
                 for chunk, scores in chunks:
-                    top = _merge_top(top, scores, chunk.s0, k, largest=True)
-                    bottom = _merge_top(bottom, scores, chunk.s0, k, largest=False)
+                    top = merge_top(top, scores, chunk.s0, k, largest=True)
+                    bottom = merge_top(bottom, scores, chunk.s0, k, largest=False)
                 scale = batch.inv_norms[:, None] if self.normalize else None
-                results.extend(_results(top, bottom, batch.n_queries, scale))
+                results.extend(top_k_results(top, bottom, batch.n_queries, scale))
         return results
 
     def total_influence(self, queries: FactoredGradients) -> np.ndarray:
@@ -321,18 +166,18 @@ class SegmentIndex:
 
     def _search(
         self, queries: FactoredGradients, device: str, batch_size: int, chunk_tokens: Optional[int]
-    ) -> Iterator[Tuple[int, "_Batch", Iterator[Tuple[_Chunk, torch.Tensor]]]]:
+    ) -> Iterator[Tuple[int, "Batch", Iterator[Tuple[Chunk, torch.Tensor]]]]:
         """Per query batch: its first query, the batch, and a stream of
         (chunk, scores [Q_batch, S_chunk]). Cosine scores still lack the query's
         1 / norm, a positive factor per query that cannot change its ranking."""
         self._check_queries(queries)
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        tensors = self._device_tensors(torch.device(device))
+        tensors = self.device_tensors(torch.device(device))
         for q0 in range(0, len(queries), batch_size):
             prepared = self.curvature.prepare_queries(queries.select(q0, min(q0 + batch_size, len(queries))))
-            batch = _to_batch(prepared, tensors)
-            budget = _CHUNK_ELEMENTS["cpu" if tensors.h.device.type == "cpu" else "accelerator"]
+            batch = to_batch(prepared, tensors)
+            budget = CHUNK_ELEMENTS["cpu" if tensors.h.device.type == "cpu" else "accelerator"]
             # Per row, a chunk holds its [rows, width] products and, when the stored
             # dtype is cast, a copy of its h row.
             per_row = batch.width + (self.stored.h.shape[1] if tensors.casts else 0)
@@ -340,22 +185,22 @@ class SegmentIndex:
             yield q0, batch, self._chunk_scores(batch, tensors, max_tokens)
 
     def _chunk_scores(
-        self, batch: "_Batch", tensors: _IndexTensors, max_tokens: int
-    ) -> Iterator[Tuple[_Chunk, torch.Tensor]]:
+        self, batch: "Batch", tensors: IndexTensors, max_tokens: int
+    ) -> Iterator[Tuple[Chunk, torch.Tensor]]:
         for chunk in tensors.chunks(max_tokens):
             scores = batch.chunk_scores(chunk)
             if self.normalize:
                 scores.mul_(tensors.inv_norms[chunk.s0 : chunk.s1])
             yield chunk, scores
 
-    def _device_tensors(self, device: torch.device) -> _IndexTensors:
+    def device_tensors(self, device: torch.device) -> IndexTensors:
         """On CPU the tensors share memory with the (possibly mapped) arrays; on
         an accelerator the index is copied there once and kept. Search runs in
         float32 (float64 for a float64 index) whatever the stored dtype."""
         key = str(device)
         if key not in self._tensors:
             dtype = torch.float64 if self.dtype == "float64" else torch.float32
-            self._tensors[key] = _IndexTensors(self.stored, self._inv_norms, device, dtype)
+            self._tensors[key] = IndexTensors(self.stored, self._inv_norms, device, dtype)
         return self._tensors[key]
 
     def _check_queries(self, queries: FactoredGradients) -> None:
@@ -366,31 +211,34 @@ class SegmentIndex:
 
     def to_disk(self, path: Union[str, Path]) -> None:
         """Write a directory of .npy arrays and JSON, atomically (`index_storage`)."""
-        index_storage.write_dir(self, path)
+        index_storage.write_dir(self.parts(), path)
 
     @classmethod
     def from_disk(cls, path: Union[str, Path], mmap: bool = True) -> "SegmentIndex":
         """Read a directory written by `to_disk`, its arrays memory-mapped if `mmap`."""
-        return cls(*index_storage.read_dir(path, mmap))
+        return cls.from_parts(index_storage.read_dir(path, mmap))
 
     def to_bytes(self) -> bytes:
-        return index_storage.to_bytes(self)
+        return index_storage.to_bytes(self.parts())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "SegmentIndex":
-        return cls(*index_storage.from_bytes(data))
+        return cls.from_parts(index_storage.from_bytes(data))
+
+    def parts(self) -> IndexParts:
+        """What `index_storage` writes of this index."""
+        windows = (self.windows.tags, self.windows.bounds) if self.windows is not None else None
+        return IndexParts(self.stored, self.norms, self.metadata, self.curvature.to_state(), self.normalize, windows)
+
+    @classmethod
+    def from_parts(cls, parts: IndexParts) -> "SegmentIndex":
+        config, arrays = parts.curvature
+        curvature = CURVATURES[config["name"]].from_state(config, arrays)
+        windows = WindowLabels(*parts.windows) if parts.windows is not None else None
+        return cls(parts.stored, parts.norms, parts.metadata, curvature, parts.normalize, windows)
 
 
-_Batch = Union[_FactoredBatch, _PreconditionedBatch]
-
-
-def _to_batch(prepared: Queries, tensors: _IndexTensors) -> _Batch:
-    if isinstance(prepared, PreconditionedQueries):
-        return _PreconditionedBatch(prepared, tensors.h.device, tensors.dtype)
-    return _FactoredBatch(prepared, tensors.h.device, tensors.dtype)
-
-
-def _merge_top(
+def merge_top(
     best: Optional[Tuple[torch.Tensor, torch.Tensor]], scores: torch.Tensor, s0: int, k: int, largest: bool
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Running per-query top-k (values, segment ids) after one more chunk, the
@@ -404,7 +252,7 @@ def _merge_top(
     return values, ids
 
 
-def _results(
+def top_k_results(
     top: Optional[Tuple[torch.Tensor, torch.Tensor]],
     bottom: Optional[Tuple[torch.Tensor, torch.Tensor]],
     n_queries: int,

@@ -17,11 +17,12 @@ from spacy.tokens import Doc, Span
 
 from ..exceptions import DataError
 from ..ner import bridge
+from ..ner.bridge import LabelledBatch, labelled_batch
 from ..ner.tagger import CRFEntityRecognizer
 from .curvature import TrainingStatistics, curvature_class
 from .gradients import FactoredGradients, WindowLabels
 from .index import SegmentIndex
-from .segments import LabelledBatch, Segment, labelled_batch, segment_gradients, window_labels
+from .segments import Segment, segment_gradients, window_labels
 
 # Docs whose CRF work (segment windows, K-FAC marginals) runs together: few large
 # chain batches instead of many small ones, whose per-step overhead dominated.

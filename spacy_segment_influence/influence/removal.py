@@ -26,10 +26,11 @@ import torch
 
 from ..exceptions import IndexFormatError
 from ..ner import bridge, crf
+from ..ner.bridge import LabelledBatch
 from ..ner.tagger import CRFEntityRecognizer
 from .gradients import WindowLabels
 from .index import SegmentIndex
-from .segments import LabelledBatch, Segment, segment_losses, window_segment_loss
+from .segments import Segment, segment_losses, window_segment_loss
 
 
 class EigenHessian(Protocol):

@@ -12,12 +12,10 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, cast
 
 import numpy
 import torch
-from spacy.language import Language
-from spacy.tokens import Doc
 
 from ..exceptions import DataError
-from ..ner import bridge, crf
-from ..ner.bridge import chain_at, flat_head, head_layout
+from ..ner import crf
+from ..ner.bridge import LabelledBatch, chain_at, flat_head, head_layout
 from ..ner.tagger import CRFEntityRecognizer
 from .gradients import FactoredGradients, WindowLabels
 
@@ -28,36 +26,6 @@ class Segment(NamedTuple):
     doc_index: int
     start: int
     end: int
-
-
-class LabelledBatch(NamedTuple):
-    """What the head sees for a batch of sentences, with a labelling of each."""
-
-    features: List[numpy.ndarray]  # [n_tokens, E] per sentence
-    tags: List[List[int]]  # tag id per token (-1 = unknown)
-
-    @property
-    def n_sentences(self) -> int:
-        """Sentences with at least one token: the N that mean losses and Hessians divide by."""
-        return sum(1 for x in self.features if len(x))
-
-
-def labelled_batch(
-    nlp: Language,
-    ner_name: str,
-    docs: Sequence[Doc],
-    batch_size: int = 64,
-    ner: Optional[CRFEntityRecognizer] = None,
-) -> LabelledBatch:
-    """The head's features for reference docs, labelled with their gold entities. The
-    head is the crf_ner component `ner_name`'s, or `ner`'s (a surrogate of `ner_name`).
-    Encoded `batch_size` docs at a time, so that only their features outlive a batch."""
-    ner = ner if ner is not None else bridge.crf_component(nlp, ner_name)
-    features: List[numpy.ndarray] = []
-    for first in range(0, len(docs), batch_size):
-        part = [bridge.unannotated(doc) for doc in docs[first : first + batch_size]]
-        features += bridge.head_features(ner, bridge.encode(nlp, part, ner_name, batch_size))
-    return LabelledBatch(features, [bridge.gold_tags(ner, doc) for doc in docs])
 
 
 def padded_tags(tags: Sequence[Sequence[int]]) -> torch.Tensor:

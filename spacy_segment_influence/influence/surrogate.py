@@ -20,11 +20,11 @@ from thinc.api import Model
 
 from ..exceptions import DataError, IndexCorruptError, PipelineError
 from ..ner import bridge, crf
+from ..ner.bridge import labelled_batch
 from ..ner.entity_scores import Entity
 from ..ner.head import build_crf_tagger, load_state
 from ..ner.tagger import CRFEntityRecognizer
 from .head_fit import fit_head
-from .segments import labelled_batch
 
 
 def feature_reader(component: Any) -> Model:

@@ -8,7 +8,7 @@ segment gradients, Hessians and validation differentiate.
 
 import hashlib
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, List, Sequence, cast
+from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Sequence, cast
 
 import numpy
 import torch
@@ -111,6 +111,36 @@ def gold_tags(ner: CRFEntityRecognizer, doc: Doc) -> List[int]:
 
 # Names how `fingerprint` digests, so that a digest from another scheme (the strided
 # sample of earlier versions) is recognised as such rather than as changed weights.
+class LabelledBatch(NamedTuple):
+    """What the head sees for a batch of sentences, with a labelling of each."""
+
+    features: List[numpy.ndarray]  # [n_tokens, E] per sentence
+    tags: List[List[int]]  # tag id per token (-1 = unknown)
+
+    @property
+    def n_sentences(self) -> int:
+        """Sentences with at least one token: the N that mean losses and Hessians divide by."""
+        return sum(1 for x in self.features if len(x))
+
+
+def labelled_batch(
+    nlp: Language,
+    ner_name: str,
+    docs: Sequence[Doc],
+    batch_size: int = 64,
+    ner: Optional[CRFEntityRecognizer] = None,
+) -> LabelledBatch:
+    """The head's features for reference docs, labelled with their gold entities. The
+    head is the crf_ner component `ner_name`'s, or `ner`'s (a surrogate of `ner_name`).
+    Encoded `batch_size` docs at a time, so that only their features outlive a batch."""
+    ner = ner if ner is not None else crf_component(nlp, ner_name)
+    features: List[numpy.ndarray] = []
+    for first in range(0, len(docs), batch_size):
+        part = [unannotated(doc) for doc in docs[first : first + batch_size]]
+        features += head_features(ner, encode(nlp, part, ner_name, batch_size))
+    return LabelledBatch(features, [gold_tags(ner, doc) for doc in docs])
+
+
 FINGERPRINT_SCHEME = "sha256-full"
 
 

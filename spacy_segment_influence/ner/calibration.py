@@ -16,9 +16,9 @@ from spacy.language import Language
 from spacy.tokens import Doc
 
 from ..exceptions import DataError
-from ..influence.segments import LabelledBatch, labelled_batch
 from . import bridge, crf
-from .entity_scores import entity_pattern
+from .bridge import LabelledBatch, labelled_batch
+from .entity_scores import PathQuery, entity_pattern, path_log_probs
 from .tagger import CRFEntityRecognizer
 
 _GOLDEN = (5**0.5 - 1) / 2
@@ -34,7 +34,7 @@ def fit_temperature(
     the entities are found once; a golden-section search on log T does the rest."""
     rows = sorted((i for i, x in enumerate(batch.features) if len(x)), key=lambda i: len(batch.features[i]))
     chains: List[crf.ChainScores] = []
-    queries: List[List[crf.PathQuery]] = []
+    queries: List[List[PathQuery]] = []
     correct: List[bool] = []
     with torch.no_grad(), crf.one_thread():
         for first in range(0, len(rows), chunk):
@@ -55,7 +55,7 @@ def fit_temperature(
 
     def log_loss(log_t: float) -> float:
         tempered = [crf.tempered(chain, math.exp(log_t)) for chain in chains]
-        log_p = numpy.concatenate([crf.path_log_probs(c, q, ner.constraints) for c, q in zip(tempered, queries)])
+        log_p = numpy.concatenate([path_log_probs(c, q, ner.constraints) for c, q in zip(tempered, queries)])
         return float(-log_p[right].sum() - numpy.log1p(-numpy.exp(numpy.minimum(log_p[wrong], -1e-12))).sum())
 
     a, b = math.log(low), math.log(high)

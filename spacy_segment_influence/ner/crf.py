@@ -11,7 +11,6 @@ Viterbi, so the model never spends probability mass on paths it can't output.
 from contextlib import contextmanager
 from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
-import numpy
 import torch
 
 # Score for forbidden tags/transitions. Finite (not -inf) so an all-forbidden row gives a
@@ -112,13 +111,15 @@ def constrain(scores: ChainScores, constraints: TagConstraints) -> ChainScores:
     )
 
 
-def _apply(scores: ChainScores, constraints: Optional[TagConstraints], tag_mask: Optional[torch.Tensor]) -> ChainScores:
+def masked_scores(
+    scores: ChainScores, constraints: Optional[TagConstraints], tag_mask: Optional[torch.Tensor]
+) -> ChainScores:
     if tag_mask is not None:
         scores = scores._replace(emissions=scores.emissions.masked_fill(~tag_mask, NEG))
     return constrain(scores, constraints) if constraints is not None else scores
 
 
-def _forward(scores: ChainScores) -> Tuple[torch.Tensor, torch.Tensor]:
+def forward(scores: ChainScores) -> Tuple[torch.Tensor, torch.Tensor]:
     """Log forward variables alpha [B, L, C] (frozen past each length) and log Z [B]."""
     emissions, lengths = scores.emissions, scores.lengths
     alpha = scores.start + emissions[:, 0]
@@ -131,7 +132,7 @@ def _forward(scores: ChainScores) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(alphas, dim=1), log_z
 
 
-def _backward(scores: ChainScores) -> torch.Tensor:
+def backward(scores: ChainScores) -> torch.Tensor:
     """Log backward variables beta [B, L, C]; beta = end from each last token on."""
     emissions, lengths = scores.emissions, scores.lengths
     end = scores.end.expand(emissions.shape[0], -1)
@@ -151,7 +152,7 @@ def log_partition(
     tag_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """log sum over valid paths (restricted to `tag_mask`) of exp(score): [B]."""
-    return _forward(_apply(scores, constraints, tag_mask))[1]
+    return forward(masked_scores(scores, constraints, tag_mask))[1]
 
 
 def marginals(
@@ -161,9 +162,9 @@ def marginals(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log Z [B], unary p(y_t=i) [B, L, C] and pairwise p(y_t=i, y_t+1=j) [B, L-1, C, C],
     zero at padded positions."""
-    masked = _apply(scores, constraints, tag_mask)
-    alpha, log_z = _forward(masked)
-    beta = _backward(masked)
+    masked = masked_scores(scores, constraints, tag_mask)
+    alpha, log_z = forward(masked)
+    beta = backward(masked)
     in_chain = _in_chain(masked)
     zero = torch.zeros((), dtype=alpha.dtype, device=alpha.device)
     # `where`, not a product: padded logits may overflow to inf, and inf * 0 is NaN
@@ -188,7 +189,7 @@ def unary_marginals(scores: ChainScores, constraints: Optional[TagConstraints] =
     a sentence's scores still spread so far (~700 nats) that every path underflows,
     the batch is redone in log space.
     """
-    masked = _apply(scores, constraints, None)
+    masked = masked_scores(scores, constraints, None)
     with torch.no_grad():
         emissions = masked.emissions.double()
         potentials = torch.exp(emissions - emissions.amax(dim=2, keepdim=True))
@@ -233,7 +234,7 @@ def summed_marginals(
     exp(transitions)) sum over all t and sentences to K * (A^T W), one matrix product,
     instead of a [B, L, C, C] tensor. If the scores spread so far that a step underflows,
     the batch is redone in log space."""
-    masked = _apply(scores, constraints, None)
+    masked = masked_scores(scores, constraints, None)
     with torch.no_grad():
         found = _scaled_summed_marginals(masked)
         if found is None:
@@ -294,7 +295,7 @@ def _in_chain(scores: ChainScores) -> torch.Tensor:
 
 def viterbi(scores: ChainScores, constraints: Optional[TagConstraints] = None) -> List[List[int]]:
     """Highest-scoring valid path of each sentence."""
-    masked = _apply(scores, constraints, None)
+    masked = masked_scores(scores, constraints, None)
     emissions, lengths = masked.emissions, masked.lengths
     delta = masked.start + emissions[:, 0]
     backpointers = []
@@ -360,48 +361,3 @@ def tempered(scores: ChainScores, temperature: float) -> ChainScores:
         start=scores.start / temperature,
         end=scores.end / temperature,
     )
-
-
-class PathQuery(NamedTuple):
-    """Sentence `sentence`'s tokens start.. take the tags `tags`, and the token right after
-    them (if any) takes none of `next_forbidden`: one entity span as a tag pattern."""
-
-    sentence: int
-    start: int
-    tags: Sequence[int]
-    next_forbidden: Sequence[int] = ()
-
-
-def path_log_probs(
-    scores: ChainScores, queries: Sequence[PathQuery], constraints: Optional[TagConstraints] = None
-) -> torch.Tensor:
-    """Exact log p(pattern | x) of each query [Q], in float64, without gradients.
-
-    One forward-backward per batch, then per query
-        alpha_a[s_a] + sum_{a<t<b} (T[s_t-1, s_t] + U_t[s_t]) + beta'_b-1[s_b-1] - log Z,
-    where beta' leaves out the forbidden next tags (for BIO: "I-L" after the entity).
-    """
-    masked = _apply(scores, constraints, None)
-    with torch.no_grad():
-        masked = ChainScores(*(x.double() if x.is_floating_point() else x for x in masked))
-        alpha, log_z = _forward(masked)
-        beta = _backward(masked)
-    alpha_np, beta_np, log_z_np = alpha.numpy(), beta.numpy(), log_z.numpy()
-    emissions, transitions = masked.emissions.numpy(), masked.transitions.numpy()
-    lengths = masked.lengths.tolist()
-    out = numpy.empty(len(queries))
-    for q, (b, start, tags, forbidden) in enumerate(queries):
-        end = start + len(tags)
-        if not tags or start < 0 or end > lengths[b]:
-            raise ValueError(f"Pattern at {start}-{end} lies outside sentence {b} ({lengths[b]} tokens)")
-        total = alpha_np[b, start, tags[0]]
-        for t, (prev, tag) in enumerate(zip(tags, tags[1:]), start=start + 1):
-            total += transitions[prev, tag] + emissions[b, t, tag]
-        if forbidden and end < lengths[b]:
-            nxt = transitions[tags[-1]] + emissions[b, end] + beta_np[b, end]
-            nxt[list(forbidden)] = -numpy.inf
-            total += numpy.logaddexp.reduce(nxt)
-        else:
-            total += beta_np[b, end - 1, tags[-1]]
-        out[q] = total - log_z_np[b]
-    return torch.from_numpy(numpy.minimum(out, 0.0))

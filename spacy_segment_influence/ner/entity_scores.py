@@ -4,7 +4,7 @@ span scores (`doc.spans[key]`, `attrs["scores"]`).
 
 In BILUO the span [a, b) is that entity exactly when its tokens take the tags
 B-L I-L .. L-L (U-L for one token); in BIO when they take B-L I-L .. I-L and the next
-token is not I-L. Either is a tag pattern whose probability `crf.path_log_probs` gives
+token is not I-L. Either is a tag pattern whose probability `path_log_probs` gives
 from one forward-backward.
 """
 
@@ -26,7 +26,52 @@ class ScoredEntity(NamedTuple):
     score: float
 
 
-def entity_pattern(tags: Sequence[str], scheme: str, sentence: int, entity: Entity) -> crf.PathQuery:
+class PathQuery(NamedTuple):
+    """Sentence `sentence`'s tokens start.. take the tags `tags`, and the token right after
+    them (if any) takes none of `next_forbidden`: one entity span as a tag pattern."""
+
+    sentence: int
+    start: int
+    tags: Sequence[int]
+    next_forbidden: Sequence[int] = ()
+
+
+def path_log_probs(
+    scores: crf.ChainScores, queries: Sequence[PathQuery], constraints: Optional[crf.TagConstraints] = None
+) -> torch.Tensor:
+    """Exact log p(pattern | x) of each query [Q], in float64, without gradients.
+
+    One forward-backward per batch, then per query
+        alpha_a[s_a] + sum_{a<t<b} (T[s_t-1, s_t] + U_t[s_t]) + beta'_b-1[s_b-1] - log Z,
+    where beta' leaves out the forbidden next tags (for BIO: "I-L" after the entity).
+    """
+    masked = crf.masked_scores(scores, constraints, None)
+    with torch.no_grad():
+        masked = crf.ChainScores(*(x.double() if x.is_floating_point() else x for x in masked))
+        alpha, log_z = crf.forward(masked)
+        beta = crf.backward(masked)
+    alpha_np, beta_np, log_z_np = alpha.numpy(), beta.numpy(), log_z.numpy()
+    emissions, transitions = masked.emissions.numpy(), masked.transitions.numpy()
+    lengths = masked.lengths.tolist()
+    out = numpy.empty(len(queries))
+    for q, (b, start, tags, forbidden) in enumerate(queries):
+        end = start + len(tags)
+        if not tags or start < 0 or end > lengths[b]:
+            raise ValueError(f"Pattern at {start}-{end} lies outside sentence {b} ({lengths[b]} tokens)")
+        total = alpha_np[b, start, tags[0]]
+        for t, (prev, tag) in enumerate(zip(tags, tags[1:]), start=start + 1):
+            total += transitions[prev, tag] + emissions[b, t, tag]
+        if forbidden and end < lengths[b]:
+            nxt = transitions[tags[-1]] + emissions[b, end] + beta_np[b, end]
+            nxt[list(forbidden)] = -numpy.inf
+            total += numpy.logaddexp.reduce(nxt)
+        else:
+            total += beta_np[b, end - 1, tags[-1]]
+        out[q] = total - log_z_np[b]
+    return torch.from_numpy(numpy.minimum(out, 0.0))
+
+
+def entity_pattern(tags: Sequence[str], scheme: str, sentence: int, entity: Entity) -> PathQuery:
     """The tag pattern of `entity` in `sentence`; label "O" asks for a span with no entity."""
     start, end, label = entity
     length = end - start
@@ -39,7 +84,7 @@ def entity_pattern(tags: Sequence[str], scheme: str, sentence: int, entity: Enti
     else:
         names, forbidden = [f"B-{label}", *[f"I-{label}"] * (length - 1)], [f"I-{label}"]
     index = {tag: i for i, tag in enumerate(tags)}
-    return crf.PathQuery(sentence, start, [index[n] for n in names], [index[n] for n in forbidden])
+    return PathQuery(sentence, start, [index[n] for n in names], [index[n] for n in forbidden])
 
 
 def entity_probabilities(
@@ -51,7 +96,7 @@ def entity_probabilities(
 ) -> List[List[float]]:
     """p(entity | x) for each entity of each sentence of the batch `chain`."""
     queries = [entity_pattern(tags, scheme, b, ent) for b, ents in enumerate(entities) for ent in ents]
-    probs = iter(torch.exp(crf.path_log_probs(chain, queries, constraints)).tolist() if queries else [])
+    probs = iter(torch.exp(path_log_probs(chain, queries, constraints)).tolist() if queries else [])
     return [[next(probs) for _ in ents] for ents in entities]
 
 

@@ -9,17 +9,14 @@ from typing import (
     Iterable,
     Iterator,
     List,
-    Literal,
     Optional,
     Sequence,
     Tuple,
     Union,
     cast,
-    get_args,
 )
 
 import numpy
-import srsly
 from spacy.language import Language
 from spacy.pipeline import Pipe
 from spacy.tokens import Doc, DocBin, Span
@@ -31,174 +28,30 @@ from ..corpus import read_docbin
 from ..exceptions import (
     ConfigError,
     DataError,
-    IndexCorruptError,
     IndexFormatError,
     IndexMissingError,
     IndexOutOfDateError,
 )
 from ..influence import removal
-from ..influence.curvature import CURVATURES, CurvatureName, curvature_class
+from ..influence.curvature import CurvatureName
 from ..influence.encoder_influence import EncoderExplainer
 from ..influence.gradients import FactoredGradients
-from ..influence.index import DTYPES, IndexDtype, QueryResult, SegmentIndex
+from ..influence.index import IndexDtype, SegmentIndex
 from ..influence.index_build import build_shard, fit_index
-from ..influence.segments import LabelledBatch, Segment, segment_gradients
+from ..influence.segments import Segment, segment_gradients
 from ..influence.surrogate import agreement, fit_surrogate, predicted_entities, surrogate_from_bytes, surrogate_to_bytes
 from ..ner import bridge
-from ..ner.entity_scores import Entity, ScoredEntity, probabilities_from_features, set_entity_scores
+from ..ner.bridge import LabelledBatch
+from ..ner.entity_scores import ScoredEntity, set_entity_scores
 from ..ner.known_labels import check_known_labels
 from ..ner.tagger import CRFEntityRecognizer
-from ..storage import checksums
-
-Granularity = Literal["entities", "tokens"]
-_GRANULARITIES = get_args(Granularity)
-# which parameters the gradients are taken over: the CRF head at the trained weights, or the
-# encoder's hash-embedding rows at the initial weights (`encoder_influence`; BENCHMARKS.md "LDS")
-Layers = Literal["head", "embeddings"]
-_LAYERS = get_args(Layers)
+from . import extensions  # noqa: F401  (registers doc._.influences and span._.influences)
+from .queries import entity_probabilities, labelled_query, top_k_of
+from .serialization import SerializedComponent
+from .settings import Granularity, Layers, check_k, check_settings
 
 
-def _user_data(doc: Doc) -> Dict[Any, Any]:
-    """doc.user_data, whose keys for extensions are tuples (spaCy's own convention)."""
-    return cast(Dict[Any, Any], doc.user_data)
-
-
-def _get_doc_influences(doc: Doc) -> Optional[List[dict]]:
-    raw = _user_data(doc).get(("segment_influence", None, None))
-    return None if raw is None else srsly.json_loads(raw)
-
-
-def _set_doc_influences(doc: Doc, records: Optional[List[dict]]) -> None:
-    _user_data(doc)[("segment_influence", None, None)] = srsly.json_dumps(records)
-
-
-def _get_span_influences(span: Span) -> Optional[dict]:
-    raw = _user_data(span.doc).get(("segment_influence", span.start_char, span.end_char))
-    return None if raw is None else srsly.json_loads(raw)
-
-
-def _set_span_influences(span: Span, record: Optional[dict]) -> None:
-    _user_data(span.doc)[("segment_influence", span.start_char, span.end_char)] = srsly.json_dumps(record)
-
-
-# Stored as JSON in doc.user_data so records come back from DocBin(store_user_data=True)
-# exactly as they went in (msgpack would turn their lists into tuples).
-if not Doc.has_extension("influences"):
-    Doc.set_extension("influences", getter=_get_doc_influences, setter=_set_doc_influences)
-if not Span.has_extension("influences"):
-    Span.set_extension("influences", getter=_get_span_influences, setter=_set_span_influences)
-
-
-@Language.factory(
-    "segment_influence",
-    requires=["doc.ents"],
-    assigns=["doc._.influences", "span._.influences"],
-    default_config={
-        "ner": None,
-        "k": 5,
-        "curvature": "kfac",
-        "damping": 0.001,
-        "normalize": True,
-        "granularity": "entities",
-        "device": "cpu",
-        "dtype": "float32",
-        "batch_size": 64,
-        "refine": False,
-        "layers": "head",
-    },
-)
-def make_segment_influence(
-    nlp: Language,
-    name: str,
-    ner: Optional[str],
-    k: int,
-    curvature: CurvatureName,
-    damping: float,
-    normalize: bool,
-    granularity: Granularity,
-    device: str,
-    dtype: IndexDtype,
-    batch_size: int,
-    refine: bool,
-    layers: str,
-) -> "SegmentInfluence":
-    return SegmentInfluence(
-        nlp,
-        name,
-        ner=ner,
-        k=k,
-        curvature=curvature,
-        damping=damping,
-        normalize=normalize,
-        granularity=granularity,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        refine=refine,
-        layers=cast(Layers, layers),  # a str here, so that check_settings words the error
-    )
-
-
-# More supporters and opposers per entity than a reader can use; a larger k is a typo
-K_MAX = 1000
-
-
-def check_k(k: Any, where: str) -> None:
-    """ConfigError unless k is an integer in 1..K_MAX (1.5, "5", True and 100000 are not)."""
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= K_MAX:
-        raise ConfigError(f"{where}: k must be an integer from 1 to {K_MAX}, got {k!r}")
-
-
-def check_settings(*, curvature: str, granularity: str, k: int, dtype: str, refine: bool, layers: str = "head") -> None:
-    """ConfigError for settings `segment_influence` does not accept, before any work is done
-    (spaCy's own validation of a config's Literal values gives a less readable message)."""
-    if curvature not in CURVATURES:
-        raise ConfigError(f"segment_influence: curvature must be one of {tuple(CURVATURES)}, got {curvature!r}")
-    if granularity not in _GRANULARITIES:
-        raise ConfigError(f"segment_influence: granularity must be one of {_GRANULARITIES}, got {granularity!r}")
-    check_k(k, "segment_influence")
-    if dtype not in DTYPES:
-        raise ConfigError(f"segment_influence: dtype must be one of {DTYPES}, got {dtype!r}")
-    if refine and not curvature_class(curvature).refinable:
-        raise ConfigError(f"segment_influence: refine needs curvature 'exact', got {curvature!r}")
-    if layers not in _LAYERS:
-        raise ConfigError(f"segment_influence: layers must be one of {_LAYERS}, got {layers!r}")
-    if layers == "embeddings" and (refine or granularity != "entities"):
-        raise ConfigError("segment_influence: layers 'embeddings' indexes gold entities and has no refine")
-
-
-# The types of the component's settings, as its factory declares them; checked when a
-# stored cfg is loaded (it is data, not code spaCy validated).
-_CFG_TYPES: Dict[str, Tuple[type, ...]] = {
-    "ner": (str,),
-    "k": (int,),
-    "curvature": (str,),
-    "damping": (int, float),
-    "normalize": (bool,),
-    "granularity": (str,),
-    "dtype": (str,),
-    "batch_size": (int,),
-    "refine": (bool,),
-    "layers": (str,),
-}
-
-
-def check_cfg(cfg: Dict[str, Any], where: str) -> None:
-    """IndexCorruptError naming `where` when a stored cfg has a setting of the wrong type or
-    value (`k = "5"`, `dtype = "float33"`, `k = 0`)."""
-    for key, types in _CFG_TYPES.items():
-        value = cfg.get(key)
-        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-            raise IndexCorruptError(f"{where}: {key} = {value!r} is not a {types[0].__name__}; re-index")
-    if cfg["batch_size"] < 1 or cfg["damping"] < 0:
-        raise IndexCorruptError(f"{where}: batch_size must be >= 1 and damping >= 0; re-index")
-    try:
-        check_settings(**{key: cfg[key] for key in ("curvature", "granularity", "k", "dtype", "refine", "layers")})
-    except ConfigError as err:
-        raise IndexCorruptError(f"{where}: {err}; re-index") from None
-
-
-class SegmentInfluence(Pipe):
+class SegmentInfluence(SerializedComponent, Pipe):
     """Stores, for each predicted entity, its most influential training segments
     (`doc._.influences`, `span._.influences`); `explain` asks about any span."""
 
@@ -320,7 +173,7 @@ class SegmentInfluence(Pipe):
         weights, which `spacy train` rebuilds from its config (and the training corpus)."""
         import tempfile
 
-        from ..annotation_errors.fold_training import training_config
+        from ..training import training_config
 
         assert self.index is not None
         segments = [Segment(m["doc_index"], m["start"], m["end"]) for m in self.index.metadata]
@@ -401,7 +254,7 @@ class SegmentInfluence(Pipe):
         if len(span) == 0:
             raise DataError(f"segment_influence.explain: the span at token {span.start} is empty; ask about >= 1 token")
         self.check_index()
-        query, entities = _labelled_query(span, label)
+        query, entities = labelled_query(span, label)
         features = self._encoded_features([span.doc])
         return self._query([span.doc], features, [entities], [(0, query)], k)[0]
 
@@ -419,7 +272,7 @@ class SegmentInfluence(Pipe):
         for span in spans:
             if len(span) == 0:
                 raise DataError(f"segment_influence.query_gradients: the span at token {span.start} is empty")
-        labelled = [_labelled_query(span, one) for span, one in zip(spans, labels)]
+        labelled = [labelled_query(span, one) for span, one in zip(spans, labels)]
         features = self._encoded_features([span.doc for span in spans])
         tags = [bridge.tag_ids(self.ner, span.doc, entities) for span, (_, entities) in zip(spans, labelled)]
         segments = [Segment(i, query.start, query.end) for i, (query, _) in enumerate(labelled)]
@@ -440,7 +293,7 @@ class SegmentInfluence(Pipe):
         if not spans:
             return numpy.zeros((0, len(index)))
         if self._encoder is not None:
-            labelled = [_labelled_query(span, None if labels is None else labels[i]) for i, span in enumerate(spans)]
+            labelled = [labelled_query(span, None if labels is None else labels[i]) for i, span in enumerate(spans)]
             segments = [Segment(i, query.start, query.end) for i, (query, _) in enumerate(labelled)]
             return self._encoder.scores([span.doc for span in spans], [ents for _, ents in labelled], segments)
         return index.scores(self.query_gradients(spans, labels), device=self.device)
@@ -466,7 +319,7 @@ class SegmentInfluence(Pipe):
             top = top_k_of(self._encoder.scores(docs, labellings, segments), k or self.cfg["k"])
         else:
             top = self.index.top_k(segment_gradients(ner, batch, segments), k=k or self.cfg["k"], device=self.device)
-        probabilities = _entity_probabilities(ner, features, queries)
+        probabilities = entity_probabilities(ner, features, queries)
         records = []
         for (_, span), segment, result, probability in zip(queries, segments, top, probabilities):
             hits = {
@@ -518,113 +371,3 @@ class SegmentInfluence(Pipe):
                 "would be wrong. Re-index (initialize again or `segment-influence index`)."
             )
         return self.index
-
-    # -- serialization -------------------------------------------------------------------
-    # Two fields, as spaCy pipes name theirs for `exclude`: "cfg" (settings and the weights'
-    # fingerprint) and "index" (the stored gradients, the large part).
-    # One manifest (`checksums.json`) digests cfg (which holds the fingerprint), surrogate and
-    # the index's own manifest (which digests every index file): files from two writes or
-    # two runs do not load together.
-    def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        written = []
-        if self.index is not None and "index" not in exclude:
-            self.index.to_disk(path / "index")
-            written.append(f"index/{checksums.MANIFEST}")
-        if self._surrogate_bytes is not None and "index" not in exclude:
-            (path / "surrogate").write_bytes(self._surrogate_bytes)
-            written.append("surrogate")
-        if self._encoder is not None and "index" not in exclude:
-            (path / "embeddings").write_bytes(self._encoder.to_bytes())
-            written.append("embeddings")
-        if "cfg" not in exclude:
-            srsly.write_json(path / "cfg", {**self.cfg, "fingerprint": self.fingerprint})
-            written.append("cfg")
-        checksums.write_manifest(path, written)
-
-    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "SegmentInfluence":
-        path = Path(path)
-        if not (path / checksums.MANIFEST).exists():
-            raise IndexFormatError(
-                f"{path}: written by an older version, without the checksums that tie its cfg and index "
-                "together; re-index (`segment-influence index`)"
-            )
-        checksums.verify(path)
-        if "cfg" not in exclude:
-            cfg = checksums.read_json(path / "cfg")
-            if not isinstance(cfg, dict) or "fingerprint" not in cfg:
-                raise IndexCorruptError(f"{path / 'cfg'}: not a segment_influence cfg; re-index")
-            self.fingerprint = cfg.pop("fingerprint")
-            check_cfg({**self.cfg, **cfg}, str(path / "cfg"))
-            self.cfg.update(cfg)
-        if "index" not in exclude:
-            self.index = SegmentIndex.from_disk(path / "index") if (path / "index").exists() else None
-            self._surrogate = None
-            self._surrogate_bytes = (path / "surrogate").read_bytes() if (path / "surrogate").exists() else None
-            stored = path / "embeddings"
-            self._encoder = EncoderExplainer.from_bytes(stored.read_bytes()) if stored.exists() else None
-        return self
-
-    def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
-        msg: dict = {}
-        if "cfg" not in exclude:
-            msg.update(cfg=self.cfg, fingerprint=self.fingerprint)
-        if "index" not in exclude:
-            msg["index"] = self.index.to_bytes() if self.index is not None else None
-            msg["surrogate"] = self._surrogate_bytes
-            msg["embeddings"] = self._encoder.to_bytes() if self._encoder is not None else None
-        return srsly.msgpack_dumps(msg)
-
-    def from_bytes(self, data: bytes, *, exclude: Iterable[str] = tuple()) -> "SegmentInfluence":
-        msg = srsly.msgpack_loads(data)
-        if "cfg" not in exclude and "cfg" in msg:
-            check_cfg({**self.cfg, **msg["cfg"]}, f"segment_influence {self.name!r}: the serialized cfg")
-            self.cfg.update(msg["cfg"])
-            self.fingerprint = msg["fingerprint"]
-        if "index" not in exclude and "index" in msg:
-            self.index = SegmentIndex.from_bytes(msg["index"]) if msg["index"] is not None else None
-            self._surrogate, self._surrogate_bytes = None, msg.get("surrogate")
-            stored = msg.get("embeddings")
-            self._encoder = EncoderExplainer.from_bytes(stored) if stored is not None else None
-        return self
-
-
-def top_k_of(scores: numpy.ndarray, k: int) -> List[QueryResult]:
-    """The k most supporting (positive, best first) and k most opposing (negative, most
-    negative first) segments of each row of a full score matrix [Q, S]."""
-    results = []
-    for row in scores:
-        order = numpy.argsort(-row, kind="stable")
-        top, bottom = order[:k], order[::-1][:k]
-        results.append(
-            QueryResult(
-                [(int(j), float(row[j])) for j in top if row[j] > 0],
-                [(int(j), float(row[j])) for j in bottom if row[j] < 0],
-            )
-        )
-    return results
-
-
-def _labelled_query(span: Span, label: Optional[str]) -> Tuple[Span, List[Span]]:
-    """The span labelled as asked (default: its own label, else that of the predicted
-    entity with the same boundaries, else "O"), and its doc's entities with it in place of
-    those it overlaps."""
-    doc = span.doc
-    if label is None:
-        predicted = {(ent.start, ent.end): ent.label_ for ent in doc.ents}
-        label = span.label_ or predicted.get((span.start, span.end), "O")
-    query = Span(doc, span.start, span.end, label="" if label == "O" else label)
-    entities = [ent for ent in doc.ents if ent.end <= span.start or ent.start >= span.end]
-    return query, sorted(entities + ([query] if query.label_ else []), key=lambda e: e.start)
-
-
-def _entity_probabilities(
-    ner: CRFEntityRecognizer, features: List[numpy.ndarray], queries: List[Tuple[int, Span]]
-) -> List[float]:
-    """The CRF's probability of each queried span with its label ("O": no entity there)."""
-    entities: List[List[Entity]] = [[] for _ in features]
-    for i, span in queries:
-        entities[i].append((span.start, span.end, span.label_ or "O"))
-    found = [iter(probs) for probs in probabilities_from_features(ner, features, entities)]
-    return [next(found[i]) for i, _ in queries]

@@ -33,8 +33,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from spacy.displacy.render import DEFAULT_LABEL_COLORS
 
+from ..annotation_errors.methods import METHODS
 from ..annotation_errors.records import read_ranking_records
-from ..exceptions import CorpusFormatError
+from .page_assets import SCRIPT, STYLE
+from .record_checks import check_record
 
 SentenceKey = Tuple[Optional[str], Optional[int]]  # meta.doc_id, meta.doc_index
 Entities = Tuple[List[dict], List[dict]]  # gold and predicted Prodigy spans of a sentence
@@ -46,30 +48,7 @@ KINDS = {
     "spurious": "an annotated entity where the model marks nothing",
     "agreed": "the model agrees with the annotation; ranked only for its score",
 }
-METHODS = {  # method: (when it ranks a candidate high, in short)
-    "combined": (
-        "the model's evidence (held-out harm and a poor fit) and the corpus' (the same strings "
-        "labelled otherwise elsewhere) together: -log p(harm) - log p(loss) - log p(consistency)",
-        "model and corpus evidence",
-    ),
-    "consistency": (
-        "the rest of the corpus labels the same strings otherwise: the share of their other "
-        "occurrences with another label (or none), shrunk for rare strings",
-        "inconsistent labelling of its strings",
-    ),
-    "influence": (
-        "its labels raise the loss of held-out (dev) predictions and the model fits them badly: "
-        "-log p(harm) - log p(loss), each p the share of candidates scoring higher",
-        "held-out harm and a poor fit",
-    ),
-    "self-influence": ("its labels pull the model unusually hard (g^T H^-1 g of its own loss)", "self-influence"),
-    "loss": ("the model fits its labels badly (-log p(labels | rest of the sentence))", "a poor fit"),
-    "margin": ("the model prefers another tag over the annotated one (on the worst token)", "a low margin"),
-    "confidence": ("the model gives the annotated tag a low probability (on the worst token)", "low confidence"),
-    "random": ("a random order, the baseline every method must beat", "chance (random order)"),
-}
 ANSWER_KEYS = {"accept": "a", "reject": "r", "ignore": "s"}
-_SPAN_LISTS = ("gold_spans", "suggested_spans", "sentence_gold_spans", "sentence_predicted_spans")
 _ANSWER_TEXT = {"accept": "wrong", "reject": "right", "ignore": "skip"}
 _COLORS = {**DEFAULT_LABEL_COLORS, "PER": DEFAULT_LABEL_COLORS["PERSON"], "MISC": "#ffeb80", "O": "#e4e4e4"}
 _PALETTE = ("#aa9cfc", "#7aecec", "#feca74", "#ff9561", "#bfeeb7", "#c887fb", "#9cc9cc", "#ff8197")
@@ -83,7 +62,7 @@ def read_ranking(path: Path, limit: int = 0) -> Tuple[List[dict], Dict[SentenceK
 
     def checked() -> Iterable[dict]:
         nonlocal count
-        for _, record in read_ranking_records(path, _check):
+        for _, record in read_ranking_records(path, check_record):
             count += 1
             if not limit or len(records) < limit:
                 records.append(record)
@@ -104,69 +83,6 @@ def sentence_entities(records: Iterable[dict]) -> Dict[SentenceKey, Entities]:
     return sentences
 
 
-def _check(record: dict, where: str) -> None:
-    fields = ("text", "tokens", "spans", "meta")
-    if not isinstance(record, dict) or not all(key in record for key in fields) or not record["spans"]:
-        raise CorpusFormatError(f"{where}: no text, tokens, spans or meta: was it written by find-errors?")
-    span, meta = record["spans"][0] if isinstance(record["spans"], list) else None, record["meta"]
-    if not isinstance(span, dict) or not all(key in span for key in ("token_start", "token_end", "label")):
-        raise CorpusFormatError(
-            f"{where}: its span lacks token_start, token_end or label: was it written by find-errors?"
-        )
-    sentence = (meta.get("doc_id"), meta.get("doc_index")) if isinstance(meta, dict) else ([],)
-    span_lists = [meta.get(key, []) for key in _SPAN_LISTS] if isinstance(meta, dict) else [None]
-    if (
-        not isinstance(record["text"], str)
-        or not isinstance(record["tokens"], list)
-        or not all(isinstance(value, (str, int, type(None))) for value in sentence)
-        or not all(isinstance(spans, list) for spans in span_lists)
-    ):
-        raise CorpusFormatError(
-            f"{where}: expected a string text, a list of tokens and a meta object (doc_id, doc_index, span "
-            "lists): was it written by find-errors?"
-        )
-    wrong = _wrong_field(record)
-    if wrong:
-        raise CorpusFormatError(f"{where}: {wrong} has the wrong type: was it written by find-errors?")
-
-
-def _wrong_field(record: dict) -> Optional[str]:
-    """The first field of a review record that the page cannot render, None when all fit."""
-    meta = record["meta"]
-    if not all(isinstance(token, dict) and isinstance(token.get("text"), str) for token in record["tokens"]):
-        return "tokens (objects with a string text)"
-    for key in ("spans", *_SPAN_LISTS):
-        spans = record["spans"][:1] if key == "spans" else meta.get(key, [])
-        offsets = ("start", "end") if key in ("gold_spans", "suggested_spans") else ()
-        for span in spans:
-            if not (
-                isinstance(span, dict)
-                and all(_is_int(span.get(field)) for field in ("token_start", "token_end", *offsets))
-                and 0 <= span["token_start"] <= span["token_end"]
-                and isinstance(span.get("label"), str)
-            ):
-                return f"{key} (token_start <= token_end, label)"
-    for key in ("kind", "label", "suggested_label", "method"):
-        if key in meta and not isinstance(meta[key], str):
-            return f"meta.{key}"
-    influenced = meta.get("influenced", [])
-    if not isinstance(influenced, list) or not all(
-        isinstance(item, dict)
-        and isinstance(item.get("score"), (int, float))
-        and not isinstance(item.get("score"), bool)
-        and all(isinstance(item.get(field, ""), str) for field in ("text", "label", "left", "right"))
-        and "text" in item
-        and "label" in item
-        for item in influenced
-    ):
-        return "meta.influenced"
-    return None
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def render_review_page(
     records: Sequence[dict],
     sentences: Optional[Dict[SentenceKey, Entities]] = None,
@@ -177,7 +93,7 @@ def render_review_page(
     `sentences`: the entities of each sentence (see `read_ranking`); by default gathered
     from `records` themselves."""
     for number, record in enumerate(records, start=1):
-        _check(record, f"Record {number}")
+        check_record(record, f"Record {number}")
     sentences = sentence_entities(records) if sentences is None else sentences
     cards = "\n".join(_card(i, record, sentences) for i, record in enumerate(records))
     # JSON in a script element must not end it: "<", ">" and "&" are written as \u escapes
@@ -185,10 +101,10 @@ def render_review_page(
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
-        f'content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title><style>{_STYLE}</style>'
+        f'content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title><style>{STYLE}</style>'
         f'</head><body data-export="{html.escape(export_name)}">{_toolbar(title, records)}{_legend(records)}'
         f'{_summary(records)}<main id="cards">{cards}</main>'
-        f'<script type="application/json" id="records">{data}</script><script>{_SCRIPT}</script></body></html>\n'
+        f'<script type="application/json" id="records">{data}</script><script>{SCRIPT}</script></body></html>\n'
     )
 
 
@@ -215,10 +131,14 @@ def _select(name: str, what: str, options: Dict[str, str]) -> str:
     return f'<label>{what} <select id="{name}"><option value="">all</option>{items}</select></label>'
 
 
+def _ranks_high_when(method: str) -> str:
+    return METHODS[method].ranks_high_when if method in METHODS else "its score is high"
+
+
 def _legend(records: Sequence[dict]) -> str:
     kinds = "".join(f'<dt><span class="kind">{k}</span></dt><dd>{html.escape(v)}</dd>' for k, v in KINDS.items())
     methods = "".join(
-        f"<dt>{html.escape(m)}</dt><dd>ranks high when {html.escape(METHODS.get(m, ('its score is high',))[0])}</dd>"
+        f"<dt>{html.escape(m)}</dt><dd>ranks high when {html.escape(_ranks_high_when(m))}</dd>"
         for m in sorted({str(record["meta"].get("method")) for record in records})
     )
     keys = ", ".join(f"<kbd>{key}</kbd> {_ANSWER_TEXT[answer]}" for answer, key in ANSWER_KEYS.items())
@@ -308,7 +228,8 @@ def _headline(record: dict) -> str:
     gold = _describe(record, meta.get("gold_spans", []))
     predicted = _describe(record, meta.get("suggested_spans", []))
     if kind == "agreed":
-        reason = METHODS.get(str(meta.get("method")), ("", "its score"))[1]
+        method = str(meta.get("method"))
+        reason = METHODS[method].in_short if method in METHODS else "its score"
         return f"The model agrees with the annotation ({gold}); ranked for {html.escape(reason)}"
     if kind == "wrong_type":
         return f"Annotated {gold}; the model says {html.escape(meta.get('suggested_label', '?'))}"
@@ -405,129 +326,3 @@ def _influenced(items: List[dict]) -> str:
         )
     summary = f"held-out evidence ({len(items)})"
     return f'<details class="influenced"><summary>{summary}</summary><ul>{"".join(rows)}</ul></details>' if rows else ""
-
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1150px; padding: 0 1em 40vh; color: #222; }
-#bar { position: sticky; top: 0; z-index: 2; background: #fff; border-bottom: 1px solid #ccc; padding: .4em 0; }
-#bar h1 { font-size: 1.15em; margin: .2em 0; } #warning { color: #b42318; font-weight: bold; }
-.controls { display: flex; flex-wrap: wrap; gap: .4em 1em; align-items: center; font-size: .9em; }
-#legend { font-size: .9em; margin: .8em 0; } #legend dd { margin: 0; }
-#legend dl { display: grid; grid-template-columns: 9em 1fr; gap: .15em 1em; }
-#summary { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
-#summary td, #summary th { border: 1px solid #ddd; padding: .15em .5em; text-align: right; }
-#summary td { cursor: pointer; } #summary td:hover { background: #eef; }
-kbd { border: 1px solid #aaa; border-radius: 3px; padding: 0 .3em; font-size: .85em; background: #f6f6f6; }
-.kind { font-family: monospace; background: #eee; border-radius: 3px; padding: 0 .3em; }
-.candidate { border: 1px solid #ccc; border-left: 6px solid #ccc; border-radius: 6px; padding: .3em 1em; margin: .8em 0;
-  content-visibility: auto; contain-intrinsic-size: auto 200px; scroll-margin-top: 8em; }
-.candidate.current { outline: 3px solid #2463eb; } .decision { float: right; font-size: .9em; }
-.candidate[data-answer=accept] { border-left-color: #b42318; }
-.candidate[data-answer=reject] { border-left-color: #1a7f37; }
-.candidate[data-answer=ignore] { border-left-color: #999; }
-.candidate[data-answer=accept] .decision::after { content: "wrong (accepted)"; color: #b42318; }
-.candidate[data-answer=reject] .decision::after { content: "right (rejected)"; color: #1a7f37; }
-.candidate[data-answer=ignore] .decision::after { content: "skipped"; color: #666; }
-.candidate h2 { font-size: 1em; font-weight: normal; margin: .3em 0; } .rank { font-weight: bold; }
-.meta { color: #666; font-size: .85em; margin: .2em 0; } .influenced { font-size: .85em; }
-.row { display: flex; align-items: baseline; gap: 1em; line-height: 2.4; }
-.which { width: 6.5em; flex: none; color: #666; font-size: .85em; }
-mark.ent { padding: .2em .35em; border-radius: .35em; color: inherit; }
-.lbl { font-size: .65em; font-weight: bold; margin-left: .4em; vertical-align: middle; }
-.d { text-decoration: underline wavy #d00; text-underline-offset: .25em; }
-.r { outline: 2px dashed #555; outline-offset: 1px; } .answers button { margin-right: .5em; }
-.supports { color: #1a7f37; } .opposes { color: #b42318; }
-"""
-
-_SCRIPT = """
-(() => {
-const $ = (id) => document.getElementById(id);
-const records = JSON.parse($("records").textContent);
-const cards = Array.from(document.querySelectorAll("section.candidate"));
-const STORE = "segment-influence-review", KEYS = {a: "accept", r: "reject", s: "ignore", " ": "ignore"};
-const keys = records.map((r) => JSON.stringify([r.meta.doc_id, r.meta.doc_index, r.spans[0].token_start,
-  r.spans[0].token_end, r.text, (r.meta.gold_spans || []).map((s) => [s.token_start, s.token_end, s.label])]));
-let saved = {}, current = 0;
-try { saved = JSON.parse(localStorage.getItem(STORE) || "{}"); } catch (e) { $("warning").hidden = false; }
-const answer = (i) => saved[keys[i]];
-function save() {
-  try { localStorage.setItem(STORE, JSON.stringify(saved)); } catch (e) { $("warning").hidden = false; }
-}
-function progress() {
-  const n = {accept: 0, reject: 0, ignore: 0};
-  cards.forEach((card, i) => { card.dataset.answer = answer(i) || ""; if (answer(i) in n) n[answer(i)]++; });
-  for (const a in n) $("n-" + a).textContent = n[a];
-  $("done").textContent = $("progress").value = n.accept + n.reject + n.ignore;
-}
-function matches(i) {
-  const m = records[i].meta, kind = $("f-kind").value, label = $("f-label").value, a = $("f-answer").value;
-  return (!kind || m.kind === kind) && (!label || m.label === label || m.suggested_label === label)
-    && (!a || (answer(i) || "none") === a);
-}
-function filter() {
-  cards.forEach((card, i) => { card.hidden = !matches(i); });
-  $("shown").textContent = cards.filter((card) => !card.hidden).length;
-  if (cards[current] && cards[current].hidden) go(step(current, 1) ?? step(current, -1), false);
-}
-function step(from, direction, undecided) {
-  for (let i = from + direction; i >= 0 && i < cards.length; i += direction)
-    if (!cards[i].hidden && !(undecided && answer(i))) return i;
-  return null;
-}
-function go(i, scroll = true) {
-  if (i === null || i === undefined) return;
-  if (cards[current]) cards[current].classList.remove("current");
-  current = i;
-  cards[i].classList.add("current"); cards[i].focus({preventScroll: true});
-  if (scroll) cards[i].scrollIntoView({block: "nearest"});
-}
-function decide(a) {
-  if (!cards[current] || cards[current].hidden) return;
-  if (a) saved[keys[current]] = a; else delete saved[keys[current]];
-  save();
-  const next = a ? step(current, 1) : null;
-  progress(); filter();
-  if (next !== null && !cards[next].hidden) go(next);
-}
-function download() {
-  const lines = records.flatMap((r, i) => answer(i) ? [JSON.stringify({...r, answer: answer(i)}) + "\\n"] : []);
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob(lines, {type: "application/x-ndjson"}));
-  link.download = document.body.dataset.export;
-  document.body.appendChild(link); link.click(); link.remove();
-  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
-}
-document.addEventListener("keydown", (e) => {
-  if (e.ctrlKey || e.metaKey || e.altKey || /^(INPUT|SELECT|TEXTAREA)$/.test(e.target.tagName)) return;
-  if (e.key in KEYS) decide(KEYS[e.key]);
-  else if (e.key === "u") decide(null);
-  else if (e.key === "j" || e.key === "ArrowDown") go(step(current, 1));
-  else if (e.key === "k" || e.key === "ArrowUp") go(step(current, -1));
-  else if (e.key === "n") go(step(current, 1, true));
-  else return;
-  e.preventDefault();
-});
-$("cards").addEventListener("click", (e) => {
-  const card = e.target.closest("section.candidate"), button = e.target.closest("button[data-answer]");
-  if (card) go(Number(card.dataset.i), false);
-  if (card && button) decide(button.dataset.answer);
-});
-$("summary").addEventListener("click", (e) => {
-  const cell = e.target.closest("td[data-kind]");
-  if (cell) { $("f-kind").value = cell.dataset.kind; $("f-label").value = cell.dataset.label; filter(); }
-});
-["f-kind", "f-label", "f-answer"].forEach((id) => $(id).addEventListener("change", () => { filter(); $(id).blur(); }));
-$("next").addEventListener("click", () => go(step(current, 1, true) ?? step(-1, 1, true)));
-$("export").addEventListener("click", () => { download(); go(current, false); });
-$("clear").addEventListener("click", () => {
-  if (confirm("Forget the decisions on this page?")) {
-    keys.forEach((k) => delete saved[k]); save(); progress(); filter();
-  }
-  go(current, false);
-});
-progress();
-filter();
-const first = step(-1, 1, true);
-go(first ?? step(-1, 1), first !== null && first > 0);
-})();
-"""

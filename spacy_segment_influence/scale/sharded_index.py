@@ -7,20 +7,14 @@ actors that each memory-map one shard) and merges the shards' top-k: the k best 
 of the whole index are among the k best of some shard, so the merge is exact.
 """
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
-import srsly
-
-from ..exceptions import ConfigError, IndexFormatError
+from ..exceptions import ConfigError
 from ..influence.gradients import FactoredGradients
 from ..influence.index import QueryResult, SegmentIndex
-from ..storage.index_storage import replace_dir
-
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+from ..storage.atomic import staged_dir
+from ..storage.manifest import read_manifest, write_manifest
 
 
 def write_sharded(index: SegmentIndex, path: Union[str, Path], n_shards: int) -> None:
@@ -28,32 +22,14 @@ def write_sharded(index: SegmentIndex, path: Union[str, Path], n_shards: int) ->
     `path`, atomically (all of it appears at once, or nothing does)."""
     if not 1 <= n_shards <= max(1, len(index)):
         raise ConfigError(f"n_shards must be between 1 and the {len(index)} segments, got {n_shards}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     bounds = [len(index) * i // n_shards for i in range(n_shards + 1)]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with staged_dir(path) as tmp:
         shards = []
         for number, (start, stop) in enumerate(zip(bounds, bounds[1:])):
             name = f"shard-{number:05d}"
             index.select(start, stop).to_disk(tmp / name)
             shards.append({"path": name, "first": start, "n_segments": stop - start})
-        manifest = {"format": FORMAT_VERSION, "n_segments": len(index), "shards": shards}
-        srsly.write_json(tmp / MANIFEST, manifest)
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def read_manifest(path: Union[str, Path]) -> dict:
-    manifest_path = Path(path) / MANIFEST
-    if not manifest_path.exists():
-        raise IndexFormatError(f"{path} is not a sharded index: it has no {MANIFEST}")
-    manifest = srsly.read_json(manifest_path)
-    if manifest.get("format") != FORMAT_VERSION:
-        raise IndexFormatError(f"Unsupported sharded index format {manifest.get('format')!r} in {path}")
-    return manifest
+        write_manifest(tmp, len(index), shards)
 
 
 class ShardSearcher:

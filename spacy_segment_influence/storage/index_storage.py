@@ -1,29 +1,23 @@
 """What a `SegmentIndex` stores, and how it is written and read: a directory of .npy
 arrays and JSON (memory-mapped on load), or one msgpack blob.
 
-A directory is written into a temporary sibling first, with a checksum of every file
-(`checksums`), flushed, and then swapped in for the old one, so a failed or interrupted
-write never leaves a partial index behind, and a file damaged later is named on load.
+A directory is written by the one atomic writer (`atomic.staged_dir`), with a checksum of
+every file (`checksums`), so a failed or interrupted write never leaves a partial index
+behind, and a file damaged later is named on load. This module knows arrays and the
+curvature's state only; `SegmentIndex` turns `IndexParts` into an index.
 """
 
 import hashlib
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Literal, NamedTuple, Optional, Tuple, Union
+from typing import Dict, List, Literal, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import srsly
 
 from ..exceptions import IndexCorruptError, IndexFormatError
-from ..influence.curvature import CURVATURES, Curvature
-from ..influence.gradients import FactoredGradients, WindowLabels
 from . import checksums
-
-if TYPE_CHECKING:
-    from ..influence.index import SegmentIndex
+from .atomic import staged_dir
 
 FORMAT_VERSION = 3  # 3: checksums.json
 
@@ -83,10 +77,6 @@ class StoredSegments:
     offsets: np.ndarray
     dense: SparseRows
 
-    @classmethod
-    def from_gradients(cls, grads: FactoredGradients) -> "StoredSegments":
-        return cls(grads.h, grads.r, grads.offsets, SparseRows.from_dense(grads.dense))
-
     def __len__(self) -> int:
         return self.offsets.size - 1
 
@@ -106,33 +96,29 @@ class StoredSegments:
         return self.h.nbytes + self.r.nbytes + self.offsets.nbytes + self.dense.nbytes
 
 
+CurvatureState = Tuple[dict, Dict[str, np.ndarray]]  # `Curvature.to_state()`: its config and arrays
+
+
 class IndexParts(NamedTuple):
-    """The arguments of `SegmentIndex(...)`, as read back."""
+    """What an index stores: `SegmentIndex`'s arguments, the curvature as its state and the
+    window labels as their (tags, bounds) arrays."""
 
     stored: StoredSegments
     norms: np.ndarray
     metadata: List[dict]
-    curvature: Curvature
+    curvature: CurvatureState
     normalize: bool
-    windows: Optional[WindowLabels]
+    windows: Optional[Tuple[np.ndarray, np.ndarray]]
 
 
-def write_dir(index: "SegmentIndex", path: Union[str, Path]) -> None:
-    """Write `index` as a directory of .npy arrays and JSON at `path`, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        for name, array in _arrays(index).items():
+def write_dir(parts: IndexParts, path: Union[str, Path]) -> None:
+    """Write an index as a directory of .npy arrays and JSON at `path`, atomically."""
+    with staged_dir(path) as tmp:
+        for name, array in _arrays(parts).items():
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-        srsly.write_json(tmp / "metadata.json", index.metadata)
-        srsly.write_json(tmp / "settings.json", _settings(index))
+        srsly.write_json(tmp / "metadata.json", parts.metadata)
+        srsly.write_json(tmp / "settings.json", _settings(parts))
         checksums.write_manifest(tmp)
-        _fsync_files(tmp)
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_dir(path: Union[str, Path], mmap: bool = True) -> IndexParts:
@@ -148,12 +134,12 @@ def read_dir(path: Union[str, Path], mmap: bool = True) -> IndexParts:
     return _parts(settings, arrays, checksums.read_json(path / "metadata.json"))
 
 
-def to_bytes(index: "SegmentIndex") -> bytes:
+def to_bytes(parts: IndexParts) -> bytes:
     arrays = {
         name: {"dtype": array.dtype.str, "shape": list(array.shape), "data": np.ascontiguousarray(array).tobytes()}
-        for name, array in _arrays(index).items()
+        for name, array in _arrays(parts).items()
     }
-    payload = srsly.msgpack_dumps({"settings": _settings(index), "metadata": index.metadata, "arrays": arrays})
+    payload = srsly.msgpack_dumps({"settings": _settings(parts), "metadata": parts.metadata, "arrays": arrays})
     return srsly.msgpack_dumps({"payload": payload, "sha256": hashlib.sha256(payload).hexdigest()})
 
 
@@ -175,8 +161,8 @@ def from_bytes(data: bytes) -> IndexParts:
     return _parts(msg["settings"], arrays, msg["metadata"])
 
 
-def _arrays(index: "SegmentIndex") -> Dict[str, np.ndarray]:
-    g = index.stored
+def _arrays(parts: IndexParts) -> Dict[str, np.ndarray]:
+    g = parts.stored
     arrays = {
         "h": g.h,
         "r": g.r,
@@ -184,23 +170,23 @@ def _arrays(index: "SegmentIndex") -> Dict[str, np.ndarray]:
         "dense_indptr": g.dense.indptr,
         "dense_columns": g.dense.columns,
         "dense_values": g.dense.values,
-        "norms": index.norms,
+        "norms": parts.norms,
     }
-    if index.windows is not None:
-        arrays.update({"window_tags": index.windows.tags, "window_bounds": index.windows.bounds})
-    _, curvature_arrays = index.curvature.to_state()
+    if parts.windows is not None:
+        arrays.update({"window_tags": parts.windows[0], "window_bounds": parts.windows[1]})
+    _, curvature_arrays = parts.curvature
     arrays.update({f"curvature.{name}": array for name, array in curvature_arrays.items()})
     return arrays
 
 
-def _settings(index: "SegmentIndex") -> dict:
-    config, _ = index.curvature.to_state()
+def _settings(parts: IndexParts) -> dict:
+    config, _ = parts.curvature
     return {
         "format": FORMAT_VERSION,
-        "normalize": index.normalize,
-        "n_dense": index.stored.dense.n_columns,
+        "normalize": parts.normalize,
+        "n_dense": parts.stored.dense.n_columns,
         "curvature": config,
-        "arrays": list(_arrays(index)),
+        "arrays": list(_arrays(parts)),
     }
 
 
@@ -219,38 +205,11 @@ def _parts(settings: dict, arrays: Dict[str, np.ndarray], metadata: List[dict]) 
     curvature_arrays = {
         name.split(".", 1)[1]: np.asarray(array) for name, array in arrays.items() if name.startswith("curvature.")
     }
-    curvature = CURVATURES[config["name"]].from_state(config, curvature_arrays)
     dense = SparseRows(
         np.asarray(arrays["dense_indptr"]), arrays["dense_columns"], arrays["dense_values"], settings["n_dense"]
     )
     stored = StoredSegments(arrays["h"], arrays["r"], np.asarray(arrays["offsets"]), dense)
     windows = None
     if "window_tags" in arrays:
-        windows = WindowLabels(np.asarray(arrays["window_tags"]), np.asarray(arrays["window_bounds"]))
-    return IndexParts(stored, arrays["norms"], metadata, curvature, settings["normalize"], windows)
-
-
-def _fsync_files(directory: Path) -> None:
-    """Flush file contents before the rename publishes them: otherwise a crash
-    can leave a complete-looking index with truncated files."""
-    for file in directory.iterdir():
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move src to dst (a directory written in full beside it). POSIX cannot rename over a non-empty directory, so an
-    existing dst is first moved aside and deleted only after src is in place."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    try:
-        os.replace(dst, old / dst.name)
-        try:
-            os.replace(src, dst)
-        except BaseException:
-            os.replace(old / dst.name, dst)
-            raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+        windows = (np.asarray(arrays["window_tags"]), np.asarray(arrays["window_bounds"]))
+    return IndexParts(stored, arrays["norms"], metadata, (config, curvature_arrays), settings["normalize"], windows)

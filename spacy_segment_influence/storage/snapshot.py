@@ -4,7 +4,7 @@ another `index` run replaces it.
 `index` swaps its output directory in at once, but `spacy.load` reads the directory's files
 one after another, so a load that overlaps a swap could read some files of the old
 pipeline and some of the new one. Each write carries a new snapshot id in its marker
-(`atomic_dir.MARKER`); reading the same id before and after the load proves that no swap
+(`atomic.MARKER`); reading the same id before and after the load proves that no swap
 happened in between (ids are never reused, and a swapped-out directory is deleted, never
 swapped back). Otherwise the load is retried: retrying was chosen over reading through a
 version pointer (a symlink to versioned directories) because it keeps OUT a plain spaCy
@@ -20,7 +20,7 @@ import spacy
 from spacy.language import Language
 
 from ..exceptions import OutputInUseError
-from .atomic_dir import snapshot_id
+from .atomic import snapshot_id
 
 ATTEMPTS = 5
 
