@@ -24,13 +24,16 @@ test: install
 test-fast: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
-# Lint (pyflakes, pycodestyle, isort, bugbear), formatting and types; settings in pyproject.toml.
+# Lint (pyflakes, pycodestyle, isort, bugbear), formatting and types (settings in pyproject.toml), the
+# wings' layers (import-linter, contracts in setup.cfg) and the size of modules and functions.
 LINTED := spacy_segment_influence tests bench scripts
 
 lint: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_sizes.py
 
 format: install
 	$(BIN)/ruff check --fix $(LINTED)

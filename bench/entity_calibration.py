@@ -24,7 +24,7 @@ import spacy
 from ner_quality import convert, run
 from spacy.tokens import Doc, DocBin
 
-from spacy_segment_influence.calibration import calibrate
+from spacy_segment_influence.ner.calibration import calibrate
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"crf_ner": "crf_ner_tok2vec.cfg", "beam_ner": "ner_beam_tok2vec.cfg"}

@@ -28,9 +28,9 @@ from spacy_segment_influence.annotation_errors import (
     ErrorFinder,
     disagreement,
     evaluate_ranking,
-    fisher,
     held_out_indices,
 )
+from spacy_segment_influence.annotation_errors.methods import fisher
 from spacy_segment_influence.corpus import read_docbin
 
 

@@ -36,13 +36,13 @@ from spacy_segment_influence.annotation_errors import (
     Corrections,
     CrossFitFinder,
     ErrorFinder,
-    average_precision,
     compare_rankings,
     evaluate_ranking,
     held_out_indices,
 )
+from spacy_segment_influence.annotation_errors.metrics import average_precision
 from spacy_segment_influence.corpus import read_docbin
-from spacy_segment_influence.segments import token_marginals
+from spacy_segment_influence.influence.segments import token_marginals
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench" / "peers"))

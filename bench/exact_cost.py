@@ -15,7 +15,6 @@
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,13 +22,11 @@ from pathlib import Path
 import numpy as np
 import spacy
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import load, load_docs, query_gradients, write_spacy  # noqa: E402
 
-from spacy_segment_influence import bridge  # noqa: E402
-from spacy_segment_influence.hessian import head_hessian, head_hessian_autograd  # noqa: E402
-from spacy_segment_influence.segments import LabelledBatch, labelled_batch  # noqa: E402
+from spacy_segment_influence.influence.hessian import head_hessian, head_hessian_autograd  # noqa: E402
+from spacy_segment_influence.ner import bridge  # noqa: E402
+from spacy_segment_influence.ner.bridge import LabelledBatch, labelled_batch  # noqa: E402
 
 CONLL = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"
 

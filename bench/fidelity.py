@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fidelity_prototypes import prototype_estimates  # noqa: E402
 from spacy_segment_influence import validate  # noqa: E402
-from spacy_segment_influence.fidelity_metrics import save_plot  # noqa: E402
+from spacy_segment_influence.fidelity.fidelity_metrics import save_plot  # noqa: E402
 
 
 def demo_pipeline(seed: int):

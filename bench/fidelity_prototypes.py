@@ -22,9 +22,9 @@ from typing import Dict, Mapping
 import numpy
 import torch
 
-from spacy_segment_influence.crf import one_thread
-from spacy_segment_influence.layout import HeadLayout
-from spacy_segment_influence.validate import FidelitySetup, Retrained
+from spacy_segment_influence.fidelity.retrain import FidelitySetup, Retrained
+from spacy_segment_influence.ner.crf import one_thread
+from spacy_segment_influence.ner.layout import HeadLayout
 
 
 def prototype_estimates(setup: FidelitySetup, retrained: Mapping[int, Retrained]) -> Dict[str, numpy.ndarray]:

@@ -60,13 +60,13 @@ from spacy_segment_influence.annotation_errors import (
     CrossFitFinder,
     ErrorFinder,
     compare_rankings,
-    document_of,
     evaluate_ranking,
     held_out_indices,
-    neg_log_tail,
     write_folds,
 )
-from spacy_segment_influence.corpus import bio_to_spans
+from spacy_segment_influence.annotation_errors.crossfit import document_of
+from spacy_segment_influence.annotation_errors.methods import neg_log_tail
+from spacy_segment_influence.tag_schemes import bio_to_spans
 
 ROOT = Path(__file__).resolve().parents[1]
 CONLL = ROOT.parent / "shared" / "data" / "conll2003"

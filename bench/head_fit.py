@@ -26,10 +26,11 @@ import spacy
 import torch
 from spacy.tokens import Doc, DocBin
 
-from spacy_segment_influence import bridge, crf
-from spacy_segment_influence.head_fit import fit_head, head_objective
-from spacy_segment_influence.segments import labelled_batch, mean_nll
-from spacy_segment_influence.surrogate import _size, agreement, build_surrogate, fit_surrogate
+from spacy_segment_influence.influence.head_fit import fit_head, head_objective
+from spacy_segment_influence.influence.segments import mean_nll
+from spacy_segment_influence.influence.surrogate import _size, agreement, build_surrogate, fit_surrogate
+from spacy_segment_influence.ner import bridge, crf
+from spacy_segment_influence.ner.bridge import labelled_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 L2 = 1e-3

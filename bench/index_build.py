@@ -32,8 +32,6 @@ from pathlib import Path
 
 import spacy
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
     Clock,
     blas_threads,
@@ -46,12 +44,12 @@ from influence_common import (  # noqa: E402
     write_spacy,
 )
 
-import spacy_segment_influence.component as component_mod  # noqa: E402
-import spacy_segment_influence.index_build as build_mod  # noqa: E402
-from spacy_segment_influence import bridge  # noqa: E402
-from spacy_segment_influence import curvature as curvature_mod
-from spacy_segment_influence import index as index_mod
-from spacy_segment_influence import segments as segments_mod
+import spacy_segment_influence.influence.index_build as build_mod  # noqa: E402
+import spacy_segment_influence.pipeline.component as component_mod  # noqa: E402
+from spacy_segment_influence.influence import curvature as curvature_mod
+from spacy_segment_influence.influence import index as index_mod
+from spacy_segment_influence.influence import segments as segments_mod
+from spacy_segment_influence.ner import bridge  # noqa: E402
 
 
 def setup(args, read_corpus: bool = True):

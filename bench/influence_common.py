@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from spacy.tokens import Doc, DocBin, Span
 
-from spacy_segment_influence import bridge
 from spacy_segment_influence.corpus import read_jsonl_docs
-from spacy_segment_influence.gradients import FactoredGradients
-from spacy_segment_influence.segments import LabelledBatch, Segment, segment_gradients
+from spacy_segment_influence.influence.gradients import FactoredGradients
+from spacy_segment_influence.influence.segments import Segment, segment_gradients
+from spacy_segment_influence.ner import bridge
+from spacy_segment_influence.ner.bridge import LabelledBatch
 
 
 def load_docs(path: Path, vocab, n: int = 0) -> List[Doc]:

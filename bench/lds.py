@@ -15,7 +15,7 @@ from spacy.tokens import DocBin
 from thinc.api import Config
 
 from spacy_segment_influence.corpus import read_jsonl_docs
-from spacy_segment_influence.lds import run_lds
+from spacy_segment_influence.fidelity.lds import run_lds
 from spacy_segment_influence.training import TrainingJob, run_training_jobs
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,10 +15,14 @@ import numpy
 import spacy
 from thinc.api import Config
 
-from spacy_segment_influence import lds
 from spacy_segment_influence.corpus import read_docbin
-from spacy_segment_influence.encoder_influence import embedding_gradients_of, embedding_scores, initial_pipeline
-from spacy_segment_influence.segments import Segment
+from spacy_segment_influence.fidelity import lds
+from spacy_segment_influence.influence.encoder_influence import (
+    embedding_gradients_of,
+    embedding_scores,
+    initial_pipeline,
+)
+from spacy_segment_influence.influence.segments import Segment
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,6 @@ import argparse
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,8 +36,6 @@ from pathlib import Path
 import numpy as np
 import spacy
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
     Clock,
     blas_threads,
@@ -51,8 +48,8 @@ from influence_common import (  # noqa: E402
     write_spacy,
 )
 
-from spacy_segment_influence import bridge  # noqa: E402
-from spacy_segment_influence.index import SegmentIndex  # noqa: E402
+from spacy_segment_influence.influence.index import SegmentIndex  # noqa: E402
+from spacy_segment_influence.ner import bridge  # noqa: E402
 
 CONLL = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"  # ../shared next to the checkout
 

@@ -16,7 +16,6 @@ fingerprint per query call.
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +26,11 @@ from spacy.training import Example
 from thinc.api import Config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]  # this checkout's package, then the bench helpers
+
 from influence_common import load, load_docs, write_spacy  # noqa: E402
 
-from spacy_segment_influence import bridge, checksums  # noqa: E402
+from spacy_segment_influence.ner import bridge  # noqa: E402
+from spacy_segment_influence.storage import checksums  # noqa: E402
 
 
 def build(config_path: Path, docs, out: Path, n_init: int = 500) -> Path:

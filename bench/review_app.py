@@ -32,8 +32,8 @@ import numpy
 import spacy
 
 from spacy_segment_influence.annotation_errors import Corrections, ranked_regions
-from spacy_segment_influence.bridge import default_ner
 from spacy_segment_influence.corpus import read_docbin
+from spacy_segment_influence.ner.bridge import default_ner
 from spacy_segment_influence.review_app import ReviewSession, ReviewStore
 from spacy_segment_influence.review_app.prepare import labels_of, prepare
 

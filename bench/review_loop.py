@@ -29,9 +29,9 @@ from spacy_segment_influence.annotation_errors import (
     CrossFitFinder,
     ErrorFinder,
     ReviewLoop,
-    average_precision,
     held_out_indices,
 )
+from spacy_segment_influence.annotation_errors.metrics import average_precision
 
 
 def simulate(

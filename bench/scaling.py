@@ -36,14 +36,12 @@ from typing import Tuple
 import numpy as np
 import spacy
 import srsly
-
-sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import load, load_docs, maxrss_mb  # noqa: E402
 
-from spacy_segment_influence import checksums  # noqa: E402
-from spacy_segment_influence.gradients import FactoredGradients  # noqa: E402
-from spacy_segment_influence.index import SegmentIndex  # noqa: E402
-from spacy_segment_influence.index_build import build_shard, fit_index  # noqa: E402
+from spacy_segment_influence.influence.gradients import FactoredGradients  # noqa: E402
+from spacy_segment_influence.influence.index import SegmentIndex  # noqa: E402
+from spacy_segment_influence.influence.index_build import build_shard, fit_index  # noqa: E402
+from spacy_segment_influence.storage import checksums  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONLL = ROOT.parent / "shared" / "data" / "conll2003"  # the shared data beside the checkout
@@ -286,8 +284,8 @@ def ray_runs(args, model: Path, queries: FactoredGradients, synthetic: Path) -> 
     """The Ray build (1 and 2 workers) and the sharded search (1 and 2 shard actors)."""
     import ray
 
-    from spacy_segment_influence.distributed import ShardWorkers
-    from spacy_segment_influence.sharded_index import ShardedIndex, write_sharded
+    from spacy_segment_influence.scale.distributed import ShardWorkers
+    from spacy_segment_influence.scale.sharded_index import ShardedIndex, write_sharded
 
     nlp = spacy.load(model)
     docs = load_docs(CONLL / "train_original.jsonl", nlp.vocab, args.ray_docs)

@@ -8,12 +8,11 @@ Builds the full-train index (kfac, normalised: the defaults), then, single-threa
      product alone, the factored W part alone, query preparation), the bandwidth floor
      over the arrays search reads, and query_latency.py's dense baseline, side by side;
   B. component.pipe over the annotated validation docs, timed by package function.
-Uses index internals (_device_tensors, chunk layout) for the parts: a diagnosis, not an API.
+Uses the index's device tensors and chunk layout (`SegmentIndex.device_tensors`, `search`) for the parts.
 """
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -22,8 +21,6 @@ from pathlib import Path
 import numpy as np
 import spacy
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
     blas_threads,
     instrumented,
@@ -37,9 +34,9 @@ from influence_common import (  # noqa: E402
 )
 from query_latency import DenseBaseline, dense_queries_of  # noqa: E402
 
-import spacy_segment_influence.component as component_mod  # noqa: E402
-from spacy_segment_influence import bridge  # noqa: E402
-from spacy_segment_influence.index import SegmentIndex  # noqa: E402
+import spacy_segment_influence.pipeline.component as component_mod  # noqa: E402
+from spacy_segment_influence.influence.index import SegmentIndex  # noqa: E402
+from spacy_segment_influence.ner import bridge  # noqa: E402
 
 CONLL = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"  # ../shared next to the checkout
 
@@ -91,7 +88,7 @@ def main():
     prepared = index.curvature.prepare_queries(grads).grads
     qs = list(range(len(chosen)))
 
-    tensors = index._device_tensors(torch.device("cpu"))
+    tensors = index.device_tensors(torch.device("cpu"))
     dense_rows = next(tensors.chunks(len(g.h))).dense  # the whole CSR block as one chunk
     t_h, t_r = torch.from_numpy(np.asarray(g.h)), torch.from_numpy(np.asarray(g.r))
     segment_of_row = torch.from_numpy(np.repeat(np.arange(len(index)), np.diff(g.offsets)))

@@ -19,7 +19,6 @@ Misses are split by cause: the query's gradient differs from the stored one (cos
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -27,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import spacy
-
-sys.path.insert(0, str(Path(__file__).parent))
 from influence_common import (  # noqa: E402
     blas_threads,
     load,
@@ -38,7 +35,7 @@ from influence_common import (  # noqa: E402
     write_spacy,
 )
 
-from spacy_segment_influence import bridge  # noqa: E402
+from spacy_segment_influence.ner import bridge  # noqa: E402
 
 CONLL = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"  # ../shared next to the checkout
 CONFIGS = [("kfac", True), ("identity", True), ("kfac", False), ("identity", False)]

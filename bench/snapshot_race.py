@@ -6,7 +6,7 @@ mixed (match neither the old pipeline nor the new one).
 Two tok2vec crf_ner pipelines of the test corpus (trained 60 and 30 steps) are indexed by
 `segment-influence index` (k = 3 and k = 2), so every file differs between them. A writer
 replaces OUT with one and then the other through the same swap `index` uses
-(`atomic_dir.replaced_dir`), every --interval seconds, until the readers are done.
+(`atomic.replaced_dir`), every --interval seconds, until the readers are done.
 --readers processes load OUT --loads times in all (`load_snapshot`, or plain `spacy.load`
 with --plain) and compare each load's answers (k and the influences of the test
 sentences) with the two pipelines'. Prints one line of counts: consistent, mixed,
@@ -31,9 +31,10 @@ from spacy.tokens import DocBin  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from spacy_segment_influence import SegmentInfluenceError  # noqa: E402
-from spacy_segment_influence.atomic_dir import MARKER, replaced_dir  # noqa: E402
-from spacy_segment_influence.cli import INDEX_OWNER, app  # noqa: E402
-from spacy_segment_influence.snapshot import load_snapshot  # noqa: E402
+from spacy_segment_influence.cli import app  # noqa: E402
+from spacy_segment_influence.pipeline.indexing import INDEX_OWNER  # noqa: E402
+from spacy_segment_influence.storage.atomic import MARKER, replaced_dir  # noqa: E402
+from spacy_segment_influence.storage.snapshot import load_snapshot  # noqa: E402
 from tests.conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train  # noqa: E402
 
 TEXTS = [text for text, _ in TRAIN_DATA]

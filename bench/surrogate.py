@@ -20,7 +20,7 @@ import spacy
 from entity_calibration import corpus, train
 from spacy.tokens import Doc, DocBin
 
-from spacy_segment_influence.validate import validate
+from spacy_segment_influence.fidelity.validate import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ entity markup in its two rows, and that its script ran (the progress bar is live
     python scripts/check_report_in_browser.py metrics/report.html --expect 50 --screenshot metrics/report.png
 
 Exits 1 with a message when the check fails. `Chromium` is the small driver the browser
-test (tests/test_review_page_browser.py) uses too: Chrome's DevTools protocol over a pipe
+test (tests/review/test_review_page_browser.py) uses too: Chrome's DevTools protocol over a pipe
 (--remote-debugging-pipe: JSON messages, each ended by a NUL byte, on the browser's file
 descriptors 3 and 4; https://chromedevtools.github.io/devtools-protocol/), so it needs no
 driver binary and no Python package beyond the standard library.

@@ -9,9 +9,13 @@ importing this package):
 - `segment_influence` (`SegmentInfluence`): indexes the training corpus (`SegmentIndex`)
   and explains each predicted entity by the training spans that support and oppose it.
 
+Indexing a pipeline: `index_pipeline` (what `segment-influence index` runs); large indexes
+split into shards (`write_sharded`, `ShardedIndex`, on Ray with `ray_cluster`).
 Annotation errors: `ErrorFinder` and `CrossFitFinder` score candidate regions of a
-training corpus, `rank` writes them as review records, `evaluate_ranking` scores a ranking
-against corrected labels. `validate` measures how well predicted influence tracks
+training corpus (`cross_fitted_finder`: the default recipe; `build_finder` and `find_errors`
+from one `FinderArguments`: what `segment-influence find-errors` runs), `rank` writes them as
+review records, `evaluate_ranking` scores a ranking against corrected labels;
+`read_docbin` reads a .spacy corpus with clear errors. `validate` measures how well predicted influence tracks
 retraining. Entity probabilities: `calibrate` fits crf_ner's temperature on held-out
 docs. Pipelines with spaCy's built-in `ner` are explained through a CRF surrogate
 (`fit_surrogate`, `agreement`; `segment_influence` fits one by itself). `load_snapshot`
@@ -20,23 +24,17 @@ Errors a user can cause derive from `SegmentInfluenceError`.
 """
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any, Dict
 
 if TYPE_CHECKING:
-    from .annotation_errors import (
-        Candidate,
-        CrossFitFinder,
-        ErrorFinder,
-        evaluate_ranking,
-        held_out_indices,
-        rank,
-        split_folds,
-        write_folds,
-    )
-    from .calibration import calibrate
-    from .component import SegmentInfluence
+    from .annotation_errors.build import FinderArguments, build_finder, find_errors
+    from .annotation_errors.candidates import Candidate
+    from .annotation_errors.crossfit import CrossFitFinder, held_out_indices, split_folds, write_folds
+    from .annotation_errors.finder import ErrorFinder
+    from .annotation_errors.fold_training import cross_fitted_finder
+    from .annotation_errors.metrics import evaluate_ranking
+    from .annotation_errors.records import rank
+    from .corpus import read_docbin
     from .exceptions import (
         BIORepairWarning,
         ConfigError,
@@ -56,11 +54,16 @@ if TYPE_CHECKING:
         SegmentInfluenceWarning,
         UnknownLabelWarning,
     )
-    from .index import SegmentIndex
-    from .snapshot import load_snapshot
-    from .surrogate import agreement, fit_surrogate
-    from .tagger import CRFEntityRecognizer
-    from .validate import validate
+    from .fidelity.validate import validate
+    from .influence.index import SegmentIndex
+    from .influence.surrogate import agreement, fit_surrogate
+    from .ner.calibration import calibrate
+    from .ner.tagger import CRFEntityRecognizer
+    from .pipeline.component import SegmentInfluence
+    from .pipeline.indexing import index_pipeline
+    from .scale.distributed import ray_cluster
+    from .scale.sharded_index import ShardedIndex, write_sharded
+    from .storage.snapshot import load_snapshot
 
 # Each public name and its module, imported on first use: importing the package (and so
 # `segment-influence --help`) does not import spaCy and torch. spaCy finds the components,
@@ -68,11 +71,16 @@ if TYPE_CHECKING:
 _EXPORTS: Dict[str, str] = {
     **dict.fromkeys(
         ["Candidate", "CrossFitFinder", "ErrorFinder", "evaluate_ranking", "held_out_indices", "rank"]
-        + ["split_folds", "write_folds"],
+        + ["split_folds", "write_folds", "cross_fitted_finder"],
         "annotation_errors",
     ),
-    "calibrate": "calibration",
-    "SegmentInfluence": "component",
+    **dict.fromkeys(["FinderArguments", "build_finder", "find_errors"], "annotation_errors.build"),
+    "read_docbin": "corpus",
+    "index_pipeline": "pipeline.indexing",
+    "ray_cluster": "scale.distributed",
+    **dict.fromkeys(["ShardedIndex", "write_sharded"], "scale.sharded_index"),
+    "calibrate": "ner.calibration",
+    "SegmentInfluence": "pipeline.component",
     **dict.fromkeys(
         ["BIORepairWarning", "ConfigError", "CorpusFormatError", "CorpusNotFoundError", "DataError"]
         + ["IndexCorruptError", "IndexFormatError", "IndexMissingError", "IndexOutOfDateError"]
@@ -80,23 +88,13 @@ _EXPORTS: Dict[str, str] = {
         + ["SegmentInfluenceError", "SegmentInfluenceWarning", "UnknownLabelWarning"],
         "exceptions",
     ),
-    "SegmentIndex": "index",
-    "load_snapshot": "snapshot",
-    "agreement": "surrogate",
-    "fit_surrogate": "surrogate",
-    "CRFEntityRecognizer": "tagger",
-    "validate": "validate",
+    "SegmentIndex": "influence.index",
+    "load_snapshot": "storage.snapshot",
+    "agreement": "influence.surrogate",
+    "fit_surrogate": "influence.surrogate",
+    "CRFEntityRecognizer": "ner.tagger",
+    "validate": "fidelity.validate",
 }
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        # importing the submodule `validate` would otherwise shadow the function `validate`
-        if not (name in _EXPORTS and isinstance(value, types.ModuleType)):
-            super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
@@ -123,12 +121,13 @@ __all__ = [
     "CrossFitFinder",
     "DataError",
     "ErrorFinder",
+    "FinderArguments",
     "IndexCorruptError",
     "IndexFormatError",
     "IndexMissingError",
     "IndexOutOfDateError",
-    "MissingExtraError",
     "MisalignedEntityWarning",
+    "MissingExtraError",
     "OutputInUseError",
     "OutputWriteError",
     "PipelineError",
@@ -136,16 +135,24 @@ __all__ = [
     "SegmentInfluence",
     "SegmentInfluenceError",
     "SegmentInfluenceWarning",
+    "ShardedIndex",
     "UnknownLabelWarning",
     "__version__",
     "agreement",
+    "build_finder",
     "calibrate",
+    "cross_fitted_finder",
     "evaluate_ranking",
+    "find_errors",
     "fit_surrogate",
     "held_out_indices",
+    "index_pipeline",
     "load_snapshot",
     "rank",
+    "ray_cluster",
+    "read_docbin",
     "split_folds",
     "validate",
     "write_folds",
+    "write_sharded",
 ]

@@ -18,44 +18,21 @@ from typing import Any, Dict, Iterable, Iterator, List, Tuple
 import spacy
 import srsly
 from spacy.tokens import Doc, DocBin, Span
-from spacy.training import biluo_to_iob
 from spacy.training.converters import conll_ner_to_docs
-from spacy.training.iob_utils import doc_to_biluo_tags, tags_to_entities
 from spacy.vocab import Vocab
 
-from .atomic_file import write_atomic
 from .exceptions import BIORepairWarning, ConfigError, CorpusFormatError, CorpusNotFoundError, DataError
+from .storage.atomic import write_atomic
+from .tag_schemes import SCHEMES, RecordError, SpanTriple, check_tags, doc_to_bio, json_type, tags_to_spans
 
-SCHEMES = ("bio", "biluo", "io")
-_TAG_RES = {
-    "bio": re.compile(r"O|[BI]-\S+"),
-    "biluo": re.compile(r"O|[BILU]-\S+"),
-    "io": re.compile(r"O|\S+"),
-}
-_EXPECTED = {"bio": "O, B-LABEL or I-LABEL", "biluo": "O, B-, I-, L- or U-LABEL", "io": "O or a label"}
 _PREFIX_RE = re.compile(r"^[BILU]-\S")
 _WHITESPACE_RE = re.compile(r"\s")
 _NO_SPACE_BEFORE = {",", ".", ")", "]", "}", ";", ":", "!", "?", "%", "'", "'s", "'S", "n't", "N'T"}
 _NO_SPACE_AFTER = {"(", "[", "{"}
-_JSON_TYPE_NAMES = {
-    dict: "object",
-    list: "array",
-    str: "string",
-    int: "number",
-    float: "number",
-    bool: "boolean",
-    type(None): "null",
-}
-
-SpanTriple = Tuple[int, int, str]
 FORMATS = ("auto", "jsonl", "iob")
 IOB_SUFFIXES = (".iob", ".txt", ".conll")
 _DOCSTART_RE = re.compile(r"^-DOCSTART-.*$", re.MULTILINE)
 _SPACY_DOCSTART = "-DOCSTART- -X- O O"  # the only form spaCy's converter splits on
-
-
-class _RecordError(Exception):
-    """What is wrong with one record, before the file position is known."""
 
 
 def detect_scheme(path: Path) -> str:
@@ -103,8 +80,8 @@ def read_jsonl_docs(path: Path, vocab: Vocab, scheme: str = "bio") -> Iterator[D
             record_id, tokens, tags = _parse_record(line, scheme)
             spans, repairs = tags_to_spans(tags, scheme)
             if record_id in id_lines:
-                raise _RecordError(f"id {record_id!r} repeats line {id_lines[record_id]}; ids must be unique")
-        except _RecordError as err:
+                raise RecordError(f"id {record_id!r} repeats line {id_lines[record_id]}; ids must be unique")
+        except RecordError as err:
             raise CorpusFormatError(f"{path}:{line_no}: {err}") from None
         id_lines[record_id] = line_no
         if repairs and not n_repairs:
@@ -180,7 +157,7 @@ def read_jsonl_records(path: Path) -> Iterator[Tuple[int, Dict[str, Any]]]:
     for line_no, line in _lines(path):
         try:
             yield line_no, _json_object(line)
-        except _RecordError as err:
+        except RecordError as err:
             raise CorpusFormatError(f"{path}:{line_no}: {err}") from None
 
 
@@ -256,98 +233,21 @@ def convert_corpus(
     return len(doc_bin)
 
 
-def tags_to_spans(tags: List[str], scheme: str = "bio") -> Tuple[List[SpanTriple], int]:
-    """`(start, end, label)` spans of one sentence's tags in `scheme`, and the number of
-    stray BIO I- tags read as entity starts. BILUO goes through spaCy's `biluo_to_iob`;
-    a BILUO sequence that does not close its entities raises a _RecordError."""
-    if scheme == "io":
-        runs = [f"I-{tag}" if tag != "O" else "O" for tag in tags]
-        return _bio_spans(runs)[0], 0
-    if scheme == "biluo":
-        entities = _biluo_entities(tags)
-        # spaCy's reader skips unclosed B- and mixed labels: the tags rebuilt must match
-        rebuilt = ["O"] * len(tags)
-        for start, end, label in entities:
-            inner = [f"I-{label}"] * (end - start - 2)
-            rebuilt[start:end] = [f"U-{label}"] if end - start == 1 else [f"B-{label}", *inner, f"L-{label}"]
-        wrong = next((i for i, (a, b) in enumerate(zip(tags, rebuilt)) if a != b), None)
-        if wrong is not None:
-            raise _invalid_biluo(tags, wrong)
-        return entities, 0
-    return _bio_spans(tags)
-
-
-def _biluo_entities(tags: List[str]) -> List[SpanTriple]:
-    """spaCy's `tags_to_entities`, end exclusive; an I- or L- outside an entity raises
-    a _RecordError at the first such position."""
-    try:
-        return [(start, end + 1, label) for label, start, end in tags_to_entities(tags)]
-    except ValueError:
-        raise _invalid_biluo(tags, _first_failing(tags)) from None
-
-
-def _first_failing(tags: List[str]) -> int:
-    for k in range(1, len(tags) + 1):
-        try:
-            tags_to_entities(tags[:k])
-        except ValueError:
-            return k - 1
-    return len(tags) - 1
-
-
-def _invalid_biluo(tags: List[str], position: int) -> "_RecordError":
-    return _RecordError(
-        f"invalid BILUO sequence at position {position}: {tags[position]!r} does not open, continue or end an entity"
-    )
-
-
-def bio_to_spans(tags: List[str]) -> Tuple[List[SpanTriple], int]:
-    """Turn BIO tags into `(start, end, label)` spans, also returning how many stray I-
-    tags had to be read as entity starts. CorpusFormatError for anything but a list of
-    "O", "B-LABEL" and "I-LABEL" strings."""
-    try:
-        return _bio_spans(tags)
-    except _RecordError as err:
-        raise CorpusFormatError(str(err)) from None
-
-
-def _bio_spans(tags: List[str]) -> Tuple[List[SpanTriple], int]:
-    _check_tags(tags)
-    spans: List[SpanTriple] = []
-    n_repairs = 0
-    start, label = -1, ""
-    for i, tag in enumerate(tags + ["O"]):
-        prefix, tag_label = (tag[0], tag[2:]) if tag != "O" else ("O", "")
-        if prefix == "I" and tag_label == label:
-            continue
-        if label:
-            spans.append((start, i, label))
-        if prefix == "I":
-            n_repairs += 1
-        start, label = i, tag_label
-    return spans, n_repairs
-
-
-def doc_to_bio(doc: Doc) -> List[str]:
-    """BIO tags of `doc.ents`; tokens outside any entity are "O"."""
-    return biluo_to_iob(doc_to_biluo_tags(doc, missing="O"))
-
-
 def _json_object(line: str) -> Dict[str, Any]:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
-        raise _RecordError(f"invalid JSON ({err.msg} at column {err.colno})") from None
+        raise RecordError(f"invalid JSON ({err.msg} at column {err.colno})") from None
     except ValueError as err:  # an integer of more than 4,300 digits
-        raise _RecordError(f"invalid JSON ({err})") from None
+        raise RecordError(f"invalid JSON ({err})") from None
     except RecursionError:
-        raise _RecordError("invalid JSON (nested too deeply)") from None
+        raise RecordError("invalid JSON (nested too deeply)") from None
     if not isinstance(record, dict):
-        raise _RecordError(f"expected a JSON object, got {_json_type(record)}")
+        raise RecordError(f"expected a JSON object, got {json_type(record)}")
     try:  # a \ud800-style escape decodes to a lone surrogate, which no later step can encode
         json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as err:
-        raise _RecordError(f"invalid Unicode: a lone surrogate escape ({err.object[err.start]!r})") from None
+        raise RecordError(f"invalid Unicode: a lone surrogate escape ({err.object[err.start]!r})") from None
     return record
 
 
@@ -355,50 +255,36 @@ def _parse_record(line: str, scheme: str = "bio") -> Tuple[str, List[str], List[
     record = _json_object(line)
     missing = [key for key in ("id", "tokens", "ner_tags") if key not in record]
     if missing:
-        raise _RecordError("missing key(s) " + ", ".join(repr(key) for key in missing))
+        raise RecordError("missing key(s) " + ", ".join(repr(key) for key in missing))
     if not isinstance(record["id"], str):
-        raise _RecordError(f"'id' must be a string, got {_json_type(record['id'])}")
+        raise RecordError(f"'id' must be a string, got {json_type(record['id'])}")
     tokens = _string_list(record, "tokens")
     tags = _string_list(record, "ner_tags")
     if not tokens:
-        raise _RecordError("'tokens' is empty")
+        raise RecordError("'tokens' is empty")
     if len(tokens) != len(tags):
-        raise _RecordError(f"'tokens' has {len(tokens)} items but 'ner_tags' has {len(tags)}")
+        raise RecordError(f"'tokens' has {len(tokens)} items but 'ner_tags' has {len(tags)}")
     _check_tokens(tokens)
-    _check_tags(tags, scheme)
+    check_tags(tags, scheme)
     return record["id"], tokens, tags
 
 
 def _string_list(record: Dict[str, Any], key: str) -> List[str]:
     value = record[key]
     if not isinstance(value, list):
-        raise _RecordError(f"'{key}' must be an array of strings, got {_json_type(value)}")
+        raise RecordError(f"'{key}' must be an array of strings, got {json_type(value)}")
     for i, item in enumerate(value):
         if not isinstance(item, str):
-            raise _RecordError(f"'{key}'[{i}] must be a string, got {_json_type(item)}")
+            raise RecordError(f"'{key}'[{i}] must be a string, got {json_type(item)}")
     return value
 
 
 def _check_tokens(tokens: List[str]) -> None:
     for i, token in enumerate(tokens):
         if not token:
-            raise _RecordError(f"token {i} is an empty string")
+            raise RecordError(f"token {i} is an empty string")
         if _WHITESPACE_RE.search(token):
-            raise _RecordError(f"token {i} ({token!r}) contains whitespace")
-
-
-def _check_tags(tags: List[str], scheme: str = "bio") -> None:
-    if not isinstance(tags, list):
-        raise _RecordError(f"tags must be a list of strings, got {_json_type(tags)}")
-    for i, tag in enumerate(tags):
-        if not isinstance(tag, str) or not _TAG_RES[scheme].fullmatch(tag):
-            raise _RecordError(
-                f"invalid tag {tag!r} at position {i} (expected {_EXPECTED[scheme]} in the {scheme} scheme)"
-            )
-
-
-def _json_type(value: Any) -> str:
-    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+            raise RecordError(f"token {i} ({token!r}) contains whitespace")
 
 
 def _make_doc(vocab: Vocab, record_id: str, tokens: List[str], spans: List[SpanTriple]) -> Doc:

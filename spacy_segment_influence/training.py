@@ -122,3 +122,29 @@ def file_hash(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# The factory of the components a training config leaves out
+INFLUENCE_FACTORY = "segment_influence"
+
+
+def training_config(config: Config) -> Config:
+    """A trained pipeline's config as a training config: the `segment_influence`
+    components (they index a training corpus at initialization, which fold training does
+    not need) left out."""
+    config = Config(config).copy()
+    components = config.get("components", {})
+    dropped = [name for name, block in components.items() if block.get("factory") == INFLUENCE_FACTORY]
+    for name in dropped:
+        del components[name]
+    config["nlp"]["pipeline"] = [name for name in config["nlp"]["pipeline"] if name not in dropped]
+    init_components = config.get("initialize", {}).get("components", {})
+    for name in dropped:
+        init_components.pop(name, None)
+    if "training" not in config:
+        raise ConfigError("The pipeline's config has no [training] section: pass a training config (--fold-config)")
+    frozen = config["training"].get("frozen_components", [])
+    annotating = config["training"].get("annotating_components", [])
+    config["training"]["frozen_components"] = [name for name in frozen if name not in dropped]
+    config["training"]["annotating_components"] = [name for name in annotating if name not in dropped]
+    return config

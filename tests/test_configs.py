@@ -9,7 +9,8 @@ from spacy.cli.train import train
 from spacy.tokens import DocBin
 from thinc.api import Config
 
-from spacy_segment_influence.annotation_errors.fold_training import train_fold_models, training_config
+from spacy_segment_influence.annotation_errors.fold_training import train_fold_models
+from spacy_segment_influence.training import training_config
 
 from .conftest import TRAIN_DATA, make_examples
 

@@ -9,12 +9,11 @@ import srsly
 from spacy.tokens import DocBin
 from typer.testing import CliRunner
 
-from spacy_segment_influence.annotation_errors import read_tags
+from spacy_segment_influence.annotation_errors.metrics import read_tags
 from spacy_segment_influence.cli import app
 from spacy_segment_influence.corpus import (
     BIORepairWarning,
     CorpusFormatError,
-    bio_to_spans,
     convert_corpus,
     detect_scheme,
     read_docbin,
@@ -22,6 +21,7 @@ from spacy_segment_influence.corpus import (
     read_jsonl_docs,
     write_jsonl_docs,
 )
+from spacy_segment_influence.tag_schemes import bio_to_spans
 
 # The shared CoNLL-2003 copy next to the checkout (../shared/data/conll2003); the test skips without it.
 CONLL_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "conll2003" / "train_original.jsonl"

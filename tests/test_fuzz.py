@@ -18,11 +18,12 @@ from hypothesis import strategies as st
 from spacy_segment_influence import SegmentInfluenceError
 from spacy_segment_influence.annotation_errors import ranked_regions, read_decisions
 from spacy_segment_influence.annotation_errors.metrics import read_sentences
-from spacy_segment_influence.component import check_cfg
-from spacy_segment_influence.corpus import bio_to_spans, read_jsonl_docs, read_jsonl_records
-from spacy_segment_influence.review_page import read_ranking, render_review_page
+from spacy_segment_influence.corpus import read_jsonl_docs, read_jsonl_records
+from spacy_segment_influence.pipeline.settings import check_cfg
+from spacy_segment_influence.review.review_page import read_ranking, render_review_page
+from spacy_segment_influence.tag_schemes import bio_to_spans
 
-from .test_review_page import ranking
+from .conftest import ranking
 
 EXAMPLES = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VOCAB = spacy.blank("en").vocab

@@ -12,10 +12,9 @@ from typer.testing import CliRunner
 from spacy_segment_influence import ConfigError, CorpusFormatError, DataError, UnknownLabelWarning
 from spacy_segment_influence.annotation_errors import Corrections, evaluate_ranking, read_decisions
 from spacy_segment_influence.cli import app
-from spacy_segment_influence.review_page import render_review_page
+from spacy_segment_influence.review.review_page import render_review_page
 
-from .conftest import TRAIN_DATA, make_examples
-from .test_review_page import EVIL, HELD_OUT, ranking
+from .conftest import EVIL, HELD_OUT, JSONL_SENTENCES, TRAIN_DATA, make_examples, ranked_lines, ranking
 
 
 def relabelled(nlp, label_of):
@@ -75,35 +74,34 @@ def write_jsonl(path, records):
     return path
 
 
-SENTENCES = [
-    {"id": "a_0", "tokens": ["Anna", "visited", "Rome"], "ner_tags": ["B-PER", "O", "B-LOC"]},
-    {"id": "a_1", "tokens": ["Bob", "left", "Oslo"], "ner_tags": ["B-PER", "O", "B-LOC"]},
-]
-
-
 def test_convert_refuses_duplicate_ids(tmp_path):
-    src = write_jsonl(tmp_path / "in.jsonl", [*SENTENCES, {**SENTENCES[1], "id": "a_0"}])
+    src = write_jsonl(tmp_path / "in.jsonl", [*JSONL_SENTENCES, {**JSONL_SENTENCES[1], "id": "a_0"}])
     result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "out.spacy")])
     one_line_error(result, f"{src}:3: id 'a_0' repeats line 1")
     assert not (tmp_path / "out.spacy").exists()
 
 
 def test_evaluate_errors_checks_the_tokens_of_each_id(tmp_path):
-    original = write_jsonl(tmp_path / "original.jsonl", SENTENCES)
-    swapped = [{**SENTENCES[0], "tokens": SENTENCES[1]["tokens"]}, {**SENTENCES[1], "tokens": SENTENCES[0]["tokens"]}]
+    original = write_jsonl(tmp_path / "original.jsonl", JSONL_SENTENCES)
+    swapped = [
+        {**JSONL_SENTENCES[0], "tokens": JSONL_SENTENCES[1]["tokens"]},
+        {**JSONL_SENTENCES[1], "tokens": JSONL_SENTENCES[0]["tokens"]},
+    ]
     corrected = write_jsonl(tmp_path / "corrected.jsonl", swapped)
     meta = {"doc_id": "a_0", "rank": 1, "candidates": 1}
     ranked = write_jsonl(tmp_path / "ranking.jsonl", [{"meta": meta, "spans": [{"token_start": 0, "token_end": 0}]}])
     result = CliRunner().invoke(app, ["evaluate-errors", str(ranked), str(original), str(corrected)])
     one_line_error(result, "'a_0' has other tokens in", str(corrected), str(original))
-    duplicated = write_jsonl(tmp_path / "duplicated.jsonl", [*SENTENCES, SENTENCES[0]])
+    duplicated = write_jsonl(tmp_path / "duplicated.jsonl", [*JSONL_SENTENCES, JSONL_SENTENCES[0]])
     result = CliRunner().invoke(app, ["evaluate-errors", str(ranked), str(duplicated), str(original)])
     one_line_error(result, f"{duplicated}:3: id 'a_0' repeats line 1")
 
 
 def test_an_empty_ranking_is_an_error_not_full_recall(tmp_path):
-    original = write_jsonl(tmp_path / "original.jsonl", SENTENCES)
-    corrected = write_jsonl(tmp_path / "corrected.jsonl", [{**SENTENCES[0], "ner_tags": ["O"] * 3}, SENTENCES[1]])
+    original = write_jsonl(tmp_path / "original.jsonl", JSONL_SENTENCES)
+    corrected = write_jsonl(
+        tmp_path / "corrected.jsonl", [{**JSONL_SENTENCES[0], "ner_tags": ["O"] * 3}, JSONL_SENTENCES[1]]
+    )
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     result = CliRunner().invoke(app, ["evaluate-errors", str(empty), str(original), str(corrected)])
@@ -114,7 +112,7 @@ def test_an_empty_ranking_is_an_error_not_full_recall(tmp_path):
 
 def test_convert_names_the_byte_that_is_not_utf8(tmp_path):
     src = tmp_path / "latin1.jsonl"
-    first = srsly.json_dumps(SENTENCES[0]) + "\n"
+    first = srsly.json_dumps(JSONL_SENTENCES[0]) + "\n"
     src.write_bytes(first.encode() + '{"id": "b", "tokens": ["Z\xfcrich"], "ner_tags": ["B-LOC"]}\n'.encode("latin-1"))
     result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "out.spacy")])
     offset = len(first.encode()) + len('{"id": "b", "tokens": ["Z')
@@ -169,7 +167,7 @@ def test_labels_are_escaped_wherever_they_reach_the_page():
 
 
 def test_known_labels_pass_silently(trained_tok2vec_nlp):
-    from spacy_segment_influence.known_labels import check_known_labels
+    from spacy_segment_influence.ner.known_labels import check_known_labels
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -181,13 +179,13 @@ def test_known_labels_pass_silently(trained_tok2vec_nlp):
 
 def test_convert_refuses_a_bio_file_with_a_bare_label_and_names_the_line(tmp_path):
     """One "B_MISC" typo used to flip detection to IO: "B-LOC" became a label."""
-    lines = [{**SENTENCES[i % 2], "id": f"a_{i}"} for i in range(30)]
+    lines = [{**JSONL_SENTENCES[i % 2], "id": f"a_{i}"} for i in range(30)]
     lines[17] = {**lines[17], "ner_tags": ["B_MISC", "O", "B-LOC"]}
     src = write_jsonl(tmp_path / "in.jsonl", lines)
     result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "out.spacy")])
     one_line_error(result, f"{src}: mixed tag schemes: line(s) 18 have bare labels (IO)")
     assert not (tmp_path / "out.spacy").exists()
-    io = write_jsonl(tmp_path / "io.jsonl", [{**s, "ner_tags": ["PER", "O", "LOC"]} for s in SENTENCES])
+    io = write_jsonl(tmp_path / "io.jsonl", [{**s, "ner_tags": ["PER", "O", "LOC"]} for s in JSONL_SENTENCES])
     assert CliRunner().invoke(app, ["convert", str(io), str(tmp_path / "io.spacy")]).exception is None
 
 
@@ -218,16 +216,6 @@ def test_read_decisions_counts_a_repeated_decision_once(tmp_path):
     assert list(read_decisions(path).values()) == [True, True]
 
 
-def ranked_lines(*regions):
-    return [
-        {
-            "meta": {"doc_id": sid, "rank": i + 1, "candidates": len(regions)},
-            "spans": [{"token_start": s, "token_end": e}],
-        }
-        for i, (sid, s, e) in enumerate(regions)
-    ]
-
-
 @pytest.mark.parametrize(
     ("regions", "message"),
     [
@@ -236,23 +224,25 @@ def ranked_lines(*regions):
     ],
 )
 def test_evaluate_errors_refuses_repeated_regions_and_tokens_past_the_sentence(tmp_path, regions, message):
-    original = write_jsonl(tmp_path / "original.jsonl", SENTENCES)
-    corrected = write_jsonl(tmp_path / "corrected.jsonl", [{**SENTENCES[0], "ner_tags": ["O"] * 3}, SENTENCES[1]])
+    original = write_jsonl(tmp_path / "original.jsonl", JSONL_SENTENCES)
+    corrected = write_jsonl(
+        tmp_path / "corrected.jsonl", [{**JSONL_SENTENCES[0], "ner_tags": ["O"] * 3}, JSONL_SENTENCES[1]]
+    )
     ranked = write_jsonl(tmp_path / "ranking.jsonl", ranked_lines(*regions))
     result = CliRunner().invoke(app, ["evaluate-errors", str(ranked), str(original), str(corrected)])
     one_line_error(result, message)
 
 
 def test_evaluate_errors_refuses_corrected_equal_to_original(tmp_path):
-    original = write_jsonl(tmp_path / "original.jsonl", SENTENCES)
-    same = write_jsonl(tmp_path / "same.jsonl", SENTENCES)
+    original = write_jsonl(tmp_path / "original.jsonl", JSONL_SENTENCES)
+    same = write_jsonl(tmp_path / "same.jsonl", JSONL_SENTENCES)
     ranked = write_jsonl(tmp_path / "ranking.jsonl", ranked_lines(("a_0", 0, 0)))
     result = CliRunner().invoke(app, ["evaluate-errors", str(ranked), str(original), str(same)])
     one_line_error(result, f"{same} has the same labels as {original} everywhere")
 
 
 def test_an_input_is_never_the_output(tmp_path):
-    corpus = write_jsonl(tmp_path / "corpus.jsonl", SENTENCES)
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", JSONL_SENTENCES)
     ranked = write_jsonl(tmp_path / "ranking.jsonl", ranking())
     before = {path: path.read_bytes() for path in (corpus, ranked)}
     folds = tmp_path / "train_1.spacy"

@@ -125,10 +125,14 @@ def test_quick_start_command_lines_run_on_the_demo_outputs(demo_project):
 
 
 def test_layout_lists_the_real_modules():
-    """README's Layout names every module of the package, and no module that is gone."""
+    """README's Layout names every wing and module of the package, and none that is gone."""
     layout = README.read_text(encoding="utf8").split("## Layout", 1)[1].split("```", 2)[1]
-    listed = set(re.findall(r"^  (\w+\.py)\b", layout, re.M))
     package = ROOT / "spacy_segment_influence"
-    real = {p.name for p in package.glob("*.py")} - {"__main__.py"}
-    assert listed == real
-    assert "annotation_errors/" in layout
+    wings = {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    assert set(re.findall(r"^  (\w+)/", layout, re.M)) == wings
+    top = {p.name for p in package.glob("*.py")} - {"__main__.py"}
+    assert set(re.findall(r"^  (\w+\.py)\b", layout, re.M)) == top
+    inner = {p.name for wing in wings for p in (package / wing).glob("*.py")} - {"__init__.py"}
+    named = set(re.findall(r"\b(\w+\.py)\b", layout))
+    assert inner <= named, f"not in the Layout: {sorted(inner - named)}"
+    assert named <= inner | top | {"__init__.py", "__main__.py"}, f"gone: {sorted(named - inner - top)}"

@@ -7,11 +7,12 @@ import torch
 from spacy.tokens import Span
 from thinc.api import Config
 
-from spacy_segment_influence import bridge
 from spacy_segment_influence.exceptions import PipelineError
-from spacy_segment_influence.segments import labelled_batch, mean_nll
-from spacy_segment_influence.surrogate import agreement, indexed_surrogate
-from spacy_segment_influence.validate import validate
+from spacy_segment_influence.fidelity.validate import validate
+from spacy_segment_influence.influence.segments import mean_nll
+from spacy_segment_influence.influence.surrogate import agreement, indexed_surrogate
+from spacy_segment_influence.ner import bridge
+from spacy_segment_influence.ner.bridge import labelled_batch
 
 from .conftest import TOK2VEC_BLOCK, make_examples, train
 

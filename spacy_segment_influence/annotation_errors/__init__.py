@@ -2,7 +2,8 @@
 corrected labels (DESIGN.md section 6).
 
 - `candidates`: the regions where an annotation error could sit.
-- `finder`: `ErrorFinder`, the scores of every method with the model trained on all data.
+- `methods`: the `Finder` protocol and the registry of methods (`METHODS`), each defined once.
+- `finder`: `ErrorFinder`, the signals every method reads, from the model trained on all data.
 - `crossfit`: folds of whole documents and `CrossFitFinder`, out-of-fold scores.
 - `fold_training`: the fold models, trained with the user's config (`cross_fitted_finder`,
   the default recipe of `find-errors`).
@@ -10,59 +11,40 @@ corrected labels (DESIGN.md section 6).
 - `records`: `rank`, the Prodigy-style review file.
 - `review_loop`: `ReviewLoop`, re-ranking from a reviewer's decisions.
 - `metrics`: `evaluate_ranking` against corrected labels.
+- `build`: `FinderArguments`, `build_finder` and `find_errors`: the `find-errors` recipe.
+
+Names are imported from their modules on first use, so that `methods` (which `--help`
+reads) comes without spaCy and torch.
 """
 
-from .candidates import Candidate, find_candidates
-from .crossfit import CrossFitFinder, SeedEnsemble, document_of, held_out_indices, split_folds, write_folds
-from .finder import METHODS, ErrorFinder, fisher, neg_log_tail
-from .fold_training import FoldModel, cross_fitted_finder, train_fold_models, training_config
-from .metrics import (
-    BOOTSTRAP_METRICS,
-    Corrections,
-    average_precision,
-    changed_tokens,
-    compare_rankings,
-    evaluate_ranking,
-    ranked_regions,
-    read_tags,
-    recall_at,
-    recall_auc,
-)
-from .records import rank, review_record
-from .review_loop import SIMILARITIES, ReviewLoop, read_decisions
-from .surface_forms import disagreement
+import importlib
+from typing import Any, Dict
 
-__all__ = [
-    "BOOTSTRAP_METRICS",
-    "METHODS",
-    "Corrections",
-    "compare_rankings",
-    "Candidate",
-    "CrossFitFinder",
-    "FoldModel",
-    "SeedEnsemble",
-    "cross_fitted_finder",
-    "train_fold_models",
-    "training_config",
-    "ErrorFinder",
-    "average_precision",
-    "changed_tokens",
-    "document_of",
-    "evaluate_ranking",
-    "find_candidates",
-    "held_out_indices",
-    "fisher",
-    "neg_log_tail",
-    "disagreement",
-    "rank",
-    "ranked_regions",
-    "read_tags",
-    "recall_at",
-    "recall_auc",
-    "review_record",
-    "ReviewLoop",
-    "SIMILARITIES",
-    "read_decisions",
-    "split_folds",
-    "write_folds",
-]
+# Each public name and its module, imported on first use
+_EXPORTS: Dict[str, str] = {
+    **dict.fromkeys(["FinderArguments", "build_finder", "find_errors"], "build"),
+    **dict.fromkeys(["Candidate", "find_candidates"], "candidates"),
+    **dict.fromkeys(["CrossFitFinder", "SeedEnsemble", "held_out_indices", "split_folds", "write_folds"], "crossfit"),
+    "ErrorFinder": "finder",
+    **dict.fromkeys(["FoldModel", "cross_fitted_finder", "train_fold_models"], "fold_training"),
+    **dict.fromkeys(["METHODS", "Finder", "Method"], "methods"),
+    **dict.fromkeys(["Corrections", "compare_rankings", "evaluate_ranking", "ranked_regions"], "metrics"),
+    **dict.fromkeys(["rank", "review_record"], "records"),
+    **dict.fromkeys(["ReviewLoop", "read_decisions"], "review_loop"),
+    "disagreement": "surface_forms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

@@ -8,9 +8,10 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from .. import bridge
-from ..segments import LabelledBatch, Segment
-from ..tagger import CRFEntityRecognizer
+from ..influence.segments import Segment
+from ..ner import bridge
+from ..ner.bridge import LabelledBatch
+from ..ner.tagger import CRFEntityRecognizer
 
 Entity = Tuple[int, int, str]  # token start, token end (exclusive), label
 
@@ -82,7 +83,7 @@ class Annotated(NamedTuple):
 def explaining_crf(nlp: Language, ner_name: str) -> CRFEntityRecognizer:
     """The CRF whose gradients score `ner_name`'s candidates: the crf_ner itself, or for a
     built-in ner the CRF surrogate an indexed `segment_influence` fitted for it."""
-    from ..surrogate import indexed_surrogate
+    from ..influence.surrogate import indexed_surrogate
 
     if ner_name not in nlp.pipe_names:
         return bridge.crf_component(nlp, ner_name)  # the error that names the components

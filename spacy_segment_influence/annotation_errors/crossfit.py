@@ -12,10 +12,11 @@ import numpy
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
-from ..atomic_file import write_atomic
 from ..exceptions import ConfigError, DataError
+from ..storage.atomic import write_atomic
 from .candidates import Candidate
-from .finder import METHODS, ErrorFinder, fisher, neg_log_tail
+from .finder import ErrorFinder
+from .methods import neg_log_tail, score
 from .surface_forms import disagreement
 
 
@@ -89,6 +90,7 @@ class SeedEnsemble:
     def __init__(self, finders: Sequence[ErrorFinder]) -> None:
         self.finders = list(finders)
         self.dev = self.finders[0].dev
+        self.seed = self.finders[0].seed
 
     @property
     def candidates(self) -> List[Candidate]:
@@ -96,6 +98,15 @@ class SeedEnsemble:
 
     def scores(self, method: str) -> numpy.ndarray:
         return numpy.mean([f.scores(method) for f in self.finders], axis=0)
+
+    def self_influence(self) -> numpy.ndarray:
+        return numpy.mean([f.self_influence() for f in self.finders], axis=0)
+
+    def worst_token(self, kind: str) -> numpy.ndarray:
+        return numpy.mean([f.worst_token(kind) for f in self.finders], axis=0)
+
+    def consistency(self) -> numpy.ndarray:
+        return self.finders[0].consistency()
 
     def losses(self) -> numpy.ndarray:
         return numpy.mean([f.losses() for f in self.finders], axis=0)
@@ -205,18 +216,16 @@ class CrossFitFinder:
         return finder
 
     def scores(self, method: str) -> numpy.ndarray:
-        """One score per candidate, higher = more likely wrong."""
-        if method not in METHODS:
-            raise ConfigError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}")
-        if method == "combined":
-            return fisher(self.harm(), self.losses(), self.consistency())
-        if method == "influence":
-            return self.influence()
-        if method == "consistency":
-            return self.consistency()
-        if method == "random":
-            return numpy.random.default_rng(self.seed).random(len(self.candidates))
-        return numpy.asarray(self._gather(f.scores(method) for f in self.finders))
+        """One score per candidate, higher = more likely wrong (`methods.METHODS`)."""
+        return score(self, method)
+
+    def self_influence(self) -> numpy.ndarray:
+        """Out-of-fold self-influence."""
+        return numpy.asarray(self._gather(f.self_influence() for f in self.finders))
+
+    def worst_token(self, kind: str) -> numpy.ndarray:
+        """Out-of-fold worst-token margin or confidence."""
+        return numpy.asarray(self._gather(f.worst_token(kind) for f in self.finders))
 
     def consistency(self) -> numpy.ndarray:
         """How differently the whole training corpus (every fold) labels each candidate's
@@ -236,11 +245,6 @@ class CrossFitFinder:
         training data (-g_dev^T H^-1 g_c at the fold model), ranked within its fold
         (-log tail) so that the fold models' scales don't mix. A diagnostic."""
         return numpy.asarray(self._gather(neg_log_tail(f.harm()) for f in self.finders))
-
-    def influence(self) -> numpy.ndarray:
-        """-log p_harm - log p_loss (Fisher's method): the full model's held-out harm and
-        the out-of-fold loss."""
-        return fisher(self.harm(), self.losses())
 
     def influenced(self, k: int = 3) -> List[List[dict]]:
         """Per candidate, the held-out regions its labels support and oppose most, by the

@@ -34,17 +34,16 @@ import numpy
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from ..component import SegmentInfluence
-from ..curvature import Curvature, curvature_class
 from ..exceptions import ConfigError, DataError
-from ..gradients import FactoredGradients
-from ..index import SegmentIndex
-from ..known_labels import check_known_labels
-from ..segments import segment_gradients, segment_losses, token_marginals
+from ..influence.curvature import Curvature, curvature_class
+from ..influence.gradients import FactoredGradients
+from ..influence.index import SegmentIndex
+from ..influence.segments import segment_gradients, segment_losses, token_marginals
+from ..ner.known_labels import check_known_labels
+from ..pipeline.component import SegmentInfluence
 from .candidates import Annotated, Candidate, annotate, explaining_crf, segments_of
+from .methods import score
 from .surface_forms import disagreement
-
-METHODS = ("combined", "influence", "consistency", "self-influence", "loss", "margin", "confidence", "random")
 
 
 class ErrorFinder:
@@ -117,22 +116,12 @@ class ErrorFinder:
         return curvature_type.fit(self.ner, statistics, self.grads, damping)
 
     def scores(self, method: str) -> numpy.ndarray:
-        """One score per candidate, higher = more likely wrong."""
-        if method not in METHODS:
-            raise ConfigError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}")
-        if method == "combined":
-            return fisher(self.harm(), self.losses(), self.consistency())
-        if method == "influence":
-            return self.influence()
-        if method == "consistency":
-            return self.consistency()
-        if method == "self-influence":
-            return self.train_index.norms.astype("float64") ** 2
-        if method == "loss":
-            return self.losses()
-        if method == "random":
-            return numpy.random.default_rng(self.seed).random(len(self.candidates))
-        return -self._worst_token(method)
+        """One score per candidate, higher = more likely wrong (`methods.METHODS`)."""
+        return score(self, method)
+
+    def self_influence(self) -> numpy.ndarray:
+        """g^T H^-1 g of each candidate's own segment loss (its squared index norm)."""
+        return self.train_index.norms.astype("float64") ** 2
 
     def consistency(self) -> numpy.ndarray:
         """How differently the rest of the training corpus labels each candidate's strings."""
@@ -142,7 +131,7 @@ class ErrorFinder:
         """Segment losses -log p(y_S | y_outside, x) under the gold labels."""
         return segment_losses(self.ner, self.train.batch, segments_of(self.candidates))
 
-    def _worst_token(self, method: str) -> numpy.ndarray:
+    def worst_token(self, kind: str) -> numpy.ndarray:
         """Per candidate, the lowest p(gold tag) (confidence) or p(gold) - max p(other)
         (margin) over its tokens, from the model's unclamped marginals."""
         features = self.train.batch.features
@@ -153,7 +142,7 @@ class ErrorFinder:
             q = marginals[starts[c.doc_index] + c.start : starts[c.doc_index] + c.end].astype("float64")
             gold = numpy.asarray(self.train.batch.tags[c.doc_index][c.start : c.end])
             p_gold = q[numpy.arange(len(gold)), gold]
-            if method == "margin":
+            if kind == "margin":
                 q[numpy.arange(len(gold)), gold] = -numpy.inf
                 p_gold = p_gold - q.max(axis=1)
             out[i] = p_gold.min()
@@ -181,37 +170,12 @@ class ErrorFinder:
         the queries, so they are summed into one preconditioned direction first."""
         return -self.train_index.total_influence(self.dev_grads)
 
-    def influence(self) -> numpy.ndarray:
-        """Held-out harm and the candidate's own segment loss, combined by Fisher's method
-        (Fisher 1925, "Statistical Methods for Research Workers") on their empirical tail
-        probabilities: -log p_harm - log p_loss. Harm alone finds
-        labels that spread to held-out predictions (systematic errors) but misses odd
-        one-off labels the dev set has no neighbours for; the loss finds those. Measured
-        against each signal alone and other combinations in bench/find_errors.py."""
-        return fisher(self.harm(), self.losses())
-
     def influenced(self, k: int = 3) -> List[List[dict]]:
         """Per candidate, the k dev regions it supports most (score > 0) and the k it
         opposes most (score < 0), by cosine-normalised influence, as review records."""
         results = self.dev_index.top_k(self.grads, k=k)
         assert self.dev is not None
         return [[_held_out_record(self.dev, j, s) for j, s in r.supporters + r.opposers] for r in results]
-
-
-def neg_log_tail(scores: numpy.ndarray) -> numpy.ndarray:
-    """-log of each score's empirical upper-tail probability P(S >= s) (the best score
-    1/n). Tied scores share the larger tail, so that a signal that can't tell candidates
-    apart (a surface form seen once) adds nothing for them, whatever their order."""
-    ordered = numpy.sort(scores)
-    at_least = len(scores) - numpy.searchsorted(ordered, scores, side="left")
-    return -numpy.log(at_least / len(scores))
-
-
-def fisher(*scores: numpy.ndarray) -> numpy.ndarray:
-    """Fisher's method (Fisher 1925, "Statistical Methods for Research Workers") on the
-    scores' empirical tail probabilities: the sum of their -log tails. A candidate some
-    signal can't tell from most others (a tail near 1) gets nothing from it."""
-    return numpy.sum([neg_log_tail(s) for s in scores], axis=0)
 
 
 def _held_out_record(dev: Annotated, index: int, score: float, window: int = 8) -> dict:

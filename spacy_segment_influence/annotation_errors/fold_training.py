@@ -19,11 +19,9 @@ from spacy.tokens import Doc
 from thinc.api import Config
 
 from ..exceptions import ConfigError
-from ..tagger import CRFEntityRecognizer
-from ..training import TrainingJob, run_training_jobs
+from ..ner.tagger import CRFEntityRecognizer
+from ..training import TrainingJob, run_training_jobs, training_config
 from .crossfit import CrossFitFinder, fold_corpus, split_folds
-
-INFLUENCE_FACTORY = "segment_influence"
 
 
 @dataclass
@@ -35,28 +33,6 @@ class FoldModel:
     seed: int
     path: Path
     held_out: List[int]
-
-
-def training_config(config: Config) -> Config:
-    """A trained pipeline's config as a training config: the `segment_influence`
-    components (they index a training corpus at initialization, which fold training does
-    not need) left out."""
-    config = Config(config).copy()
-    components = config.get("components", {})
-    dropped = [name for name, block in components.items() if block.get("factory") == INFLUENCE_FACTORY]
-    for name in dropped:
-        del components[name]
-    config["nlp"]["pipeline"] = [name for name in config["nlp"]["pipeline"] if name not in dropped]
-    init_components = config.get("initialize", {}).get("components", {})
-    for name in dropped:
-        init_components.pop(name, None)
-    if "training" not in config:
-        raise ConfigError("The pipeline's config has no [training] section: pass a training config (--fold-config)")
-    frozen = config["training"].get("frozen_components", [])
-    annotating = config["training"].get("annotating_components", [])
-    config["training"]["frozen_components"] = [name for name in frozen if name not in dropped]
-    config["training"]["annotating_components"] = [name for name in annotating if name not in dropped]
-    return config
 
 
 def train_fold_models(

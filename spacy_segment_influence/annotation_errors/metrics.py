@@ -23,8 +23,9 @@ import numpy
 from numpy.typing import ArrayLike
 from spacy.vocab import Vocab
 
-from ..corpus import corpus_format, doc_to_bio, read_iob_docs, read_jsonl_records
+from ..corpus import corpus_format, read_iob_docs, read_jsonl_records
 from ..exceptions import CorpusFormatError, DataError
+from ..tag_schemes import doc_to_bio
 from .crossfit import document_of
 
 Region = Tuple[str, int, int]  # sentence id, token start, token end (exclusive)

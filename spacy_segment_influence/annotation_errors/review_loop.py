@@ -23,7 +23,8 @@ import numpy
 
 from ..corpus import read_jsonl_records
 from ..exceptions import ConfigError, CorpusFormatError
-from .finder import ErrorFinder, neg_log_tail
+from .finder import ErrorFinder
+from .methods import neg_log_tail
 from .metrics import ranked_regions
 
 Region = Tuple[str, int, int]  # sentence id, token start, token end (exclusive)

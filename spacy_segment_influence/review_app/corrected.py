@@ -9,8 +9,8 @@ from typing import Dict, List, Sequence, Tuple
 import srsly
 from spacy.tokens import Doc, DocBin, Span
 
-from ..atomic_file import write_atomic
 from ..exceptions import DataError
+from ..storage.atomic import write_atomic
 from .store import Entity, ReviewStore, iter_decided
 
 

@@ -3,9 +3,9 @@
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from ..checksums import file_digest
 from ..corpus import read_docbin
 from ..exceptions import ConfigError
+from ..storage.checksums import file_digest
 from .corrected import apply_decisions, decisions_jsonl, write_corpus
 from .prepare import labels_of, prepare
 from .session import RERANK_EVERY, ReviewSession
@@ -42,7 +42,7 @@ def open_review(
         return ReviewSession(store, learn, rerank_every)
     import spacy
 
-    from ..bridge import default_ner
+    from ..ner.bridge import default_ner
 
     nlp = spacy.load(model_dir)
     ner = ner or default_ner(nlp)
@@ -79,7 +79,7 @@ def write_decisions(
         fixed, counts = apply_decisions(docs, store, remove)
         write_corpus(fixed, out)
         if jsonl is not None:
-            from ..atomic_file import write_atomic
+            from ..storage.atomic import write_atomic
 
             write_atomic(jsonl, decisions_jsonl(store))
     finally:

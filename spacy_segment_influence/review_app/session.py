@@ -16,7 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy
 
-from ..annotation_errors import ReviewLoop, neg_log_tail
+from ..annotation_errors import ReviewLoop
+from ..annotation_errors.methods import neg_log_tail
 from ..exceptions import ConfigError
 from .prepare import members
 from .store import Candidate, Decision, Entity, ReviewStore

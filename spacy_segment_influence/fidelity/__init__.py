@@ -1,0 +1,2 @@
+"""Fidelity: predicted influence against retraining the head (`validate`) and the whole
+pipeline (`lds`)."""

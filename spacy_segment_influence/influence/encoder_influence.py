@@ -1,0 +1,228 @@
+"""Influence through the encoder's embeddings, at the start of training.
+
+Two choices here are measured, not assumed (BENCHMARKS.md, "LDS", issue 23):
+- Where the gradients are taken. At the trained weights a training sentence the model
+  has fit has a near-zero gradient although it is why the model predicts what it does
+  (the influence function's optimum assumption fails for the encoder). TracIn (Pruthi et
+  al. 2020) sums gradient products over training checkpoints; the first checkpoint, the
+  pipeline as its own config initialises it (`initial_pipeline`, deterministic in the
+  config's seed), keeps most of that signal at no training cost.
+- How rows are weighted. Adam gives each embedding row a step of about the learning rate
+  whatever its gradient's size, so a row that few sentences touch moves as far per
+  sentence as a frequent one moves in total. Dividing each row's product by the number of
+  training segments that touch it (its "hits") models that; the exact diagonal Adam
+  preconditioner measured slightly worse.
+"""
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy
+import srsly
+import torch
+from spacy.language import Language
+from spacy.tokens import Doc, Span
+from thinc.api import Config
+
+from ..exceptions import ConfigError
+from ..ner import bridge
+from ..ner.bridge import labelled_batch
+from . import embedding_gradients as eg
+from .segments import Segment, segment_gradients, segment_windows
+
+WEIGHTINGS = ("hits", "none")
+
+
+def initial_pipeline(config: Config, train_path: Path, seed: Optional[int] = None) -> Language:
+    """The pipeline as `spacy train` initialises it from `config` before its first step
+    (labels and vocabulary from `train_path`; `seed` defaults to the config's)."""
+    from spacy.training.initialize import init_nlp
+
+    overrides: Dict[str, Any] = {"paths.train": str(train_path), "paths.dev": str(train_path)}
+    if seed is not None:
+        overrides["training.seed"] = seed
+    config = Config(config).copy()
+    return init_nlp(Config().from_str(config.to_str(), overrides=overrides), use_gpu=-1)
+
+
+def require_hash_embeddings(nlp: Language, ner_name: str) -> None:
+    """PipelineError unless the crf_ner's encoder has hash-embedding tables to differentiate."""
+    eg.hash_embed_tables(eg.upstream_encoder(nlp, bridge.crf_component(nlp, ner_name)))
+
+
+def embedding_gradients_of(
+    nlp: Language, ner_name: str, docs: Sequence[Doc], segments: Sequence[Segment]
+) -> eg.EmbeddingGradients:
+    """Each segment's gradient w.r.t. the encoder's hash-embedding tables, its sentence
+    labelled with the docs' entities."""
+    ner = bridge.crf_component(nlp, ner_name)
+    batch = labelled_batch(nlp, ner_name, docs)
+    head = segment_gradients(ner, batch, segments)
+    encoded = [bridge.unannotated(doc) for doc in docs]
+    return eg.embedding_gradients(
+        nlp, ner, encoded, head, segment_windows(batch, segments), [s.doc_index for s in segments]
+    )
+
+
+def embedding_scores(
+    queries: eg.EmbeddingGradients, train: eg.EmbeddingGradients, weighting: str = "hits", chunk: int = 32
+) -> numpy.ndarray:
+    """[Q, S] sum over embedding rows of g_query[row] . g_train[row] / w(row), with w the
+    number of training segments touching the row ("hits") or 1 ("none"); positive: the
+    training segment pushes the rows the way that lowers the query's loss."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    matrix = eg.sparse_matrix(train)
+    if weighting == "hits":
+        width = train.vectors.shape[1]
+        index, values = matrix.indices(), matrix.values()
+        rows = index[1] // width
+        hits = torch.zeros(train.n_rows, dtype=values.dtype).index_add_(0, rows, (values != 0).to(values.dtype))
+        hits = (hits / width).clamp(min=1.0)
+        matrix = torch.sparse_coo_tensor(index, values / hits[rows], matrix.shape).coalesce()
+    out = numpy.zeros((len(queries), len(train)))
+    for start in range(0, len(queries), chunk):
+        stop = min(start + chunk, len(queries))
+        dense = eg.sparse_matrix(eg.slice_segments(queries, start, stop)).to_dense()
+        out[start:stop] = torch.sparse.mm(matrix, dense.T).T.numpy()
+    return out
+
+
+def initial_embedding_scores(
+    config: Config,
+    train_path: Path,
+    ner_name: str,
+    train: Tuple[Sequence[Doc], Sequence[Segment]],
+    test: Tuple[Sequence[Doc], Sequence[Segment]],
+    n_inits: int = 1,
+) -> numpy.ndarray:
+    """[T, S] `embedding_scores` of the test segments against the training segments at the
+    initial weights, summed over `n_inits` initialisations: the config's own seed (the
+    pipeline's actual start) and the next ones, an ensemble that costs one gradient pass
+    each and no training (TRAK averages over models for the same reason: one model's
+    gradients carry its random initialisation's noise)."""
+    if n_inits < 1:
+        raise ConfigError(f"--inits must be at least 1, got {n_inits}")
+    base = int(Config(config).interpolate()["training"]["seed"])
+    total = numpy.zeros((len(test[1]), len(train[1])))
+    for offset in range(n_inits):
+        start = initial_pipeline(config, train_path, seed=base + offset)
+        stored = embedding_gradients_of(start, ner_name, *train)
+        queries = embedding_gradients_of(start, ner_name, *test)
+        total += embedding_scores(queries, stored)
+    return total
+
+
+class EmbeddingIndex:
+    """Training segments' embedding-row gradients, searched through an inverted index over
+    rows: a query touches ~100 rows, so it reads only the entries of those rows instead of
+    every stored vector. Scores are `embedding_scores`' (1/hits weighting)."""
+
+    def __init__(self, grads: eg.EmbeddingGradients):
+        self.grads = grads
+        rows = grads.rows.reshape(-1)
+        entries = numpy.repeat(numpy.arange(grads.table.size), grads.rows.shape[1])
+        order = numpy.argsort(rows, kind="stable")
+        self._entries = entries[order]
+        self._row_start = numpy.searchsorted(rows[order], numpy.arange(grads.n_rows + 1))
+        # hits: the training segments touching each row (an entry is one segment's)
+        segment_rows = numpy.unique(numpy.stack([grads.segment_of_entry[entries], rows]), axis=1)[1]
+        self._hits = numpy.maximum(numpy.bincount(segment_rows, minlength=grads.n_rows), 1).astype(numpy.float64)
+        self._segment = grads.segment_of_entry
+
+    def __len__(self) -> int:
+        return len(self.grads)
+
+    def scores(self, queries: eg.EmbeddingGradients) -> numpy.ndarray:
+        """[Q, S]: sum over rows of g_query[row] . g_train[row] / hits(row)."""
+        out = numpy.zeros((len(queries), len(self)))
+        vectors = self.grads.vectors
+        for q in range(len(queries)):
+            part = eg.slice_segments(queries, q, q + 1)
+            rows = part.rows.reshape(-1)
+            unique, inverse = numpy.unique(rows, return_inverse=True)
+            field = numpy.zeros((unique.size, part.vectors.shape[1]))
+            numpy.add.at(field, inverse.reshape(-1), numpy.repeat(part.vectors, part.rows.shape[1], axis=0))
+            starts, stops = self._row_start[unique], self._row_start[unique + 1]
+            counts = stops - starts
+            if not counts.sum():
+                continue
+            which = numpy.repeat(numpy.arange(unique.size), counts)
+            postings = self._entries[
+                numpy.repeat(starts, counts)
+                + numpy.arange(counts.sum())
+                - numpy.repeat(numpy.cumsum(counts) - counts, counts)
+            ]
+            values = numpy.einsum("pw,pw->p", vectors[postings], field[which]) / self._hits[unique][which]
+            out[q] = numpy.bincount(self._segment[postings], values, minlength=len(self))
+        return out
+
+    def to_bytes(self) -> bytes:
+        g = self.grads
+        return srsly.msgpack_dumps(
+            {
+                "table": g.table,
+                "ids": g.ids,
+                "rows": g.rows,
+                "vectors": g.vectors,
+                "offsets": g.offsets,
+                "n_rows": g.n_rows,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "EmbeddingIndex":
+        msg = srsly.msgpack_loads(data)
+        return cls(
+            eg.EmbeddingGradients(
+                numpy.asarray(msg["table"]),
+                numpy.asarray(msg["ids"]),
+                numpy.asarray(msg["rows"]),
+                numpy.asarray(msg["vectors"]),
+                numpy.asarray(msg["offsets"]),
+                int(msg["n_rows"]),
+            )
+        )
+
+
+class EncoderExplainer:
+    """What `segment_influence` with layers = "embeddings" keeps: the pipeline at its
+    initial weights (its config and bytes) and the training segments' embedding-row
+    gradients there; it scores queries labelled in the trained pipeline's docs."""
+
+    def __init__(self, initial: Language, ner_name: str, index: EmbeddingIndex):
+        self.initial = initial
+        self.ner_name = ner_name
+        self.index = index
+
+    @classmethod
+    def build(
+        cls, config: Config, train_path: Path, ner_name: str, docs: Sequence[Doc], segments: Sequence[Segment]
+    ) -> "EncoderExplainer":
+        initial = initial_pipeline(config, train_path)
+        require_hash_embeddings(initial, ner_name)
+        return cls(initial, ner_name, EmbeddingIndex(embedding_gradients_of(initial, ner_name, docs, segments)))
+
+    def scores(self, docs: Sequence[Doc], labellings: Sequence[Sequence[Span]], segments: Sequence[Segment]):
+        """[Q, S] scores of segments of `docs`, each doc labelled with `labellings[i]`."""
+        labelled = [bridge.labelled(doc, entities) for doc, entities in zip(docs, labellings)]
+        return self.index.scores(embedding_gradients_of(self.initial, self.ner_name, labelled, segments))
+
+    def to_bytes(self) -> bytes:
+        return srsly.msgpack_dumps(
+            {
+                "config": self.initial.config.to_str(),
+                "initial": self.initial.to_bytes(),
+                "ner": self.ner_name,
+                "index": self.index.to_bytes(),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "EncoderExplainer":
+        from spacy.util import load_model_from_config
+
+        msg = srsly.msgpack_loads(data)
+        initial = load_model_from_config(Config().from_str(msg["config"]), auto_fill=True)
+        initial.from_bytes(msg["initial"])
+        return cls(initial, msg["ner"], EmbeddingIndex.from_bytes(msg["index"]))
