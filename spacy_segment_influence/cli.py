@@ -115,6 +115,7 @@ def index(
     layers: str = typer.Option(
         "head", help="head (CRF head, trained weights) | embeddings (tok2vec embedding rows, initial weights)"
     ),
+    inits: int = typer.Option(4, help="With --layers embeddings: initialisations the scores sum over (storage x N)"),
     k: int = typer.Option(5, help="Supporters and opposers stored per predicted entity"),
     ner: Optional[str] = typer.Option(None, help="NER component to explain (default: the crf_ner, else the ner)"),
     dev: Optional[Path] = typer.Option(
@@ -142,6 +143,7 @@ def index(
         "normalize": normalize,
         "granularity": granularity,
         "layers": layers,
+        "inits": inits,
         "k": k,
         "ner": ner,
         "dtype": dtype,
@@ -151,7 +153,9 @@ def index(
     # when it is new, empty or was written by `index` (never a directory holding the inputs)
     inputs = [model_dir, train_path, *([dev] if dev is not None else [])]
     with _user_errors(), replaced_dir(output_dir, INDEX_OWNER, inputs) as building:
-        check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=False, layers=layers)
+        check_settings(
+            curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=False, layers=layers, inits=inits
+        )
         # an index MODEL_DIR already has is replaced, so it is not read: it may be damaged or outdated
         nlp = spacy.load(model_dir, exclude=["segment_influence"])
         component = cast("SegmentInfluence", nlp.add_pipe("segment_influence", config=config))

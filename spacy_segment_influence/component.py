@@ -103,6 +103,7 @@ if not Span.has_extension("influences"):
         "batch_size": 64,
         "refine": False,
         "layers": "head",
+        "inits": 4,
     },
 )
 def make_segment_influence(
@@ -119,6 +120,7 @@ def make_segment_influence(
     batch_size: int,
     refine: bool,
     layers: str,
+    inits: int,
 ) -> "SegmentInfluence":
     return SegmentInfluence(
         nlp,
@@ -134,6 +136,7 @@ def make_segment_influence(
         batch_size=batch_size,
         refine=refine,
         layers=cast(Layers, layers),  # a str here, so that check_settings words the error
+        inits=inits,
     )
 
 
@@ -147,7 +150,9 @@ def check_k(k: Any, where: str) -> None:
         raise ConfigError(f"{where}: k must be an integer from 1 to {K_MAX}, got {k!r}")
 
 
-def check_settings(*, curvature: str, granularity: str, k: int, dtype: str, refine: bool, layers: str = "head") -> None:
+def check_settings(
+    *, curvature: str, granularity: str, k: int, dtype: str, refine: bool, layers: str = "head", inits: int = 4
+) -> None:
     """ConfigError for settings `segment_influence` does not accept, before any work is done
     (spaCy's own validation of a config's Literal values gives a less readable message)."""
     if curvature not in CURVATURES:
@@ -163,6 +168,8 @@ def check_settings(*, curvature: str, granularity: str, k: int, dtype: str, refi
         raise ConfigError(f"segment_influence: layers must be one of {_LAYERS}, got {layers!r}")
     if layers == "embeddings" and (refine or granularity != "entities"):
         raise ConfigError("segment_influence: layers 'embeddings' indexes gold entities and has no refine")
+    if not isinstance(inits, int) or isinstance(inits, bool) or inits < 1:
+        raise ConfigError(f"segment_influence: inits must be an integer of at least 1, got {inits!r}")
 
 
 # The types of the component's settings, as its factory declares them; checked when a
@@ -178,7 +185,11 @@ _CFG_TYPES: Dict[str, Tuple[type, ...]] = {
     "batch_size": (int,),
     "refine": (bool,),
     "layers": (str,),
+    "inits": (int,),
 }
+
+
+SETTINGS = ("curvature", "granularity", "k", "dtype", "refine", "layers", "inits")
 
 
 def check_cfg(cfg: Dict[str, Any], where: str) -> None:
@@ -191,7 +202,7 @@ def check_cfg(cfg: Dict[str, Any], where: str) -> None:
     if cfg["batch_size"] < 1 or cfg["damping"] < 0:
         raise IndexCorruptError(f"{where}: batch_size must be >= 1 and damping >= 0; re-index")
     try:
-        check_settings(**{key: cfg[key] for key in ("curvature", "granularity", "k", "dtype", "refine", "layers")})
+        check_settings(**{key: cfg[key] for key in SETTINGS})
     except ConfigError as err:
         raise IndexCorruptError(f"{where}: {err}; re-index") from None
 
@@ -216,6 +227,7 @@ class SegmentInfluence(Pipe):
         batch_size: int = 64,
         refine: bool = False,
         layers: Layers = "head",
+        inits: int = 4,
     ) -> None:
         """
         nlp: the pipeline, which must hold the NER component named `ner`.
@@ -237,8 +249,13 @@ class SegmentInfluence(Pipe):
         batch_size: docs encoded at a time while indexing.
         refine: also report, per hit, the leverage-corrected change of the entity's loss
             when the segment's labels are removed (`removal`; needs curvature "exact").
+        layers: what the gradients are taken of: "head" (the CRF head at the trained
+            weights) or "embeddings" (a tok2vec's embedding rows at its initialisations).
+        inits: with layers "embeddings", the initialisations the scores sum over.
         """
-        check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=refine, layers=layers)
+        check_settings(
+            curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=refine, layers=layers, inits=inits
+        )
         self.nlp = nlp
         self.name = name
         self.cfg: Dict[str, Any] = {
@@ -252,6 +269,7 @@ class SegmentInfluence(Pipe):
             "batch_size": batch_size,
             "refine": refine,
             "layers": layers,
+            "inits": inits,
         }
         self.device = device
         self._removal_steps: Optional[removal.RemovalSteps] = None
@@ -327,7 +345,7 @@ class SegmentInfluence(Pipe):
             path = Path(train_path) if train_path is not None else Path(tmp) / "train.spacy"
             if train_path is None:
                 DocBin(docs=docs).to_disk(path)
-            return EncoderExplainer.build(config, path, self.cfg["ner"], docs, segments)
+            return EncoderExplainer.build(config, path, self.cfg["ner"], docs, segments, self.cfg["inits"])
 
     def _fit_surrogate(self, docs: Sequence[Doc], dev_path: Optional[Union[str, Path]], show_progress: bool) -> None:
         name, batch_size = self.cfg["ner"], self.cfg["batch_size"]

@@ -15,7 +15,7 @@ Two choices here are measured, not assumed (BENCHMARKS.md, "LDS", issue 23):
 """
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy
 import srsly
@@ -26,7 +26,7 @@ from thinc.api import Config
 
 from . import bridge
 from . import embedding_gradients as eg
-from .exceptions import ConfigError
+from .exceptions import ConfigError, IndexFormatError
 from .segments import Segment, labelled_batch, segment_gradients, segment_windows
 
 WEIGHTINGS = ("hits", "none")
@@ -87,6 +87,25 @@ def embedding_scores(
     return out
 
 
+def initial_pipelines(config: Config, train_path: Path, n_inits: int) -> List[Language]:
+    """`n_inits` initialisations of the pipeline: the config's own seed (the pipeline's
+    actual start) and the next ones. An ensemble over them costs one gradient pass each and
+    no training; TRAK averages over models for the same reason (one model's gradients carry
+    its random initialisation's noise)."""
+    if not isinstance(n_inits, int) or isinstance(n_inits, bool) or n_inits < 1:
+        raise ConfigError(f"inits must be an integer of at least 1, got {n_inits!r}")
+    base = int(Config(config).interpolate()["training"]["seed"])
+    return [initial_pipeline(config, train_path, seed=base + offset) for offset in range(n_inits)]
+
+
+def ensemble_gradients(
+    initials: Sequence[Language], ner_name: str, docs: Sequence[Doc], segments: Sequence[Segment]
+) -> eg.EmbeddingGradients:
+    """The segments' embedding gradients at every initialisation, side by side: their dot
+    products (and `embedding_scores`) are sums over the initialisations."""
+    return eg.side_by_side([embedding_gradients_of(nlp, ner_name, docs, segments) for nlp in initials])
+
+
 def initial_embedding_scores(
     config: Config,
     train_path: Path,
@@ -95,21 +114,12 @@ def initial_embedding_scores(
     test: Tuple[Sequence[Doc], Sequence[Segment]],
     n_inits: int = 1,
 ) -> numpy.ndarray:
-    """[T, S] `embedding_scores` of the test segments against the training segments at the
-    initial weights, summed over `n_inits` initialisations: the config's own seed (the
-    pipeline's actual start) and the next ones, an ensemble that costs one gradient pass
-    each and no training (TRAK averages over models for the same reason: one model's
-    gradients carry its random initialisation's noise)."""
-    if n_inits < 1:
-        raise ConfigError(f"--inits must be at least 1, got {n_inits}")
-    base = int(Config(config).interpolate()["training"]["seed"])
-    total = numpy.zeros((len(test[1]), len(train[1])))
-    for offset in range(n_inits):
-        start = initial_pipeline(config, train_path, seed=base + offset)
-        stored = embedding_gradients_of(start, ner_name, *train)
-        queries = embedding_gradients_of(start, ner_name, *test)
-        total += embedding_scores(queries, stored)
-    return total
+    """[T, S] `embedding_scores` of the test segments against the training segments,
+    summed over `n_inits` initialisations (`initial_pipelines`)."""
+    initials = initial_pipelines(config, train_path, n_inits)
+    return embedding_scores(
+        ensemble_gradients(initials, ner_name, *test), ensemble_gradients(initials, ner_name, *train)
+    )
 
 
 class EmbeddingIndex:
@@ -186,32 +196,38 @@ class EmbeddingIndex:
 
 class EncoderExplainer:
     """What `segment_influence` with layers = "embeddings" keeps: the pipeline at its
-    initial weights (its config and bytes) and the training segments' embedding-row
-    gradients there; it scores queries labelled in the trained pipeline's docs."""
+    initialisations (config and bytes each) and the training segments' embedding-row
+    gradients there, side by side; it scores queries labelled in the trained pipeline's docs."""
 
-    def __init__(self, initial: Language, ner_name: str, index: EmbeddingIndex):
-        self.initial = initial
+    def __init__(self, initials: Sequence[Language], ner_name: str, index: EmbeddingIndex):
+        self.initials = list(initials)
         self.ner_name = ner_name
         self.index = index
 
     @classmethod
     def build(
-        cls, config: Config, train_path: Path, ner_name: str, docs: Sequence[Doc], segments: Sequence[Segment]
+        cls,
+        config: Config,
+        train_path: Path,
+        ner_name: str,
+        docs: Sequence[Doc],
+        segments: Sequence[Segment],
+        n_inits: int = 4,
     ) -> "EncoderExplainer":
-        initial = initial_pipeline(config, train_path)
-        require_hash_embeddings(initial, ner_name)
-        return cls(initial, ner_name, EmbeddingIndex(embedding_gradients_of(initial, ner_name, docs, segments)))
+        initials = initial_pipelines(config, train_path, n_inits)
+        require_hash_embeddings(initials[0], ner_name)
+        return cls(initials, ner_name, EmbeddingIndex(ensemble_gradients(initials, ner_name, docs, segments)))
 
     def scores(self, docs: Sequence[Doc], labellings: Sequence[Sequence[Span]], segments: Sequence[Segment]):
         """[Q, S] scores of segments of `docs`, each doc labelled with `labellings[i]`."""
         labelled = [bridge.labelled(doc, entities) for doc, entities in zip(docs, labellings)]
-        return self.index.scores(embedding_gradients_of(self.initial, self.ner_name, labelled, segments))
+        return self.index.scores(ensemble_gradients(self.initials, self.ner_name, labelled, segments))
 
     def to_bytes(self) -> bytes:
         return srsly.msgpack_dumps(
             {
-                "config": self.initial.config.to_str(),
-                "initial": self.initial.to_bytes(),
+                "configs": [nlp.config.to_str() for nlp in self.initials],
+                "initials": [nlp.to_bytes() for nlp in self.initials],
                 "ner": self.ner_name,
                 "index": self.index.to_bytes(),
             }
@@ -222,6 +238,10 @@ class EncoderExplainer:
         from spacy.util import load_model_from_config
 
         msg = srsly.msgpack_loads(data)
-        initial = load_model_from_config(Config().from_str(msg["config"]), auto_fill=True)
-        initial.from_bytes(msg["initial"])
-        return cls(initial, msg["ner"], EmbeddingIndex.from_bytes(msg["index"]))
+        if "configs" not in msg:
+            raise IndexFormatError("the embeddings index was written by an older version; re-index")
+        initials = []
+        for config, weights in zip(msg["configs"], msg["initials"]):
+            nlp = load_model_from_config(Config().from_str(config), auto_fill=True)
+            initials.append(nlp.from_bytes(weights))
+        return cls(initials, msg["ner"], EmbeddingIndex.from_bytes(msg["index"]))
