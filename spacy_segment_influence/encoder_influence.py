@@ -123,23 +123,35 @@ def initial_embedding_scores(
 
 
 class EmbeddingIndex:
-    """Training segments' embedding-row gradients, searched through an inverted index over
-    rows: a query touches ~100 rows per initialisation, so it reads only the postings of
-    those rows instead of every stored vector. Each posting (an entry's vector under one of
-    its rows) is stored contiguously by row, so a row's postings are one matrix-vector
-    product rather than a gather (4x the vectors' memory: an entry has 4 rows). Scores are
-    `embedding_scores`' (1/hits weighting)."""
+    """Training segments' embedding-row gradients, searched exactly through an inverted
+    index. A stored entry f's score against a query depends only on its rows:
+    v_f . sum_{row in rows(f)} F[row], with F[row] the query's summed vectors at that row
+    divided by hits(row). Entries are therefore stored in blocks of the same rows (one
+    attribute id, or ids whose hashes collide on all rows), contiguously, and a query reads
+    only the blocks with a row it touches: one matrix-vector product per large block, one
+    gather for the small ones. Scores are `embedding_scores`' (1/hits weighting)."""
+
+    LARGE_BLOCK = 64  # entries; smaller blocks are scored together through one gather
 
     def __init__(self, grads: eg.EmbeddingGradients):
         self.grads = grads
-        rows = grads.rows.reshape(-1)
-        entries = numpy.repeat(numpy.arange(grads.table.size), grads.rows.shape[1])
-        order = numpy.argsort(rows, kind="stable")
-        self._row_start = numpy.searchsorted(rows[order], numpy.arange(grads.n_rows + 1))
-        self._posting_vectors = grads.vectors[entries[order]]
-        self._posting_segment = grads.segment_of_entry[entries[order]]
+        rows = numpy.sort(grads.rows, axis=1)
+        order = numpy.lexsort(rows.T[::-1])
+        rows = rows[order]
+        new_block = numpy.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)])
+        self._block_start = numpy.concatenate([numpy.flatnonzero(new_block), [rows.shape[0]]])
+        self._block_rows = rows[new_block]
+        self._vectors = grads.vectors[order]
+        self._segment = grads.segment_of_entry[order]
+        # rows -> the blocks having them (once per block, however often the row repeats)
+        block_of = numpy.repeat(numpy.arange(len(self._block_rows)), self._block_rows.shape[1])
+        pairs = numpy.unique(numpy.stack([self._block_rows.reshape(-1), block_of]), axis=1)
+        self._row_blocks = pairs[1]
+        self._row_start = numpy.searchsorted(pairs[0], numpy.arange(grads.n_rows + 1))
         # hits: the training segments touching each row (an entry is one segment's)
-        segment_rows = numpy.unique(numpy.stack([grads.segment_of_entry[entries], rows]), axis=1)[1]
+        flat = grads.rows.reshape(-1)
+        touching = numpy.repeat(grads.segment_of_entry, grads.rows.shape[1])
+        segment_rows = numpy.unique(numpy.stack([touching, flat]), axis=1)[1]
         self._hits = numpy.maximum(numpy.bincount(segment_rows, minlength=grads.n_rows), 1).astype(numpy.float32)
 
     def __len__(self) -> int:
@@ -149,21 +161,42 @@ class EmbeddingIndex:
         """[Q, S]: sum over rows of g_query[row] . g_train[row] / hits(row)."""
         out = numpy.zeros((len(queries), len(self)))
         for q in range(len(queries)):
-            part = eg.slice_segments(queries, q, q + 1)
-            rows = part.rows.reshape(-1)
-            unique, inverse = numpy.unique(rows, return_inverse=True)
-            field = numpy.zeros((unique.size, part.vectors.shape[1]), numpy.float32)
-            numpy.add.at(field, inverse.reshape(-1), numpy.repeat(part.vectors, part.rows.shape[1], axis=0))
-            field /= self._hits[unique][:, None]
-            values, segments = [], []
-            for row, weights in zip(unique, field):
-                start, stop = self._row_start[row], self._row_start[row + 1]
-                if stop > start:
-                    values.append(self._posting_vectors[start:stop] @ weights)
-                    segments.append(self._posting_segment[start:stop])
-            if values:
-                out[q] = numpy.bincount(numpy.concatenate(segments), numpy.concatenate(values), minlength=len(self))
+            out[q] = self._query(eg.slice_segments(queries, q, q + 1))
         return out
+
+    def _field(self, query: eg.EmbeddingGradients) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        """The query's rows (sorted) and F over them: summed vectors / hits."""
+        rows = query.rows.reshape(-1)
+        unique, inverse = numpy.unique(rows, return_inverse=True)
+        field = numpy.zeros((unique.size + 1, query.vectors.shape[1]), numpy.float32)  # last: rows it lacks
+        numpy.add.at(field, inverse.reshape(-1), numpy.repeat(query.vectors, query.rows.shape[1], axis=0))
+        field[:-1] /= self._hits[unique][:, None]
+        return unique, field
+
+    def _query(self, query: eg.EmbeddingGradients) -> numpy.ndarray:
+        unique, field = self._field(query)
+        starts, stops = self._row_start[unique], self._row_start[unique + 1]
+        blocks = numpy.unique(numpy.concatenate([self._row_blocks[a:b] for a, b in zip(starts, stops)] or [[]]))
+        if not blocks.size:
+            return numpy.zeros(len(self))
+        blocks = blocks.astype(numpy.int64)
+        block_rows = self._block_rows[blocks]
+        where = numpy.minimum(numpy.searchsorted(unique, block_rows), unique.size - 1)
+        where[unique[where] != block_rows] = unique.size  # the zero row of `field`
+        summed = field[where].sum(axis=1)  # [B, width]: sum of F over each block's rows
+        first, last = self._block_start[blocks], self._block_start[blocks + 1]
+        large = (last - first) >= self.LARGE_BLOCK
+        values = [self._vectors[a:b] @ g for a, b, g in zip(first[large], last[large], summed[large])]
+        segments = [self._segment[a:b] for a, b in zip(first[large], last[large])]
+        small_first, small_count = first[~large], (last - first)[~large]
+        if small_count.size:
+            entries = numpy.repeat(small_first - numpy.cumsum(small_count) + small_count, small_count) + numpy.arange(
+                small_count.sum()
+            )
+            weights = numpy.repeat(summed[~large], small_count, axis=0)
+            values.append(numpy.einsum("ew,ew->e", self._vectors[entries], weights))
+            segments.append(self._segment[entries])
+        return numpy.bincount(numpy.concatenate(segments), numpy.concatenate(values), minlength=len(self))
 
     def to_bytes(self) -> bytes:
         g = self.grads
