@@ -1,7 +1,8 @@
 """Cost of `segment_influence` with layers = "embeddings" against the head index (issue 23):
-build time beside a plain `nlp.pipe` over the same corpus, and single-entity query latency.
+build time beside a plain `nlp.pipe` over the same corpus, single-entity `explain` latency end
+to end, and the search alone (the query's gradients computed beforehand), for each --inits.
 
-    python bench/embedding_index.py --model bench/output/lds/full/model-last --n-train 12527
+    python bench/embedding_index.py --model bench/output/lds/full/model-last --n-train 12527 --inits 1,4
 
 Needs ../shared/data/conll2003 beside the checkout (or --data); the model from bench/lds.py.
 """
@@ -15,6 +16,10 @@ import spacy
 from spacy.tokens import DocBin
 
 from spacy_segment_influence.corpus import read_jsonl_docs
+from spacy_segment_influence.influence.encoder_influence import EncoderExplainer, ensemble_gradients
+from spacy_segment_influence.influence.segments import Segment
+from spacy_segment_influence.ner.bridge import labelled
+from spacy_segment_influence.training import training_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +30,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "conll2003")
     parser.add_argument("--n-train", type=int, default=12527)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--inits", default="1,4", help="comma-separated ensemble sizes for layers = embeddings")
     args = parser.parse_args()
     nlp = spacy.load(args.model)
     docs = []
@@ -42,23 +48,45 @@ def main() -> None:
     pipe_s = time.perf_counter() - clock
     print(f"{len(docs)} sentences, {sum(len(d.ents) for d in docs)} gold entities; nlp.pipe {pipe_s:.1f} s")
     queries = [d for d in nlp.pipe(texts[: args.queries * 3]) if d.ents][: args.queries]
-    for layers in ("head", "embeddings"):
-        name = f"influence_{layers}"
-        component = nlp.add_pipe("segment_influence", name=name, config={"layers": layers, "k": 5})
+    settings = [("head", 1)] + [("embeddings", int(n)) for n in args.inits.split(",")]
+    for layers, inits in settings:
+        name = f"influence_{layers}_{inits}"
+        component = nlp.add_pipe("segment_influence", name=name, config={"layers": layers, "k": 5, "inits": inits})
         clock = time.perf_counter()
         component.initialize(lambda: [], nlp=nlp, train_path=path, show_progress=False)
         build_s = time.perf_counter() - clock
-        times = []
-        for doc in queries:
-            clock = time.perf_counter()
-            component.explain(doc.ents[0])
-            times.append(time.perf_counter() - clock)
-        print(
-            f"{layers:<10} build {build_s:.1f} s = {build_s / pipe_s:.2f}x nlp.pipe; "
-            f"explain one entity median {1000 * statistics.median(times):.1f} ms (p90 "
-            f"{1000 * sorted(times)[int(0.9 * len(times))]:.1f} ms, {len(times)} queries)"
+        explain = timed([lambda doc=doc, c=component: c.explain(doc.ents[0]) for doc in queries])
+        line = (
+            f"{layers:<10} inits {inits}: build {build_s:.1f} s = {build_s / pipe_s:.2f}x nlp.pipe; explain {explain}"
         )
+        if layers == "embeddings":
+            line += f"; search alone {search_alone(nlp, path, docs, queries, inits)}"
+        print(line, flush=True)
         nlp.remove_pipe(name)
+
+
+def timed(calls) -> str:
+    times = []
+    for call in calls:
+        clock = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - clock)
+    times.sort()
+    return f"median {1000 * statistics.median(times):.1f} ms (p90 {1000 * times[int(0.9 * len(times))]:.1f} ms)"
+
+
+def search_alone(nlp, path: Path, docs, queries, inits: int) -> str:
+    """The index's search with each query's gradients computed beforehand."""
+    config = training_config(nlp.config)
+    segments = [Segment(i, e.start, e.end) for i, doc in enumerate(docs) for e in doc.ents]
+    explainer = EncoderExplainer.build(config, path, "crf_ner", docs, segments, inits)
+    grads = [
+        ensemble_gradients(
+            explainer.initials, "crf_ner", [labelled(d, d.ents[:1])], [Segment(0, d.ents[0].start, d.ents[0].end)]
+        )
+        for d in queries
+    ]
+    return timed([lambda g=g: explainer.index.scores(g) for g in grads])
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """The attribution variants behind the `embeddings` default of `lds` (issue 23), scored on
 the subset models `bench/lds.py` trained (run it first, same --out):
 
-    python bench/lds_variants.py --subsets 16
+    python bench/lds_variants.py --subsets 16 --inits 16
 
 Where the gradients are taken (the trained weights or the initial ones), how embedding
-rows are weighted (none, 1/hits), and which training segments carry them (gold entities
-or whole sentences); the string-count baseline beside them.
+rows are weighted (none, 1/hits), which training segments carry them (gold entities
+or whole sentences), and how many initialisations the scores sum over (1, 2, 4, ...
+--inits); the string-count baseline beside them.
 """
 
 import argparse
@@ -21,6 +22,7 @@ from spacy_segment_influence.influence.encoder_influence import (
     embedding_gradients_of,
     embedding_scores,
     initial_pipeline,
+    initial_pipelines,
 )
 from spacy_segment_influence.influence.segments import Segment
 
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "crf_ner_tok2vec.cfg")
     parser.add_argument("--subsets", type=int, default=16)
     parser.add_argument("--n-test", type=int, default=200)
+    parser.add_argument("--inits", type=int, default=16, help="the largest ensemble of initialisations")
     args = parser.parse_args()
     nlp = spacy.load(args.out / "full" / "model-last")
     train = read_docbin(args.out / "train.spacy", nlp.vocab)
@@ -62,6 +65,14 @@ def main() -> None:
                 scores = embedding_scores(queries, stored, weighting)
                 per_sentence = lds.per_sentence(scores, [s.doc_index for s in segments], len(train))
                 show(f"embeddings, {where} weights, {unit}, weighting {weighting}", per_sentence)
+    starts = initial_pipelines(config, args.out / "train.spacy", args.inits)
+    summed = numpy.zeros((len(test_segments), len(entities)))
+    for n, start in enumerate(starts, 1):
+        queries = embedding_gradients_of(start, "crf_ner", test_docs, test_segments)
+        summed += embedding_scores(queries, embedding_gradients_of(start, "crf_ner", train, entities))
+        if n & (n - 1) == 0 or n == len(starts):  # 1, 2, 4, 8, ... and the last
+            per_sentence = lds.per_sentence(summed, [s.doc_index for s in entities], len(train))
+            show(f"embeddings, initial weights, entities, 1/hits, {n} inits", per_sentence)
 
 
 if __name__ == "__main__":

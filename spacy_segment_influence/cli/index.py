@@ -28,6 +28,7 @@ def index(
     layers: str = typer.Option(
         "head", help="head (CRF head, trained weights) | embeddings (tok2vec embedding rows, initial weights)"
     ),
+    inits: int = typer.Option(4, help="With --layers embeddings: initialisations the scores sum over (storage x N)"),
     k: int = typer.Option(5, help="Supporters and opposers stored per predicted entity"),
     ner: Optional[str] = typer.Option(None, help="NER component to explain (default: the crf_ner, else the ner)"),
     dev: Optional[Path] = typer.Option(
@@ -47,7 +48,7 @@ def index(
     from ..pipeline.indexing import index_pipeline
 
     settings = {"curvature": curvature, "damping": damping, "normalize": normalize, "granularity": granularity}
-    settings.update(layers=layers, k=k, ner=ner, dtype=dtype, device=device)
+    settings.update(layers=layers, inits=inits, k=k, ner=ner, dtype=dtype, device=device)
     with user_errors():
         component = index_pipeline(
             model_dir, train_path, output_dir, dev_path=dev, ray_address=ray, ray_workers=ray_workers, **settings

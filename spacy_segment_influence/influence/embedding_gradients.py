@@ -102,6 +102,26 @@ def dot(a: EmbeddingGradients, b: EmbeddingGradients, chunk: int = 64) -> numpy.
     return out
 
 
+def side_by_side(parts: Sequence[EmbeddingGradients]) -> EmbeddingGradients:
+    """The same segments' gradients from models with the same tables (initialisations of
+    one config) as one: model k's rows are offset by k * n_rows, so the dot product of two
+    such gradients is the sum of the models' dot products, an ensemble in one search."""
+    if len({len(p) for p in parts}) != 1 or len({p.n_rows for p in parts}) != 1:
+        raise ValueError("side_by_side needs gradients of the same segments over the same tables")
+    segment = numpy.concatenate([p.segment_of_entry for p in parts])
+    order = numpy.argsort(segment, kind="stable")
+    n_rows = parts[0].n_rows
+    counts = numpy.bincount(segment, minlength=len(parts[0]))
+    return EmbeddingGradients(
+        numpy.concatenate([p.table for p in parts])[order],
+        numpy.concatenate([p.ids for p in parts])[order],
+        numpy.concatenate([p.rows + k * n_rows for k, p in enumerate(parts)])[order],
+        numpy.concatenate([p.vectors for p in parts])[order],
+        numpy.concatenate([[0], numpy.cumsum(counts)]).astype(numpy.int64),
+        n_rows * len(parts),
+    )
+
+
 def slice_segments(grads: EmbeddingGradients, start: int, stop: int) -> EmbeddingGradients:
     """Segments start:stop, sharing memory with `grads`."""
     e0, e1 = grads.offsets[start], grads.offsets[stop]

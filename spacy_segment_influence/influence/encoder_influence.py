@@ -15,7 +15,7 @@ Two choices here are measured, not assumed (BENCHMARKS.md, "LDS", issue 23):
 """
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy
 import srsly
@@ -24,7 +24,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, Span
 from thinc.api import Config
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, IndexFormatError
 from ..ner import bridge
 from ..ner.bridge import labelled_batch
 from . import embedding_gradients as eg
@@ -88,6 +88,25 @@ def embedding_scores(
     return out
 
 
+def initial_pipelines(config: Config, train_path: Path, n_inits: int) -> List[Language]:
+    """`n_inits` initialisations of the pipeline: the config's own seed (the pipeline's
+    actual start) and the next ones. An ensemble over them costs one gradient pass each and
+    no training; TRAK averages over models for the same reason (one model's gradients carry
+    its random initialisation's noise)."""
+    if not isinstance(n_inits, int) or isinstance(n_inits, bool) or n_inits < 1:
+        raise ConfigError(f"inits must be an integer of at least 1, got {n_inits!r}")
+    base = int(Config(config).interpolate()["training"]["seed"])
+    return [initial_pipeline(config, train_path, seed=base + offset) for offset in range(n_inits)]
+
+
+def ensemble_gradients(
+    initials: Sequence[Language], ner_name: str, docs: Sequence[Doc], segments: Sequence[Segment]
+) -> eg.EmbeddingGradients:
+    """The segments' embedding gradients at every initialisation, side by side: their dot
+    products (and `embedding_scores`) are sums over the initialisations."""
+    return eg.side_by_side([embedding_gradients_of(nlp, ner_name, docs, segments) for nlp in initials])
+
+
 def initial_embedding_scores(
     config: Config,
     train_path: Path,
@@ -96,39 +115,45 @@ def initial_embedding_scores(
     test: Tuple[Sequence[Doc], Sequence[Segment]],
     n_inits: int = 1,
 ) -> numpy.ndarray:
-    """[T, S] `embedding_scores` of the test segments against the training segments at the
-    initial weights, summed over `n_inits` initialisations: the config's own seed (the
-    pipeline's actual start) and the next ones, an ensemble that costs one gradient pass
-    each and no training (TRAK averages over models for the same reason: one model's
-    gradients carry its random initialisation's noise)."""
-    if n_inits < 1:
-        raise ConfigError(f"--inits must be at least 1, got {n_inits}")
-    base = int(Config(config).interpolate()["training"]["seed"])
-    total = numpy.zeros((len(test[1]), len(train[1])))
-    for offset in range(n_inits):
-        start = initial_pipeline(config, train_path, seed=base + offset)
-        stored = embedding_gradients_of(start, ner_name, *train)
-        queries = embedding_gradients_of(start, ner_name, *test)
-        total += embedding_scores(queries, stored)
-    return total
+    """[T, S] `embedding_scores` of the test segments against the training segments,
+    summed over `n_inits` initialisations (`initial_pipelines`)."""
+    initials = initial_pipelines(config, train_path, n_inits)
+    return embedding_scores(
+        ensemble_gradients(initials, ner_name, *test), ensemble_gradients(initials, ner_name, *train)
+    )
 
 
 class EmbeddingIndex:
-    """Training segments' embedding-row gradients, searched through an inverted index over
-    rows: a query touches ~100 rows, so it reads only the entries of those rows instead of
-    every stored vector. Scores are `embedding_scores`' (1/hits weighting)."""
+    """Training segments' embedding-row gradients, searched exactly through an inverted
+    index. A stored entry f's score against a query depends only on its rows:
+    v_f . sum_{row in rows(f)} F[row], with F[row] the query's summed vectors at that row
+    divided by hits(row). Entries are therefore stored in blocks of the same rows (one
+    attribute id, or ids whose hashes collide on all rows), contiguously, and a query reads
+    only the blocks with a row it touches: one matrix-vector product per large block, one
+    gather for the small ones. Scores are `embedding_scores`' (1/hits weighting)."""
+
+    LARGE_BLOCK = 64  # entries; smaller blocks are scored together through one gather
 
     def __init__(self, grads: eg.EmbeddingGradients):
         self.grads = grads
-        rows = grads.rows.reshape(-1)
-        entries = numpy.repeat(numpy.arange(grads.table.size), grads.rows.shape[1])
-        order = numpy.argsort(rows, kind="stable")
-        self._entries = entries[order]
-        self._row_start = numpy.searchsorted(rows[order], numpy.arange(grads.n_rows + 1))
+        rows = numpy.sort(grads.rows, axis=1)
+        order = numpy.lexsort(rows.T[::-1])
+        rows = rows[order]
+        new_block = numpy.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)])
+        self._block_start = numpy.concatenate([numpy.flatnonzero(new_block), [rows.shape[0]]])
+        self._block_rows = rows[new_block]
+        self._vectors = grads.vectors[order]
+        self._segment = grads.segment_of_entry[order]
+        # rows -> the blocks having them (once per block, however often the row repeats)
+        block_of = numpy.repeat(numpy.arange(len(self._block_rows)), self._block_rows.shape[1])
+        pairs = numpy.unique(numpy.stack([self._block_rows.reshape(-1), block_of]), axis=1)
+        self._row_blocks = pairs[1]
+        self._row_start = numpy.searchsorted(pairs[0], numpy.arange(grads.n_rows + 1))
         # hits: the training segments touching each row (an entry is one segment's)
-        segment_rows = numpy.unique(numpy.stack([grads.segment_of_entry[entries], rows]), axis=1)[1]
-        self._hits = numpy.maximum(numpy.bincount(segment_rows, minlength=grads.n_rows), 1).astype(numpy.float64)
-        self._segment = grads.segment_of_entry
+        flat = grads.rows.reshape(-1)
+        touching = numpy.repeat(grads.segment_of_entry, grads.rows.shape[1])
+        segment_rows = numpy.unique(numpy.stack([touching, flat]), axis=1)[1]
+        self._hits = numpy.maximum(numpy.bincount(segment_rows, minlength=grads.n_rows), 1).astype(numpy.float32)
 
     def __len__(self) -> int:
         return len(self.grads)
@@ -136,26 +161,43 @@ class EmbeddingIndex:
     def scores(self, queries: eg.EmbeddingGradients) -> numpy.ndarray:
         """[Q, S]: sum over rows of g_query[row] . g_train[row] / hits(row)."""
         out = numpy.zeros((len(queries), len(self)))
-        vectors = self.grads.vectors
         for q in range(len(queries)):
-            part = eg.slice_segments(queries, q, q + 1)
-            rows = part.rows.reshape(-1)
-            unique, inverse = numpy.unique(rows, return_inverse=True)
-            field = numpy.zeros((unique.size, part.vectors.shape[1]))
-            numpy.add.at(field, inverse.reshape(-1), numpy.repeat(part.vectors, part.rows.shape[1], axis=0))
-            starts, stops = self._row_start[unique], self._row_start[unique + 1]
-            counts = stops - starts
-            if not counts.sum():
-                continue
-            which = numpy.repeat(numpy.arange(unique.size), counts)
-            postings = self._entries[
-                numpy.repeat(starts, counts)
-                + numpy.arange(counts.sum())
-                - numpy.repeat(numpy.cumsum(counts) - counts, counts)
-            ]
-            values = numpy.einsum("pw,pw->p", vectors[postings], field[which]) / self._hits[unique][which]
-            out[q] = numpy.bincount(self._segment[postings], values, minlength=len(self))
+            out[q] = self._query(eg.slice_segments(queries, q, q + 1))
         return out
+
+    def _field(self, query: eg.EmbeddingGradients) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        """The query's rows (sorted) and F over them: summed vectors / hits."""
+        rows = query.rows.reshape(-1)
+        unique, inverse = numpy.unique(rows, return_inverse=True)
+        field = numpy.zeros((unique.size + 1, query.vectors.shape[1]), numpy.float32)  # last: rows it lacks
+        numpy.add.at(field, inverse.reshape(-1), numpy.repeat(query.vectors, query.rows.shape[1], axis=0))
+        field[:-1] /= self._hits[unique][:, None]
+        return unique, field
+
+    def _query(self, query: eg.EmbeddingGradients) -> numpy.ndarray:
+        unique, field = self._field(query)
+        starts, stops = self._row_start[unique], self._row_start[unique + 1]
+        blocks = numpy.unique(numpy.concatenate([self._row_blocks[a:b] for a, b in zip(starts, stops)] or [[]]))
+        if not blocks.size:
+            return numpy.zeros(len(self))
+        blocks = blocks.astype(numpy.int64)
+        block_rows = self._block_rows[blocks]
+        where = numpy.minimum(numpy.searchsorted(unique, block_rows), unique.size - 1)
+        where[unique[where] != block_rows] = unique.size  # the zero row of `field`
+        summed = field[where].sum(axis=1)  # [B, width]: sum of F over each block's rows
+        first, last = self._block_start[blocks], self._block_start[blocks + 1]
+        large = (last - first) >= self.LARGE_BLOCK
+        values = [self._vectors[a:b] @ g for a, b, g in zip(first[large], last[large], summed[large])]
+        segments = [self._segment[a:b] for a, b in zip(first[large], last[large])]
+        small_first, small_count = first[~large], (last - first)[~large]
+        if small_count.size:
+            entries = numpy.repeat(small_first - numpy.cumsum(small_count) + small_count, small_count) + numpy.arange(
+                small_count.sum()
+            )
+            weights = numpy.repeat(summed[~large], small_count, axis=0)
+            values.append(numpy.einsum("ew,ew->e", self._vectors[entries], weights))
+            segments.append(self._segment[entries])
+        return numpy.bincount(numpy.concatenate(segments), numpy.concatenate(values), minlength=len(self))
 
     def to_bytes(self) -> bytes:
         g = self.grads
@@ -187,32 +229,38 @@ class EmbeddingIndex:
 
 class EncoderExplainer:
     """What `segment_influence` with layers = "embeddings" keeps: the pipeline at its
-    initial weights (its config and bytes) and the training segments' embedding-row
-    gradients there; it scores queries labelled in the trained pipeline's docs."""
+    initialisations (config and bytes each) and the training segments' embedding-row
+    gradients there, side by side; it scores queries labelled in the trained pipeline's docs."""
 
-    def __init__(self, initial: Language, ner_name: str, index: EmbeddingIndex):
-        self.initial = initial
+    def __init__(self, initials: Sequence[Language], ner_name: str, index: EmbeddingIndex):
+        self.initials = list(initials)
         self.ner_name = ner_name
         self.index = index
 
     @classmethod
     def build(
-        cls, config: Config, train_path: Path, ner_name: str, docs: Sequence[Doc], segments: Sequence[Segment]
+        cls,
+        config: Config,
+        train_path: Path,
+        ner_name: str,
+        docs: Sequence[Doc],
+        segments: Sequence[Segment],
+        n_inits: int = 4,
     ) -> "EncoderExplainer":
-        initial = initial_pipeline(config, train_path)
-        require_hash_embeddings(initial, ner_name)
-        return cls(initial, ner_name, EmbeddingIndex(embedding_gradients_of(initial, ner_name, docs, segments)))
+        initials = initial_pipelines(config, train_path, n_inits)
+        require_hash_embeddings(initials[0], ner_name)
+        return cls(initials, ner_name, EmbeddingIndex(ensemble_gradients(initials, ner_name, docs, segments)))
 
     def scores(self, docs: Sequence[Doc], labellings: Sequence[Sequence[Span]], segments: Sequence[Segment]):
         """[Q, S] scores of segments of `docs`, each doc labelled with `labellings[i]`."""
         labelled = [bridge.labelled(doc, entities) for doc, entities in zip(docs, labellings)]
-        return self.index.scores(embedding_gradients_of(self.initial, self.ner_name, labelled, segments))
+        return self.index.scores(ensemble_gradients(self.initials, self.ner_name, labelled, segments))
 
     def to_bytes(self) -> bytes:
         return srsly.msgpack_dumps(
             {
-                "config": self.initial.config.to_str(),
-                "initial": self.initial.to_bytes(),
+                "configs": [nlp.config.to_str() for nlp in self.initials],
+                "initials": [nlp.to_bytes() for nlp in self.initials],
                 "ner": self.ner_name,
                 "index": self.index.to_bytes(),
             }
@@ -223,6 +271,10 @@ class EncoderExplainer:
         from spacy.util import load_model_from_config
 
         msg = srsly.msgpack_loads(data)
-        initial = load_model_from_config(Config().from_str(msg["config"]), auto_fill=True)
-        initial.from_bytes(msg["initial"])
-        return cls(initial, msg["ner"], EmbeddingIndex.from_bytes(msg["index"]))
+        if "configs" not in msg:
+            raise IndexFormatError("the embeddings index was written by an older version; re-index")
+        initials = []
+        for config, weights in zip(msg["configs"], msg["initials"]):
+            nlp = load_model_from_config(Config().from_str(config), auto_fill=True)
+            initials.append(nlp.from_bytes(weights))
+        return cls(initials, msg["ner"], EmbeddingIndex.from_bytes(msg["index"]))

@@ -48,7 +48,7 @@ from ..ner.tagger import CRFEntityRecognizer
 from . import extensions  # noqa: F401  (registers doc._.influences and span._.influences)
 from .queries import entity_probabilities, labelled_query, top_k_of
 from .serialization import SerializedComponent
-from .settings import Granularity, Layers, check_k, check_settings
+from .settings import SETTINGS, Granularity, Layers, check_k, check_settings
 
 
 class SegmentInfluence(SerializedComponent, Pipe):
@@ -71,6 +71,7 @@ class SegmentInfluence(SerializedComponent, Pipe):
         batch_size: int = 64,
         refine: bool = False,
         layers: Layers = "head",
+        inits: int = 4,
     ) -> None:
         """
         nlp: the pipeline, which must hold the NER component named `ner`.
@@ -80,34 +81,26 @@ class SegmentInfluence(SerializedComponent, Pipe):
             a CRF surrogate fitted when the corpus is indexed. Default: the pipeline's
             crf_ner, else its spaCy `ner` (`bridge.default_ner`).
         k: supporters and opposers stored per predicted entity.
-        curvature: how H^-1 enters the score (`curvature.CURVATURES`): "identity",
-            "kfac" (Kronecker-factored, fast search) or "exact" (the damped Hessian of the
-            head; small heads, needed by `refine`).
+        curvature: how H^-1 enters the score: "identity", "kfac" (Kronecker-factored,
+            fast search) or "exact" (the damped head Hessian; small heads, for `refine`).
         damping: added to the curvature.
         normalize: cosine-normalise scores, so a training entity ranks itself first.
-        granularity: the training segments indexed: "entities" (gold entity spans) or
-            "tokens" (every annotated token).
+        granularity: the segments indexed: "entities" (gold spans) or "tokens" (every token).
         device: torch device for search, e.g. "cpu" or "cuda:0".
         dtype: storage precision of the index: "float16", "float32" or "float64".
         batch_size: docs encoded at a time while indexing.
         refine: also report, per hit, the leverage-corrected change of the entity's loss
             when the segment's labels are removed (`removal`; needs curvature "exact").
+        layers: "head" (CRF head, trained weights) or "embeddings" (encoder rows, initial weights).
+        inits: with layers "embeddings", the initialisations the scores sum over.
         """
-        check_settings(curvature=curvature, granularity=granularity, k=k, dtype=dtype, refine=refine, layers=layers)
+        settings: Dict[str, Any] = {"k": k, "curvature": curvature, "damping": damping, "normalize": normalize}
+        settings.update(granularity=granularity, dtype=dtype, batch_size=batch_size, refine=refine)
+        settings.update(layers=layers, inits=inits)
+        check_settings(**{key: settings[key] for key in SETTINGS})
         self.nlp = nlp
         self.name = name
-        self.cfg: Dict[str, Any] = {
-            "ner": ner if ner is not None else bridge.default_ner(nlp),
-            "k": k,
-            "curvature": curvature,
-            "damping": damping,
-            "normalize": normalize,
-            "granularity": granularity,
-            "dtype": dtype,
-            "batch_size": batch_size,
-            "refine": refine,
-            "layers": layers,
-        }
+        self.cfg: Dict[str, Any] = {"ner": ner if ner is not None else bridge.default_ner(nlp), **settings}
         self.device = device
         self._removal_steps: Optional[removal.RemovalSteps] = None
         self.index: Optional[SegmentIndex] = None
@@ -182,7 +175,7 @@ class SegmentInfluence(SerializedComponent, Pipe):
             path = Path(train_path) if train_path is not None else Path(tmp) / "train.spacy"
             if train_path is None:
                 DocBin(docs=docs).to_disk(path)
-            return EncoderExplainer.build(config, path, self.cfg["ner"], docs, segments)
+            return EncoderExplainer.build(config, path, self.cfg["ner"], docs, segments, self.cfg["inits"])
 
     def _fit_surrogate(self, docs: Sequence[Doc], dev_path: Optional[Union[str, Path]], show_progress: bool) -> None:
         name, batch_size = self.cfg["ner"], self.cfg["batch_size"]

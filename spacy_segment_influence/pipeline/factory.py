@@ -26,6 +26,7 @@ from .settings import Granularity, Layers
         "batch_size": 64,
         "refine": False,
         "layers": "head",
+        "inits": 4,
     },
 )
 def make_segment_influence(
@@ -42,6 +43,7 @@ def make_segment_influence(
     batch_size: int,
     refine: bool,
     layers: str,
+    inits: int,
 ) -> "SegmentInfluence":
     return SegmentInfluence(
         nlp,
@@ -57,4 +59,5 @@ def make_segment_influence(
         batch_size=batch_size,
         refine=refine,
         layers=cast(Layers, layers),  # a str here, so that check_settings words the error
+        inits=inits,
     )

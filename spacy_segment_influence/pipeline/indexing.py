@@ -10,7 +10,7 @@ from spacy.language import Language
 
 from ..storage.atomic import replaced_dir
 from .component import SegmentInfluence
-from .settings import check_settings
+from .settings import SETTINGS, check_settings
 
 # Who `index` names as the writer of its output directory in the marker (`atomic.MARKER`)
 INDEX_OWNER = "segment-influence index"
@@ -28,13 +28,13 @@ def index_pipeline(
 ) -> SegmentInfluence:
     """Write `model_dir` plus a `segment_influence` component indexing `train_path` to
     `output_dir`; `settings` are the component's (curvature, damping, normalize, granularity,
-    layers, k, ner, dtype, device). `output_dir` is replaced only when everything succeeded,
+    layers, inits, k, ner, dtype, device). `output_dir` is replaced only when everything succeeded,
     and only when it is new, empty or was written by `index` (never a directory holding the
     inputs). Returns the indexed component."""
     inputs = [model_dir, train_path, *([dev_path] if dev_path is not None else [])]
     with replaced_dir(output_dir, INDEX_OWNER, inputs) as building:
         given = {**(Language.get_factory_meta("segment_influence").default_config or {}), **settings}
-        check_settings(**{name: given[name] for name in ("curvature", "granularity", "k", "dtype", "refine", "layers")})
+        check_settings(**{name: given[name] for name in SETTINGS})
         # an index MODEL_DIR already has is replaced, so it is not read: it may be damaged or outdated
         nlp = spacy.load(model_dir, exclude=["segment_influence"])
         component = cast(SegmentInfluence, nlp.add_pipe("segment_influence", config=settings))

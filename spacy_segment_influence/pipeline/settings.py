@@ -25,7 +25,13 @@ def check_k(k: Any, where: str) -> None:
         raise ConfigError(f"{where}: k must be an integer from 1 to {K_MAX}, got {k!r}")
 
 
-def check_settings(*, curvature: str, granularity: str, k: int, dtype: str, refine: bool, layers: str = "head") -> None:
+# the settings `check_settings` judges
+SETTINGS = ("curvature", "granularity", "k", "dtype", "refine", "layers", "inits")
+
+
+def check_settings(
+    *, curvature: str, granularity: str, k: int, dtype: str, refine: bool, layers: str = "head", inits: int = 4
+) -> None:
     """ConfigError for settings `segment_influence` does not accept, before any work is done
     (spaCy's own validation of a config's Literal values gives a less readable message)."""
     if curvature not in CURVATURES:
@@ -41,6 +47,8 @@ def check_settings(*, curvature: str, granularity: str, k: int, dtype: str, refi
         raise ConfigError(f"segment_influence: layers must be one of {LAYERS}, got {layers!r}")
     if layers == "embeddings" and (refine or granularity != "entities"):
         raise ConfigError("segment_influence: layers 'embeddings' indexes gold entities and has no refine")
+    if not isinstance(inits, int) or isinstance(inits, bool) or inits < 1:
+        raise ConfigError(f"segment_influence: inits must be an integer of at least 1, got {inits!r}")
 
 
 # The types of the component's settings, as its factory declares them; checked when a
@@ -56,6 +64,7 @@ _CFG_TYPES: Dict[str, Tuple[type, ...]] = {
     "batch_size": (int,),
     "refine": (bool,),
     "layers": (str,),
+    "inits": (int,),
 }
 
 
@@ -69,6 +78,6 @@ def check_cfg(cfg: Dict[str, Any], where: str) -> None:
     if cfg["batch_size"] < 1 or cfg["damping"] < 0:
         raise IndexCorruptError(f"{where}: batch_size must be >= 1 and damping >= 0; re-index")
     try:
-        check_settings(**{key: cfg[key] for key in ("curvature", "granularity", "k", "dtype", "refine", "layers")})
+        check_settings(**{key: cfg[key] for key in SETTINGS})
     except ConfigError as err:
         raise IndexCorruptError(f"{where}: {err}; re-index") from None

@@ -5,7 +5,8 @@ import numpy
 import pytest
 from spacy.tokens import DocBin
 
-from spacy_segment_influence.exceptions import ConfigError
+from spacy_segment_influence.exceptions import ConfigError, IndexFormatError
+from spacy_segment_influence.influence import embedding_gradients as eg
 from spacy_segment_influence.influence import encoder_influence as ei
 from spacy_segment_influence.influence.segments import Segment
 from spacy_segment_influence.training import training_config
@@ -19,7 +20,9 @@ def indexed(trained_tok2vec_nlp, tmp_path_factory):
     docs = [eg.reference for eg in make_examples(nlp)]
     path = tmp_path_factory.mktemp("emb") / "train.spacy"
     DocBin(docs=docs).to_disk(path)
-    influence = nlp.add_pipe("segment_influence", name="emb_influence", config={"layers": "embeddings", "k": 3})
+    influence = nlp.add_pipe(
+        "segment_influence", name="emb_influence", config={"layers": "embeddings", "k": 3, "inits": 2}
+    )
     influence.initialize(lambda: [], nlp=nlp, train_path=path, show_progress=False)
     yield nlp, influence, docs, path
     nlp.remove_pipe("emb_influence")
@@ -36,18 +39,41 @@ def test_inverted_index_matches_sparse_reference(indexed):
     )
 
 
+def test_side_by_side_sums_the_models(indexed):
+    nlp, _, docs, path = indexed
+    train = [Segment(i, e.start, e.end) for i, d in enumerate(docs) for e in d.ents]
+    queries = train[:3] + [Segment(4, 0, 2)]
+    starts = ei.initial_pipelines(training_config(nlp.config), path, 3)
+    assert len({s.get_pipe("tok2vec").model.get_ref("embed").to_bytes() for s in starts}) == 3
+    each = [
+        (ei.embedding_gradients_of(s, "crf_ner", docs, queries), ei.embedding_gradients_of(s, "crf_ner", docs, train))
+        for s in starts
+    ]
+    both = eg.dot(eg.side_by_side([q for q, _ in each]), eg.side_by_side([t for _, t in each]))
+    numpy.testing.assert_allclose(both, sum(eg.dot(q, t) for q, t in each), rtol=1e-6, atol=1e-9)
+    stacked = ei.ensemble_gradients(starts, "crf_ner", docs, train)
+    numpy.testing.assert_allclose(
+        ei.EmbeddingIndex(stacked).scores(ei.ensemble_gradients(starts, "crf_ner", docs, queries)),
+        sum(ei.embedding_scores(q, t) for q, t in each),
+        rtol=1e-6,
+        atol=1e-9,
+    )
+
+
 def test_component_scores_are_the_initial_pipelines(indexed):
     nlp, influence, docs, path = indexed
     doc = nlp("Anna Berg visited Rome .")
     spans = [doc[0:2], doc[3:4]]
     found = influence.scores(spans, ["PER", "LOC"])
-    start = ei.initial_pipeline(training_config(nlp.config), path)
     train = [Segment(m["doc_index"], m["start"], m["end"]) for m in influence.index.metadata]
     query = nlp.make_doc("Anna Berg visited Rome .")
     query.ents = [query.char_span(0, 9, "PER"), query.char_span(18, 22, "LOC")]
-    expected = ei.embedding_scores(
-        ei.embedding_gradients_of(start, "crf_ner", [query, query], [Segment(0, 0, 2), Segment(1, 3, 4)]),
-        ei.embedding_gradients_of(start, "crf_ner", docs, train),
+    expected = sum(
+        ei.embedding_scores(
+            ei.embedding_gradients_of(start, "crf_ner", [query, query], [Segment(0, 0, 2), Segment(1, 3, 4)]),
+            ei.embedding_gradients_of(start, "crf_ner", docs, train),
+        )
+        for start in ei.initial_pipelines(training_config(nlp.config), path, 2)
     )
     numpy.testing.assert_allclose(found, expected, rtol=1e-6, atol=1e-9)
     explained = influence.explain(doc[3:4], label="LOC", k=2)
@@ -67,6 +93,16 @@ def test_round_trips(indexed, tmp_path):
     numpy.testing.assert_allclose(loaded.scores([doc[0:2]]), before)
     copied = type(influence)(nlp, "copy").from_bytes(influence.to_bytes())
     numpy.testing.assert_allclose(copied.scores([doc[0:2]]), before)
+    assert len(copied._encoder.initials) == 2
+
+
+def test_refuses_an_older_embeddings_index():
+    import srsly
+
+    with pytest.raises(IndexFormatError, match="re-index"):
+        ei.EncoderExplainer.from_bytes(
+            srsly.msgpack_dumps({"config": "", "initial": b"", "ner": "crf_ner", "index": b""})
+        )
 
 
 @pytest.mark.parametrize(
@@ -75,6 +111,7 @@ def test_round_trips(indexed, tmp_path):
         {"layers": "all"},
         {"layers": "embeddings", "granularity": "tokens"},
         {"layers": "embeddings", "curvature": "exact", "refine": True},
+        {"layers": "embeddings", "inits": 0},
     ],
 )
 def test_refused_settings(trained_tok2vec_nlp, config):
@@ -101,3 +138,28 @@ def test_index_command_with_embeddings(trained_tok2vec_nlp, tmp_path):
     assert doc._.influences and all("supporters" in record for record in doc._.influences)
     bad = CliRunner().invoke(app, [*args[:3], str(tmp_path / "out2"), "--layers", "everything"])
     assert bad.exit_code == 1 and "layers must be one of" in bad.output
+
+
+def random_gradients(rng, n_segments: int, n_rows: int, width: int = 3) -> eg.EmbeddingGradients:
+    """Gradients over a tiny table, so that ids collide on some or all of their rows."""
+    counts = rng.integers(1, 6, n_segments)
+    n = int(counts.sum())
+    ids = rng.integers(0, 8, n).astype(numpy.uint64)
+    rows = numpy.stack([(ids * 7 + j * (ids % 3 + 1)) % n_rows for j in range(4)], axis=1).astype(numpy.int64)
+    return eg.EmbeddingGradients(
+        numpy.zeros(n, numpy.int16),
+        ids,
+        rows,
+        rng.normal(size=(n, width)).astype(numpy.float32),
+        numpy.concatenate([[0], numpy.cumsum(counts)]).astype(numpy.int64),
+        n_rows,
+    )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_block_search_is_exact_under_collisions(seed):
+    rng = numpy.random.default_rng(seed)
+    stored, queries = random_gradients(rng, 200, 11), random_gradients(rng, 6, 11)
+    index = ei.EmbeddingIndex(stored)
+    index.LARGE_BLOCK = int(rng.integers(1, 40))  # both the product and the gather path
+    numpy.testing.assert_allclose(index.scores(queries), ei.embedding_scores(queries, stored), rtol=1e-5, atol=1e-6)
