@@ -12,7 +12,7 @@ from thinc.api import fix_random_seed
 from bench.head_fit import lbfgs_refit
 from spacy_segment_influence import bridge
 from spacy_segment_influence.corpus import read_jsonl_docs
-from spacy_segment_influence.head_fit import fit_head, head_objective
+from spacy_segment_influence.head_fit import HeadPasses, fit_head, head_objective
 from spacy_segment_influence.segments import LabelledBatch, labelled_batch, mean_nll
 
 from .conftest import make_examples, tok2vec_nlp, train
@@ -65,6 +65,31 @@ def test_objective_and_gradient_match_autograd(demo):
         value32, gradient32 = head_objective(ner, batch, theta, L2, dtype=torch.float32)
         assert value32 == pytest.approx(expected_value, rel=1e-5)
         numpy.testing.assert_allclose(gradient32.numpy(), expected.numpy(), rtol=0, atol=1e-4)
+
+
+def test_hessian_vector_products_match_autograd(demo):
+    """H v from one dual-number pass through the closed-form gradient, against
+    forward-over-reverse autograd of the reference objective (the partially labelled
+    sentences' clamped chains included), in float64 and, to float32's precision, float32."""
+    ner, batch = demo
+    objective = reference_objective(ner, batch)
+    generator = torch.Generator().manual_seed(1)
+    theta = bridge.flat_head(ner) + 0.1 * torch.randn(
+        len(bridge.flat_head(ner)), generator=generator, dtype=torch.float64
+    )
+    passes = HeadPasses(ner, batch, L2, max_tokens=200)  # many chunks
+    for direction in (torch.randn(len(theta), generator=generator, dtype=torch.float64), torch.eye(len(theta))[5]):
+        with torch.no_grad():
+            expected = torch.func.jvp(torch.func.grad(objective), (theta,), (direction,))[1]
+        value, gradient, product = passes(theta, torch.float64, direction)
+        expected_value, expected_gradient = autograd_gradient(objective, theta)
+        assert value == pytest.approx(expected_value, rel=1e-12)
+        numpy.testing.assert_allclose(gradient.numpy(), expected_gradient.numpy(), rtol=0, atol=1e-12)
+        scale = float(expected.abs().max())
+        assert scale > 1e-3  # not a vanishing product
+        numpy.testing.assert_allclose(product.numpy(), expected.numpy(), rtol=0, atol=1e-10 * scale)
+        _, _, product32 = passes(theta, torch.float32, direction)
+        numpy.testing.assert_allclose(product32.numpy(), expected.numpy(), rtol=0, atol=1e-4 * scale)
 
 
 @pytest.fixture(scope="module")
