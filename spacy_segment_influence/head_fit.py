@@ -149,12 +149,14 @@ def fit_head(
     rows = [i for i, x in enumerate(batch.features) if len(x)]
     theta = torch.zeros(head_layout(ner).n_params, dtype=torch.float64) if theta is None else theta.double()
     passes = HeadPasses(ner, batch, l2)
+    done = [0]  # passes (a disabled progress bar counts nothing)
     with tqdm(desc=desc, unit="pass", disable=not show_progress) as progress:
 
         def evaluate(
             theta: torch.Tensor, dtype: torch.dtype = torch.float64, direction: Optional[torch.Tensor] = None
         ) -> Tuple[float, torch.Tensor, Optional[torch.Tensor]]:
             found = passes(theta, dtype, direction)
+            done[0] += 1
             progress.update()
             if direction is None:
                 progress.set_postfix(J=f"{found[0]:.9f}", grad=f"{float(found[1].abs().max()):.1e}", refresh=False)
@@ -169,8 +171,7 @@ def fit_head(
             cholesky = _damped_cholesky(torch.as_tensor(head_hessian(ner, part, flat=theta, **_HESSIAN_CHUNKS)), l2)
             hessians = 1
             theta, value, gradient = _newton_cg(evaluate, theta, value, gradient, cholesky, tol, max_iter)
-        passes_done = progress.n
-    return HeadFit(theta, value, float(gradient.abs().max()), passes_done, hessians)
+    return HeadFit(theta, value, float(gradient.abs().max()), done[0], hessians)
 
 
 # float32 L-BFGS hands over to Newton-CG below this max |gradient|

@@ -23,10 +23,11 @@ L2 = 1e-3
 
 @pytest.fixture(scope="module")
 def demo():
-    """A crf_ner trained a little on 120 demo sentences, and their features; two
-    sentences lose some labels (-1), so that the clamped chains run too."""
+    """A crf_ner trained a little on 60 demo sentences, and their features; two sentences
+    lose some labels (-1), so that the clamped chains run too. (The reference, L-BFGS
+    through autograd, costs ~0.4 CPU-seconds per sentence.)"""
     nlp = tok2vec_nlp()
-    docs = list(read_jsonl_docs(DEMO / "train_corrected.jsonl", nlp.vocab))[:120]
+    docs = list(read_jsonl_docs(DEMO / "train_corrected.jsonl", nlp.vocab))[:60]
     examples = [Example(doc.copy(), doc) for doc in docs]
     fix_random_seed(0)
     optimizer = nlp.initialize(lambda: examples)
@@ -121,7 +122,7 @@ def test_fit_reaches_the_lbfgs_optimum(demo, reference, start):
     bound = float(torch.linalg.norm(reference_gradient)) / L2
     assert float(torch.linalg.norm(fit.theta - reference_theta)) <= 1.5 * bound + 1e-8
     numpy.testing.assert_allclose(fit.theta.numpy(), reference_theta.numpy(), rtol=0, atol=1e-3)
-    assert fit.passes < 400 and fit.hessians <= 3
+    assert 0 < fit.passes < 200 and fit.hessians == 1
 
 
 def test_the_trained_head_is_refit_not_kept():
