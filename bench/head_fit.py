@@ -5,8 +5,9 @@
 Trains tok2vec + built-in ner (configs/ner_builtin_tok2vec.cfg) on the first N CoNLL train
 sentences (0: all), then, each phase in a fresh process so that its peak memory is its own:
 - `pipe`: a plain nlp.pipe over the corpus (time, peak RSS);
-- `fit`: `fit_surrogate` on the corpus (features and fit; time, peak RSS, the fit's passes)
-  and the surrogate's agreement on the first `--n-dev` CoNLL validation sentences;
+- `fit`: `fit_surrogate` on the corpus (features and fit; wall and CPU time, peak RSS), the
+  features alone timed again, and the surrogate's agreement on the first `--n-dev` CoNLL
+  validation sentences;
 - `compare` on the first `--compare` sentences: the surrogate's fit from zeros and
   `validate`'s refit from a head fitted on the next `--compare` sentences, each by
   `fit_head` and by torch L-BFGS through autograd (the fit before: `lbfgs_refit`), with
@@ -15,6 +16,7 @@ sentences (0: all), then, each phase in a fresh process so that its peak memory 
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -66,24 +68,37 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def phase(args: argparse.Namespace) -> dict:
     nlp = spacy.load(args.model)
     docs = list(DocBin().from_disk(args.train_path).get_docs(nlp.vocab))
     dev = list(DocBin().from_disk(args.dev_path).get_docs(nlp.vocab))[: args.n_dev]
     found: dict = {"n_sentences": len(docs), "n_tokens": sum(len(doc) for doc in docs), "rss_before_mb": rss_mb()}
-    clock = time.perf_counter()
+    found["load_before"] = os.getloadavg()
+    clock, cpu = time.perf_counter(), cpu_s()
     if args.phase == "pipe":
         for _ in nlp.pipe((Doc(nlp.vocab, words=[t.text for t in doc]) for doc in docs), batch_size=64):
             pass
     elif args.phase == "fit":
         surrogate = fit_surrogate(nlp, "ner", docs, l2=L2, show_progress=True)
-        found["fit_s"] = time.perf_counter() - clock
+        found["fit_s"], found["fit_cpu_s"] = time.perf_counter() - clock, cpu_s() - cpu
         found["peak_mb"] = peak_mb()
+        # the features alone (what fit_surrogate computes before the fit), timed again
+        features_clock, features_cpu = time.perf_counter(), cpu_s()
+        features = labelled_batch(nlp, "ner", docs, ner=surrogate)
+        found["features_s"], found["features_cpu_s"] = time.perf_counter() - features_clock, cpu_s() - features_cpu
+        found["features_mb"] = sum(x.nbytes for x in features.features) / 2**20
         found["agreement"] = agreement(nlp, "ner", surrogate, dev)
     else:
         found.update(compare(nlp, docs, dev, args.compare, args.cases.split(",")))
     found.setdefault("seconds", time.perf_counter() - clock)
+    found.setdefault("cpu_s", cpu_s() - cpu)
     found.setdefault("peak_mb", peak_mb())
+    found["load_after"] = os.getloadavg()
     return found
 
 
@@ -160,8 +175,11 @@ def main() -> None:
         results[name] = json.loads(output.split("RESULT ", 1)[1])
         print(json.dumps({name: results[name]}, indent=2), flush=True)
     if "pipe" in results and "fit" in results:
-        results["fit_vs_pipe"] = results["fit"]["fit_s"] / results["pipe"]["seconds"]
-        results["fit_peak_vs_pipe_peak"] = results["fit"]["peak_mb"] / results["pipe"]["peak_mb"]
+        pipe, fit = results["pipe"], results["fit"]
+        results["fit_vs_pipe"] = fit["fit_s"] / pipe["seconds"]
+        results["fit_cpu_vs_pipe_cpu"] = fit["fit_cpu_s"] / pipe["cpu_s"]
+        results["head_fit_alone_cpu_vs_pipe_cpu"] = (fit["fit_cpu_s"] - fit["features_cpu_s"]) / pipe["cpu_s"]
+        results["fit_peak_vs_pipe_peak_plus_features"] = fit["peak_mb"] / (pipe["peak_mb"] + fit["features_mb"])
     print(json.dumps(results, indent=2))
     (args.workdir / f"head_fit_{args.phases.replace(',', '_')}.json").write_text(json.dumps(results, indent=2))
 

@@ -5,30 +5,34 @@ With the encoder frozen, the head's training problem is the (with every label kn
     J(theta) = (1/N) sum_i -log p(y_i | x_i) + (l2 / 2) |theta|^2
 over the flat head parameters (`HeadLayout` order). The head is log-linear, so J's
 gradient is a difference of expected sufficient statistics (marginals minus clamped
-marginals, times the token features) and its Hessian their covariance
-(`hessian.head_hessian`). The fit uses both:
+marginals, times the token features) and its Hessian their covariance. The fit uses both:
 
 - every pass over the corpus is a streamed scaled forward-backward per chunk of sentences
   (`crf.summed_marginals`) with the gradient in closed form: no autograd graph, so memory
   stays at one chunk beyond the cached features;
-- far from the optimum, L-BFGS steps (cheap: one pass each); near it, Newton steps with
-  the closed-form Hessian of an evenly spread sample of the sentences (the whole corpus
-  when it is small), corrected by L-BFGS pairs and damped (Levenberg-Marquardt) where J
-  disagrees with the quadratic model;
-- a warm start where there is one (`validate` refits from the trained head);
-- the L-BFGS passes run in float32, the Newton steps' in float64 (their damping follows
-  J's decrease, which near the optimum is under float32's resolution of J).
+- far from the optimum, L-BFGS steps in float32 (cheap: one pass each);
+- near it, truncated Newton steps (Newton-CG; Nocedal and Wright, "Numerical
+  Optimization", 2nd ed., algorithm 7.1): each solves H d = -g by conjugate gradients whose
+  Hessian-vector products are exact over the whole corpus, a pass each on dual numbers
+  through the closed-form gradient (forward-mode AD, no graph kept), preconditioned by
+  the closed-form Hessian (`hessian.head_hessian`) of an evenly spread sample of the
+  sentences (the whole corpus when it is small);
+- the products run in float32, J and the gradients in float64: CG needs the products to
+  a few digits, the gradient's last digits are the answer;
+- a warm start where there is one (`validate` refits from the trained head).
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
+from torch.autograd import forward_ad
 from tqdm import tqdm
 
 from ..ner import crf
 from ..ner.bridge import LabelledBatch, head_layout
+from ..ner.layout import HeadParameters
 from ..ner.tagger import CRFEntityRecognizer
 from .hessian import head_hessian
 from .segments import padded_tags
@@ -41,8 +45,72 @@ class HeadFit:
     theta: torch.Tensor  # float64 flat head parameters
     objective: float  # J(theta), in float64
     gradient_max: float  # max |dJ/dtheta| at theta, in float64
-    passes: int  # passes over the corpus
-    hessians: int  # Hessians computed (of samples or the whole corpus)
+    passes: int  # passes over the corpus (gradients and Hessian-vector products)
+    hessians: int  # sample Hessians computed (the preconditioner)
+
+
+class HeadPasses:
+    """A corpus cut once into padded chunks of about `max_tokens` tokens (sentences
+    sorted by length), and passes over it: J, its gradient and Hessian-vector products."""
+
+    def __init__(self, ner: CRFEntityRecognizer, batch: LabelledBatch, l2: float, max_tokens: int = 16384):
+        self.layout, self.constraints, self.l2 = head_layout(ner), ner.constraints, l2
+        rows = [i for i, x in enumerate(batch.features) if len(x)]
+        self.n_sentences = max(1, len(rows))
+        self.chunks = []
+        for chunk in _chunks(batch, rows, max_tokens):
+            x = [torch.as_tensor(batch.features[i], dtype=torch.float32) for i in chunk]
+            lengths = torch.tensor([len(batch.features[i]) for i in chunk])
+            tags = padded_tags([batch.tags[i] for i in chunk])
+            self.chunks.append((torch.nn.utils.rnn.pad_sequence(x, batch_first=True), lengths, tags))
+
+    def __call__(
+        self, theta: torch.Tensor, dtype: torch.dtype = torch.float64, direction: Optional[torch.Tensor] = None
+    ) -> Tuple[float, torch.Tensor, Optional[torch.Tensor]]:
+        """J(theta), its gradient [P] and, with a `direction` v, the Hessian-vector
+        product H v [P] (all returned in float64), each chunk computed in `dtype`.
+
+        -log p(y_known | x) = log Z - log Z(known labels clamped), so its gradient is
+        E[phi] - E[phi | known labels]: with q, xi the unary and pairwise marginals and q*,
+        xi* the clamped ones (one-hot for a fully labelled sentence, so no second chain
+        runs), r_t = q_t - q*_t gives dW|b = sum_t r_t [h_t, 1]^T, dT = sum_t xi_t - xi*_t,
+        dstart = r_0, dend = r_n-1. H v is that gradient's derivative along v: the same
+        pass on dual numbers theta + eps v (forward-mode AD, no graph kept)."""
+        total = 0.0
+        gradient = torch.zeros(self.layout.n_params, dtype=torch.float64)
+        product = torch.zeros_like(gradient) if direction is not None else None
+        with torch.no_grad(), crf.one_thread(), forward_ad.dual_level():
+            flat = theta.detach().to(dtype)
+            if direction is not None:
+                flat = forward_ad.make_dual(flat, direction.detach().to(dtype))
+            params = self.layout.unflatten(flat)
+            for x, lengths, tags in self.chunks:
+                log_loss, chunk_gradient = self._chunk(params, x.to(dtype), lengths, tags)
+                total += float(forward_ad.unpack_dual(log_loss).primal)
+                primal, tangent = forward_ad.unpack_dual(chunk_gradient)
+                gradient += primal.double()
+                if product is not None:
+                    product += tangent.double()
+        theta64 = theta.detach().double()
+        value = total / self.n_sentences + 0.5 * self.l2 * float(theta64 @ theta64)
+        gradient = gradient / self.n_sentences + self.l2 * theta64
+        if product is not None and direction is not None:
+            product = product / self.n_sentences + self.l2 * direction.detach().double()
+        return value, gradient, product
+
+    def _chunk(
+        self, params: Tuple[torch.Tensor, ...], x: torch.Tensor, lengths: torch.Tensor, tags: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A chunk's summed NLL and its gradient, flat [P]."""
+        emission, transitions, start, end = params
+        scores = crf.ChainScores(x @ emission[:, :-1].T + emission[:, -1], lengths, transitions, start, end)
+        log_z, q, xi = crf.summed_marginals(scores, self.constraints)
+        log_z_gold, q_gold, xi_gold = _clamped(scores, tags, self.constraints)
+        r = q - q_gold
+        emission_grad = torch.cat([torch.einsum("blc,ble->ce", r, x), r.sum(dim=(0, 1)).unsqueeze(1)], dim=1)
+        first, last = r[:, 0].sum(dim=0), r[torch.arange(len(lengths)), lengths - 1].sum(dim=0)
+        grads = (emission_grad, xi - xi_gold, first, last)
+        return (log_z - log_z_gold).sum(), self.layout.flatten(HeadParameters(*grads))
 
 
 def head_objective(
@@ -54,41 +122,9 @@ def head_objective(
     max_tokens: int = 16384,
 ) -> Tuple[float, torch.Tensor]:
     """J(theta) and its gradient [P] (float64), in one streamed pass over `batch`'s
-    sentences (chunks of about `max_tokens` padded tokens, sorted by length), each chunk
-    computed in `dtype` and summed in float64.
-
-    -log p(y_known | x) = log Z - log Z(known labels clamped), so its gradient is
-    E[phi] - E[phi | known labels]: with q, xi the unary and pairwise marginals and q*, xi*
-    the clamped ones (one-hot for a fully labelled sentence, so no second chain runs),
-    r_t = q_t - q*_t gives dW|b = sum_t r_t [h_t, 1]^T, dT = sum_t xi_t - xi*_t,
-    dstart = r_0, dend = r_n-1."""
-    layout = head_layout(ner)
-    rows = [i for i, x in enumerate(batch.features) if len(x)]
-    total = 0.0
-    gradient = torch.zeros(layout.n_params, dtype=torch.float64)
-    emission_grad, trans_grad, start_grad, end_grad = layout.unflatten(gradient)
-    params = layout.unflatten(theta.detach().to(dtype))
-    with torch.no_grad(), crf.one_thread():
-        for chunk in _chunks(batch, rows, max_tokens):
-            x = torch.nn.utils.rnn.pad_sequence(
-                [torch.as_tensor(batch.features[i]).to(dtype) for i in chunk], batch_first=True
-            )
-            lengths = torch.tensor([len(batch.features[i]) for i in chunk])
-            tags = padded_tags([batch.tags[i] for i in chunk])
-            scores = crf.ChainScores(x @ params.emission[:, :-1].T + params.emission[:, -1], lengths, *params[1:])
-            log_z, q, xi = crf.summed_marginals(scores, ner.constraints)
-            log_z_gold, q_gold, xi_gold = _clamped(scores, tags, ner.constraints)
-            total += float((log_z - log_z_gold).double().sum())
-            r = q - q_gold
-            emission_grad[:, :-1] += torch.einsum("blc,ble->ce", r, x).double()
-            emission_grad[:, -1] += r.sum(dim=(0, 1)).double()
-            trans_grad += (xi - xi_gold).double()
-            start_grad += r[:, 0].sum(dim=0).double()
-            end_grad += r[torch.arange(len(chunk)), lengths - 1].sum(dim=0).double()
-    n_sentences = max(1, len(rows))
-    theta64 = theta.detach().double()
-    value = total / n_sentences + 0.5 * l2 * float(theta64 @ theta64)
-    return value, gradient / n_sentences + l2 * theta64
+    sentences (`HeadPasses`), each chunk computed in `dtype` and summed in float64."""
+    value, gradient, _ = HeadPasses(ner, batch, l2, max_tokens)(theta, dtype)
+    return value, gradient
 
 
 def fit_head(
@@ -98,132 +134,173 @@ def fit_head(
     theta: Optional[torch.Tensor] = None,
     *,
     tol: float = 1e-9,
-    hessian_sample: int = 2000,
-    max_iter: int = 500,
+    hessian_sample: int = 1000,
+    max_iter: int = 1000,
     show_progress: bool = False,
     desc: str = "Fitting the CRF head",
 ) -> HeadFit:
     """The minimum of J on `batch` to max |gradient| < `tol` (or float64's noise floor),
     from `theta` (e.g. the trained head; zeros if None).
 
-    Far from the optimum, where J is far from quadratic, L-BFGS steps with closed-form
-    gradients in float32 (each a pass over the corpus, no Hessian). Once max |gradient|
-    is under 1e-2, Newton steps with the closed-form Hessian of up to
-    `hessian_sample` evenly spread sentences (the exact Hessian below that), corrected by
-    L-BFGS pairs and damped (Levenberg-Marquardt) where J disagrees with the model, in
-    float64. A progress bar shows J and max |gradient| per pass."""
+    Far from the optimum, L-BFGS steps with float32 passes; below max |gradient|
+    `_NEWTON_FROM`, Newton-CG steps (float64 gradients, float32 Hessian-vector products)
+    preconditioned by the closed-form Hessian of up to `hessian_sample` evenly spread
+    sentences. A progress bar shows J and max |gradient| per pass."""
     rows = [i for i, x in enumerate(batch.features) if len(x)]
     theta = torch.zeros(head_layout(ner).n_params, dtype=torch.float64) if theta is None else theta.double()
-    state = _State(ner, batch, l2, tqdm(desc=desc, unit="pass", disable=not show_progress))
-    with state.progress:
-        value, gradient = state.evaluate(theta)
-        memory: List[Tuple[torch.Tensor, torch.Tensor]] = []
-        # L-BFGS with Armijo backtracking while far from the optimum
-        for _ in range(max_iter):
-            if float(gradient.abs().max()) < _NEWTON_FROM:
-                break
-            direction = -_solve(None, memory, gradient)
-            slope = float(gradient @ direction)
-            if slope >= 0:  # not a descent direction: restart from steepest descent
-                memory, direction = [], -gradient
-                slope = float(gradient @ direction)
-            step = 1.0 if memory else min(1.0, 1.0 / float(gradient.abs().sum()))
-            while True:
-                candidate = theta + step * direction
-                candidate_value, candidate_gradient = state.evaluate(candidate)
-                if candidate_value <= value + 1e-4 * step * slope or step < _MIN_STEP:
-                    break
-                step /= 2
-            if step < _MIN_STEP:
-                break  # float32's resolution: Newton takes over
-            memory = _remember(memory, candidate - theta, candidate_gradient - gradient)
-            theta, value, gradient = candidate, candidate_value, candidate_gradient
-        theta, value, gradient = _newton(state, theta, value, gradient, rows, tol, max_iter, hessian_sample)
-    return HeadFit(theta, value, float(gradient.abs().max()), state.passes, state.hessians)
+    passes = HeadPasses(ner, batch, l2)
+    done = [0]  # passes (a disabled progress bar counts nothing)
+    with tqdm(desc=desc, unit="pass", disable=not show_progress) as progress:
+
+        def evaluate(
+            theta: torch.Tensor, dtype: torch.dtype = torch.float64, direction: Optional[torch.Tensor] = None
+        ) -> Tuple[float, torch.Tensor, Optional[torch.Tensor]]:
+            found = passes(theta, dtype, direction)
+            done[0] += 1
+            progress.update()
+            if direction is None:
+                progress.set_postfix(J=f"{found[0]:.9f}", grad=f"{float(found[1].abs().max()):.1e}", refresh=False)
+            return found
+
+        theta = _lbfgs(lambda t: evaluate(t, torch.float32)[:2], theta, max(tol, _NEWTON_FROM), max_iter)
+        value, gradient, _ = evaluate(theta)
+        hessians = 0
+        if float(gradient.abs().max()) >= tol:
+            sample = _spread(rows, hessian_sample)
+            part = batch if len(sample) == len(rows) else _subset(batch, sample)
+            cholesky = _damped_cholesky(torch.as_tensor(head_hessian(ner, part, flat=theta, **_HESSIAN_CHUNKS)), l2)
+            hessians = 1
+            theta, value, gradient = _newton_cg(evaluate, theta, value, gradient, cholesky, tol, max_iter)
+    return HeadFit(theta, value, float(gradient.abs().max()), done[0], hessians)
 
 
-class _State:
-    """What a fit's passes share: the problem, the precision of the passes, the counts."""
+# float32 L-BFGS hands over to Newton-CG below this max |gradient|
+_NEWTON_FROM = 1e-2
+# L-BFGS pairs kept
+_MEMORY = 20
+# the sample Hessian's chunks, small: the fit's memory stays near the cached features'
+_HESSIAN_CHUNKS = {"max_pairs": 2048, "max_elements": 2 * 10**6}
+# CG iterations per Newton step at most
+_MAX_CG = 200
+# CG's relative residual is not asked below float32 products' resolution
+_MIN_FORCING = 1e-5
+# a step this short changes J by no more than rounding
+_MIN_STEP = 1e-10
 
-    def __init__(self, ner: CRFEntityRecognizer, batch: LabelledBatch, l2: float, progress: tqdm):
-        self.ner, self.batch, self.l2, self.progress = ner, batch, l2, progress
-        self.dtype = torch.float32
-        self.passes = self.hessians = 0
-
-    def evaluate(self, theta: torch.Tensor) -> Tuple[float, torch.Tensor]:
-        self.passes += 1
-        value, gradient = head_objective(self.ner, self.batch, theta, self.l2, self.dtype)
-        self.progress.update()
-        self.progress.set_postfix(J=f"{value:.6f}", grad=f"{float(gradient.abs().max()):.1e}", refresh=False)
-        return value, gradient
-
-    def hessian(self, theta: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-        """The Hessian of the mean NLL (without l2) over `rows`."""
-        self.hessians += 1
-        part = self.batch if len(rows) == self.batch.n_sentences else _subset(self.batch, rows)
-        return torch.as_tensor(head_hessian(self.ner, part, flat=theta))
+Evaluate = Callable[..., Tuple[float, torch.Tensor, Optional[torch.Tensor]]]
 
 
-def _newton(
-    state: _State,
+def _newton_cg(
+    evaluate: Evaluate,
     theta: torch.Tensor,
     value: float,
     gradient: torch.Tensor,
-    rows: Sequence[int],
+    cholesky: torch.Tensor,
     tol: float,
     max_iter: int,
-    hessian_sample: int,
 ) -> Tuple[torch.Tensor, float, torch.Tensor]:
-    """Levenberg-Marquardt steps with the (sample) Hessian and L-BFGS corrections, to
-    max |gradient| < `tol` (or float64's noise floor). The passes are float64: near the
-    optimum the ratio of J's actual to predicted decrease, which sets the damping, is
-    below float32's resolution of J."""
-    state.dtype = torch.float64
-    value, gradient = state.evaluate(theta)
-    sample = _spread(rows, hessian_sample)
-    curvature = state.hessian(theta, sample)
-    scale = float(curvature.diagonal().max()) + state.l2
-    damping = 0.0  # on top of l2: the inverse of a trust region's radius
-    memory: List[Tuple[torch.Tensor, torch.Tensor]] = []  # L-BFGS pairs since the Hessian
+    """Truncated Newton steps to max |gradient| < `tol`: each solves H d = -g by CG with
+    exact Hessian-vector products (float32 passes) preconditioned by the Cholesky factor,
+    to a relative residual of min(0.5, sqrt |g|) (superlinear convergence, Nocedal and
+    Wright theorem 7.2) but no smaller than the step needs to pass `tol`."""
+
+    def precondition(r: torch.Tensor) -> torch.Tensor:
+        return torch.cholesky_solve(r.unsqueeze(1), cholesky).squeeze(1)
+
     for _ in range(max_iter):
         size = float(gradient.abs().max())
         if size < tol:
             break
-        cholesky, damped = _damped_cholesky(curvature, state.l2 + damping)
-        if damped > state.l2:
-            memory = []  # outside the region where the model is trusted: no secant corrections
-        direction = -_solve(cholesky, memory, gradient)
-        predicted = 0.5 * float(gradient @ direction)  # J's change if the model were exact
-        candidate = theta + direction
-        candidate_value, candidate_gradient = state.evaluate(candidate)
-        ratio = (candidate_value - value) / predicted if predicted < 0 else -1.0
-        if ratio > 0.75:
-            damping = damping / 4 if damping > 1e-6 * scale else 0.0
-        elif ratio < 0.25:
-            damping = max(4 * (damped - state.l2), 1e-4 * scale)
-        if candidate_value >= value:  # rejected: a shorter step next
-            if damping > 1e6 * scale:  # no step decreases J: float64's noise floor
-                break
-            continue
-        contraction = float(candidate_gradient.abs().max()) / size
-        moved, change = candidate - theta, candidate_gradient - gradient
-        theta, value, gradient = candidate, candidate_value, candidate_gradient
-        if contraction > _SLOW_CONTRACTION and ratio < 0.25:  # a Hessian taken far from here
-            curvature, memory = state.hessian(theta, sample), []
-        else:
-            memory = _remember(memory, moved, change)
+        forcing = max(min(0.5, float(torch.linalg.norm(gradient)) ** 0.5), 0.3 * tol / size, _MIN_FORCING)
+
+        def product(v: torch.Tensor, at: torch.Tensor = theta) -> torch.Tensor:
+            _, _, hv = evaluate(at, torch.float32, v)
+            assert hv is not None  # a pass given a direction returns H v
+            return hv
+
+        direction = _conjugate_gradients(product, gradient, precondition, forcing)
+        found = _line_search(lambda t: evaluate(t)[:2], theta, value, gradient, direction, 1.0)
+        if found is None:
+            break  # no step decreases J or the gradient: float64's noise floor
+        theta, value, gradient = found
     return theta, value, gradient
 
 
-# L-BFGS hands over to Newton steps below this max |gradient|
-_NEWTON_FROM = 1e-2
-# a step this short changes J by no more than rounding
-_MIN_STEP = 1e-10
-# a step that shrinks max |gradient| by less than this factor (and J less than predicted)
-# asks for a fresh Hessian
-_SLOW_CONTRACTION = 0.25
-# L-BFGS pairs kept (on top of the Hessian, they correct a sample Hessian's error)
-_MEMORY = 20
+def _conjugate_gradients(
+    product: Callable[[torch.Tensor], torch.Tensor],
+    gradient: torch.Tensor,
+    precondition: Callable[[torch.Tensor], torch.Tensor],
+    forcing: float,
+) -> torch.Tensor:
+    """d with |H d + g| <= forcing |g| by preconditioned CG (Nocedal and Wright, algorithm
+    5.3), stopped where H has non-positive curvature along the search direction (partially
+    labelled sentences make J non-convex): then the steps so far, or on the first
+    iteration the preconditioned steepest descent."""
+    x = torch.zeros_like(gradient)
+    residual = gradient.clone()  # H x + g
+    z = precondition(residual)
+    search, rz = -z, float(residual @ z)
+    bound = forcing * float(torch.linalg.norm(gradient))
+    for iteration in range(_MAX_CG):
+        hp = product(search)
+        curvature = float(search @ hp)
+        if curvature <= 0:
+            return x if iteration else search
+        alpha = rz / curvature
+        x, residual = x + alpha * search, residual + alpha * hp
+        if float(torch.linalg.norm(residual)) <= bound:
+            break
+        z = precondition(residual)
+        rz, previous = float(residual @ z), rz
+        search = -z + (rz / previous) * search
+    return x
+
+
+def _lbfgs(
+    evaluate: Callable[[torch.Tensor], Tuple[float, torch.Tensor]], theta: torch.Tensor, tol: float, max_iter: int
+) -> torch.Tensor:
+    """L-BFGS (Nocedal and Wright, algorithm 7.5) from `theta` to max |gradient| < `tol`,
+    or until no step decreases J."""
+    value, gradient = evaluate(theta)
+    memory: List[Tuple[torch.Tensor, torch.Tensor]] = []
+    for _ in range(max_iter):
+        if float(gradient.abs().max()) < tol:
+            break
+        direction = -_solve(memory, gradient)
+        if float(gradient @ direction) >= 0:  # not a descent direction: restart from steepest descent
+            memory, direction = [], -gradient
+        step = 1.0 if memory else min(1.0, 1.0 / float(gradient.abs().sum()))
+        found = _line_search(evaluate, theta, value, gradient, direction, step)
+        if found is None:
+            break  # the resolution of float32 passes: Newton takes over
+        memory = _remember(memory, found[0] - theta, found[2] - gradient)
+        theta, value, gradient = found
+    return theta
+
+
+def _line_search(
+    evaluate: Callable[[torch.Tensor], Tuple[float, torch.Tensor]],
+    theta: torch.Tensor,
+    value: float,
+    gradient: torch.Tensor,
+    direction: torch.Tensor,
+    step: float,
+) -> Optional[Tuple[torch.Tensor, float, torch.Tensor]]:
+    """Backtracking from `step` to Armijo's decrease of J; where the decrease asked is
+    under the resolution of J (near the optimum, in float64), to a smaller max |gradient|
+    instead. None when no step down to `_MIN_STEP` does."""
+    slope = float(gradient @ direction)
+    size = float(gradient.abs().max())
+    while step > _MIN_STEP:
+        candidate = theta + step * direction
+        candidate_value, candidate_gradient = evaluate(candidate)
+        if abs(step * slope) < 1e-12 * max(1.0, abs(value)):
+            if float(candidate_gradient.abs().max()) < size:
+                return candidate, candidate_value, candidate_gradient
+        elif candidate_value <= value + 1e-4 * step * slope:
+            return candidate, candidate_value, candidate_gradient
+        step /= 2
+    return None
 
 
 def _remember(
@@ -235,38 +312,29 @@ def _remember(
     return [*memory[1 - _MEMORY :], (moved, change)]
 
 
-def _solve(
-    cholesky: Optional[torch.Tensor], memory: Sequence[Tuple[torch.Tensor, torch.Tensor]], gradient: torch.Tensor
-) -> torch.Tensor:
-    """H^-1 g by L-BFGS's two loops (Nocedal and Wright, algorithm 7.4), the initial matrix
-    the (damped) Hessian of the Cholesky factor, or s.y / y.y I without one: the pairs
-    (s, y) correct it along the directions the fit has moved in."""
+def _solve(memory: Sequence[Tuple[torch.Tensor, torch.Tensor]], gradient: torch.Tensor) -> torch.Tensor:
+    """H^-1 g by L-BFGS's two loops (Nocedal and Wright, algorithm 7.4) from the scaled
+    identity s.y / y.y I."""
     q = gradient.clone()
     alphas = []
     for moved, change in reversed(memory):
         alpha = float(moved @ q) / float(moved @ change)
         q -= alpha * change
         alphas.append(alpha)
-    if cholesky is not None:
-        r = torch.cholesky_solve(q.unsqueeze(1), cholesky).squeeze(1)
-    elif memory:
-        moved, change = memory[-1]
-        r = q * (float(moved @ change) / float(change @ change))
-    else:
-        r = q
+    r = q * (float(memory[-1][0] @ memory[-1][1]) / float(memory[-1][1] @ memory[-1][1])) if memory else q
     for (moved, change), alpha in zip(memory, reversed(alphas)):
         r += moved * (alpha - float(change @ r) / float(moved @ change))
     return r
 
 
-def _damped_cholesky(curvature: torch.Tensor, damping: float) -> Tuple[torch.Tensor, float]:
-    """Cholesky factor of curvature + damping I and the damping used: more where that is
-    not positive definite (sentences with unknown labels make J non-convex)."""
+def _damped_cholesky(curvature: torch.Tensor, damping: float) -> torch.Tensor:
+    """Cholesky factor of curvature + damping I, with more damping where that is not
+    positive definite (sentences with unknown labels make J non-convex)."""
     scale = float(curvature.diagonal().abs().max()) or 1.0
     while True:
         factor, info = torch.linalg.cholesky_ex(curvature + damping * torch.eye(len(curvature), dtype=curvature.dtype))
         if int(info) == 0:
-            return factor, damping
+            return factor
         damping = max(10 * damping, 1e-8 * scale)
 
 

@@ -11,7 +11,7 @@ from thinc.api import fix_random_seed
 
 from bench.head_fit import lbfgs_refit
 from spacy_segment_influence.corpus import read_jsonl_docs
-from spacy_segment_influence.influence.head_fit import fit_head, head_objective
+from spacy_segment_influence.influence.head_fit import HeadPasses, fit_head, head_objective
 from spacy_segment_influence.influence.segments import mean_nll
 from spacy_segment_influence.ner import bridge
 from spacy_segment_influence.ner.bridge import LabelledBatch, labelled_batch
@@ -24,10 +24,11 @@ L2 = 1e-3
 
 @pytest.fixture(scope="module")
 def demo():
-    """A crf_ner trained a little on 120 demo sentences, and their features; two
-    sentences lose some labels (-1), so that the clamped chains run too."""
+    """A crf_ner trained a little on 60 demo sentences, and their features; two sentences
+    lose some labels (-1), so that the clamped chains run too. (The reference, L-BFGS
+    through autograd, costs ~0.4 CPU-seconds per sentence.)"""
     nlp = tok2vec_nlp()
-    docs = list(read_jsonl_docs(DEMO / "train_corrected.jsonl", nlp.vocab))[:120]
+    docs = list(read_jsonl_docs(DEMO / "train_corrected.jsonl", nlp.vocab))[:60]
     examples = [Example(doc.copy(), doc) for doc in docs]
     fix_random_seed(0)
     optimizer = nlp.initialize(lambda: examples)
@@ -68,6 +69,31 @@ def test_objective_and_gradient_match_autograd(demo):
         numpy.testing.assert_allclose(gradient32.numpy(), expected.numpy(), rtol=0, atol=1e-4)
 
 
+def test_hessian_vector_products_match_autograd(demo):
+    """H v from one dual-number pass through the closed-form gradient, against
+    forward-over-reverse autograd of the reference objective (the partially labelled
+    sentences' clamped chains included), in float64 and, to float32's precision, float32."""
+    ner, batch = demo
+    objective = reference_objective(ner, batch)
+    generator = torch.Generator().manual_seed(1)
+    theta = bridge.flat_head(ner) + 0.1 * torch.randn(
+        len(bridge.flat_head(ner)), generator=generator, dtype=torch.float64
+    )
+    passes = HeadPasses(ner, batch, L2, max_tokens=200)  # many chunks
+    for direction in (torch.randn(len(theta), generator=generator, dtype=torch.float64), torch.eye(len(theta))[5]):
+        with torch.no_grad():
+            expected = torch.func.jvp(torch.func.grad(objective), (theta,), (direction,))[1]
+        value, gradient, product = passes(theta, torch.float64, direction)
+        expected_value, expected_gradient = autograd_gradient(objective, theta)
+        assert value == pytest.approx(expected_value, rel=1e-12)
+        numpy.testing.assert_allclose(gradient.numpy(), expected_gradient.numpy(), rtol=0, atol=1e-12)
+        scale = float(expected.abs().max())
+        assert scale > 1e-3  # not a vanishing product
+        numpy.testing.assert_allclose(product.numpy(), expected.numpy(), rtol=0, atol=1e-10 * scale)
+        _, _, product32 = passes(theta, torch.float32, direction)
+        numpy.testing.assert_allclose(product32.numpy(), expected.numpy(), rtol=0, atol=1e-4 * scale)
+
+
 @pytest.fixture(scope="module")
 def reference(demo):
     """L-BFGS from zeros, as the surrogate's fit was, its J and its gradient."""
@@ -97,7 +123,7 @@ def test_fit_reaches_the_lbfgs_optimum(demo, reference, start):
     bound = float(torch.linalg.norm(reference_gradient)) / L2
     assert float(torch.linalg.norm(fit.theta - reference_theta)) <= 1.5 * bound + 1e-8
     numpy.testing.assert_allclose(fit.theta.numpy(), reference_theta.numpy(), rtol=0, atol=1e-3)
-    assert fit.passes < 400 and fit.hessians <= 3
+    assert 0 < fit.passes < 200 and fit.hessians == 1
 
 
 def test_the_trained_head_is_refit_not_kept():
