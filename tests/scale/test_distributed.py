@@ -209,6 +209,7 @@ def test_a_local_cluster_keeps_the_terminal_quiet(tmp_path):
     script = f"""
 from spacy_segment_influence.scale.distributed import ray_cluster
 from spacy_segment_influence.scale.sharded_index import ShardedIndex, write_sharded
+from tests.conftest import random_index
 
 index, queries = random_index("kfac")
 write_sharded(index, {str(tmp_path / "shards")!r}, n_shards=2)
