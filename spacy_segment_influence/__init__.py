@@ -23,8 +23,9 @@ loads a pipeline written by `segment-influence index` while another run may repl
 Errors a user can cause derive from `SegmentInfluenceError`.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any, Dict
+from typing import TYPE_CHECKING, Dict
+
+from .lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from .annotation_errors.build import FinderArguments, build_finder, find_errors
@@ -97,16 +98,7 @@ _EXPORTS: Dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __version__ = "0.1.0"

@@ -17,8 +17,9 @@ Names are imported from their modules on first use, so that `methods` (which `--
 reads) comes without spaCy and torch.
 """
 
-import importlib
-from typing import Any, Dict
+from typing import Dict
+
+from ..lazy_exports import lazy_exports
 
 # Each public name and its module, imported on first use
 _EXPORTS: Dict[str, str] = {
@@ -35,16 +36,7 @@ _EXPORTS: Dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)
