@@ -19,14 +19,7 @@ from spacy_segment_influence.influence.segments import (
 from spacy_segment_influence.ner import bridge
 from spacy_segment_influence.ner.bridge import LabelledBatch, labelled_batch
 
-from ..conftest import make_examples, tok2vec_nlp, train
-
-
-@pytest.fixture(scope="module")
-def nlp():
-    nlp = tok2vec_nlp()
-    train(nlp, make_examples(nlp), steps=60)
-    return nlp
+from ..conftest import make_examples
 
 
 def labelled(nlp, hide_every: int = 0):

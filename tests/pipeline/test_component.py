@@ -25,13 +25,6 @@ from spacy_segment_influence.ner.bridge import LabelledBatch
 from ..conftest import TRAIN_DATA, make_examples, tok2vec_nlp, train
 
 
-@pytest.fixture(scope="module")
-def nlp():
-    nlp = tok2vec_nlp()
-    train(nlp, make_examples(nlp), steps=60)
-    return nlp
-
-
 def add_index(nlp, name="segment_influence", **config):
     examples = make_examples(nlp)
     component = nlp.add_pipe("segment_influence", name=name, config={"k": 50, **config})
