@@ -88,13 +88,18 @@ def embedding_scores(
     return out
 
 
+def check_inits(inits: Any, where: str) -> None:
+    """ConfigError naming `where` unless `inits` (an ensemble's size) is an integer >= 1."""
+    if not isinstance(inits, int) or isinstance(inits, bool) or inits < 1:
+        raise ConfigError(f"{where}: inits must be an integer of at least 1, got {inits!r}")
+
+
 def initial_pipelines(config: Config, train_path: Path, n_inits: int) -> List[Language]:
     """`n_inits` initialisations of the pipeline: the config's own seed (the pipeline's
     actual start) and the next ones. An ensemble over them costs one gradient pass each and
     no training; TRAK averages over models for the same reason (one model's gradients carry
     its random initialisation's noise)."""
-    if not isinstance(n_inits, int) or isinstance(n_inits, bool) or n_inits < 1:
-        raise ConfigError(f"inits must be an integer of at least 1, got {n_inits!r}")
+    check_inits(n_inits, "initial_pipelines")
     base = int(Config(config).interpolate()["training"]["seed"])
     return [initial_pipeline(config, train_path, seed=base + offset) for offset in range(n_inits)]
 

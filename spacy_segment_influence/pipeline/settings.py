@@ -5,6 +5,7 @@ from typing import Any, Dict, Literal, Tuple, get_args
 
 from ..exceptions import ConfigError, IndexCorruptError
 from ..influence.curvature import CURVATURES, curvature_class
+from ..influence.encoder_influence import check_inits
 from ..influence.index import DTYPES
 
 Granularity = Literal["entities", "tokens"]
@@ -47,8 +48,7 @@ def check_settings(
         raise ConfigError(f"segment_influence: layers must be one of {LAYERS}, got {layers!r}")
     if layers == "embeddings" and (refine or granularity != "entities"):
         raise ConfigError("segment_influence: layers 'embeddings' indexes gold entities and has no refine")
-    if not isinstance(inits, int) or isinstance(inits, bool) or inits < 1:
-        raise ConfigError(f"segment_influence: inits must be an integer of at least 1, got {inits!r}")
+    check_inits(inits, "segment_influence")
 
 
 # The types of the component's settings, as its factory declares them; checked when a
