@@ -14,6 +14,7 @@ Two choices here are measured, not assumed (BENCHMARKS.md, "LDS", issue 23):
   preconditioner measured slightly worse.
 """
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -140,9 +141,10 @@ class EmbeddingIndex:
     LARGE_BLOCK = 64  # entries; smaller blocks are scored together through one gather
 
     def __init__(self, grads: eg.EmbeddingGradients):
-        self.grads = grads
+        # the vectors are kept once, in block order; everything else as given (for to_bytes)
+        self._layout = dataclasses.replace(grads, vectors=grads.vectors[:0])
         rows = numpy.sort(grads.rows, axis=1)
-        order = numpy.lexsort(rows.T[::-1])
+        self._order = order = numpy.lexsort(rows.T[::-1])
         rows = rows[order]
         new_block = numpy.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)])
         self._block_start = numpy.concatenate([numpy.flatnonzero(new_block), [rows.shape[0]]])
@@ -161,7 +163,7 @@ class EmbeddingIndex:
         self._hits = numpy.maximum(numpy.bincount(segment_rows, minlength=grads.n_rows), 1).astype(numpy.float32)
 
     def __len__(self) -> int:
-        return len(self.grads)
+        return len(self._layout)
 
     def scores(self, queries: eg.EmbeddingGradients) -> numpy.ndarray:
         """[Q, S]: sum over rows of g_query[row] . g_train[row] / hits(row)."""
@@ -205,13 +207,15 @@ class EmbeddingIndex:
         return numpy.bincount(numpy.concatenate(segments), numpy.concatenate(values), minlength=len(self))
 
     def to_bytes(self) -> bytes:
-        g = self.grads
+        g = self._layout
+        vectors = numpy.empty_like(self._vectors)
+        vectors[self._order] = self._vectors
         return srsly.msgpack_dumps(
             {
                 "table": g.table,
                 "ids": g.ids,
                 "rows": g.rows,
-                "vectors": g.vectors,
+                "vectors": vectors,
                 "offsets": g.offsets,
                 "n_rows": g.n_rows,
             }

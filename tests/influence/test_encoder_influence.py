@@ -163,3 +163,5 @@ def test_block_search_is_exact_under_collisions(seed):
     index = ei.EmbeddingIndex(stored)
     index.LARGE_BLOCK = int(rng.integers(1, 40))  # both the product and the gather path
     numpy.testing.assert_allclose(index.scores(queries), ei.embedding_scores(queries, stored), rtol=1e-5, atol=1e-6)
+    restored = ei.EmbeddingIndex.from_bytes(index.to_bytes())  # the vectors back in their segments' order
+    numpy.testing.assert_array_equal(restored.scores(queries), ei.EmbeddingIndex(stored).scores(queries))
