@@ -21,7 +21,6 @@ from spacy_segment_influence.fidelity import lds
 from spacy_segment_influence.influence.encoder_influence import (
     embedding_gradients_of,
     embedding_scores,
-    initial_pipeline,
     initial_pipelines,
 )
 from spacy_segment_influence.influence.segments import Segment
@@ -56,7 +55,8 @@ def main() -> None:
     entities = [Segment(i, e.start, e.end) for i, doc in enumerate(train) for e in doc.ents]
     sentences = [Segment(i, 0, len(doc)) for i, doc in enumerate(train) if len(doc)]
     config = Config().from_disk(args.config, interpolate=False)
-    start = initial_pipeline(config, args.out / "train.spacy")
+    starts = initial_pipelines(config, args.out / "train.spacy", args.inits)
+    start = starts[0]  # the pipeline's own initialisation
     for where, model in (("trained", nlp), ("initial", start)):
         queries = embedding_gradients_of(model, "crf_ner", test_docs, test_segments)
         for unit, segments in (("entities", entities), ("sentences", sentences)):
@@ -65,11 +65,10 @@ def main() -> None:
                 scores = embedding_scores(queries, stored, weighting)
                 per_sentence = lds.per_sentence(scores, [s.doc_index for s in segments], len(train))
                 show(f"embeddings, {where} weights, {unit}, weighting {weighting}", per_sentence)
-    starts = initial_pipelines(config, args.out / "train.spacy", args.inits)
     summed = numpy.zeros((len(test_segments), len(entities)))
-    for n, start in enumerate(starts, 1):
-        queries = embedding_gradients_of(start, "crf_ner", test_docs, test_segments)
-        summed += embedding_scores(queries, embedding_gradients_of(start, "crf_ner", train, entities))
+    for n, initial in enumerate(starts, 1):
+        queries = embedding_gradients_of(initial, "crf_ner", test_docs, test_segments)
+        summed += embedding_scores(queries, embedding_gradients_of(initial, "crf_ner", train, entities))
         if n & (n - 1) == 0 or n == len(starts):  # 1, 2, 4, 8, ... and the last
             per_sentence = lds.per_sentence(summed, [s.doc_index for s in entities], len(train))
             show(f"embeddings, initial weights, entities, 1/hits, {n} inits", per_sentence)
