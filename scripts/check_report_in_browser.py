@@ -40,7 +40,8 @@ FLAGS = (
     "--remote-debugging-pipe",
 )
 # Input.dispatchKeyEvent needs the DOM key, its code and, for keys without text, the key code
-_KEYS = {" ": ("Space", 32), "ArrowDown": ("ArrowDown", 40), "ArrowUp": ("ArrowUp", 38)}
+_KEYS = {" ": ("Space", 32), "ArrowDown": ("ArrowDown", 40), "ArrowUp": ("ArrowUp", 38), "Enter": ("Enter", 13)}
+_TEXT = {"Enter": "\r"}  # what a key types, where it is not the key's own one character
 
 
 def find_chromium() -> Optional[str]:
@@ -166,7 +167,7 @@ class Chromium:
     def press(self, key: str) -> None:
         """One key press, as the keyboard sends it (keydown with its text, then keyup)."""
         code, number = _KEYS[key] if key in _KEYS else (f"Key{key.upper()}", ord(key.upper()))
-        text = key if len(key) == 1 else ""
+        text = _TEXT.get(key, key if len(key) == 1 else "")
         for kind in ("keyDown", "keyUp"):
             self.send(
                 "Input.dispatchKeyEvent",

@@ -64,26 +64,11 @@ def wait_for(browser, expression, expected, timeout=20):
         time.sleep(0.05)
 
 
-def press(browser, key, code, number):
-    """A key the driver's `press` has no code for (Enter)."""
-    for kind in ("keyDown", "keyUp"):
-        browser.send(
-            "Input.dispatchKeyEvent",
-            session=True,
-            type=kind,
-            key=key,
-            code=code,
-            windowsVirtualKeyCode=number,
-            nativeVirtualKeyCode=number,
-            text="\r" if kind == "keyDown" else "",
-        )
-
-
 def answer(browser, keys, decided):
     """Press `keys` on the current card; returns its candidate id once `decided` answers show."""
     shown = browser.js("card.id")
     for key in keys:
-        press(browser, "Enter", "Enter", 13) if key == "Enter" else browser.press(key)
+        browser.press(key)
     wait_for(browser, "card.progress.decided", decided)
     return shown
 
