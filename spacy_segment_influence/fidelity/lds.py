@@ -342,15 +342,15 @@ def run_lds(
 
 
 def _check_methods(nlp: Language, ner_name: str, methods: Sequence[str]) -> None:
-    """ConfigError for an unknown attribution, or embeddings without hash embeddings: before
+    """ConfigError for an unknown attribution, or embeddings without embedding tables: before
     any training, not after."""
     unknown = [m for m in methods if m not in ATTRIBUTIONS]
     if unknown:
         raise ConfigError(f"Unknown attribution(s) {', '.join(unknown)}; choose from {', '.join(ATTRIBUTIONS)}")
     if "embeddings" in methods:
-        from ..influence.encoder_influence import require_hash_embeddings
+        from ..influence.encoder_influence import require_embedding_tables
 
-        require_hash_embeddings(nlp, ner_name)
+        require_embedding_tables(nlp, ner_name)
 
 
 def _method_entries(values: Dict[str, numpy.ndarray]) -> Dict[str, dict]:

@@ -29,6 +29,7 @@ from ..exceptions import ConfigError, IndexFormatError
 from ..ner import bridge
 from ..ner.bridge import labelled_batch
 from . import embedding_gradients as eg
+from . import wordpiece_gradients as wp
 from .segments import Segment, segment_gradients, segment_windows
 
 WEIGHTINGS = ("hits", "none")
@@ -46,9 +47,12 @@ def initial_pipeline(config: Config, train_path: Path, seed: Optional[int] = Non
     return init_nlp(Config().from_str(config.to_str(), overrides=overrides), use_gpu=-1)
 
 
-def require_hash_embeddings(nlp: Language, ner_name: str) -> None:
-    """PipelineError unless the crf_ner's encoder has hash-embedding tables to differentiate."""
-    eg.hash_embed_tables(eg.upstream_encoder(nlp, bridge.crf_component(nlp, ner_name)))
+def require_embedding_tables(nlp: Language, ner_name: str) -> None:
+    """PipelineError unless the crf_ner's encoder has embedding tables to differentiate:
+    a transformer's word embeddings or a tok2vec's hash-embedding tables."""
+    ner = bridge.crf_component(nlp, ner_name)
+    if wp.listened_transformer(nlp, ner) is None:
+        eg.hash_embed_tables(eg.upstream_encoder(nlp, ner))
 
 
 def embedding_gradients_of(
@@ -60,9 +64,8 @@ def embedding_gradients_of(
     batch = labelled_batch(nlp, ner_name, docs)
     head = segment_gradients(ner, batch, segments)
     encoded = [bridge.unannotated(doc) for doc in docs]
-    return eg.embedding_gradients(
-        nlp, ner, encoded, head, segment_windows(batch, segments), [s.doc_index for s in segments]
-    )
+    through = wp.wordpiece_gradients if wp.listened_transformer(nlp, ner) is not None else eg.embedding_gradients
+    return through(nlp, ner, encoded, head, segment_windows(batch, segments), [s.doc_index for s in segments])
 
 
 def embedding_scores(
@@ -257,7 +260,7 @@ class EncoderExplainer:
         n_inits: int = 4,
     ) -> "EncoderExplainer":
         initials = initial_pipelines(config, train_path, n_inits)
-        require_hash_embeddings(initials[0], ner_name)
+        require_embedding_tables(initials[0], ner_name)
         return cls(initials, ner_name, EmbeddingIndex(ensemble_gradients(initials, ner_name, docs, segments)))
 
     def scores(self, docs: Sequence[Doc], labellings: Sequence[Sequence[Span]], segments: Sequence[Segment]):
