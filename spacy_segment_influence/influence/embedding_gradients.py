@@ -141,7 +141,7 @@ def hash_embed_tables(encoder: Model) -> List[Model]:
     if not tables:
         raise PipelineError(
             f"The encoder {encoder.name!r} has no hash-embedding tables: embedding gradients need a "
-            "tok2vec with spaCy's MultiHashEmbed (transformer encoders are not supported yet)"
+            "tok2vec with spaCy's MultiHashEmbed or a spacy-transformers transformer shared through a listener"
         )
     return tables
 

@@ -15,8 +15,9 @@ Two choices here are measured, not assumed (BENCHMARKS.md, "LDS", issue 23):
 """
 
 import dataclasses
+from itertools import zip_longest
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import numpy
 import srsly
@@ -269,10 +270,22 @@ class EncoderExplainer:
         return self.index.scores(ensemble_gradients(self.initials, self.ner_name, labelled, segments))
 
     def to_bytes(self) -> bytes:
+        """The first initialisation whole, the others by the components that differ from
+        it (a pretrained transformer is the same at every seed: stored once)."""
+        first = self.initials[0]
+        own = [
+            {
+                name: cast(Any, nlp.get_pipe(name)).to_bytes()
+                for name in nlp.pipe_names
+                if not _same_weights(nlp.get_pipe(name), first.get_pipe(name))
+            }
+            for nlp in self.initials[1:]
+        ]
         return srsly.msgpack_dumps(
             {
                 "configs": [nlp.config.to_str() for nlp in self.initials],
-                "initials": [nlp.to_bytes() for nlp in self.initials],
+                "first": first.to_bytes(),
+                "own_components": own,
                 "ner": self.ner_name,
                 "index": self.index.to_bytes(),
             }
@@ -283,10 +296,31 @@ class EncoderExplainer:
         from spacy.util import load_model_from_config
 
         msg = srsly.msgpack_loads(data)
-        if "configs" not in msg:
+        if "first" not in msg:
             raise IndexFormatError("the embeddings index was written by an older version; re-index")
         initials = []
-        for config, weights in zip(msg["configs"], msg["initials"]):
-            nlp = load_model_from_config(Config().from_str(config), auto_fill=True)
-            initials.append(nlp.from_bytes(weights))
+        for config, own in zip(msg["configs"], [{}] + msg["own_components"]):
+            nlp = load_model_from_config(Config().from_str(config), auto_fill=True).from_bytes(msg["first"])
+            for name, component in own.items():
+                cast(Any, nlp.get_pipe(name)).from_bytes(component)
+            initials.append(nlp)
         return cls(initials, msg["ner"], EmbeddingIndex.from_bytes(msg["index"]))
+
+
+def _weights(component: Any) -> Iterator[numpy.ndarray]:
+    """A component's weights: its thinc parameters and its torch modules' state."""
+    for node in component.model.walk():
+        yield from (node.get_param(name) for name in node.param_names if node.has_param(name))
+        for shim in node.shims:
+            module = getattr(shim, "_model", None)
+            if isinstance(module, torch.nn.Module):
+                yield from (tensor.detach().cpu().numpy() for tensor in module.state_dict().values())
+
+
+def _same_weights(a: Any, b: Any) -> bool:
+    """Whether two initialisations of one component (one config, its seed aside) have the
+    same weights; their bytes are no test (a tokenizer records its temporary path)."""
+    if not hasattr(a, "model"):
+        return True
+    pairs = zip_longest(_weights(a), _weights(b))
+    return all(x is not None and y is not None and numpy.array_equal(x, y) for x, y in pairs)

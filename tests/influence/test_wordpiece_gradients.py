@@ -3,6 +3,7 @@ segment loss through the pipeline's own predict path, on a tiny random BERT."""
 
 import numpy
 import pytest
+import srsly
 import torch
 
 from spacy_segment_influence.influence import encoder_influence as ei
@@ -71,3 +72,30 @@ def test_embedding_gradients_of_dispatches_and_restores_the_model(setup):
     for p, before in zip(module.parameters(), grads):  # the weights' gradients are not touched
         assert (p.grad is None and before is None) or torch.equal(p.grad, before)
     ei.require_embedding_tables(nlp, "crf_ner")
+
+
+def test_index_and_explain_a_transformer_pipeline_with_embeddings(setup, tmp_path):
+    import spacy
+    from spacy.tokens import DocBin
+    from typer.testing import CliRunner
+
+    from spacy_segment_influence.cli import app
+
+    nlp, ner, docs, _ = setup
+    DocBin(docs=docs).to_disk(tmp_path / "train.spacy")
+    nlp.to_disk(tmp_path / "model")
+    args = ["index", str(tmp_path / "model"), str(tmp_path / "train.spacy"), str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*args, "--layers", "embeddings", "--inits", "2"])
+    assert result.exception is None, result.output
+    loaded = spacy.load(tmp_path / "out")
+    doc = loaded("Anna Berg visited Paris .")
+    assert doc._.influences and all(record["supporters"] for record in doc._.influences)
+    explainer = loaded.get_pipe("segment_influence")._encoder
+    data = explainer.to_bytes()
+    assert [set(own) for own in srsly.msgpack_loads(data)["own_components"]] == [{"crf_ner"}]  # encoder once
+    copy = ei.EncoderExplainer.from_bytes(data)
+    queries = [Segment(0, 0, 2), Segment(0, 3, 4)]
+    labellings = [[doc[0:2], doc[3:4]]]
+    numpy.testing.assert_array_equal(
+        copy.scores([doc], labellings, queries), explainer.scores([doc], labellings, queries)
+    )
