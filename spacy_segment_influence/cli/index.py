@@ -26,7 +26,9 @@ def index(
     normalize: bool = typer.Option(True, help="Cosine-normalise scores (a training entity ranks itself first)"),
     granularity: str = typer.Option("entities", help="entities (gold entity spans) | tokens (every token)"),
     layers: str = typer.Option(
-        "head", help="head (CRF head, trained weights) | embeddings (tok2vec embedding rows, initial weights)"
+        "head",
+        help="head (CRF head, trained weights) | embeddings (the encoder's embedding rows, tok2vec hash rows "
+        "or a transformer's word embeddings, at initial weights)",
     ),
     inits: int = typer.Option(4, help="With --layers embeddings: initialisations the scores sum over (storage x N)"),
     k: int = typer.Option(5, help="Supporters and opposers stored per predicted entity"),
