@@ -20,7 +20,7 @@ between different ids exactly.
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Sequence, Tuple, cast
+from typing import Any, Dict, Iterator, List, Sequence, cast
 
 import numpy
 import torch
@@ -29,7 +29,8 @@ from spacy.tokens import Doc
 from thinc.api import Model
 
 from ..exceptions import PipelineError
-from .gradients import FactoredGradients
+from ..ner.bridge import LabelledBatch, gold_tags, unannotated
+from .segments import Segment, segment_gradients, segment_windows
 
 
 @dataclass
@@ -194,39 +195,45 @@ def upstream_encoder(nlp: Language, ner: Any) -> Model:
 
 
 def embedding_gradients(
-    nlp: Language,
-    ner: Any,
-    docs: Sequence[Doc],
-    head_grads: FactoredGradients,
-    windows: Sequence[Tuple[int, int]],
-    doc_of_segment: Sequence[int],
-    batch_size: int = 256,
+    nlp: Language, ner: Any, docs: Sequence[Doc], segments: Sequence[Segment], batch_size: int = 256
 ) -> EmbeddingGradients:
-    """dl_S/dE for each segment: its head-input gradient (dl/dh_t = W^T r_t over the window
-    rows [lo, hi) of `head_grads`) backpropagated through the encoder, one doc copy per
-    segment so that thinc's batched backprop keeps segments apart."""
+    """dl_S/dE for each segment of `docs` (reference docs, labelled with their entities).
+    One encoder pass serves twice: its output is the head's features, from which the
+    segment's closed-form head gradient gives dl/dh over the segment's window
+    (dl/dh_t = W^T r_t), and its backprop carries that to the tables. One doc copy per
+    segment, so that thinc's batched backprop keeps segments apart."""
     encoder = upstream_encoder(nlp, ner)
     tables = hash_embed_tables(encoder)
-    weight = ner.head.weight.detach().numpy().astype("float32")
     sizes = [node.get_dim("nV") for node in tables]
     table_offsets = numpy.concatenate([[0], numpy.cumsum(sizes)]).astype(numpy.int64)
+    used = sorted({s.doc_index for s in segments})
+    fresh = {i: unannotated(docs[i]) for i in used}
+    tags = {i: gold_tags(ner, docs[i]) for i in used}
     parts = []
-    for first in range(0, len(windows), batch_size):
-        idx = range(first, min(first + batch_size, len(windows)))
-        batch_docs = [docs[doc_of_segment[i]] for i in idx]
+    for first in range(0, len(segments), batch_size):
+        batch = segments[first : first + batch_size]
+        copies = [fresh[s.doc_index] for s in batch]
         with _recording(encoder, tables) as records:
-            outputs, backprop = encoder.begin_update(batch_docs)
-            d_outputs = []
-            for out, i in zip(outputs, idx):
-                d = numpy.zeros(out.shape, dtype="float32")
-                lo, hi = windows[i]
-                rows = slice(head_grads.offsets[i], head_grads.offsets[i + 1])
-                d[lo:hi] = head_grads.r[rows].astype("float32") @ weight
-                d_outputs.append(encoder.ops.asarray2f(cast(Any, d)))
-            backprop(d_outputs)
-        lengths = numpy.array([len(doc) for doc in batch_docs])
-        parts.append(_collect(records, lengths, table_offsets))
+            outputs, backprop = encoder.begin_update(copies)
+            backprop(_head_input_gradients(ner, outputs, [tags[s.doc_index] for s in batch], batch))
+        parts.append(_collect(records, numpy.array([len(doc) for doc in copies]), table_offsets))
     return EmbeddingGradients.concat(parts)
+
+
+def _head_input_gradients(ner: Any, outputs: List[Any], tags: List[List[int]], segments: Sequence[Segment]) -> List:
+    """dl_S/dh of copy j's segment: W^T r_t over its window's rows, zero elsewhere, with
+    r the head's segment gradient (`segment_gradients`) at the features `outputs`."""
+    features = [numpy.asarray(ner.model.ops.to_numpy(x), dtype="float32") for x in outputs]
+    batch = LabelledBatch(features, tags)
+    local = [Segment(j, s.start, s.end) for j, s in enumerate(segments)]
+    head = segment_gradients(ner, batch, local)
+    weight = ner.head.weight.detach().numpy().astype("float32")
+    d_outputs = []
+    for j, (lo, hi) in enumerate(segment_windows(batch, local)):
+        d = numpy.zeros(features[j].shape, dtype="float32")
+        d[lo:hi] = head.r[head.offsets[j] : head.offsets[j + 1]].astype("float32") @ weight
+        d_outputs.append(ner.model.ops.asarray2f(cast(Any, d)))
+    return d_outputs
 
 
 def _collect(records: List[Dict[str, Any]], lengths: numpy.ndarray, table_offsets: numpy.ndarray) -> EmbeddingGradients:

@@ -27,9 +27,8 @@ from thinc.api import Config
 
 from ..exceptions import ConfigError, IndexFormatError
 from ..ner import bridge
-from ..ner.bridge import labelled_batch
 from . import embedding_gradients as eg
-from .segments import Segment, segment_gradients, segment_windows
+from .segments import Segment
 
 WEIGHTINGS = ("hits", "none")
 
@@ -56,13 +55,7 @@ def embedding_gradients_of(
 ) -> eg.EmbeddingGradients:
     """Each segment's gradient w.r.t. the encoder's hash-embedding tables, its sentence
     labelled with the docs' entities."""
-    ner = bridge.crf_component(nlp, ner_name)
-    batch = labelled_batch(nlp, ner_name, docs)
-    head = segment_gradients(ner, batch, segments)
-    encoded = [bridge.unannotated(doc) for doc in docs]
-    return eg.embedding_gradients(
-        nlp, ner, encoded, head, segment_windows(batch, segments), [s.doc_index for s in segments]
-    )
+    return eg.embedding_gradients(nlp, bridge.crf_component(nlp, ner_name), docs, segments)
 
 
 def embedding_scores(
