@@ -123,6 +123,15 @@ def side_by_side(parts: Sequence[EmbeddingGradients]) -> EmbeddingGradients:
     )
 
 
+def summed_by(index: numpy.ndarray, values: numpy.ndarray, n: int) -> numpy.ndarray:
+    """float32 [n, width]: the rows of `values` summed by `index`, through one bincount
+    (numpy.add.at takes 100x longer on 2-d rows; torch's index_add_ spins threads)."""
+    width = values.shape[1]
+    flat = (numpy.asarray(index, dtype=numpy.int64)[:, None] * width + numpy.arange(width)).reshape(-1)
+    summed = numpy.bincount(flat, numpy.asarray(values, dtype=numpy.float64).reshape(-1), minlength=n * width)
+    return summed.reshape(n, width).astype(numpy.float32)
+
+
 def slice_segments(grads: EmbeddingGradients, start: int, stop: int) -> EmbeddingGradients:
     """Segments start:stop, sharing memory with `grads`."""
     e0, e1 = grads.offsets[start], grads.offsets[stop]
@@ -246,8 +255,7 @@ def _collect(records: List[Dict[str, Any]], lengths: numpy.ndarray, table_offset
         seg, key = token_segment[keep], rec["ids"][keep]
         pairs = numpy.stack([seg.astype(numpy.uint64), key], axis=1)
         uniq, inverse = numpy.unique(pairs, axis=0, return_inverse=True)
-        summed = numpy.zeros((len(uniq), d.shape[1]), "float32")
-        numpy.add.at(summed, inverse.reshape(-1), d[keep])
+        summed = summed_by(inverse.reshape(-1), d[keep], len(uniq))
         first = numpy.zeros(len(uniq), numpy.int64)
         first[inverse.reshape(-1)] = numpy.flatnonzero(keep)
         tables.append(numpy.full(len(uniq), t, numpy.int16))
