@@ -55,6 +55,7 @@ class EmbeddingIndex:
     STAGES = 8  # `top_k` reads the touched entries in up to this many parts, best bound first
     CANDIDATES = 64  # segments `top_k` scores from all their entries once the bounds allow
     SLACK = 1e-4  # of each segment's total bound: float32 rounding of the products, with margin
+    PRUNE_FROM = 100_000  # touched entries; below, the bounds cost more than they save (BENCHMARKS.md)
 
     def __init__(self, grads: EmbeddingGradients):
         # the vectors are kept once, in block order; everything else as given (for to_bytes)
@@ -128,12 +129,12 @@ class EmbeddingIndex:
 
     def _top_k(self, query: EmbeddingGradients, k: int) -> QueryResult:
         blocks, summed = self._touched(query)
-        if not blocks.size:
-            return QueryResult([], [])
+        sizes = self._block_start[blocks + 1] - self._block_start[blocks]
+        if sizes.sum() < self.PRUNE_FROM:
+            return top_k_of(self._block_scores(blocks, summed), k)
         reach = numpy.linalg.norm(summed, axis=1)
         order = numpy.argsort(-(self._block_norm[blocks] * reach), kind="stable")
-        blocks, summed, reach = blocks[order], summed[order], reach[order]
-        sizes = self._block_start[blocks + 1] - self._block_start[blocks]
+        blocks, summed, reach, sizes = blocks[order], summed[order], reach[order], sizes[order]
         entries = ranges(self._block_start[blocks], self._block_start[blocks + 1])
         bounds = self._norms[entries] * numpy.repeat(reach, sizes)
         unread = numpy.bincount(self._segment[entries], bounds, minlength=len(self))

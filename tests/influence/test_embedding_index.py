@@ -73,6 +73,7 @@ def test_pruned_top_k_is_the_exhaustive_one(seed):
     index.LARGE_BLOCK = int(rng.integers(1, 40))
     index.STAGES = int(rng.integers(1, 12))
     index.CANDIDATES = int(rng.integers(1, 80))
+    index.PRUNE_FROM = int(rng.choice([0, 100]))  # bounds from the first entry, or only on larger reads
     reference = embedding_scores(queries, stored)
     for k in (1, 3, len(stored), len(stored) + 5):
         for found, row in zip(index.top_k(queries, k), reference):
@@ -101,6 +102,7 @@ def test_top_k_skips_what_cannot_matter(monkeypatch):
         stored.n_rows,
     )
     index = EmbeddingIndex(stored)
+    index.PRUNE_FROM = 0
     read = []
     scored = index._block_scores
     monkeypatch.setattr(index, "_block_scores", lambda blocks, summed: read.append(blocks) or scored(blocks, summed))
