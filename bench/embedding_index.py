@@ -1,6 +1,7 @@
 """Cost of `segment_influence` with layers = "embeddings" against the head index (issue 23):
 build time beside a plain `nlp.pipe` over the same corpus, single-entity `explain` latency end
-to end, and the search alone (the query's gradients computed beforehand), for each --inits.
+to end, and the component's own search alone (the top k `explain` asks for, the query's
+gradients computed beforehand; beside it the full score row), for each --inits.
 
     python bench/embedding_index.py --model bench/output/lds/full/model-last --n-train 12527 --inits 1,4
 
@@ -16,10 +17,7 @@ import spacy
 from spacy.tokens import DocBin
 
 from spacy_segment_influence.corpus import read_jsonl_docs
-from spacy_segment_influence.influence.encoder_influence import EncoderExplainer, ensemble_gradients
 from spacy_segment_influence.influence.segments import Segment
-from spacy_segment_influence.ner.bridge import labelled
-from spacy_segment_influence.training import training_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +58,7 @@ def main() -> None:
             f"{layers:<10} inits {inits}: build {build_s:.1f} s = {build_s / pipe_s:.2f}x nlp.pipe; explain {explain}"
         )
         if layers == "embeddings":
-            line += f"; search alone {search_alone(nlp, path, docs, queries, inits)}"
+            line += search_alone(component, queries)
         print(line, flush=True)
         nlp.remove_pipe(name)
 
@@ -75,18 +73,17 @@ def timed(calls) -> str:
     return f"median {1000 * statistics.median(times):.1f} ms (p90 {1000 * times[int(0.9 * len(times))]:.1f} ms)"
 
 
-def search_alone(nlp, path: Path, docs, queries, inits: int) -> str:
-    """The index's search with each query's gradients computed beforehand."""
-    config = training_config(nlp.config)
-    segments = [Segment(i, e.start, e.end) for i, doc in enumerate(docs) for e in doc.ents]
-    explainer = EncoderExplainer.build(config, path, "crf_ner", docs, segments, inits)
+def search_alone(component, queries) -> str:
+    """The component's own search (`explainer.index`), each query's gradients computed
+    beforehand as `explain` computes them: the top k it asks for, and the full score row."""
+    explainer = component.explainer
     grads = [
-        ensemble_gradients(
-            explainer.initials, "crf_ner", [labelled(d, d.ents[:1])], [Segment(0, d.ents[0].start, d.ents[0].end)]
-        )
-        for d in queries
+        explainer.query_gradients([d], [list(d.ents)], [Segment(0, d.ents[0].start, d.ents[0].end)]) for d in queries
     ]
-    return timed([lambda g=g: explainer.index.scores(g) for g in grads])
+    k = component.cfg["k"]
+    top = timed([lambda g=g: explainer.index.top_k(g, k) for g in grads])
+    row = timed([lambda g=g: explainer.index.scores(g) for g in grads])
+    return f"; search alone: top {k} {top}, every score {row}"
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ between different ids exactly.
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Sequence, Tuple, cast
+from typing import Any, Dict, Iterator, List, Sequence, cast
 
 import numpy
 import torch
@@ -29,7 +29,8 @@ from spacy.tokens import Doc
 from thinc.api import Model
 
 from ..exceptions import PipelineError
-from .gradients import FactoredGradients
+from ..ner.bridge import LabelledBatch, gold_tags, unannotated
+from .segments import Segment, segment_gradients, segment_windows
 
 
 @dataclass
@@ -122,6 +123,15 @@ def side_by_side(parts: Sequence[EmbeddingGradients]) -> EmbeddingGradients:
     )
 
 
+def summed_by(index: numpy.ndarray, values: numpy.ndarray, n: int) -> numpy.ndarray:
+    """float32 [n, width]: the rows of `values` summed by `index`, through one bincount
+    (numpy.add.at takes 100x longer on 2-d rows; torch's index_add_ spins threads)."""
+    width = values.shape[1]
+    flat = (numpy.asarray(index, dtype=numpy.int64)[:, None] * width + numpy.arange(width)).reshape(-1)
+    summed = numpy.bincount(flat, numpy.asarray(values, dtype=numpy.float64).reshape(-1), minlength=n * width)
+    return summed.reshape(n, width).astype(numpy.float32)
+
+
 def slice_segments(grads: EmbeddingGradients, start: int, stop: int) -> EmbeddingGradients:
     """Segments start:stop, sharing memory with `grads`."""
     e0, e1 = grads.offsets[start], grads.offsets[stop]
@@ -194,39 +204,45 @@ def upstream_encoder(nlp: Language, ner: Any) -> Model:
 
 
 def embedding_gradients(
-    nlp: Language,
-    ner: Any,
-    docs: Sequence[Doc],
-    head_grads: FactoredGradients,
-    windows: Sequence[Tuple[int, int]],
-    doc_of_segment: Sequence[int],
-    batch_size: int = 256,
+    nlp: Language, ner: Any, docs: Sequence[Doc], segments: Sequence[Segment], batch_size: int = 256
 ) -> EmbeddingGradients:
-    """dl_S/dE for each segment: its head-input gradient (dl/dh_t = W^T r_t over the window
-    rows [lo, hi) of `head_grads`) backpropagated through the encoder, one doc copy per
-    segment so that thinc's batched backprop keeps segments apart."""
+    """dl_S/dE for each segment of `docs` (reference docs, labelled with their entities).
+    One encoder pass serves twice: its output is the head's features, from which the
+    segment's closed-form head gradient gives dl/dh over the segment's window
+    (dl/dh_t = W^T r_t), and its backprop carries that to the tables. One doc copy per
+    segment, so that thinc's batched backprop keeps segments apart."""
     encoder = upstream_encoder(nlp, ner)
     tables = hash_embed_tables(encoder)
-    weight = ner.head.weight.detach().numpy().astype("float32")
     sizes = [node.get_dim("nV") for node in tables]
     table_offsets = numpy.concatenate([[0], numpy.cumsum(sizes)]).astype(numpy.int64)
+    used = sorted({s.doc_index for s in segments})
+    fresh = {i: unannotated(docs[i]) for i in used}
+    tags = {i: gold_tags(ner, docs[i]) for i in used}
     parts = []
-    for first in range(0, len(windows), batch_size):
-        idx = range(first, min(first + batch_size, len(windows)))
-        batch_docs = [docs[doc_of_segment[i]] for i in idx]
+    for first in range(0, len(segments), batch_size):
+        batch = segments[first : first + batch_size]
+        copies = [fresh[s.doc_index] for s in batch]
         with _recording(encoder, tables) as records:
-            outputs, backprop = encoder.begin_update(batch_docs)
-            d_outputs = []
-            for out, i in zip(outputs, idx):
-                d = numpy.zeros(out.shape, dtype="float32")
-                lo, hi = windows[i]
-                rows = slice(head_grads.offsets[i], head_grads.offsets[i + 1])
-                d[lo:hi] = head_grads.r[rows].astype("float32") @ weight
-                d_outputs.append(encoder.ops.asarray2f(cast(Any, d)))
-            backprop(d_outputs)
-        lengths = numpy.array([len(doc) for doc in batch_docs])
-        parts.append(_collect(records, lengths, table_offsets))
+            outputs, backprop = encoder.begin_update(copies)
+            backprop(head_input_gradients(ner, outputs, [tags[s.doc_index] for s in batch], batch))
+        parts.append(_collect(records, numpy.array([len(doc) for doc in copies]), table_offsets))
     return EmbeddingGradients.concat(parts)
+
+
+def head_input_gradients(ner: Any, outputs: List[Any], tags: List[List[int]], segments: Sequence[Segment]) -> List:
+    """dl_S/dh of copy j's segment: W^T r_t over its window's rows, zero elsewhere, with
+    r the head's segment gradient (`segment_gradients`) at the features `outputs`."""
+    features = [numpy.asarray(ner.model.ops.to_numpy(x), dtype="float32") for x in outputs]
+    batch = LabelledBatch(features, tags)
+    local = [Segment(j, s.start, s.end) for j, s in enumerate(segments)]
+    head = segment_gradients(ner, batch, local)
+    weight = ner.head.weight.detach().numpy().astype("float32")
+    d_outputs = []
+    for j, (lo, hi) in enumerate(segment_windows(batch, local)):
+        d = numpy.zeros(features[j].shape, dtype="float32")
+        d[lo:hi] = head.r[head.offsets[j] : head.offsets[j + 1]].astype("float32") @ weight
+        d_outputs.append(ner.model.ops.asarray2f(cast(Any, d)))
+    return d_outputs
 
 
 def _collect(records: List[Dict[str, Any]], lengths: numpy.ndarray, table_offsets: numpy.ndarray) -> EmbeddingGradients:
@@ -239,8 +255,7 @@ def _collect(records: List[Dict[str, Any]], lengths: numpy.ndarray, table_offset
         seg, key = token_segment[keep], rec["ids"][keep]
         pairs = numpy.stack([seg.astype(numpy.uint64), key], axis=1)
         uniq, inverse = numpy.unique(pairs, axis=0, return_inverse=True)
-        summed = numpy.zeros((len(uniq), d.shape[1]), "float32")
-        numpy.add.at(summed, inverse.reshape(-1), d[keep])
+        summed = summed_by(inverse.reshape(-1), d[keep], len(uniq))
         first = numpy.zeros(len(uniq), numpy.int64)
         first[inverse.reshape(-1)] = numpy.flatnonzero(keep)
         tables.append(numpy.full(len(uniq), t, numpy.int16))

@@ -14,7 +14,6 @@ Two choices here are measured, not assumed (BENCHMARKS.md, "LDS", issue 23):
   preconditioner measured slightly worse.
 """
 
-import dataclasses
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, cast
@@ -28,10 +27,11 @@ from thinc.api import Config
 
 from ..exceptions import ConfigError, IndexFormatError
 from ..ner import bridge
-from ..ner.bridge import labelled_batch
 from . import embedding_gradients as eg
 from . import wordpiece_gradients as wp
-from .segments import Segment, segment_gradients, segment_windows
+from .embedding_index import EmbeddingIndex
+from .index import QueryResult
+from .segments import Segment
 
 WEIGHTINGS = ("hits", "none")
 
@@ -59,14 +59,11 @@ def require_embedding_tables(nlp: Language, ner_name: str) -> None:
 def embedding_gradients_of(
     nlp: Language, ner_name: str, docs: Sequence[Doc], segments: Sequence[Segment]
 ) -> eg.EmbeddingGradients:
-    """Each segment's gradient w.r.t. the encoder's hash-embedding tables, its sentence
-    labelled with the docs' entities."""
+    """Each segment's gradient w.r.t. the encoder's embedding tables (a tok2vec's hash
+    tables or a transformer's word embeddings), its sentence labelled with the docs' entities."""
     ner = bridge.crf_component(nlp, ner_name)
-    batch = labelled_batch(nlp, ner_name, docs)
-    head = segment_gradients(ner, batch, segments)
-    encoded = [bridge.unannotated(doc) for doc in docs]
     through = wp.wordpiece_gradients if wp.listened_transformer(nlp, ner) is not None else eg.embedding_gradients
-    return through(nlp, ner, encoded, head, segment_windows(batch, segments), [s.doc_index for s in segments])
+    return through(nlp, ner, docs, segments)
 
 
 def embedding_scores(
@@ -133,113 +130,6 @@ def initial_embedding_scores(
     )
 
 
-class EmbeddingIndex:
-    """Training segments' embedding-row gradients, searched exactly through an inverted
-    index. A stored entry f's score against a query depends only on its rows:
-    v_f . sum_{row in rows(f)} F[row], with F[row] the query's summed vectors at that row
-    divided by hits(row). Entries are therefore stored in blocks of the same rows (one
-    attribute id, or ids whose hashes collide on all rows), contiguously, and a query reads
-    only the blocks with a row it touches: one matrix-vector product per large block, one
-    gather for the small ones. Scores are `embedding_scores`' (1/hits weighting)."""
-
-    LARGE_BLOCK = 64  # entries; smaller blocks are scored together through one gather
-
-    def __init__(self, grads: eg.EmbeddingGradients):
-        # the vectors are kept once, in block order; everything else as given (for to_bytes)
-        self._layout = dataclasses.replace(grads, vectors=grads.vectors[:0])
-        rows = numpy.sort(grads.rows, axis=1)
-        self._order = order = numpy.lexsort(rows.T[::-1])
-        rows = rows[order]
-        new_block = numpy.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)])
-        self._block_start = numpy.concatenate([numpy.flatnonzero(new_block), [rows.shape[0]]])
-        self._block_rows = rows[new_block]
-        self._vectors = grads.vectors[order]
-        self._segment = grads.segment_of_entry[order]
-        # rows -> the blocks having them (once per block, however often the row repeats)
-        block_of = numpy.repeat(numpy.arange(len(self._block_rows)), self._block_rows.shape[1])
-        pairs = numpy.unique(numpy.stack([self._block_rows.reshape(-1), block_of]), axis=1)
-        self._row_blocks = pairs[1]
-        self._row_start = numpy.searchsorted(pairs[0], numpy.arange(grads.n_rows + 1))
-        # hits: the training segments touching each row (an entry is one segment's)
-        flat = grads.rows.reshape(-1)
-        touching = numpy.repeat(grads.segment_of_entry, grads.rows.shape[1])
-        segment_rows = numpy.unique(numpy.stack([touching, flat]), axis=1)[1]
-        self._hits = numpy.maximum(numpy.bincount(segment_rows, minlength=grads.n_rows), 1).astype(numpy.float32)
-
-    def __len__(self) -> int:
-        return len(self._layout)
-
-    def scores(self, queries: eg.EmbeddingGradients) -> numpy.ndarray:
-        """[Q, S]: sum over rows of g_query[row] . g_train[row] / hits(row)."""
-        out = numpy.zeros((len(queries), len(self)))
-        for q in range(len(queries)):
-            out[q] = self._query(eg.slice_segments(queries, q, q + 1))
-        return out
-
-    def _field(self, query: eg.EmbeddingGradients) -> Tuple[numpy.ndarray, numpy.ndarray]:
-        """The query's rows (sorted) and F over them: summed vectors / hits."""
-        rows = query.rows.reshape(-1)
-        unique, inverse = numpy.unique(rows, return_inverse=True)
-        field = numpy.zeros((unique.size + 1, query.vectors.shape[1]), numpy.float32)  # last: rows it lacks
-        numpy.add.at(field, inverse.reshape(-1), numpy.repeat(query.vectors, query.rows.shape[1], axis=0))
-        field[:-1] /= self._hits[unique][:, None]
-        return unique, field
-
-    def _query(self, query: eg.EmbeddingGradients) -> numpy.ndarray:
-        unique, field = self._field(query)
-        starts, stops = self._row_start[unique], self._row_start[unique + 1]
-        blocks = numpy.unique(numpy.concatenate([self._row_blocks[a:b] for a, b in zip(starts, stops)] or [[]]))
-        if not blocks.size:
-            return numpy.zeros(len(self))
-        blocks = blocks.astype(numpy.int64)
-        block_rows = self._block_rows[blocks]
-        where = numpy.minimum(numpy.searchsorted(unique, block_rows), unique.size - 1)
-        where[unique[where] != block_rows] = unique.size  # the zero row of `field`
-        summed = field[where].sum(axis=1)  # [B, width]: sum of F over each block's rows
-        first, last = self._block_start[blocks], self._block_start[blocks + 1]
-        large = (last - first) >= self.LARGE_BLOCK
-        values = [self._vectors[a:b] @ g for a, b, g in zip(first[large], last[large], summed[large])]
-        segments = [self._segment[a:b] for a, b in zip(first[large], last[large])]
-        small_first, small_count = first[~large], (last - first)[~large]
-        if small_count.size:
-            entries = numpy.repeat(small_first - numpy.cumsum(small_count) + small_count, small_count) + numpy.arange(
-                small_count.sum()
-            )
-            weights = numpy.repeat(summed[~large], small_count, axis=0)
-            values.append(numpy.einsum("ew,ew->e", self._vectors[entries], weights))
-            segments.append(self._segment[entries])
-        return numpy.bincount(numpy.concatenate(segments), numpy.concatenate(values), minlength=len(self))
-
-    def to_bytes(self) -> bytes:
-        g = self._layout
-        vectors = numpy.empty_like(self._vectors)
-        vectors[self._order] = self._vectors
-        return srsly.msgpack_dumps(
-            {
-                "table": g.table,
-                "ids": g.ids,
-                "rows": g.rows,
-                "vectors": vectors,
-                "offsets": g.offsets,
-                "n_rows": g.n_rows,
-            }
-        )
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "EmbeddingIndex":
-        msg = srsly.msgpack_loads(data)
-        return cls(
-            eg.EmbeddingGradients(
-                numpy.asarray(msg["table"]),
-                numpy.asarray(msg["ids"]),
-                numpy.asarray(msg["rows"]),
-                numpy.asarray(msg["vectors"]),
-                numpy.asarray(msg["offsets"]),
-                int(msg["n_rows"]),
-            )
-        )
-
-
 class EncoderExplainer:
     """What `segment_influence` with layers = "embeddings" keeps: the pipeline at its
     initialisations (config and bytes each) and the training segments' embedding-row
@@ -264,10 +154,26 @@ class EncoderExplainer:
         require_embedding_tables(initials[0], ner_name)
         return cls(initials, ner_name, EmbeddingIndex(ensemble_gradients(initials, ner_name, docs, segments)))
 
-    def scores(self, docs: Sequence[Doc], labellings: Sequence[Sequence[Span]], segments: Sequence[Segment]):
-        """[Q, S] scores of segments of `docs`, each doc labelled with `labellings[i]`."""
+    def query_gradients(
+        self, docs: Sequence[Doc], labellings: Sequence[Sequence[Span]], segments: Sequence[Segment]
+    ) -> eg.EmbeddingGradients:
+        """The gradients of segments of `docs`, each doc labelled with `labellings[i]`, at
+        every initialisation side by side: what `scores` and `top_k` search the index with."""
         labelled = [bridge.labelled(doc, entities) for doc, entities in zip(docs, labellings)]
-        return self.index.scores(ensemble_gradients(self.initials, self.ner_name, labelled, segments))
+        return ensemble_gradients(self.initials, self.ner_name, labelled, segments)
+
+    def scores(
+        self, docs: Sequence[Doc], labellings: Sequence[Sequence[Span]], segments: Sequence[Segment]
+    ) -> numpy.ndarray:
+        """[Q, S] scores of the segments (as `query_gradients`) against the index."""
+        return self.index.scores(self.query_gradients(docs, labellings, segments))
+
+    def top_k(
+        self, docs: Sequence[Doc], labellings: Sequence[Sequence[Span]], segments: Sequence[Segment], k: int
+    ) -> List[QueryResult]:
+        """The k most supporting and opposing training segments of each segment, exactly
+        those of `scores` (`embedding_index.top_k_of`), reading only the index blocks needed."""
+        return self.index.top_k(self.query_gradients(docs, labellings, segments), k)
 
     def to_bytes(self) -> bytes:
         """The first initialisation whole, the others by the components that differ from

@@ -22,8 +22,9 @@ from spacy.tokens import Doc
 from thinc.api import Model
 
 from ..exceptions import PipelineError
-from .embedding_gradients import EmbeddingGradients
-from .gradients import FactoredGradients
+from ..ner.bridge import gold_tags, unannotated
+from .embedding_gradients import EmbeddingGradients, head_input_gradients
+from .segments import Segment
 
 
 def listened_transformer(nlp: Language, ner: Any) -> Optional[Any]:
@@ -98,39 +99,29 @@ def _listener_encode(transformer: Any, ner: Any, docs: Sequence[Doc]) -> Tuple[L
 
 
 def wordpiece_gradients(
-    nlp: Language,
-    ner: Any,
-    docs: Sequence[Doc],
-    head_grads: FactoredGradients,
-    windows: Sequence[Tuple[int, int]],
-    doc_of_segment: Sequence[int],
-    batch_size: int = 32,
+    nlp: Language, ner: Any, docs: Sequence[Doc], segments: Sequence[Segment], batch_size: int = 32
 ) -> EmbeddingGradients:
-    """dl_S/dE for each segment, E the transformer's word-embedding matrix: its head-input
-    gradient (W^T r_t over the window rows [lo, hi), as `embedding_gradients`) carried
-    back through pooling and the transformer, one doc copy per segment."""
+    """dl_S/dE for each segment of `docs` (reference docs, labelled with their entities), E
+    the transformer's word-embedding matrix. As `embedding_gradients`: one pass gives the
+    head's features and carries dl/dh back, through pooling and the transformer; one doc
+    copy per segment (spacy-transformers splits its batch by Doc object: real copies)."""
     transformer = listened_transformer(nlp, ner)
     if transformer is None:
         raise PipelineError("The crf_ner's encoder is not a spacy-transformers listener")
     module = _torch_transformer(transformer.model)
     n_rows = int(module.get_input_embeddings().num_embeddings)
-    weight = ner.head.weight.detach().numpy().astype("float32")
+    used = sorted({s.doc_index for s in segments})
+    fresh = {i: unannotated(docs[i]) for i in used}
+    tags = {i: gold_tags(ner, docs[i]) for i in used}
     parts = []
-    for first in range(0, len(windows), batch_size):
-        idx = range(first, min(first + batch_size, len(windows)))
+    for first in range(0, len(segments), batch_size):
+        batch = segments[first : first + batch_size]
         with _recording(module) as records:
-            copies = [docs[doc_of_segment[i]].copy() for i in idx]  # split_by_doc keys on the Doc object
-            arrays, backprop, full = _listener_encode(transformer, ner, copies)
-            d_arrays = []
-            for out, i in zip(arrays, idx):
-                d = numpy.zeros(out.shape, dtype="float32")
-                lo, hi = windows[i]
-                d[lo:hi] = head_grads.r[head_grads.offsets[i] : head_grads.offsets[i + 1]].astype("float32") @ weight
-                d_arrays.append(transformer.model.ops.asarray2f(cast(Any, d)))
-            backprop(d_arrays)
+            arrays, backprop, full = _listener_encode(transformer, ner, [fresh[s.doc_index].copy() for s in batch])
+            backprop(head_input_gradients(ner, arrays, [tags[s.doc_index] for s in batch], batch))
         (ids, grad), *_ = records
-        spans_per_copy = [len(spans) for spans in full.spans]
-        parts.append(_collect(ids, grad, numpy.repeat(numpy.arange(len(idx)), spans_per_copy), len(idx), n_rows))
+        copy_of_row = numpy.repeat(numpy.arange(len(batch)), [len(spans) for spans in full.spans])
+        parts.append(_collect(ids, grad, copy_of_row, len(batch), n_rows))
     return EmbeddingGradients.concat(parts)
 
 

@@ -46,7 +46,7 @@ from ..ner.entity_scores import ScoredEntity, set_entity_scores
 from ..ner.known_labels import check_known_labels
 from ..ner.tagger import CRFEntityRecognizer
 from . import extensions  # noqa: F401  (registers doc._.influences and span._.influences)
-from .queries import entity_probabilities, labelled_query, top_k_of
+from .queries import entity_probabilities, labelled_query
 from .serialization import SerializedComponent
 from .settings import SETTINGS, Granularity, Layers, check_k, check_settings
 
@@ -121,6 +121,13 @@ class SegmentInfluence(SerializedComponent, Pipe):
         if self._surrogate is None and self._surrogate_bytes is not None:
             self._surrogate = surrogate_from_bytes(self.nlp, self.cfg["ner"], self._surrogate_bytes)
         return self._surrogate
+
+    @property
+    def explainer(self) -> Optional[EncoderExplainer]:
+        """With layers = "embeddings", what `explain` searches: the initial pipelines, the
+        query gradients (`query_gradients`) and the index of the training segments'
+        gradients (`explainer.index`); None with layers = "head" (see `index`)."""
+        return self._encoder
 
     # -- indexing ------------------------------------------------------------------------
     def initialize(
@@ -309,7 +316,7 @@ class SegmentInfluence(SerializedComponent, Pipe):
         batch = LabelledBatch(features, tags)
         assert self.index is not None  # the callers checked it
         if self._encoder is not None:
-            top = top_k_of(self._encoder.scores(docs, labellings, segments), k or self.cfg["k"])
+            top = self._encoder.top_k(docs, labellings, segments, k or self.cfg["k"])
         else:
             top = self.index.top_k(segment_gradients(ner, batch, segments), k=k or self.cfg["k"], device=self.device)
         probabilities = entity_probabilities(ner, features, queries)

@@ -1,30 +1,13 @@
 """What a query to `segment_influence` is made of: the span labelled as asked with its
-doc's other entities, the CRF's probability of it, and the top-k of a full score matrix."""
+doc's other entities, and the CRF's probability of it."""
 
 from typing import List, Optional, Tuple
 
 import numpy
 from spacy.tokens import Span
 
-from ..influence.index import QueryResult
 from ..ner.entity_scores import Entity, probabilities_from_features
 from ..ner.tagger import CRFEntityRecognizer
-
-
-def top_k_of(scores: numpy.ndarray, k: int) -> List[QueryResult]:
-    """The k most supporting (positive, best first) and k most opposing (negative, most
-    negative first) segments of each row of a full score matrix [Q, S]."""
-    results = []
-    for row in scores:
-        order = numpy.argsort(-row, kind="stable")
-        top, bottom = order[:k], order[::-1][:k]
-        results.append(
-            QueryResult(
-                [(int(j), float(row[j])) for j in top if row[j] > 0],
-                [(int(j), float(row[j])) for j in bottom if row[j] < 0],
-            )
-        )
-    return results
 
 
 def labelled_query(span: Span, label: Optional[str]) -> Tuple[Span, List[Span]]:

@@ -8,7 +8,7 @@ import torch
 
 from spacy_segment_influence.influence import encoder_influence as ei
 from spacy_segment_influence.influence import wordpiece_gradients as wp
-from spacy_segment_influence.influence.segments import Segment, segment_gradients, segment_losses, segment_windows
+from spacy_segment_influence.influence.segments import Segment, segment_losses
 from spacy_segment_influence.ner import bridge
 from spacy_segment_influence.ner.bridge import labelled_batch
 
@@ -31,16 +31,8 @@ def _loss(nlp, ner, docs, segment) -> float:
 
 def test_matches_finite_differences_of_the_segment_loss(setup):
     nlp, ner, docs, segments = setup
-    batch = labelled_batch(nlp, "crf_ner", docs)
-    found = wp.wordpiece_gradients(
-        nlp,
-        ner,
-        [bridge.unannotated(d) for d in docs],
-        segment_gradients(ner, batch, segments),
-        segment_windows(batch, segments),
-        [s.doc_index for s in segments],
-        batch_size=3,  # segments of one doc in different batches, and copies of one doc in a batch
-    )
+    # batch_size 3: segments of one doc in different batches, and copies of one doc in a batch
+    found = wp.wordpiece_gradients(nlp, ner, docs, segments, batch_size=3)
     table = wp._torch_transformer(wp.listened_transformer(nlp, ner).model).get_input_embeddings().weight
     assert found.n_rows == table.shape[0] and (found.rows[:, 0] == found.ids.astype(numpy.int64)).all()
     rng = numpy.random.default_rng(0)
