@@ -47,6 +47,7 @@ def index(
 
     Writes MODEL_DIR plus an indexed segment_influence component to OUTPUT_DIR, like
     `spacy assemble`, all at once or not at all: a pipeline that explains its entities."""
+    from ..influence.encoder_influence import has_hash_embeddings
     from ..pipeline.indexing import index_pipeline
 
     settings = {"curvature": curvature, "damping": damping, "normalize": normalize, "granularity": granularity}
@@ -59,6 +60,11 @@ def index(
     typer.echo(
         f"Indexed {len(component.check_index())} segments ({written / 1e6:.1f} MB written); saved to {output_dir}"
     )
+    if component.cfg["layers"] == "head" and has_hash_embeddings(component.nlp, component.cfg["ner"]):
+        typer.echo(
+            "Tip: for a tok2vec encoder, --layers embeddings predicts retraining about 3x better "
+            "(README, 'Does influence predict retraining?'), at a higher build and query cost"
+        )
 
 
 @app.command()

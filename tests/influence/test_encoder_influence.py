@@ -133,6 +133,9 @@ def test_index_command_with_embeddings(trained_tok2vec_nlp, tmp_path):
     args = ["index", str(tmp_path / "model"), str(tmp_path / "train.spacy"), str(tmp_path / "out")]
     result = CliRunner().invoke(app, [*args, "--layers", "embeddings"])
     assert result.exception is None, result.output
+    assert ei.has_hash_embeddings(nlp, "crf_ner") and "Tip:" not in result.output
+    head = CliRunner().invoke(app, [*args[:3], str(tmp_path / "head")])
+    assert head.exception is None and "Tip: for a tok2vec encoder, --layers embeddings" in head.output
     loaded = spacy.load(tmp_path / "out")
     assert loaded.get_pipe("segment_influence").cfg["layers"] == "embeddings"
     doc = loaded("Anna Berg visited Paris .")

@@ -64,6 +64,7 @@ def test_embedding_gradients_of_dispatches_and_restores_the_model(setup):
     for p, before in zip(module.parameters(), grads):  # the weights' gradients are not touched
         assert (p.grad is None and before is None) or torch.equal(p.grad, before)
     ei.require_embedding_tables(nlp, "crf_ner")
+    assert not ei.has_hash_embeddings(nlp, "crf_ner")  # pretrained: the head, not embeddings, is the tip
 
 
 def test_index_and_explain_a_transformer_pipeline_with_embeddings(setup, tmp_path):
