@@ -18,6 +18,7 @@ which is 4 <v_e, v_f> for the same id (4 distinct rows) and counts hash collisio
 between different ids exactly.
 """
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Sequence, cast
@@ -95,11 +96,19 @@ def sparse_matrix(grads: EmbeddingGradients) -> torch.Tensor:
 def dot(a: EmbeddingGradients, b: EmbeddingGradients, chunk: int = 64) -> numpy.ndarray:
     """[len(a), len(b)] inner products of the embedding gradients, exact (see module doc).
     `rows` must be global (table offset added)."""
-    B = sparse_matrix(b)
-    out = numpy.zeros((len(a), len(b)))
-    for s0 in range(0, len(a), chunk):
-        A = sparse_matrix(slice_segments(a, s0, min(s0 + chunk, len(a)))).to_dense()
-        out[s0 : s0 + A.shape[0]] = torch.sparse.mm(B, A.T).T.numpy()
+    return products(sparse_matrix(b), a, chunk)
+
+
+def products(matrix: torch.Tensor, grads: EmbeddingGradients, chunk: int = 64) -> numpy.ndarray:
+    """[len(grads), S]: each segment of `grads` against the rows of the sparse [S, n_rows *
+    width] `matrix`, sparse on both sides: a dense chunk would be chunk x n_rows x width,
+    gigabytes for a transformer's vocabulary."""
+    out = numpy.zeros((len(grads), matrix.shape[0]))
+    with warnings.catch_warnings():  # torch's sparse x sparse product goes through CSR, "in beta"
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        for start in range(0, len(grads), chunk):
+            part = sparse_matrix(slice_segments(grads, start, min(start + chunk, len(grads))))
+            out[start : start + part.shape[0]] = torch.sparse.mm(matrix, part.t().coalesce()).to_dense().T.numpy()
     return out
 
 

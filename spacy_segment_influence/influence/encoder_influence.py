@@ -93,12 +93,7 @@ def embedding_scores(
         hits = torch.zeros(train.n_rows, dtype=values.dtype).index_add_(0, rows, (values != 0).to(values.dtype))
         hits = (hits / width).clamp(min=1.0)
         matrix = torch.sparse_coo_tensor(index, values / hits[rows], matrix.shape).coalesce()
-    out = numpy.zeros((len(queries), len(train)))
-    for start in range(0, len(queries), chunk):
-        stop = min(start + chunk, len(queries))
-        dense = eg.sparse_matrix(eg.slice_segments(queries, start, stop)).to_dense()
-        out[start:stop] = torch.sparse.mm(matrix, dense.T).T.numpy()
-    return out
+    return eg.products(matrix, queries, chunk)
 
 
 def check_inits(inits: Any, where: str) -> None:
