@@ -16,7 +16,8 @@ correction left the region's tokens alone):
   (one decision, as in bench/review_app.py);
 - loss: the out-of-fold loss ranking (2 fold models of whole documents, `find-errors`'s
   cross-fitting) read top down, one candidate a decision;
-- random: the app's candidates in a seeded random order.
+- random: the app's candidates in a seeded random order;
+- oracle (--oracle): every correction, the most a review could gain.
 Each arm's decisions are stored in a review database and the corrected corpus written by
 `apply-decisions`' own function (`write_decisions`). Every corpus (and the uncorrected
 baseline) trains the same config for --steps steps (model-last) on each seed, --jobs at
@@ -44,8 +45,6 @@ from spacy_segment_influence.corpus import read_docbin
 from spacy_segment_influence.review_app import ReviewSession, ReviewStore, write_decisions
 from spacy_segment_influence.review_app.prepare import pattern
 from spacy_segment_influence.training import TrainingJob, run_training_jobs
-
-ARMS = ("app", "loss", "random")
 
 
 def by_corrections(is_error: numpy.ndarray, corrected: Sequence[Doc], groups: bool) -> Reviewer:
@@ -229,6 +228,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N sentences (0: all)")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once")
     parser.add_argument("--random-seed", type=int, default=0)
+    parser.add_argument("--oracle", action="store_true", help="also train on every correction (the upper bound)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     run = args.work / f"n{args.limit or 'all'}-steps{args.steps}-d{args.decisions}"
@@ -246,7 +246,14 @@ def main() -> None:
     run_training_jobs(config, first, args.eval, n_processes=args.jobs)
     trained = (base_jobs[0].model_path, [j.model_path for j in fold_jobs], held_out)
     reviews = simulate(args, run, train, corrected, trained)
-    arm_jobs = {arm: jobs_for(arm, reviews[arm]["corpus"].read_bytes(), seeds, run, args.steps) for arm in ARMS}
+    if args.oracle:
+        reviews["oracle"] = {
+            "errors fixed": "all",
+            "tokens differing from corrected": 0,
+            "corpus": run / "oracle.spacy",
+        }
+        reviews["oracle"]["corpus"].write_bytes(DocBin(docs=corrected, store_user_data=True).to_bytes())
+    arm_jobs = {arm: jobs_for(arm, r["corpus"].read_bytes(), seeds, run, args.steps) for arm, r in reviews.items()}
     run_training_jobs(
         config, base_jobs[2:] + [j for js in arm_jobs.values() for j in js], args.eval, n_processes=args.jobs
     )
