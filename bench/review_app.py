@@ -51,33 +51,55 @@ def reviewers(every: Sequence[int]) -> List[Tuple[str, bool, int, bool]]:
     ]
 
 
+# A simulated reviewer: (session, card, the card's undecided pattern members, itself
+# included) -> the answer's JSON body, as the page posts it (candidate, answer, label,
+# start, end, group)
+Reviewer = Callable[[ReviewSession, dict, List[int]], dict]
+
+
+def by_errors(is_error: numpy.ndarray, groups: bool) -> Reviewer:
+    """Accept (the app's suggestion) when the corrected labels changed a token of the
+    card, else reject; with `groups`, for the whole pattern when every undecided member
+    gets the same answer."""
+
+    def answer(session: ReviewSession, card: dict, members: List[int]) -> dict:
+        wrong = bool(is_error[card["id"]])
+        group = groups and len(members) > 1 and all(bool(is_error[m]) == wrong for m in members)
+        return {"candidate": card["id"], "answer": "accept" if wrong else "reject", "group": group}
+
+    return answer
+
+
 def review(
-    template: Path, db: Path, is_error: numpy.ndarray, learn: bool, every: int, groups: bool, n: int, http: bool
+    template: Path, db: Path, is_error: numpy.ndarray, reviewer: Reviewer, learn: bool, every: int, n: int, http: bool
 ):
-    """Errors fixed after each decision, and the seconds each answer took (with `http`,
-    posted to the app and the next card read back as JSON, as the page does)."""
+    """Errors fixed (accepted candidates that are errors) after each decision, and the
+    seconds each answer took (with `http`, posted to the app and the next card read back
+    as JSON, as the page does). The decisions stay in `db` (a copy of `template`)."""
     shutil.copy(template, db)
     store = ReviewStore(db)
     session = ReviewSession(store, learn=learn, rerank_every=every)
     post = session_answer(session) if not http else http_answer(session)
-    fixed, seconds, total = [], [], 0
+    fixed, seconds = [], []
     card = session.card()
     while len(fixed) < n and not card["done"]:
-        wrong = bool(is_error[card["id"]])
         decided = store.decisions()
         members = [m for m in session.groups[session.candidates[card["id"]].pattern] if m not in decided]
-        group = groups and len(members) > 1 and all(bool(is_error[m]) == wrong for m in members)
+        body = reviewer(session, card, members)
         start = time.perf_counter()
-        card = post({"candidate": card["id"], "answer": "accept" if wrong else "reject", "group": group})
+        card = post(body)
         seconds.append(time.perf_counter() - start)
-        total += int(wrong) * (len(members) if group else 1)
-        fixed.append(total)
+        fixed.append(sum(bool(is_error[c]) for c, d in store.decisions().items() if d.answer == "accept"))
     store.close()
     return {"fixed": fixed, "seconds": seconds}
 
 
 def session_answer(session: ReviewSession) -> Callable[[dict], dict]:
-    return lambda body: session.answer(body["candidate"], body["answer"], group=body["group"])
+    def post(body: dict) -> dict:
+        span = (body["start"], body["end"]) if body.get("start") is not None else None
+        return session.answer(body["candidate"], body["answer"], body.get("label"), span, body["group"])
+
+    return post
 
 
 def http_answer(session: ReviewSession) -> Callable[[dict], dict]:
@@ -110,6 +132,12 @@ def prepared_store(args: argparse.Namespace) -> Path:
     return template
 
 
+def store_errors(template: Path, corrections: Corrections) -> numpy.ndarray:
+    """Whether the correction changed a token of each candidate of a review database."""
+    records = [c.record for c in ReviewStore(template).candidates()]
+    return numpy.array([corrections.is_error(region) for region in ranked_regions(records)], dtype=bool)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
@@ -127,16 +155,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     template = prepared_store(args)
-    corrections = Corrections.from_files(args.original, args.corrected)
-    records = [c.record for c in ReviewStore(template).candidates()]
-    is_error = numpy.array([corrections.is_error(region) for region in ranked_regions(records)])
+    is_error = store_errors(template, Corrections.from_files(args.original, args.corrected))
     print(f"{len(is_error)} candidates, {int(is_error.sum())} errors", flush=True)
     results: Dict[str, dict] = {}
     for name, learn, every, groups in reviewers(args.every):
         if args.only and name not in args.only:
             continue
         db = args.work / f"{name.replace('/', '_')}.sqlite"
-        results[name] = review(template, db, is_error, learn, every, groups, args.decisions, args.http)
+        reviewer = by_errors(is_error, groups)
+        results[name] = review(template, db, is_error, reviewer, learn, every, args.decisions, args.http)
         print(f"{name}: {results[name]['fixed'][-1]} errors fixed in {len(results[name]['fixed'])}", flush=True)
     report(results)
     if args.out:

@@ -41,13 +41,23 @@ def apply_decisions(docs: Sequence[Doc], store: ReviewStore, remove: bool = Fals
 
 
 def _fixed(doc: Doc, fixes: List[Tuple[int, int, List[Entity]]]) -> Doc:
-    """A copy of `doc` whose entities touching each fixed region are replaced by the
-    region's corrected ones; tokens left unannotated (missing) stay so."""
+    """A copy of `doc` whose entities touching each fixed region, or the corrected
+    entities (a fix may widen a span beyond its region), are replaced by the corrected
+    ones; tokens left unannotated (missing) stay so. Two regions fixed to the same
+    entity add it once; DataError when their fixes overlap otherwise."""
     fixed = copy.deepcopy(doc)
-    kept = [ent for ent in fixed.ents if not any(ent.start < end and start < ent.end for start, end, _ in fixes)]
-    added = [Span(fixed, s, e, label=label) for _, _, entities in fixes for s, e, label in entities]
-    missing = [fixed[t.i : t.i + 1] for t in fixed if t.ent_iob_ == "" and not any(s <= t.i < e for s, e, _ in fixes)]
-    fixed.set_ents(kept + added, missing=missing, default="outside")
+    added = sorted(set(entity for _, _, entities in fixes for entity in entities))
+    for (start, end, label), (next_start, next_end, next_label) in zip(added, added[1:]):
+        if next_start < end:
+            raise DataError(
+                f"Sentence {doc.user_data.get('id', doc.text[:40])!r}: the accepted fixes {doc[start:end].text!r} "
+                f"({label}) and {doc[next_start:next_end].text!r} ({next_label}) overlap: undo one of them"
+            )
+    covered = [(start, end) for start, end, _ in fixes] + [(start, end) for start, end, _ in added]
+    kept = [ent for ent in fixed.ents if not any(ent.start < end and start < ent.end for start, end in covered)]
+    spans = [Span(fixed, start, end, label=label) for start, end, label in added]
+    missing = [fixed[t.i : t.i + 1] for t in fixed if t.ent_iob_ == "" and not any(s <= t.i < e for s, e in covered)]
+    fixed.set_ents(kept + spans, missing=missing, default="outside")
     return fixed
 
 

@@ -212,6 +212,26 @@ def test_apply_decisions_relabels_fixes_and_removes(session, nlp):  # noqa: F811
         apply_decisions(docs[1:], session.store)
 
 
+def test_a_fix_wider_than_its_region_replaces_the_entities_it_covers(session, nlp):  # noqa: F811
+    # Paris' region is token 3; the fix spans "Berg visited Paris", over Anna Berg's entity outside the region
+    session.answer(find(session, "Paris"), "accept", label="LOC", span=(1, 4))
+    fixed, _ = apply_decisions(noisy_docs(nlp), session.store)
+    expected = ents(gold_docs(nlp))
+    expected[NOISY_DOC] = [(1, 4, "LOC")]
+    assert ents(fixed) == expected
+
+
+def test_two_regions_fixed_alike_add_the_entity_once_and_overlapping_fixes_are_refused(session, nlp):  # noqa: F811
+    session.answer(find(session, "Anna Berg"), "accept", label="ORG", span=(0, 4))
+    session.answer(find(session, "Paris"), "accept", label="ORG", span=(0, 4))
+    fixed, counts = apply_decisions(noisy_docs(nlp), session.store)
+    assert ents(fixed)[NOISY_DOC] == [(0, 4, "ORG")] and counts["fixed regions"] == 2
+    session.undo(session.store.last_action())
+    session.answer(find(session, "Paris"), "accept", label="LOC", span=(1, 4))
+    with pytest.raises(DataError, match="overlap"):
+        apply_decisions(noisy_docs(nlp), session.store)
+
+
 def test_the_export_is_what_find_errors_reviewed_reads(session, tmp_path):
     session.answer(find(session, "Paris"), "accept")
     session.answer(find(session, "Rome"), "reject")
