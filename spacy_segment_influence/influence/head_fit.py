@@ -15,8 +15,8 @@ marginals, times the token features) and its Hessian their covariance. The fit u
   Optimization", 2nd ed., algorithm 7.1): each solves H d = -g by conjugate gradients whose
   Hessian-vector products are exact over the whole corpus, a pass each on dual numbers
   through the closed-form gradient (forward-mode AD, no graph kept), preconditioned by
-  the closed-form Hessian (`hessian.head_hessian`) of an evenly spread sample of the
-  sentences (the whole corpus when it is small);
+  the closed-form Hessian (`hessian.head_hessian`) on a small corpus and by a sampled
+  Fisher of the whole corpus (`head_fisher`) on a large one;
 - the products run in float32, J and the gradients in float64: CG needs the products to
   a few digits, the gradient's last digits are the answer;
 - a warm start where there is one (`validate` refits from the trained head).
@@ -25,7 +25,6 @@ marginals, times the token features) and its Hessian their covariance. The fit u
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
-import numpy
 import torch
 from torch.autograd import forward_ad
 from tqdm import tqdm
@@ -34,6 +33,7 @@ from ..ner import crf
 from ..ner.bridge import LabelledBatch, head_layout
 from ..ner.layout import HeadParameters
 from ..ner.tagger import CRFEntityRecognizer
+from .head_fisher import sampled_fisher
 from .hessian import head_hessian
 from .segments import padded_tags
 
@@ -46,7 +46,7 @@ class HeadFit:
     objective: float  # J(theta), in float64
     gradient_max: float  # max |dJ/dtheta| at theta, in float64
     passes: int  # passes over the corpus (gradients and Hessian-vector products)
-    hessians: int  # sample Hessians computed (the preconditioner)
+    hessians: int  # preconditioner curvatures computed (a Hessian or a sampled Fisher)
 
 
 class HeadPasses:
@@ -98,6 +98,10 @@ class HeadPasses:
             product = product / self.n_sentences + self.l2 * direction.detach().double()
         return value, gradient, product
 
+    def fisher(self, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The sampled Fisher information [P, P] at `theta` (`head_fisher`), float64."""
+        return sampled_fisher(self.chunks, self.layout, self.constraints, theta, self.n_sentences, generator, _PAIRS)
+
     def _chunk(
         self, params: Tuple[torch.Tensor, ...], x: torch.Tensor, lengths: torch.Tensor, tags: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +138,6 @@ def fit_head(
     theta: Optional[torch.Tensor] = None,
     *,
     tol: float = 1e-9,
-    hessian_sample: int = 1000,
     max_iter: int = 1000,
     show_progress: bool = False,
     desc: str = "Fitting the CRF head",
@@ -144,9 +147,8 @@ def fit_head(
 
     Far from the optimum, L-BFGS steps with float32 passes; below max |gradient|
     `_NEWTON_FROM`, Newton-CG steps (float64 gradients, float32 Hessian-vector products)
-    preconditioned by the closed-form Hessian of up to `hessian_sample` evenly spread
-    sentences. A progress bar shows J and max |gradient| per pass."""
-    rows = [i for i, x in enumerate(batch.features) if len(x)]
+    preconditioned by `_curvature` (exact Hessian or sampled Fisher, computed once at
+    the hand-over). A progress bar shows J and max |gradient| per pass."""
     theta = torch.zeros(head_layout(ner).n_params, dtype=torch.float64) if theta is None else theta.double()
     passes = HeadPasses(ner, batch, l2)
     done = [0]  # passes (a disabled progress bar counts nothing)
@@ -166,9 +168,7 @@ def fit_head(
         value, gradient, _ = evaluate(theta)
         hessians = 0
         if float(gradient.abs().max()) >= tol:
-            sample = _spread(rows, hessian_sample)
-            part = batch if len(sample) == len(rows) else _subset(batch, sample)
-            cholesky = _damped_cholesky(torch.as_tensor(head_hessian(ner, part, flat=theta, **_HESSIAN_CHUNKS)), l2)
+            cholesky = _damped_cholesky(_curvature(ner, batch, passes, theta), l2)
             hessians = 1
             theta, value, gradient = _newton_cg(evaluate, theta, value, gradient, cholesky, tol, max_iter)
     return HeadFit(theta, value, float(gradient.abs().max()), done[0], hessians)
@@ -178,7 +178,11 @@ def fit_head(
 _NEWTON_FROM = 1e-2
 # L-BFGS pairs kept
 _MEMORY = 20
-# the sample Hessian's chunks, small: the fit's memory stays near the cached features'
+# pairs of paths drawn per sentence for the sampled Fisher
+_PAIRS = 4
+# the preconditioner is the exact Hessian up to this many sentences, the sampled Fisher above
+_EXACT_UP_TO = 500
+# the exact Hessian's chunks, small: the fit's memory stays near the cached features'
 _HESSIAN_CHUNKS = {"max_pairs": 2048, "max_elements": 2 * 10**6}
 # CG iterations per Newton step at most
 _MAX_CG = 200
@@ -327,6 +331,15 @@ def _solve(memory: Sequence[Tuple[torch.Tensor, torch.Tensor]], gradient: torch.
     return r
 
 
+def _curvature(ner: CRFEntityRecognizer, batch: LabelledBatch, passes: HeadPasses, theta: torch.Tensor) -> torch.Tensor:
+    """The preconditioner's curvature [P, P] at `theta`: the closed-form Hessian on a small
+    corpus (exact: CG ends in a few products), the sampled Fisher on a large one, where the
+    Hessian costs ~12 ms a sentence and one of a sample is blind to the rest's curvature."""
+    if passes.n_sentences <= _EXACT_UP_TO:
+        return torch.as_tensor(head_hessian(ner, batch, flat=theta, **_HESSIAN_CHUNKS))
+    return passes.fisher(theta, torch.Generator().manual_seed(0))
+
+
 def _damped_cholesky(curvature: torch.Tensor, damping: float) -> torch.Tensor:
     """Cholesky factor of curvature + damping I, with more damping where that is not
     positive definite (sentences with unknown labels make J non-convex)."""
@@ -374,14 +387,3 @@ def _chunks(batch: LabelledBatch, rows: Sequence[int], max_tokens: int) -> List[
             current = []
         current.append(i)
     return chunks + [current] if current else chunks
-
-
-def _spread(rows: Sequence[int], size: int) -> List[int]:
-    """`size` of `rows`, evenly spread over the corpus (deterministic)."""
-    if size >= len(rows):
-        return list(rows)
-    return [rows[i] for i in numpy.linspace(0, len(rows) - 1, size).round().astype(int)]
-
-
-def _subset(batch: LabelledBatch, rows: Sequence[int]) -> LabelledBatch:
-    return LabelledBatch([batch.features[i] for i in rows], [batch.tags[i] for i in rows])

@@ -243,27 +243,64 @@ def summed_marginals(
     return found
 
 
-def _scaled_summed_marginals(masked: ChainScores) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    emissions, lengths = masked.emissions, masked.lengths
-    n_docs, length, _ = emissions.shape
+class ScaledForward(NamedTuple):
+    """The scaled forward pass of a constrained chain (Rabiner 1989, section V.A)."""
+
+    potentials: torch.Tensor  # exp(emissions - shift) [B, L, C]
+    moves: torch.Tensor  # exp(transitions - top) [C, C]
+    alpha: torch.Tensor  # scaled forward variables [B, L, C], each row summing to 1, frozen past each length
+    scale: torch.Tensor  # their normalisers [B, L] (1 past each length)
+    shift: torch.Tensor  # per-token maximum emission [B, L]
+    inside: torch.Tensor  # bool [B, L]
+
+
+def scaled_forward(masked: ChainScores) -> ScaledForward:
+    """The scaled forward variables of already constrained scores, without gradients."""
+    emissions = masked.emissions
     inside = _in_chain(masked).squeeze(-1)  # [B, L]
     shift = emissions.amax(dim=2)
     potentials = torch.exp(emissions - shift.unsqueeze(-1))
-    top = masked.transitions.max()
-    moves = torch.exp(masked.transitions - top)
-    start_top, end_top = masked.start.max(), masked.end.max()
-    alpha = torch.exp(masked.start - start_top) * potentials[:, 0]
+    moves = torch.exp(masked.transitions - masked.transitions.max())
+    alpha = torch.exp(masked.start - masked.start.max()) * potentials[:, 0]
     norms = [alpha.sum(dim=1)]
     alphas = [alpha / norms[0].unsqueeze(1)]
     one = torch.ones((), dtype=emissions.dtype)
-    for t in range(1, length):
+    for t in range(1, emissions.shape[1]):
         step = (alphas[-1] @ moves) * potentials[:, t]
         norm = torch.where(inside[:, t], step.sum(dim=1), one)
         alphas.append(torch.where(inside[:, t].unsqueeze(1), step / norm.unsqueeze(1), alphas[-1]))
         norms.append(norm)
-    scaled_alpha, scale = torch.stack(alphas, dim=1), torch.stack(norms, dim=1)  # [B, L, C], [B, L]
+    return ScaledForward(potentials, moves, torch.stack(alphas, dim=1), torch.stack(norms, dim=1), shift, inside)
+
+
+def sample_paths(
+    scores: ChainScores, constraints: Optional[TagConstraints], n_samples: int, generator: torch.Generator
+) -> torch.Tensor:
+    """`n_samples` paths per chain drawn from p(y | x) [B, n_samples, L] (-1 past each length):
+    forward filtering, backward sampling (p(y_t | y_t+1, x) ~ alpha_t K[:, y_t+1], last token first)."""
+    with torch.no_grad():
+        masked = masked_scores(scores, constraints, None)
+        found = scaled_forward(masked)
+        lengths = masked.lengths.repeat_interleave(n_samples)
+        alpha = found.alpha.repeat_interleave(n_samples, dim=0)
+        end = torch.exp(masked.end - masked.end.max())
+        paths = torch.full(alpha.shape[:2], -1, dtype=torch.long)
+        following = torch.zeros(len(alpha), dtype=torch.long)
+        for t in range(alpha.shape[1] - 1, -1, -1):
+            weights = alpha[:, t] * torch.where((t < lengths - 1).unsqueeze(1), found.moves[:, following].T, end)
+            drawn = torch.multinomial(weights + (t >= lengths).unsqueeze(1).to(weights.dtype), 1, generator=generator)
+            following = torch.where(t < lengths, drawn.squeeze(1), following)
+            paths[:, t] = torch.where(t < lengths, following, paths[:, t])
+    return paths.reshape(len(scores.lengths), n_samples, -1)
+
+
+def _scaled_summed_marginals(masked: ChainScores) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    lengths = masked.lengths
+    potentials, moves, scaled_alpha, scale, shift, inside = scaled_forward(masked)
+    n_docs, length, _ = scaled_alpha.shape
+    top, start_top, end_top = masked.transitions.max(), masked.start.max(), masked.end.max()
     end = torch.exp(masked.end - end_top).expand(n_docs, -1)
-    end_mass = (alphas[-1] * end).sum(dim=1)  # alphas stay frozen past each length
+    end_mass = (scaled_alpha[:, -1] * end).sum(dim=1)  # alphas stay frozen past each length
     if not bool((scale > 0).all() and (end_mass > 0).all() and torch.isfinite(scale).all()):
         return None
     log_z = (

@@ -11,7 +11,9 @@ from thinc.api import fix_random_seed
 
 from bench.head_fit import lbfgs_refit
 from spacy_segment_influence.corpus import read_jsonl_docs
+from spacy_segment_influence.influence.head_fisher import sampled_fisher
 from spacy_segment_influence.influence.head_fit import HeadPasses, fit_head, head_objective
+from spacy_segment_influence.influence.hessian import head_hessian
 from spacy_segment_influence.influence.segments import mean_nll
 from spacy_segment_influence.ner import bridge
 from spacy_segment_influence.ner.bridge import LabelledBatch, labelled_batch
@@ -137,3 +139,23 @@ def test_the_trained_head_is_refit_not_kept():
     assert float(gradient.abs().max()) > 1e-3
     fit = fit_head(ner, batch, L2, start)
     assert fit.gradient_max < 1e-8 and fit.hessians >= 1
+
+
+def test_sampled_fisher_is_the_hessian_in_expectation(demo):
+    """On fully labelled sentences the Hessian of the mean NLL is Cov[phi]: the sampled
+    Fisher, averaged over many draws, converges to the closed-form Hessian."""
+    ner, batch = demo
+    short = [i for i, t in enumerate(batch.tags) if 2 <= len(t) <= 6 and min(t) >= 0][:4]
+    part = LabelledBatch([batch.features[i] for i in short], [batch.tags[i] for i in short])
+    theta = bridge.flat_head(ner)
+    exact = torch.as_tensor(head_hessian(ner, part, flat=theta))
+    passes = HeadPasses(ner, part, L2)
+    draws = [
+        sampled_fisher(passes.chunks, passes.layout, passes.constraints, theta, passes.n_sentences, generator, 500)
+        for generator in (torch.Generator().manual_seed(seed) for seed in range(4))
+    ]
+    estimate = torch.stack(draws).mean(dim=0)
+    scale = float(exact.abs().max())
+    assert scale > 1e-2
+    assert float((estimate - exact).abs().max()) < 0.05 * scale
+    assert float((draws[0] - draws[1]).abs().max()) > 1e-4 * scale  # random draws, not a fixed matrix

@@ -10,6 +10,7 @@ specification only, independently of the implementation.
 All computations are in float64 and compared with tolerance ~1e-9.
 """
 
+import collections
 import itertools
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -1070,3 +1071,37 @@ def test_marginals_padding_minimal():
     assert torch.equal(unary[1, 1], torch.zeros(3, dtype=DTYPE)), unary[1, 1]
     assert torch.equal(pairwise[1, 0], torch.zeros(3, 3, dtype=DTYPE)), pairwise[1, 0]
     close(pairwise[0, 0], torch.full((3, 3), 1 / 9, dtype=DTYPE), "pairwise")
+
+
+def test_sample_paths_follow_the_chain_distribution():
+    """Forward filtering, backward sampling: path frequencies over many draws match
+    p(y | x) by enumeration, on a constrained chain of two lengths (padding included)."""
+    generator = torch.Generator().manual_seed(0)
+    tags = ["O", "B-X", "I-X"]
+    constraints = crf.tag_constraints(tags, "BIO")
+    emissions = torch.randn(2, 4, 3, generator=generator, dtype=torch.float64)
+    scores = crf.ChainScores(
+        emissions,
+        torch.tensor([4, 2]),
+        torch.randn(3, 3, dtype=torch.float64, generator=generator),
+        torch.randn(3, dtype=torch.float64, generator=generator),
+        torch.zeros(3, dtype=torch.float64),
+    )
+    paths = crf.sample_paths(scores, constraints, 20000, generator)
+    assert paths.shape == (2, 20000, 4) and bool((paths[1, :, 2:] == -1).all())
+    masked = crf.constrain(scores, constraints)
+    for b, length in enumerate([4, 2]):
+        drawn = collections.Counter(tuple(p[:length]) for p in paths[b].tolist())
+        weights = {}
+        for path in itertools.product(range(3), repeat=length):
+            score = (
+                masked.start[path[0]]
+                + masked.end[path[-1]]
+                + sum(masked.emissions[b, t, y] for t, y in enumerate(path))
+            )
+            score = score + sum(masked.transitions[a, c] for a, c in zip(path, path[1:]))
+            weights[path] = float(torch.exp(score))
+        total = sum(weights.values())
+        assert all(weights[path] > 0 for path in drawn)  # no forbidden path is drawn
+        for path, weight in weights.items():
+            assert drawn[path] / 20000 == pytest.approx(weight / total, abs=0.012)
