@@ -21,7 +21,7 @@ between different ids exactly.
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Sequence, cast
+from typing import Any, Dict, Iterator, List, Sequence, Tuple, cast
 
 import numpy
 import torch
@@ -224,18 +224,26 @@ def embedding_gradients(
     tables = hash_embed_tables(encoder)
     sizes = [node.get_dim("nV") for node in tables]
     table_offsets = numpy.concatenate([[0], numpy.cumsum(sizes)]).astype(numpy.int64)
+    parts = []
+    for batch, copies, tags in segment_batches(ner, docs, segments, batch_size):
+        with _recording(encoder, tables) as records:
+            outputs, backprop = encoder.begin_update(copies)
+            backprop(head_input_gradients(ner, outputs, tags, batch))
+        parts.append(_collect(records, numpy.array([len(doc) for doc in copies]), table_offsets))
+    return EmbeddingGradients.concat(parts)
+
+
+def segment_batches(
+    ner: Any, docs: Sequence[Doc], segments: Sequence[Segment], batch_size: int
+) -> Iterator[Tuple[Sequence[Segment], List[Doc], List[List[int]]]]:
+    """The segments `batch_size` at a time, each with its sentence unannotated (one Doc
+    per sentence, shared by its segments) and the sentence's gold tags."""
     used = sorted({s.doc_index for s in segments})
     fresh = {i: unannotated(docs[i]) for i in used}
     tags = {i: gold_tags(ner, docs[i]) for i in used}
-    parts = []
     for first in range(0, len(segments), batch_size):
         batch = segments[first : first + batch_size]
-        copies = [fresh[s.doc_index] for s in batch]
-        with _recording(encoder, tables) as records:
-            outputs, backprop = encoder.begin_update(copies)
-            backprop(head_input_gradients(ner, outputs, [tags[s.doc_index] for s in batch], batch))
-        parts.append(_collect(records, numpy.array([len(doc) for doc in copies]), table_offsets))
-    return EmbeddingGradients.concat(parts)
+        yield batch, [fresh[s.doc_index] for s in batch], [tags[s.doc_index] for s in batch]
 
 
 def head_input_gradients(ner: Any, outputs: List[Any], tags: List[List[int]], segments: Sequence[Segment]) -> List:

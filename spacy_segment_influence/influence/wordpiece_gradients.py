@@ -22,8 +22,7 @@ from spacy.tokens import Doc
 from thinc.api import Model
 
 from ..exceptions import PipelineError
-from ..ner.bridge import gold_tags, unannotated
-from .embedding_gradients import EmbeddingGradients, head_input_gradients
+from .embedding_gradients import EmbeddingGradients, head_input_gradients, segment_batches
 from .segments import Segment
 
 
@@ -110,15 +109,11 @@ def wordpiece_gradients(
         raise PipelineError("The crf_ner's encoder is not a spacy-transformers listener")
     module = _torch_transformer(transformer.model)
     n_rows = int(module.get_input_embeddings().num_embeddings)
-    used = sorted({s.doc_index for s in segments})
-    fresh = {i: unannotated(docs[i]) for i in used}
-    tags = {i: gold_tags(ner, docs[i]) for i in used}
     parts = []
-    for first in range(0, len(segments), batch_size):
-        batch = segments[first : first + batch_size]
+    for batch, shared, tags in segment_batches(ner, docs, segments, batch_size):
         with _recording(module) as records:
-            arrays, backprop, full = _listener_encode(transformer, ner, [fresh[s.doc_index].copy() for s in batch])
-            backprop(head_input_gradients(ner, arrays, [tags[s.doc_index] for s in batch], batch))
+            arrays, backprop, full = _listener_encode(transformer, ner, [doc.copy() for doc in shared])
+            backprop(head_input_gradients(ner, arrays, tags, batch))
         (ids, grad), *_ = records
         copy_of_row = numpy.repeat(numpy.arange(len(batch)), [len(spans) for spans in full.spans])
         parts.append(_collect(ids, grad, copy_of_row, len(batch), n_rows))
